@@ -1,0 +1,16 @@
+//! flowpeek: watch TCP traffic at line rate, with the monitoring model of mOS.
+//!
+//! The crate is organised one folder per concept; each module's doc says what it owns and
+//! what it must not do:
+//!
+//! - [`wire`]: zero-copy, panic-free views of link, IP and TCP headers.
+//! - [`flow`]: the sans-I/O engine: flow table, both-sided TCP state, receive buffers,
+//!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
+//! - [`io`]: packet sources (capture files today).
+//! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
+#![deny(unsafe_code)]
+
+pub mod flow;
+pub mod io;
+pub mod streams;
+pub mod wire;
