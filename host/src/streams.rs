@@ -1,1 +1,343 @@
-//! streams
+//! `flowpeek streams`: reassembles every TCP connection of a capture and reports, per
+//! direction, the bytes a reader of that direction would see, with their SHA-256.
+//!
+//! The report is built the way any monitor would build it: a [`StreamHasher`] monitor
+//! subscribes to `NewData` and `ConnEnd` and reads each side with `peek` as data arrives,
+//! so streams of any length go through a bounded buffer.
+
+use std::cell::RefCell;
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::flow::{
+    BufferRequest, Config, Cx, Detail, EndReason, Engine, Event, EventKind, EventSide, FlowHandle, Hook,
+    Monitor,
+    PeekError, Side, Stats, Subscriptions,
+};
+use crate::io::pcap::{CaptureError, CaptureFile};
+
+/// Packets handed to the engine between two `end_batch` calls (a ring sync's worth).
+pub const BATCH: usize = 32;
+
+/// What a reader of one direction saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectionRecord {
+    /// Bytes delivered in order.
+    pub bytes: u64,
+    /// SHA-256 of those bytes, lower-case hex.
+    pub sha256: String,
+    /// CRC-32 (IEEE) of those bytes, to compare with other reassemblers' reports.
+    pub crc32: u32,
+    /// Bytes never seen (gaps skipped).
+    pub missing: u64,
+    /// Bytes received more than once (retransmitted or overlapping).
+    pub overlap: u64,
+}
+
+/// One connection of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The server's address.
+    pub server: SocketAddr,
+    /// First packet (ns since the epoch).
+    pub start: u64,
+    /// Last packet (ns).
+    pub end: u64,
+    /// How it ended: `fin`, `rst`, `timeout`, `eof` or `evicted`.
+    pub close: &'static str,
+    /// Picked up mid-stream (no SYN seen).
+    pub partial: bool,
+    /// Client → server.
+    pub c2s: DirectionRecord,
+    /// Server → client.
+    pub s2c: DirectionRecord,
+    /// Creation order, for sorting.
+    pub serial: u64,
+}
+
+fn fmt_ts(ns: u64) -> String {
+    format!("{}.{:06}", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000)
+}
+
+fn fmt_addr(a: &SocketAddr) -> String {
+    // `SocketAddr` already prints IPv6 as `[addr]:port`.
+    a.to_string()
+}
+
+impl StreamRecord {
+    /// The record as one JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        let dir = |d: &DirectionRecord| {
+            serde_json::json!({
+                "bytes": d.bytes, "sha256": d.sha256, "crc32": format!("{:08x}", d.crc32),
+                "missing": d.missing, "overlap": d.overlap,
+            })
+        };
+        let mut v = serde_json::json!({
+            "client": fmt_addr(&self.client),
+            "server": fmt_addr(&self.server),
+            "start": serde_json::Number::from_f64(self.start as f64 / 1e9).map(serde_json::Value::Number),
+            "end": serde_json::Number::from_f64(self.end as f64 / 1e9).map(serde_json::Value::Number),
+            "close": self.close,
+            "c2s": dir(&self.c2s),
+            "s2c": dir(&self.s2c),
+        });
+        if self.partial {
+            v["partial"] = serde_json::Value::Bool(true);
+        }
+        // Timestamps keep microsecond precision as in the capture, not float noise.
+        v["start"] = serde_json::Value::Number(fmt_ts(self.start).parse().expect("decimal"));
+        v["end"] = serde_json::Value::Number(fmt_ts(self.end).parse().expect("decimal"));
+        v.to_string()
+    }
+}
+
+struct Direction {
+    sha: Sha256,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+    lost: u64,
+}
+
+impl Direction {
+    fn new() -> Direction {
+        Direction { sha: Sha256::new(), crc: crc32fast::Hasher::new(), bytes: 0, lost: 0 }
+    }
+}
+
+/// Set in a flow's user value once its first side has ended.
+const FIRST_SIDE_ENDED: u64 = 1 << 63;
+
+struct Live {
+    dirs: [Direction; 2],
+}
+
+/// The monitor behind `flowpeek streams`: hashes both directions of every flow.
+pub struct StreamHasher {
+    live: Vec<Option<Live>>,
+    free: Vec<usize>,
+    scratch: Box<[u8]>,
+    done: Rc<RefCell<Vec<StreamRecord>>>,
+    buffer: u32,
+}
+
+impl StreamHasher {
+    /// A hasher asking for `buffer` bytes of receive buffer per side; finished records
+    /// are appended to `done`.
+    pub fn new(buffer: u32, done: Rc<RefCell<Vec<StreamRecord>>>) -> StreamHasher {
+        StreamHasher { live: Vec::new(), free: Vec::new(), scratch: vec![0u8; 64 * 1024].into_boxed_slice(), done, buffer }
+    }
+
+    fn entry(&mut self, cx: &mut Cx<'_>, h: FlowHandle) -> Option<usize> {
+        let v = cx.user_value(h).ok()? & !FIRST_SIDE_ENDED;
+        if v != 0 {
+            return Some(v as usize - 1);
+        }
+        let live = Live { dirs: [Direction::new(), Direction::new()] };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.live[i] = Some(live);
+                i
+            }
+            None => {
+                self.live.push(Some(live));
+                self.live.len() - 1
+            }
+        };
+        cx.set_user_value(h, idx as u64 + 1).ok()?;
+        Some(idx)
+    }
+
+    fn drain(&mut self, cx: &mut Cx<'_>, h: FlowHandle, side: Side, idx: usize) {
+        let Some(live) = self.live[idx].as_mut() else { return };
+        let d = &mut live.dirs[side.index()];
+        loop {
+            match cx.peek(h, side, &mut self.scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    d.sha.update(&self.scratch[..n]);
+                    d.crc.update(&self.scratch[..n]);
+                    d.bytes += n as u64;
+                }
+                Err(PeekError::Lost(n)) => d.lost += n,
+                Err(PeekError::Errno(_)) => break,
+            }
+        }
+    }
+}
+
+impl Monitor for StreamHasher {
+    fn name(&self) -> &str {
+        "streams"
+    }
+
+    fn subscriptions(&self) -> Subscriptions {
+        Subscriptions::none()
+            .with(EventKind::NewData, Hook::None)
+            .with(EventKind::ConnEnd, Hook::Snd)
+            .with_buffers(BufferRequest::AtLeast(self.buffer))
+    }
+
+    fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
+        let EventSide::One(side) = ev.side else { return };
+        let Some(idx) = self.entry(cx, ev.flow) else { return };
+        self.drain(cx, ev.flow, side, idx);
+        if let (EventKind::ConnEnd, Detail::End(reason)) = (ev.kind, ev.detail) {
+            self.finish_side(cx, ev.flow, idx, reason);
+        }
+    }
+}
+
+impl StreamHasher {
+    /// Each side gets its own `ConnEnd`; the second one completes the record.
+    fn finish_side(&mut self, cx: &mut Cx<'_>, h: FlowHandle, idx: usize, reason: EndReason) {
+        let v = cx.user_value(h).unwrap_or(0);
+        if v & FIRST_SIDE_ENDED == 0 {
+            let _ = cx.set_user_value(h, v | FIRST_SIDE_ENDED);
+            return;
+        }
+        let Some(live) = self.live[idx].take() else { return };
+        self.free.push(idx);
+        let (Ok((client, server)), Ok(times), Ok(partial)) = (cx.addresses(h), cx.flow_times(h), cx.is_partial(h))
+        else {
+            return;
+        };
+        let info = |s: Side| cx.buffer_info(h, s).ok();
+        let dir = |d: Direction, s: Side| {
+            let overlap = info(s).map_or(0, |i| i.overlap);
+            DirectionRecord {
+                bytes: d.bytes,
+                sha256: hex(&d.sha.finalize()),
+                crc32: d.crc.finalize(),
+                missing: d.lost,
+                overlap,
+            }
+        };
+        let [cli, svr] = live.dirs;
+        self.done.borrow_mut().push(StreamRecord {
+            client,
+            server,
+            start: times.start,
+            end: times.last,
+            close: match reason {
+                EndReason::Fin => "fin",
+                EndReason::Rst => "rst",
+                EndReason::Timeout => "timeout",
+                EndReason::Evicted => "evicted",
+                _ => "eof",
+            },
+            partial,
+            // The server side's buffer holds what the client sent.
+            c2s: dir(svr, Side::Server),
+            s2c: dir(cli, Side::Client),
+            serial: times.serial,
+        });
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Settings of a `streams` run.
+#[derive(Clone, Debug)]
+pub struct StreamsOptions {
+    /// Engine settings.
+    pub engine: Config,
+    /// Receive buffer per side (bytes).
+    pub buffer: u32,
+}
+
+/// The result of a `streams` run.
+#[derive(Debug)]
+pub struct StreamsReport {
+    /// One record per connection, in order of connection start.
+    pub records: Vec<StreamRecord>,
+    /// The engine's counters.
+    pub stats: Stats,
+    /// Capture records that could not be read (the run kept everything before them).
+    pub capture_error: Option<CaptureError>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// Reassembles every connection of the capture at `path`. `progress` is called now and then
+/// with (bytes read, file size).
+pub fn run(path: &Path, opts: &StreamsOptions, mut progress: impl FnMut(u64, u64)) -> Result<StreamsReport, CaptureError> {
+    let started = Instant::now();
+    let capture = CaptureFile::open(path)?;
+    let done = Rc::new(RefCell::new(Vec::new()));
+    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done));
+    let mut engine = Engine::new(opts.engine.clone(), vec![Box::new(hasher)]);
+    let mut capture_error = None;
+    let mut in_batch = 0;
+    let mut n: u64 = 0;
+    for pkt in capture.packets() {
+        match pkt {
+            Ok(p) => {
+                engine.on_frame(p.link, p.data, p.ts_nanos);
+                in_batch += 1;
+                if in_batch == BATCH {
+                    engine.end_batch();
+                    in_batch = 0;
+                }
+                n += 1;
+                if n % (1 << 16) == 0 {
+                    progress(p.offset, capture.len_bytes());
+                }
+            }
+            Err(e) => {
+                capture_error = Some(e);
+                break;
+            }
+        }
+    }
+    engine.finish(EndReason::Eof);
+    let stats = engine.stats().clone();
+    drop(engine);
+    let mut records = std::mem::take(&mut *done.borrow_mut());
+    records.sort_by_key(|r| r.serial);
+    Ok(StreamsReport { records, stats, capture_error, elapsed: started.elapsed() })
+}
+
+/// Writes the report: JSON lines, or a table a person can read.
+pub fn write_report(out: &mut impl Write, report: &StreamsReport, json: bool) -> io::Result<()> {
+    if json {
+        for r in &report.records {
+            writeln!(out, "{}", r.to_json())?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  c2s sha256",
+        "client", "server", "close", "c2s bytes", "s2c bytes", "missing", "overlap"
+    )?;
+    for r in &report.records {
+        writeln!(
+            out,
+            "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  {}{}",
+            fmt_addr(&r.client),
+            fmt_addr(&r.server),
+            r.close,
+            r.c2s.bytes,
+            r.s2c.bytes,
+            r.c2s.missing + r.s2c.missing,
+            r.c2s.overlap + r.s2c.overlap,
+            &r.c2s.sha256[..16],
+            if r.partial { "  (partial)" } else { "" }
+        )?;
+    }
+    Ok(())
+}

@@ -1,1 +1,15 @@
-//! Packet sources.
+//! Packet sources: where captured frames come from.
+//!
+//! `io` owns getting frames, with their capture timestamp and link type, into the process.
+//! Today there is one source: [`pcap::CaptureFile`], which reads legacy pcap and pcapng
+//! files through a read-only memory map and hands out zero-copy [`pcap::CapturedPacket`]s.
+//! Capture timestamps become the engine's clock (nanoseconds since the Unix epoch).
+//!
+//! What `io` must not do: parse beyond what dispatch needs. It reads the capture
+//! container (file headers, record and block framing, per-interface link type and timestamp
+//! resolution) and stops there; link, IP and TCP headers belong to [`crate::wire`], and
+//! everything stateful to [`crate::flow`].
+
+pub mod pcap;
+
+pub use pcap::{CaptureError, CaptureFile, CaptureFormat, CapturedPacket, Packets};

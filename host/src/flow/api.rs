@@ -1,0 +1,474 @@
+//! The read API a monitor uses from inside a callback (SPEC §4): `ppeek`, `peek`, buffer
+//! and flow information, and the setters. Errors map one-to-one to mOS's errno values.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::buffer::OverlapPolicy;
+use super::engine::{Core, LastPacket, Timer, UserEvent};
+use super::types::*;
+
+/// Why a read or setter failed: each maps to one errno value (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Errno {
+    /// `EACCES`: the context is not valid (another core's handle, or outside a callback).
+    Acces,
+    /// `EBADF`: the flow handle is not valid (never was, or its flow ended).
+    Badf,
+    /// `EINVAL`: buffer management is disabled for that side (or an argument is invalid).
+    Inval,
+    /// `ESOCKTNOSUPPORT`: the handle is not a flow handle (e.g. an `Orphan`'s).
+    SocktNoSupport,
+    /// `ENOTCONN`: the side's stream does not exist yet.
+    NotConn,
+    /// `ENODATA`: no stored byte at that offset.
+    NoData,
+    /// `EPERM`: the caller may not read this flow (it stopped monitoring it).
+    Perm,
+    /// `ENOSPC`: a fixed-size table is full (user-defined events).
+    NoSpc,
+}
+
+impl Errno {
+    /// The Linux errno value.
+    pub fn code(self) -> i32 {
+        match self {
+            Errno::Acces => 13,
+            Errno::Badf => 9,
+            Errno::Inval => 22,
+            Errno::SocktNoSupport => 94,
+            Errno::NotConn => 107,
+            Errno::NoData => 61,
+            Errno::Perm => 1,
+            Errno::NoSpc => 28,
+        }
+    }
+
+    /// The symbolic name, e.g. `ENODATA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::Acces => "EACCES",
+            Errno::Badf => "EBADF",
+            Errno::Inval => "EINVAL",
+            Errno::SocktNoSupport => "ESOCKTNOSUPPORT",
+            Errno::NotConn => "ENOTCONN",
+            Errno::NoData => "ENODATA",
+            Errno::Perm => "EPERM",
+            Errno::NoSpc => "ENOSPC",
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.code())
+    }
+}
+
+impl std::error::Error for Errno {}
+
+/// Why `peek` returned no bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeekError {
+    /// One of the errors `ppeek` has.
+    Errno(Errno),
+    /// `n` bytes after the cursor were discarded (or never seen: a skipped gap) before it
+    /// read them; the cursor moved to the oldest stored byte. A C caller sees `-n`/`ENODATA`.
+    Lost(u64),
+}
+
+impl From<Errno> for PeekError {
+    fn from(e: Errno) -> PeekError {
+        PeekError::Errno(e)
+    }
+}
+
+impl fmt::Display for PeekError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeekError::Errno(e) => e.fmt(f),
+            PeekError::Lost(n) => write!(f, "{n} bytes lost before they were read"),
+        }
+    }
+}
+
+impl std::error::Error for PeekError {}
+
+/// Positions in a side's stream (SPEC §4 buffer info), as 64-bit offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferInfo {
+    /// Sequence number of offset 0 (ISN + 1 of the direction).
+    pub seq_base: u32,
+    /// The oldest offset still stored (the window's head).
+    pub head: u64,
+    /// The caller's `peek` cursor.
+    pub cursor: u64,
+    /// End of the contiguous data.
+    pub contig_end: u64,
+    /// End of the last stored fragment.
+    pub last_end: u64,
+    /// Buffer capacity (0: disabled).
+    pub capacity: u32,
+    /// Bytes skipped over gaps never filled.
+    pub missing: u64,
+    /// Bytes received more than once (retransmitted or overlapping).
+    pub overlap: u64,
+}
+
+/// Timestamps of a flow (ns) and its place in creation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimes {
+    /// First packet.
+    pub start: u64,
+    /// Latest packet.
+    pub last: u64,
+    /// Creation order on this core (0 for the first flow).
+    pub serial: u64,
+}
+
+/// A monitor's view of the engine during one callback.
+pub struct Cx<'a> {
+    core: &'a mut Core,
+    monitor: usize,
+    packet: Option<&'a [u8]>,
+    user_events: &'a [UserEvent],
+}
+
+const FILTER: usize = usize::MAX;
+
+impl<'a> Cx<'a> {
+    pub(crate) fn new(
+        core: &'a mut Core,
+        monitor: usize,
+        slot: u32,
+        packet: Option<&'a [u8]>,
+        user_events: &'a [UserEvent],
+    ) -> Cx<'a> {
+        let _ = slot;
+        Cx { core, monitor, packet, user_events }
+    }
+
+    /// The engine's clock (ns): capture time offline, arrival time live.
+    pub fn now(&self) -> u64 {
+        self.core.now
+    }
+
+    /// This engine's core number.
+    pub fn core_id(&self) -> u8 {
+        self.core.cfg.core
+    }
+
+    fn flow(&self, h: FlowHandle) -> Result<u32, Errno> {
+        let slot = self.core.resolve(h)?;
+        if self.monitor != FILTER {
+            let mf = &self.core.mon_flows[slot as usize * self.core.nmon + self.monitor];
+            if mf.ended || mf.stopped == 0b11 {
+                return Err(Errno::Perm);
+            }
+        }
+        Ok(slot)
+    }
+
+    fn side_state(&self, h: FlowHandle, side: Side) -> Result<(u32, &super::engine::SideState), Errno> {
+        let slot = self.flow(h)?;
+        Ok((slot, &self.core.flows[slot as usize].sides[side.index()]))
+    }
+
+    /// Copies stored bytes of `side` from offset `off` into `buf` (mOS `mtcp_ppeek`): up to
+    /// the end of the fragment holding `off`, so fewer at a gap. Moves no cursor.
+    pub fn ppeek(&self, h: FlowHandle, side: Side, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+        let (_, s) = self.side_state(h, side)?;
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval);
+        }
+        if !s.opened {
+            return Err(Errno::NotConn);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        s.buf.as_ref().and_then(|b| b.read(off, buf)).ok_or(Errno::NoData)
+    }
+
+    /// Lends the stored bytes `[off, off + len)` of `side` as at most two slices, without
+    /// copying; the range is cut at the end of the fragment holding `off`.
+    pub fn ppeek_slices(&self, h: FlowHandle, side: Side, off: u64, len: usize) -> Result<(&[u8], &[u8]), Errno> {
+        let (_, s) = self.side_state(h, side)?;
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval);
+        }
+        if !s.opened {
+            return Err(Errno::NotConn);
+        }
+        let b = s.buf.as_ref().ok_or(Errno::NoData)?;
+        let (start, flen) = b.fragments().find(|&(st, l)| st <= off && off < st + l).ok_or(Errno::NoData)?;
+        let n = ((start + flen - off) as usize).min(len);
+        Ok(b.slices(off, n))
+    }
+
+    /// Reads in-order bytes of `side` from this monitor's cursor (mOS `mtcp_peek`) and
+    /// advances it. `Ok(0)`: nothing new. `Err(Lost(n))`: `n` bytes went before they were
+    /// read; the cursor moved on and the next call reads what follows.
+    pub fn peek(&mut self, h: FlowHandle, side: Side, buf: &mut [u8]) -> Result<usize, PeekError> {
+        if self.monitor == FILTER {
+            return Err(Errno::Acces.into());
+        }
+        let (slot, s) = self.side_state(h, side)?;
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval.into());
+        }
+        if !s.opened {
+            return Err(Errno::NotConn.into());
+        }
+        let idx = slot as usize * self.core.nmon + self.monitor;
+        let cursor = self.core.mon_flows[idx].cursor[side.index()];
+        let Some(b) = s.buf.as_ref() else { return Ok(0) };
+        if cursor < b.head() {
+            let lost = b.head() - cursor;
+            self.core.mon_flows[idx].cursor[side.index()] = b.head();
+            return Err(PeekError::Lost(lost));
+        }
+        let contig = b.contig_end();
+        if cursor >= contig || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = ((contig - cursor) as usize).min(buf.len());
+        let (x, y) = b.slices(cursor, n);
+        buf[..x.len()].copy_from_slice(x);
+        buf[x.len()..n].copy_from_slice(y);
+        self.core.mon_flows[idx].cursor[side.index()] = cursor + n as u64;
+        Ok(n)
+    }
+
+    /// The stored fragments of `side` as `(offset, len)`, in offset order.
+    pub fn fragments(&self, h: FlowHandle, side: Side) -> Result<impl Iterator<Item = (u64, u64)> + '_, Errno> {
+        let (_, s) = self.side_state(h, side)?;
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval);
+        }
+        Ok(s.buf.iter().flat_map(|b| b.fragments()))
+    }
+
+    /// Positions in `side`'s stream.
+    pub fn buffer_info(&self, h: FlowHandle, side: Side) -> Result<BufferInfo, Errno> {
+        let (slot, s) = self.side_state(h, side)?;
+        let cursor = if self.monitor == FILTER {
+            0
+        } else {
+            self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].cursor[side.index()]
+        };
+        let (head, last_end) = match &s.buf {
+            Some(b) => (b.head(), b.last_end()),
+            None => (s.rx_next, s.rx_next),
+        };
+        Ok(BufferInfo {
+            seq_base: s.rx_base,
+            head,
+            cursor,
+            contig_end: s.contig(),
+            last_end,
+            capacity: s.capacity,
+            missing: s.missing,
+            overlap: s.overlap_bytes,
+        })
+    }
+
+    /// The emulated TCP state of `side`.
+    pub fn tcp_state(&self, h: FlowHandle, side: Side) -> Result<TcpState, Errno> {
+        Ok(self.side_state(h, side)?.1.state)
+    }
+
+    /// The client's and the server's addresses. For an `Orphan`, the packet's source and
+    /// destination.
+    pub fn addresses(&self, h: FlowHandle) -> Result<(SocketAddr, SocketAddr), Errno> {
+        if !h.is_flow() && h.core() == self.core.cfg.core {
+            return self.core.cur_orphan_addrs.ok_or(Errno::Badf);
+        }
+        let slot = self.flow(h)?;
+        let f = &self.core.flows[slot as usize];
+        Ok((f.key.endpoint(f.client_is_lo), f.key.endpoint(!f.client_is_lo)))
+    }
+
+    /// Whether the flow was picked up mid-stream (its SYN was not seen).
+    pub fn is_partial(&self, h: FlowHandle) -> Result<bool, Errno> {
+        Ok(self.core.flows[self.flow(h)? as usize].partial)
+    }
+
+    /// The flow's first and latest packet times.
+    pub fn flow_times(&self, h: FlowHandle) -> Result<FlowTimes, Errno> {
+        let f = &self.core.flows[self.flow(h)? as usize];
+        Ok(FlowTimes { start: f.start_ts, last: f.last_ts, serial: f.seqno })
+    }
+
+    /// Why the flow ended (inside `ConnEnd` callbacks), or `None` while it is open.
+    pub fn end_reason(&self, h: FlowHandle) -> Result<Option<EndReason>, Errno> {
+        let f = &self.core.flows[self.flow(h)? as usize];
+        Ok(if f.sides.iter().any(|s| s.destroyed) { f.end_reason } else { None })
+    }
+
+    /// Metadata of the flow's last packet (for an `Orphan` handle: the orphan packet).
+    pub fn last_packet(&self, h: FlowHandle) -> Result<LastPacket, Errno> {
+        if !h.is_flow() && h.core() == self.core.cfg.core {
+            return Ok(self.core.cur_orphan);
+        }
+        let f = &self.core.flows[self.flow(h)? as usize];
+        if f.last.sender.is_none() {
+            return Err(Errno::NoData);
+        }
+        Ok(f.last)
+    }
+
+    /// The raw frame of the packet being processed, during packet-driven callbacks.
+    pub fn packet_frame(&self) -> Option<&[u8]> {
+        self.packet
+    }
+
+    /// Sets the receive-buffer capacity of `side` for this flow. 0 disables it: bytes are
+    /// freed at once, `NewData` and data `Rexmit` stop; state tracking goes on. Stored
+    /// bytes that still fit are kept when resizing.
+    pub fn set_buffer_capacity(&mut self, h: FlowHandle, side: Side, capacity: u32) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        let core = &mut *self.core;
+        let s = &mut core.flows[slot as usize].sides[side.index()];
+        s.capacity = capacity;
+        let Some(old) = s.buf.take() else { return Ok(()) };
+        core.stats.buffer_bytes -= old.capacity();
+        if capacity == 0 {
+            s.rx_next = old.contig_end();
+            return Ok(());
+        }
+        let contig = old.contig_end();
+        let head = old.head().max(old.last_end().saturating_sub(u64::from(capacity))).min(contig);
+        let Some(mut new) = core.alloc_buffer(capacity, head) else {
+            let s = &mut core.flows[slot as usize].sides[side.index()];
+            s.capacity = 0;
+            s.rx_next = contig;
+            return Err(Errno::NoSpc);
+        };
+        let mut tmp = [0u8; 4096];
+        for (start, len) in old.fragments() {
+            let mut off = start.max(head);
+            let end = (start + len).min(head + u64::from(capacity));
+            while off < end {
+                let n = ((end - off) as usize).min(tmp.len());
+                let got = old.read(off, &mut tmp[..n]).unwrap_or(0);
+                if got == 0 {
+                    break;
+                }
+                new.write(off, &tmp[..got], OverlapPolicy::First);
+                off += got as u64;
+            }
+        }
+        core.flows[slot as usize].sides[side.index()].buf = Some(new);
+        Ok(())
+    }
+
+    /// Sets which copy wins when segments of `side` overlap.
+    pub fn set_overlap_policy(&mut self, h: FlowHandle, side: Side, policy: OverlapPolicy) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        self.core.flows[slot as usize].sides[side.index()].overlap = policy;
+        Ok(())
+    }
+
+    /// Stops this monitor watching one side (its events stop), or both: the monitor then
+    /// gets its `ConnEnd` (reason `Stopped`) right after this callback and nothing more.
+    pub fn stop_monitoring(&mut self, h: FlowHandle, side: EventSide) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        let mf = &mut self.core.mon_flows[slot as usize * self.core.nmon + self.monitor];
+        mf.stopped |= match side {
+            EventSide::One(s) => 1 << s.index(),
+            EventSide::Both => 0b11,
+        };
+        if mf.stopped == 0b11 {
+            self.core.stopped.push((self.monitor as u32, slot, h.gen()));
+        }
+        Ok(())
+    }
+
+    /// This monitor's value for the flow (0 until set).
+    pub fn user_value(&self, h: FlowHandle) -> Result<u64, Errno> {
+        let slot = self.flow(h)?;
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        Ok(self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].user)
+    }
+
+    /// Sets this monitor's value for the flow.
+    pub fn set_user_value(&mut self, h: FlowHandle, value: u64) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].user = value;
+        Ok(())
+    }
+
+    /// Subscribes this monitor to `(event, hook)` for this flow only.
+    pub fn subscribe(&mut self, h: FlowHandle, event: EventKind, hook: Hook) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].mask |= event.bit(hook);
+        self.core.any_mask |= event.bit(hook);
+        Ok(())
+    }
+
+    /// Unsubscribes this monitor from `(event, hook)` for this flow only.
+    pub fn unsubscribe(&mut self, h: FlowHandle, event: EventKind, hook: Hook) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].mask &= !event.bit(hook);
+        Ok(())
+    }
+
+    /// A one-shot timer for this flow: `on_timer(flow, tag)` runs `after` ns from now (at
+    /// the end of the batch it falls due in), unless the flow ended first.
+    pub fn set_timer(&mut self, h: FlowHandle, after: u64, tag: u64) -> Result<(), Errno> {
+        let slot = self.flow(h)?;
+        self.push_timer(slot, h.gen(), after, tag)
+    }
+
+    /// A one-shot timer for this core: `on_timer(None, tag)` runs `after` ns from now.
+    pub fn set_core_timer(&mut self, after: u64, tag: u64) -> Result<(), Errno> {
+        self.push_timer(u32::MAX, 0, after, tag)
+    }
+
+    fn push_timer(&mut self, slot: u32, gen: u32, after: u64, tag: u64) -> Result<(), Errno> {
+        if self.monitor == FILTER {
+            return Err(Errno::Acces);
+        }
+        self.core.timer_seq += 1;
+        self.core.timers.push(std::cmp::Reverse(Timer {
+            deadline: self.core.now.saturating_add(after),
+            seq: self.core.timer_seq,
+            monitor: self.monitor as u32,
+            slot,
+            gen,
+            tag,
+        }));
+        Ok(())
+    }
+
+    /// Raises the filterless user event `event` for the flow; it is delivered right after
+    /// the current callback.
+    pub fn raise(&mut self, h: FlowHandle, side: EventSide, event: EventKind) -> Result<(), Errno> {
+        self.flow(h)?;
+        let EventKind::User(id) = event else { return Err(Errno::Inval) };
+        match self.user_events.get(usize::from(id.0)) {
+            Some(u) if u.filter.is_none() => {}
+            _ => return Err(Errno::Inval),
+        }
+        self.core.raised.push((
+            self.monitor as u32,
+            Event { kind: event, side, hook: Hook::None, flow: h, detail: Detail::None },
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! The receive buffer of one side: a window `[head, head + capacity)` of the stream.
+//!
+//! Bytes live in a ring indexed by `offset % capacity`; what is stored is a sorted list of
+//! disjoint fragments `[start, end)` in a fixed array, so a flood of tiny out-of-order
+//! segments cannot grow it (the engine counts what the bound drops). The buffer knows
+//! nothing about events: the engine decides when the head may advance and tells monitors.
+
+/// At most this many disjoint fragments per side; a segment that would need one more is
+/// dropped and counted.
+pub const MAX_FRAGMENTS: usize = 32;
+
+/// Which copy wins when a segment overlaps bytes already stored (SPEC §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverlapPolicy {
+    /// Keep the bytes already stored (default).
+    #[default]
+    First,
+    /// Overwrite with the newest copy.
+    Last,
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WriteOutcome {
+    /// Bytes of the segment that were already stored.
+    pub(crate) overlap: u64,
+    /// Bytes newly stored.
+    pub(crate) new: u64,
+    /// The segment needed a fragment beyond [`MAX_FRAGMENTS`] and was dropped.
+    pub(crate) fragment_limit: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Fragment {
+    start: u64,
+    end: u64,
+}
+
+/// One side's receive buffer.
+pub(crate) struct RecvBuffer {
+    data: Box<[u8]>,
+    head: u64,
+    frags: [Fragment; MAX_FRAGMENTS],
+    nfrags: usize,
+}
+
+impl RecvBuffer {
+    /// An empty buffer of `capacity` bytes (at least 1) whose window starts at `head`.
+    pub(crate) fn new(capacity: usize, head: u64) -> RecvBuffer {
+        RecvBuffer {
+            data: vec![0u8; capacity.max(1)].into_boxed_slice(),
+            head,
+            frags: [Fragment::default(); MAX_FRAGMENTS],
+            nfrags: 0,
+        }
+    }
+
+    /// Empties a recycled buffer and moves its window to `head`.
+    pub(crate) fn reset(&mut self, head: u64) {
+        self.head = head;
+        self.nfrags = 0;
+    }
+
+    #[inline]
+    pub(crate) fn capacity(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// The oldest offset the window can hold.
+    #[inline]
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// End of the contiguous data (equal to `head` when there is none).
+    #[inline]
+    pub(crate) fn contig_end(&self) -> u64 {
+        if self.nfrags > 0 && self.frags[0].start == self.head {
+            self.frags[0].end
+        } else {
+            self.head
+        }
+    }
+
+    /// End of the last stored fragment (equal to `head` when empty).
+    pub(crate) fn last_end(&self) -> u64 {
+        if self.nfrags == 0 {
+            self.head
+        } else {
+            self.frags[self.nfrags - 1].end
+        }
+    }
+
+    /// The stored fragments as `(offset, len)`, in offset order.
+    pub(crate) fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.frags[..self.nfrags].iter().map(|f| (f.start, f.end - f.start))
+    }
+
+    /// Start of the first stored fragment after the contiguous data, if any.
+    pub(crate) fn first_gap_end(&self) -> Option<u64> {
+        let first_ooo = usize::from(self.nfrags > 0 && self.frags[0].start == self.head);
+        (first_ooo < self.nfrags).then(|| self.frags[first_ooo].start)
+    }
+
+    /// Copies the bytes at `[off, off + buf.len())` that are stored in the fragment holding
+    /// `off`; returns how many, or `None` when no byte at `off` is stored.
+    pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> Option<usize> {
+        let frag = self.frags[..self.nfrags].iter().find(|f| f.start <= off && off < f.end)?;
+        let n = (frag.end - off).min(buf.len() as u64) as usize;
+        let (a, b) = self.slices(off, n);
+        buf[..a.len()].copy_from_slice(a);
+        buf[a.len()..n].copy_from_slice(b);
+        Some(n)
+    }
+
+    /// The stored bytes `[off, off + len)` as at most two slices (the ring may wrap).
+    /// The caller guarantees the range lies inside one fragment.
+    pub(crate) fn slices(&self, off: u64, len: usize) -> (&[u8], &[u8]) {
+        let cap = self.data.len();
+        let pos = (off % cap as u64) as usize;
+        let first = len.min(cap - pos);
+        (&self.data[pos..pos + first], &self.data[..len - first])
+    }
+
+    /// Moves the window so that it starts at `new_head`, discarding older bytes.
+    pub(crate) fn advance_head(&mut self, new_head: u64) {
+        if new_head <= self.head {
+            return;
+        }
+        self.head = new_head;
+        let mut keep = 0;
+        for i in 0..self.nfrags {
+            let mut f = self.frags[i];
+            if f.end <= new_head {
+                continue;
+            }
+            f.start = f.start.max(new_head);
+            self.frags[keep] = f;
+            keep += 1;
+        }
+        self.nfrags = keep;
+    }
+
+    /// Stores `bytes` at `off`. The caller has clipped the segment to the window:
+    /// `head <= off` and `off + bytes.len() <= head + capacity`.
+    pub(crate) fn write(&mut self, off: u64, bytes: &[u8], policy: OverlapPolicy) -> WriteOutcome {
+        let end = off + bytes.len() as u64;
+        debug_assert!(off >= self.head && end <= self.head + self.capacity());
+        if bytes.is_empty() {
+            return WriteOutcome::default();
+        }
+        // Fragments [lo, hi) touch or overlap the new segment.
+        let lo = self.frags[..self.nfrags].partition_point(|f| f.end < off);
+        let hi = self.frags[..self.nfrags].partition_point(|f| f.start <= end);
+        if lo == hi && self.nfrags == MAX_FRAGMENTS {
+            return WriteOutcome { fragment_limit: true, ..WriteOutcome::default() };
+        }
+        let mut overlap = 0;
+        match policy {
+            OverlapPolicy::Last => {
+                for f in &self.frags[lo..hi] {
+                    overlap += f.end.min(end).saturating_sub(f.start.max(off));
+                }
+                self.copy_in(off, bytes);
+            }
+            OverlapPolicy::First => {
+                // Copy only the holes between the stored fragments.
+                let mut cursor = off;
+                for i in lo..hi {
+                    let f = self.frags[i];
+                    if f.start > cursor {
+                        let hole_end = f.start.min(end);
+                        self.copy_in(cursor, &bytes[(cursor - off) as usize..(hole_end - off) as usize]);
+                    }
+                    overlap += f.end.min(end).saturating_sub(f.start.max(off));
+                    cursor = cursor.max(f.end);
+                }
+                if cursor < end {
+                    self.copy_in(cursor, &bytes[(cursor - off) as usize..]);
+                }
+            }
+        }
+        // Merge [lo, hi) and the segment into one fragment.
+        let merged = if lo < hi {
+            Fragment { start: self.frags[lo].start.min(off), end: self.frags[hi - 1].end.max(end) }
+        } else {
+            Fragment { start: off, end }
+        };
+        let removed = hi - lo;
+        if removed == 0 {
+            self.frags.copy_within(lo..self.nfrags, lo + 1);
+            self.nfrags += 1;
+        } else if removed > 1 {
+            self.frags.copy_within(hi..self.nfrags, lo + 1);
+            self.nfrags -= removed - 1;
+        }
+        self.frags[lo] = merged;
+        WriteOutcome { overlap, new: bytes.len() as u64 - overlap, fragment_limit: false }
+    }
+
+    fn copy_in(&mut self, off: u64, bytes: &[u8]) {
+        let cap = self.data.len();
+        let pos = (off % cap as u64) as usize;
+        let first = bytes.len().min(cap - pos);
+        self.data[pos..pos + first].copy_from_slice(&bytes[..first]);
+        self.data[..bytes.len() - first].copy_from_slice(&bytes[first..]);
+    }
+
+    /// Bytes of `[off, end)` already stored (for overlap accounting without writing).
+    pub(crate) fn stored_within(&self, off: u64, end: u64) -> u64 {
+        self.frags[..self.nfrags]
+            .iter()
+            .map(|f| f.end.min(end).saturating_sub(f.start.max(off)))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frags(b: &RecvBuffer) -> Vec<(u64, u64)> {
+        b.fragments().collect()
+    }
+
+    #[test]
+    fn in_order_and_out_of_order_merge() {
+        let mut b = RecvBuffer::new(16, 0);
+        assert_eq!(b.write(4, b"efgh", OverlapPolicy::First).new, 4);
+        assert_eq!(b.contig_end(), 0);
+        assert_eq!(b.first_gap_end(), Some(4));
+        b.write(0, b"abcd", OverlapPolicy::First);
+        assert_eq!(frags(&b), vec![(0, 8)]);
+        assert_eq!(b.contig_end(), 8);
+        let mut out = [0u8; 16];
+        assert_eq!(b.read(2, &mut out), Some(6));
+        assert_eq!(&out[..6], b"cdefgh");
+        assert_eq!(b.read(8, &mut out), None);
+    }
+
+    #[test]
+    fn overlap_policies() {
+        for (policy, want) in [(OverlapPolicy::First, b"abcdXYgh"), (OverlapPolicy::Last, b"abZZZZgh")] {
+            let mut b = RecvBuffer::new(16, 0);
+            b.write(0, b"abcd", policy);
+            b.write(4, b"XY", policy);
+            b.write(6, b"gh", policy);
+            let o = b.write(2, b"ZZZZ", policy);
+            assert_eq!(o.overlap, 4);
+            assert_eq!(o.new, 0);
+            let mut out = [0u8; 8];
+            assert_eq!(b.read(0, &mut out), Some(8));
+            assert_eq!(&out, want, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn first_policy_fills_only_holes() {
+        let mut b = RecvBuffer::new(32, 0);
+        b.write(2, b"cc", OverlapPolicy::First);
+        b.write(6, b"gg", OverlapPolicy::First);
+        let o = b.write(0, b"0123456789", OverlapPolicy::First);
+        assert_eq!((o.overlap, o.new), (4, 6));
+        let mut out = [0u8; 10];
+        b.read(0, &mut out);
+        assert_eq!(&out, b"01cc45gg89");
+        assert_eq!(frags(&b), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn ring_wraps_and_head_advances() {
+        let mut b = RecvBuffer::new(8, 0);
+        b.write(0, b"abcdefgh", OverlapPolicy::First);
+        b.advance_head(6);
+        assert_eq!(frags(&b), vec![(6, 8)]);
+        b.write(8, b"ijklmn", OverlapPolicy::First);
+        let mut out = [0u8; 8];
+        assert_eq!(b.read(6, &mut out), Some(8));
+        assert_eq!(&out, b"ghijklmn");
+        let (x, y) = b.slices(6, 8);
+        assert_eq!([x, y].concat(), b"ghijklmn");
+    }
+
+    #[test]
+    fn fragment_limit_drops_instead_of_growing() {
+        let mut b = RecvBuffer::new(4096, 0);
+        for i in 0..MAX_FRAGMENTS as u64 {
+            assert!(!b.write(1 + i * 4, b"x", OverlapPolicy::First).fragment_limit);
+        }
+        assert!(b.write(1000, b"y", OverlapPolicy::First).fragment_limit);
+        // A segment touching an existing fragment still merges.
+        assert!(!b.write(2, b"z", OverlapPolicy::First).fragment_limit);
+        assert_eq!(b.fragments().count(), MAX_FRAGMENTS);
+    }
+
+    #[test]
+    fn bridging_segment_merges_many() {
+        let mut b = RecvBuffer::new(64, 0);
+        b.write(10, b"aa", OverlapPolicy::First);
+        b.write(20, b"bb", OverlapPolicy::First);
+        b.write(30, b"cc", OverlapPolicy::First);
+        b.write(40, b"dd", OverlapPolicy::First);
+        b.write(12, &[b'-'; 20], OverlapPolicy::First);
+        assert_eq!(frags(&b), vec![(10, 22), (40, 2)]);
+    }
+}

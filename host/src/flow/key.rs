@@ -1,0 +1,109 @@
+//! The symmetric flow key: both directions of a connection map to the same key and hash.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// An IPv4 or IPv6 endpoint address packed into 16 bytes (IPv4 is v4-mapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Addr(pub(crate) u128);
+
+impl Addr {
+    #[inline]
+    pub(crate) fn from_ip(ip: IpAddr) -> Addr {
+        match ip {
+            IpAddr::V4(v4) => Addr(0xffff_0000_0000u128 | u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => Addr(u128::from(v6)),
+        }
+    }
+
+    pub(crate) fn to_ip(self) -> IpAddr {
+        let v6 = Ipv6Addr::from(self.0);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.0 >> 32 == 0xffff => IpAddr::V4(Ipv4Addr::from(v4)),
+            _ => IpAddr::V6(v6),
+        }
+    }
+}
+
+/// A flow key with its endpoints in canonical order, so that `A→B` and `B→A` are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FlowKey {
+    pub(crate) lo: Addr,
+    pub(crate) hi: Addr,
+    pub(crate) lo_port: u16,
+    pub(crate) hi_port: u16,
+}
+
+impl FlowKey {
+    /// The key of a packet from `src` to `dst`, and whether `src` is the `lo` endpoint.
+    #[inline]
+    pub(crate) fn new(src: Addr, sport: u16, dst: Addr, dport: u16) -> (FlowKey, bool) {
+        if (src, sport) <= (dst, dport) {
+            (FlowKey { lo: src, hi: dst, lo_port: sport, hi_port: dport }, true)
+        } else {
+            (FlowKey { lo: dst, hi: src, lo_port: dport, hi_port: sport }, false)
+        }
+    }
+
+    /// A well-mixed 64-bit hash of the canonical key: symmetric by construction.
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        let words = [
+            self.lo.0 as u64,
+            (self.lo.0 >> 64) as u64,
+            self.hi.0 as u64,
+            (self.hi.0 >> 64) as u64,
+            (u64::from(self.lo_port) << 16) | u64::from(self.hi_port),
+        ];
+        let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+        for w in words {
+            h = (h ^ w).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 31;
+        }
+        h ^ (h >> 29)
+    }
+
+    pub(crate) fn endpoint(&self, lo: bool) -> SocketAddr {
+        if lo {
+            SocketAddr::new(self.lo.to_ip(), self.lo_port)
+        } else {
+            SocketAddr::new(self.hi.to_ip(), self.hi_port)
+        }
+    }
+}
+
+/// The symmetric hash of a packet's 4-tuple: equal for both directions of a connection.
+///
+/// Used to shard flows across cores so that both directions meet on one core.
+pub fn symmetric_hash(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> u64 {
+    FlowKey::new(Addr::from_ip(src), sport, Addr::from_ip(dst), dport).0.hash()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_share_key_and_hash() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let (k1, lo1) = FlowKey::new(Addr::from_ip(a), 1234, Addr::from_ip(b), 80);
+        let (k2, lo2) = FlowKey::new(Addr::from_ip(b), 80, Addr::from_ip(a), 1234);
+        assert_eq!(k1, k2);
+        assert_ne!(lo1, lo2);
+        assert_eq!(symmetric_hash(a, 1234, b, 80), symmetric_hash(b, 80, a, 1234));
+        assert_ne!(symmetric_hash(a, 1234, b, 80), symmetric_hash(a, 1235, b, 80));
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        for s in ["10.1.2.3", "::1", "2001:db8::7", "::ffff:0:1"] {
+            let ip: IpAddr = s.parse().unwrap();
+            let back = Addr::from_ip(ip).to_ip();
+            // A v4-mapped IPv6 address is indistinguishable from IPv4 by design.
+            if s.starts_with("::ffff") {
+                continue;
+            }
+            assert_eq!(back, ip, "{s}");
+        }
+    }
+}
