@@ -8,9 +8,11 @@
 //!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
 //! - [`io`]: packet sources (capture files today).
 //! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
+//! - [`trace`]: the `flowpeek events` trace, one line per callback in mOS's vocabulary.
 #![deny(unsafe_code)]
 
 pub mod flow;
 pub mod io;
 pub mod streams;
+pub mod trace;
 pub mod wire;

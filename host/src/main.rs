@@ -49,8 +49,9 @@ enum Command {
         /// Flow-table capacity; beyond it the least recently active flow is evicted.
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
         max_flows: u32,
-        /// Idle timeout in seconds of capture time.
-        #[arg(long, default_value_t = 30)]
+        /// Idle timeout in seconds of capture time. Longer than the engine's live default
+        /// (mOS's 30 s) so that a quiet control connection is reported as one connection.
+        #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Ignore packets whose TCP checksum is wrong (off by default: captures often hold
         /// checksums left for the NIC to fill in).
@@ -59,6 +60,22 @@ enum Command {
         /// Do not track connections whose SYN was not captured (they become orphans).
         #[arg(long)]
         no_midstream: bool,
+    },
+    /// Print one JSON line per monitor callback, in mOS's vocabulary (as shared/mos-events).
+    ///
+    /// A probe monitor subscribes to every event at every hook and reads all in-order data
+    /// on each CONN_NEW_DATA, like the probe that recorded mOS's reference traces. Use it to
+    /// see what a plugin would be told, packet by packet.
+    Events {
+        /// A pcap or pcapng file.
+        capture: PathBuf,
+        /// Do not track connections whose SYN was not captured (mOS's behaviour).
+        #[arg(long)]
+        no_midstream: bool,
+        /// Packets per batch (`NewData` is coalesced per batch); 1 is closest to mOS's pcap
+        /// backend.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        batch: u32,
     },
 }
 
@@ -73,6 +90,26 @@ enum Overlap {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Events { capture, no_midstream, batch } => {
+            let cfg = Config { midstream: !no_midstream, ..Config::default() };
+            match flowpeek::trace::run(&capture, cfg, batch as usize) {
+                Ok(lines) => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    for l in lines {
+                        if writeln!(out, "{l}").is_err() {
+                            break;
+                        }
+                    }
+                    let _ = out.flush();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flowpeek: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Streams {
             capture,
             json,
@@ -138,7 +175,7 @@ fn main() -> ExitCode {
                 s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
             );
             if !json {
-                println!("{line}");
+                let _ = writeln!(std::io::stdout(), "{line}");
             } else if summary {
                 eprintln!("{line}");
             }

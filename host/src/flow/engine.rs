@@ -146,6 +146,9 @@ pub(crate) struct SideState {
     /// Highest sequence number this side sent, plus its length.
     pub(crate) tx_next: u32,
     pub(crate) tx_seen: bool,
+    /// The last acknowledgement number this side sent (valid when `tx_ack_seen`).
+    pub(crate) tx_ack: u32,
+    pub(crate) tx_ack_seen: bool,
     pub(crate) syn_seen: bool,
     /// This side received the peer's FIN.
     pub(crate) rx_fin: bool,
@@ -176,6 +179,8 @@ impl SideState {
             tx_fin: None,
             tx_next: 0,
             tx_seen: false,
+            tx_ack: 0,
+            tx_ack_seen: false,
             syn_seen: false,
             rx_fin: false,
             window: 0,
@@ -517,6 +522,9 @@ impl Engine {
             let mut rst_valid = false;
             if flags.rst() {
                 rst_valid = rst_in_window(&flow.sides[receiver.index()], seg.seq);
+            } else if flags.ack() {
+                s.tx_ack = seg.ack;
+                s.tx_ack_seen = true;
             }
             let s = &mut flow.sides[sender.index()];
             if flags.rst() {
@@ -585,7 +593,9 @@ impl Engine {
         {
             let flow = &mut core.flows[slot as usize];
             let r = &mut flow.sides[receiver.index()];
-            if !r.rx_base_known && !flags.rst() {
+            // A SYN defines the stream's start, unless bytes of it were already seen.
+            let rebase = flags.syn() && r.buf.is_none() && r.rx_next == 0;
+            if (!r.rx_base_known || rebase) && !flags.rst() {
                 r.rx_base = data_seq;
                 r.rx_base_known = true;
             }
@@ -627,7 +637,8 @@ impl Engine {
                     } else {
                         ctl_rexmit = true;
                     }
-                } else if flags.ack() && matches!(st, TcpState::SynRcvd | TcpState::SynSent) {
+                } else if flags.ack() && st == TcpState::SynRcvd {
+                    // A client in SYN_SENT moves on when it sends its own ACK (sender side).
                     st = TcpState::Established;
                 }
                 let acked = flags.ack()
@@ -1159,7 +1170,9 @@ impl Engine {
 
 /// Whether a RST with `seq` is within the window of `receiver` (blind RSTs are ignored).
 fn rst_in_window(receiver: &SideState, seq: u32) -> bool {
-    if !receiver.rx_base_known {
+    // Exactly what the receiver asked for with its last ACK (RFC 5961 §3.2), even if that
+    // was not what this observer expected (a stale connection answered with a RST).
+    if !receiver.rx_base_known || (receiver.tx_ack_seen && receiver.tx_ack == seq) {
         return true;
     }
     let expected = receiver.rx_base.wrapping_add(receiver.contig() as u32);

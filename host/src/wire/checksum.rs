@@ -36,7 +36,9 @@ impl Sum {
             [] => {}
             [a] => acc += u64::from(u16::from_be_bytes([a, 0])),
             [a, b] => acc += u64::from(u16::from_be_bytes([a, b])),
-            [a, b, c] => acc += u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, 0])),
+            [a, b, c] => {
+                acc += u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, 0]))
+            }
             _ => {}
         }
         self.0 = acc;
@@ -79,7 +81,9 @@ mod tests {
 
     #[test]
     fn matches_word_sum_for_all_lengths() {
-        let data: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(97) ^ 0xa5) as u8).collect();
+        let data: Vec<u8> = (0..200u32)
+            .map(|i| (i.wrapping_mul(97) ^ 0xa5) as u8)
+            .collect();
         for len in 0..data.len() {
             let mut s = Sum::new();
             s.add_bytes(&data[..len]);

@@ -40,7 +40,9 @@ pub(super) fn decode(buf: &[u8]) -> Result<IpOutcome, DecodeError> {
     let hdr: &Fixed = prefix(buf).ok_or(DecodeError::Truncated { layer: Layer::Ipv4 })?;
     let ver_ihl = hdr[field::VER_IHL];
     if ver_ihl >> 4 != 4 {
-        return Err(DecodeError::BadIpVersion { found: ver_ihl >> 4 });
+        return Err(DecodeError::BadIpVersion {
+            found: ver_ihl >> 4,
+        });
     }
     let ihl = ver_ihl & 0x0f;
     if usize::from(ihl) * 4 < field::MIN_LEN {

@@ -120,11 +120,13 @@ pub(super) fn decode(buf: &[u8]) -> Result<IpOutcome, DecodeError> {
             let frag = be16(ext, field::FRAG_OFFSET_FLAGS);
             if frag & (field::FRAG_OFFSET_MASK | field::FRAG_M) != 0 {
                 // A real fragment: is what it fragments TCP (or headers before TCP)?
-                return Ok(if next == nh::TCP || next == nh::AH || is_generic_ext(next) {
-                    IpOutcome::Fragment
-                } else {
-                    IpOutcome::NotTcp
-                });
+                return Ok(
+                    if next == nh::TCP || next == nh::AH || is_generic_ext(next) {
+                        IpOutcome::Fragment
+                    } else {
+                        IpOutcome::NotTcp
+                    },
+                );
             }
             // Atomic fragment (RFC 6946): the whole packet is here, keep walking.
             field::FRAG_LEN

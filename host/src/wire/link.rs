@@ -1,7 +1,9 @@
 //! Link layer: Ethernet II, Linux cooked captures (SLL, SLL2), BSD loopback and raw IP,
 //! then any stack of VLAN tags and MPLS labels, down to the start of the IP header.
 
-use super::{be16, prefix, DecodeError, L3Start, Layer, LinkType, Network, MAX_MPLS_LABELS, MAX_VLAN_TAGS};
+use super::{
+    be16, prefix, DecodeError, L3Start, Layer, LinkType, Network, MAX_MPLS_LABELS, MAX_VLAN_TAGS,
+};
 
 /// Ethertypes this module acts on.
 pub(super) mod ethertype {
@@ -150,7 +152,11 @@ fn follow_ethertype(
 
 /// Pops MPLS labels until bottom-of-stack, then guesses IPv4/IPv6 from the first nibble.
 #[inline]
-fn pop_mpls(frame: &[u8], mut offset: usize, vlan_depth: u8) -> Result<Option<L3Start>, DecodeError> {
+fn pop_mpls(
+    frame: &[u8],
+    mut offset: usize,
+    vlan_depth: u8,
+) -> Result<Option<L3Start>, DecodeError> {
     const TRUNC: DecodeError = DecodeError::Truncated { layer: Layer::Mpls };
     let mut labels = 0u8;
     loop {

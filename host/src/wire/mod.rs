@@ -426,9 +426,7 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded<'_>, DecodeError> 
         IpOutcome::NotTcp => return Ok(Decoded::NotTcp),
         IpOutcome::Fragment => return Ok(Decoded::Fragment),
     };
-    let seg_bytes = rest
-        .get(ip.l4_offset..ip.captured_end)
-        .unwrap_or_default();
+    let seg_bytes = rest.get(ip.l4_offset..ip.captured_end).unwrap_or_default();
     let tcp = tcp::decode(seg_bytes, ip.tcp_len_on_wire)?;
     Ok(Decoded::Tcp(TcpSegment {
         src: ip.src,

@@ -65,7 +65,8 @@ pub(super) fn decode(seg: &[u8], len_on_wire: u32) -> Result<Tcp<'_>, DecodeErro
             len: len_on_wire,
         });
     }
-    let (Some(options), Some(payload)) = (seg.get(field::MIN_LEN..header_len), seg.get(header_len..))
+    let (Some(options), Some(payload)) =
+        (seg.get(field::MIN_LEN..header_len), seg.get(header_len..))
     else {
         return Err(DecodeError::Truncated { layer: Layer::Tcp });
     };
@@ -91,6 +92,15 @@ pub(super) fn decode(seg: &[u8], len_on_wire: u32) -> Result<Tcp<'_>, DecodeErro
 #[inline]
 pub(super) fn parse_options(mut opts: &[u8]) -> TcpOptions {
     let mut out = TcpOptions::default();
+    // Fast path: the layout of nearly every segment of a connection using timestamps
+    // (NOP, NOP, TS: RFC 7323 appendix A).
+    if let &[option::NOP, option::NOP, option::TIMESTAMPS, 10, a, b, c, d, e, f, g, h] = opts {
+        out.timestamps = Some((
+            u32::from_be_bytes([a, b, c, d]),
+            u32::from_be_bytes([e, f, g, h]),
+        ));
+        return out;
+    }
     while let [kind, rest @ ..] = opts {
         match *kind {
             option::EOL => break,

@@ -12,7 +12,9 @@ use super::*;
 const V4_SRC: [u8; 4] = [192, 0, 2, 1];
 const V4_DST: [u8; 4] = [198, 51, 100, 7];
 const V6_SRC: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const V6_DST: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef];
+const V6_DST: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xef,
+];
 
 fn naive_sum(parts: &[&[u8]]) -> u16 {
     let bytes: Vec<u8> = parts.concat();
@@ -272,7 +274,10 @@ fn vlan_stack_limit() {
 
     let tags = [0x8100u16; MAX_VLAN_TAGS as usize + 1];
     let f = eth_tagged(&tags, &ipv4_tcp(&Tcp::default()));
-    assert_eq!(err_of(decode(LinkType::Ethernet, &f)), DecodeError::TooManyVlanTags);
+    assert_eq!(
+        err_of(decode(LinkType::Ethernet, &f)),
+        DecodeError::TooManyVlanTags
+    );
 }
 
 #[test]
@@ -309,7 +314,10 @@ fn mpls_non_ip_payload_is_not_tcp() {
     let mut p = mpls_label(300, true).to_vec();
     p.extend_from_slice(&[0, 0, 0, 0]);
     p.extend_from_slice(&eth(0x0800, &ipv4_tcp(&Tcp::default())));
-    assert_eq!(decode(LinkType::Ethernet, &eth(0x8847, &p)), Ok(Decoded::NotTcp));
+    assert_eq!(
+        decode(LinkType::Ethernet, &eth(0x8847, &p)),
+        Ok(Decoded::NotTcp)
+    );
 }
 
 #[test]
@@ -358,7 +366,9 @@ fn linux_sll_and_sll2() {
     let seg = tcp_of(decode(LinkType::LinuxSll, &f));
     assert_default_segment(&f, &seg, 16, 36);
 
-    let mut f = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 4, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    let mut f = vec![
+        0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 4, 6, 2, 0, 0, 0, 0, 1, 0, 0,
+    ];
     f.extend_from_slice(&ipv6_tcp(&Tcp::default()));
     let seg = tcp_of(decode(LinkType::LinuxSll2, &f));
     assert_default_segment(&f, &seg, 20, 60);
@@ -372,7 +382,10 @@ fn linux_sll_and_sll2() {
 
     for link in [LinkType::LinuxSll, LinkType::LinuxSll2] {
         assert_eq!(
-            err_of(decode(link, &[0x08, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08])),
+            err_of(decode(
+                link,
+                &[0x08, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08]
+            )),
             DecodeError::Truncated { layer: Layer::Link }
         );
     }
@@ -403,10 +416,21 @@ fn null_loopback_both_byte_orders() {
 #[test]
 fn non_ip_ethertypes_are_not_tcp() {
     // ARP request, LLDP, and an 802.3 frame (length field).
-    let arp = [0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0];
-    assert_eq!(decode(LinkType::Ethernet, &eth(0x0806, &arp)), Ok(Decoded::NotTcp));
-    assert_eq!(decode(LinkType::Ethernet, &eth(0x88cc, &[0; 30])), Ok(Decoded::NotTcp));
-    assert_eq!(decode(LinkType::Ethernet, &eth(46, &[0xaa; 46])), Ok(Decoded::NotTcp));
+    let arp = [
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(
+        decode(LinkType::Ethernet, &eth(0x0806, &arp)),
+        Ok(Decoded::NotTcp)
+    );
+    assert_eq!(
+        decode(LinkType::Ethernet, &eth(0x88cc, &[0; 30])),
+        Ok(Decoded::NotTcp)
+    );
+    assert_eq!(
+        decode(LinkType::Ethernet, &eth(46, &[0xaa; 46])),
+        Ok(Decoded::NotTcp)
+    );
     assert_eq!(
         err_of(decode(LinkType::Ethernet, &[0; 13])),
         DecodeError::Truncated { layer: Layer::Link }
@@ -450,7 +474,10 @@ fn ipv4_fragments() {
     assert_eq!(decode(LinkType::Ethernet, &f), Ok(Decoded::Fragment));
     // DF alone is not a fragment.
     let f = eth(0x0800, &ipv4(6, &[], 0x4000, &seg));
-    assert!(matches!(decode(LinkType::Ethernet, &f), Ok(Decoded::Tcp(_))));
+    assert!(matches!(
+        decode(LinkType::Ethernet, &f),
+        Ok(Decoded::Tcp(_))
+    ));
     // A UDP fragment is simply not TCP.
     let f = eth(0x0800, &ipv4(17, &[], 0x2000, &seg));
     assert_eq!(decode(LinkType::Ethernet, &f), Ok(Decoded::NotTcp));
@@ -460,7 +487,11 @@ fn ipv4_fragments() {
 fn ipv4_other_protocols_are_not_tcp() {
     for proto in [1u8, 17, 47, 50, 132] {
         let f = eth(0x0800, &ipv4(proto, &[], 0, &[0; 16]));
-        assert_eq!(decode(LinkType::Ethernet, &f), Ok(Decoded::NotTcp), "proto {proto}");
+        assert_eq!(
+            decode(LinkType::Ethernet, &f),
+            Ok(Decoded::NotTcp),
+            "proto {proto}"
+        );
     }
 }
 
@@ -486,7 +517,10 @@ fn ipv4_errors() {
     p[2..4].copy_from_slice(&19u16.to_be_bytes());
     assert_eq!(
         err_of(decode(LinkType::Ethernet, &eth(0x0800, &p))),
-        DecodeError::BadIpTotalLength { total: 19, header: 20 }
+        DecodeError::BadIpTotalLength {
+            total: 19,
+            header: 20
+        }
     );
 
     // Total length 0 (TSO capture) is not an error: the captured length is used.
@@ -596,7 +630,7 @@ fn ipv6_hop_by_hop_and_destination_options() {
 #[test]
 fn ipv6_routing_and_ah() {
     let mut rest = ext(51, 2); // Routing (24 bytes) -> AH
-    // AH with payload length 4 -> (4 + 2) * 4 = 24 bytes.
+                               // AH with payload length 4 -> (4 + 2) * 4 = 24 bytes.
     let mut ah = vec![0u8; 24];
     ah[0] = 6;
     ah[1] = 4;
@@ -613,16 +647,25 @@ fn ipv6_fragments() {
     // First fragment (offset 0, M set).
     let mut rest = frag_ext(6, 0, true);
     rest.extend_from_slice(&seg[..16]);
-    assert_eq!(decode(LinkType::RawIp, &ipv6(44, &rest)), Ok(Decoded::Fragment));
+    assert_eq!(
+        decode(LinkType::RawIp, &ipv6(44, &rest)),
+        Ok(Decoded::Fragment)
+    );
     // Later fragment, after a Hop-by-Hop header.
     let mut rest = ext(44, 0);
     rest.extend_from_slice(&frag_ext(6, 2, false));
     rest.extend_from_slice(&seg[16..]);
-    assert_eq!(decode(LinkType::RawIp, &ipv6(0, &rest)), Ok(Decoded::Fragment));
+    assert_eq!(
+        decode(LinkType::RawIp, &ipv6(0, &rest)),
+        Ok(Decoded::Fragment)
+    );
     // Fragment of UDP.
     let mut rest = frag_ext(17, 0, true);
     rest.extend_from_slice(&[0; 16]);
-    assert_eq!(decode(LinkType::RawIp, &ipv6(44, &rest)), Ok(Decoded::NotTcp));
+    assert_eq!(
+        decode(LinkType::RawIp, &ipv6(44, &rest)),
+        Ok(Decoded::NotTcp)
+    );
     // Atomic fragment: decoded as TCP.
     let mut rest = frag_ext(6, 0, false);
     rest.extend_from_slice(&seg);
@@ -635,9 +678,15 @@ fn ipv6_fragments() {
 fn ipv6_not_tcp() {
     // No Next Header, ESP, UDP, ICMPv6; and No Next Header after an extension header.
     for next in [59u8, 50, 17, 58] {
-        assert_eq!(decode(LinkType::RawIp, &ipv6(next, &[0; 24])), Ok(Decoded::NotTcp));
+        assert_eq!(
+            decode(LinkType::RawIp, &ipv6(next, &[0; 24])),
+            Ok(Decoded::NotTcp)
+        );
     }
-    assert_eq!(decode(LinkType::RawIp, &ipv6(60, &ext(59, 0))), Ok(Decoded::NotTcp));
+    assert_eq!(
+        decode(LinkType::RawIp, &ipv6(60, &ext(59, 0))),
+        Ok(Decoded::NotTcp)
+    );
     // Payload length 0 with No Next Header is legal.
     assert_eq!(decode(LinkType::RawIp, &ipv6(59, &[])), Ok(Decoded::NotTcp));
 }
@@ -679,14 +728,20 @@ fn ipv6_errors() {
         rest.extend_from_slice(&ext(if i + 2 == n { 6 } else { 60 }, 0));
     }
     rest.extend_from_slice(&Tcp::default().v6());
-    assert!(matches!(decode(LinkType::RawIp, &ipv6(60, &rest)), Ok(Decoded::Tcp(_))));
+    assert!(matches!(
+        decode(LinkType::RawIp, &ipv6(60, &rest)),
+        Ok(Decoded::Tcp(_))
+    ));
 
     // Extension header longer than the payload length.
     let long = ext(6, 3);
     let mut p = ipv6(60, &long[..8]);
     p.extend_from_slice(&long[8..]); // captured, but not declared
     p.extend_from_slice(&Tcp::default().v6());
-    assert_eq!(err_of(decode(LinkType::RawIp, &p)), DecodeError::BadExtensionHeaderLength);
+    assert_eq!(
+        err_of(decode(LinkType::RawIp, &p)),
+        DecodeError::BadExtensionHeaderLength
+    );
     // Extension header cut by the snapshot length (declared, not captured).
     let mut rest = ext(6, 3);
     rest.extend_from_slice(&Tcp::default().v6());
@@ -816,7 +871,10 @@ fn tcp_errors() {
     let p = ipv4(6, &[], 0, &seg);
     assert_eq!(
         err_of(decode(LinkType::RawIp, &p)),
-        DecodeError::BadTcpDataOffset { offset: 4, len: seg.len() as u32 }
+        DecodeError::BadTcpDataOffset {
+            offset: 4,
+            len: seg.len() as u32
+        }
     );
     // Data offset beyond the IP-declared length.
     let t = Tcp {
@@ -828,7 +886,10 @@ fn tcp_errors() {
     let p = ipv4(6, &[], 0, &seg);
     assert_eq!(
         err_of(decode(LinkType::RawIp, &p)),
-        DecodeError::BadTcpDataOffset { offset: 15, len: 20 }
+        DecodeError::BadTcpDataOffset {
+            offset: 15,
+            len: 20
+        }
     );
     // IP leaves fewer than 20 bytes for TCP.
     let seg = Tcp::default().v4();
@@ -866,7 +927,11 @@ fn tcp_checksum_corrupted_fails() {
         let mut bad = f.clone();
         bad[at] ^= 0x01;
         let seg = tcp_of(decode(LinkType::Ethernet, &bad));
-        assert_eq!(tcp_checksum_ok(&bad, &seg), Some(false), "flipped byte {at}");
+        assert_eq!(
+            tcp_checksum_ok(&bad, &seg),
+            Some(false),
+            "flipped byte {at}"
+        );
     }
     // Odd payload length.
     let t = Tcp {
@@ -897,7 +962,14 @@ fn checksum_fns_reject_mismatched_frames() {
 
 #[test]
 fn every_error_has_a_message_and_a_kind() {
-    let layers = [Layer::Link, Layer::Vlan, Layer::Mpls, Layer::Ipv4, Layer::Ipv6, Layer::Tcp];
+    let layers = [
+        Layer::Link,
+        Layer::Vlan,
+        Layer::Mpls,
+        Layer::Ipv4,
+        Layer::Ipv6,
+        Layer::Tcp,
+    ];
     let mut all: Vec<DecodeError> = layers
         .iter()
         .map(|&layer| DecodeError::Truncated { layer })
@@ -907,7 +979,10 @@ fn every_error_has_a_message_and_a_kind() {
         DecodeError::TooManyMplsLabels,
         DecodeError::BadIpVersion { found: 5 },
         DecodeError::BadIpHeaderLength { ihl: 3 },
-        DecodeError::BadIpTotalLength { total: 10, header: 20 },
+        DecodeError::BadIpTotalLength {
+            total: 10,
+            header: 20,
+        },
         DecodeError::Jumbogram,
         DecodeError::BadExtensionHeaderLength,
         DecodeError::TooManyExtensionHeaders,
@@ -950,7 +1025,10 @@ fn every_prefix_of_valid_frames() {
     mpls.extend_from_slice(&mpls_label(2, true));
     mpls.extend_from_slice(&ipv4_tcp(&t));
     let frames = [
-        (LinkType::Ethernet, eth_tagged(&[0x88a8, 0x8100], &ipv4_tcp(&t))),
+        (
+            LinkType::Ethernet,
+            eth_tagged(&[0x88a8, 0x8100], &ipv4_tcp(&t)),
+        ),
         (LinkType::Ethernet, eth(0x8847, &mpls)),
         (LinkType::RawIp, ipv6(0, &v6rest)),
     ];
@@ -982,14 +1060,23 @@ fn mutated_frames_do_not_panic() {
         state
     };
     for round in 0..20_000 {
-        let mut f = if round % 2 == 0 { base.clone() } else { base6.clone() };
+        let mut f = if round % 2 == 0 {
+            base.clone()
+        } else {
+            base6.clone()
+        };
         for _ in 0..(next() % 4 + 1) {
             let at = (next() % f.len() as u64) as usize;
             f[at] = next() as u8;
         }
         let len = (next() % (f.len() as u64 + 1)) as usize;
         f.truncate(len.max(f.len() / 2));
-        for link in [LinkType::Ethernet, LinkType::RawIp, LinkType::LinuxSll, LinkType::Null] {
+        for link in [
+            LinkType::Ethernet,
+            LinkType::RawIp,
+            LinkType::LinuxSll,
+            LinkType::Null,
+        ] {
             if let Ok(Decoded::Tcp(seg)) = decode(link, &f) {
                 assert!(usize::from(seg.l4_offset) + 20 <= f.len());
                 assert!(seg.l3_offset < seg.l4_offset);
@@ -1080,14 +1167,20 @@ fn decode_capture(path: &std::path::Path, stats: &mut CorpusStats) {
             Ok((offset, block)) => {
                 match block {
                     PcapBlockOwned::LegacyHeader(h) => {
-                        legacy_link = u32::try_from(h.network.0).ok().and_then(LinkType::from_pcap);
+                        legacy_link = u32::try_from(h.network.0)
+                            .ok()
+                            .and_then(LinkType::from_pcap);
                     }
                     PcapBlockOwned::Legacy(b) => {
                         decode_one(stats, legacy_link, b.data, generated);
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => if_links.clear(),
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        if_links.push(u32::try_from(idb.linktype.0).ok().and_then(LinkType::from_pcap));
+                        if_links.push(
+                            u32::try_from(idb.linktype.0)
+                                .ok()
+                                .and_then(LinkType::from_pcap),
+                        );
                     }
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
                         let link = if_links.get(epb.if_id as usize).copied().flatten();
@@ -1108,7 +1201,10 @@ fn decode_capture(path: &std::path::Path, stats: &mut CorpusStats) {
                 }
             }
             Err(e) => {
-                eprintln!("{}: stopped at a capture parse error: {e:?}", path.display());
+                eprintln!(
+                    "{}: stopped at a capture parse error: {e:?}",
+                    path.display()
+                );
                 break;
             }
         }
