@@ -595,14 +595,15 @@ impl Engine {
             let r = &mut flow.sides[receiver.index()];
             // A SYN defines the stream's start, unless bytes of it were already seen.
             let rebase = flags.syn() && r.buf.is_none() && r.rx_next == 0;
-            if (!r.rx_base_known || rebase) && !flags.rst() {
+            if !r.rx_base_known || (rebase && !flags.rst()) {
                 r.rx_base = data_seq;
                 r.rx_base_known = true;
             }
             let off = r.offset_of(data_seq);
             flow.last.offset = off.max(0) as u64;
         }
-        if !payload.is_empty() && !flags.rst() && core.flows[slot as usize].sides[receiver.index()].rx_base_known {
+        // Data on a RST is stored too: a monitor wants to see what the RST carried.
+        if !payload.is_empty() && core.flows[slot as usize].sides[receiver.index()].rx_base_known {
             self.receive_data(slot, receiver, data_seq, payload, order, pkt);
             if !self.core.flow_is(slot, gen) {
                 return;
@@ -916,11 +917,24 @@ impl Engine {
         if ack_off <= contig || ack_off - contig > (1 << 30) {
             return;
         }
-        let target = match buf.first_gap_end() {
-            Some(next) => (next as i64).min(ack_off) as u64,
-            None => ack_off as u64,
-        };
-        self.skip_gap(slot, side, target, order);
+        let gen = self.core.flows[slot as usize].gen;
+        // Every gap below the acknowledged offset is lost to the capture.
+        loop {
+            let s = &self.core.flows[slot as usize].sides[side.index()];
+            let Some(buf) = s.buf.as_ref() else { return };
+            let contig = buf.contig_end();
+            if contig >= ack_off as u64 {
+                return;
+            }
+            let target = match buf.first_gap_end() {
+                Some(next) => next.min(ack_off as u64),
+                None => ack_off as u64,
+            };
+            self.skip_gap(slot, side, target, order);
+            if !self.core.flow_is(slot, gen) {
+                return;
+            }
+        }
     }
 
     /// Declares `[contig_end, to)` missing: the next fragment (if it starts at `to`) becomes

@@ -42,7 +42,17 @@ pub struct Seg {
 
 impl Seg {
     pub fn new(src: SocketAddr, dst: SocketAddr) -> Seg {
-        Seg { src, dst, seq: 0, ack: 0, flags: 0, window: 65535, payload: Vec::new(), mss: None, wscale: None }
+        Seg {
+            src,
+            dst,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            window: 65535,
+            payload: Vec::new(),
+            mss: None,
+            wscale: None,
+        }
     }
     pub fn seq(mut self, seq: u32) -> Seg {
         self.seq = seq;
@@ -153,7 +163,11 @@ fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for part in parts {
         for ch in part.chunks(2) {
-            let w = if ch.len() == 2 { u16::from_be_bytes([ch[0], ch[1]]) } else { u16::from(ch[0]) << 8 };
+            let w = if ch.len() == 2 {
+                u16::from_be_bytes([ch[0], ch[1]])
+            } else {
+                u16::from(ch[0]) << 8
+            };
             sum += u32::from(w);
         }
     }
@@ -175,7 +189,12 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(cli: &str, svr: &str) -> Conn {
-        Conn { cli: cli.parse().unwrap(), svr: svr.parse().unwrap(), cisn: 1_000, sisn: 50_000 }
+        Conn {
+            cli: cli.parse().unwrap(),
+            svr: svr.parse().unwrap(),
+            cisn: 1_000,
+            sisn: 50_000,
+        }
     }
     /// The default test connection 10.0.0.1:40000 -> 10.0.0.2:80.
     pub fn v4() -> Conn {
@@ -190,7 +209,10 @@ impl Conn {
         Seg::new(self.cli, self.svr).seq(self.cisn).flags(SYN)
     }
     pub fn synack(&self) -> Seg {
-        Seg::new(self.svr, self.cli).seq(self.sisn).ack(self.cisn.wrapping_add(1)).flags(SYN | ACK)
+        Seg::new(self.svr, self.cli)
+            .seq(self.sisn)
+            .ack(self.cisn.wrapping_add(1))
+            .flags(SYN | ACK)
     }
     /// A client segment at client-stream offset `off`, acknowledging server offset `ack`.
     pub fn c(&self, off: u32, ack: u32, flags: u8) -> Seg {
@@ -237,7 +259,13 @@ pub fn strs(v: &[&str]) -> Vec<String> {
 
 /// `n` bytes of a recognisable pattern.
 pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| seed.wrapping_add((i % 251) as u8).wrapping_mul(7).wrapping_add((i / 251) as u8)).collect()
+    (0..n)
+        .map(|i| {
+            seed.wrapping_add((i % 251) as u8)
+                .wrapping_mul(7)
+                .wrapping_add((i / 251) as u8)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -300,7 +328,10 @@ impl Recorder {
         self.show_port = true;
         self
     }
-    pub fn hook(mut self, f: impl FnMut(&mut Cx<'_>, &Event, &mut Vec<String>) + 'static) -> Recorder {
+    pub fn hook(
+        mut self,
+        f: impl FnMut(&mut Cx<'_>, &Event, &mut Vec<String>) + 'static,
+    ) -> Recorder {
         self.hook = Some(Box::new(f));
         self
     }
@@ -379,11 +410,17 @@ impl Monitor for Recorder {
                     match cx.peek(ev.flow, side, &mut buf) {
                         Ok(0) => break,
                         Ok(n) => self.read.borrow_mut()[side.index()].extend_from_slice(&buf[..n]),
-                        Err(PeekError::Lost(n)) => {
-                            lines.push(format!("{}{} peek lost {n}", self.prefix(), side.short_name()))
-                        }
+                        Err(PeekError::Lost(n)) => lines.push(format!(
+                            "{}{} peek lost {n}",
+                            self.prefix(),
+                            side.short_name()
+                        )),
                         Err(e) => {
-                            lines.push(format!("{}{} peek error {e}", self.prefix(), side.short_name()));
+                            lines.push(format!(
+                                "{}{} peek error {e}",
+                                self.prefix(),
+                                side.short_name()
+                            ));
                             break;
                         }
                     }
@@ -399,7 +436,11 @@ impl Monitor for Recorder {
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
-        let mut lines = vec![format!("{}timer {tag}{}", self.prefix(), if flow.is_some() { "" } else { " core" })];
+        let mut lines = vec![format!(
+            "{}timer {tag}{}",
+            self.prefix(),
+            if flow.is_some() { "" } else { " core" }
+        )];
         if let Some(h) = self.timer_hook.as_mut() {
             h(cx, flow, tag, &mut lines);
         }
@@ -429,7 +470,11 @@ pub struct Net {
 
 impl Net {
     pub fn new(cfg: Config, log: &Log, monitors: Vec<Box<dyn Monitor>>) -> Net {
-        Net { engine: Engine::new(cfg, monitors), log: log.clone(), ts: SEC }
+        Net {
+            engine: Engine::new(cfg, monitors),
+            log: log.clone(),
+            ts: SEC,
+        }
     }
 
     /// An engine with one recorder subscribed to everything (default config).
@@ -441,7 +486,8 @@ impl Net {
     /// Feeds one packet (no end of batch).
     pub fn send(&mut self, seg: &Seg) {
         let frame = seg.frame();
-        self.engine.on_frame(Some(LinkType::Ethernet), &frame, self.ts);
+        self.engine
+            .on_frame(Some(LinkType::Ethernet), &frame, self.ts);
         self.ts += 1_000;
     }
 
