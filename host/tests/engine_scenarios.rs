@@ -1107,8 +1107,10 @@ fn stop_monitoring_both_ends_at_once_for_that_monitor_only() {
             "B: cli rcv PKT_IN",
             "A: cli rcv PKT_IN",
             "A: stop Ok(())",
-            "A: cli null CONN_END stopped",
-            "A: svr null CONN_END stopped",
+            "A: cli rcv CONN_END stopped",
+            "A: cli snd CONN_END stopped",
+            "A: svr rcv CONN_END stopped",
+            "A: svr snd CONN_END stopped",
             // Nothing more for A: not even the state change of this very packet.
         ])
     );

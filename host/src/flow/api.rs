@@ -213,31 +213,39 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces.into());
         }
-        let (slot, s) = self.side_state(h, side)?;
+        let slot = self.flow(h)?;
+        let core = &mut *self.core;
+        let s = &core.flows[slot as usize].sides[side.index()];
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval.into());
         }
         if !s.opened {
             return Err(Errno::NotConn.into());
         }
-        let idx = slot as usize * self.core.nmon + self.monitor;
-        let cursor = self.core.mon_flows[idx].cursor[side.index()];
+        let idx = slot as usize * core.nmon + self.monitor;
+        let cursor_slot = &mut core.mon_flows[idx].cursor[side.index()];
+        let cursor = *cursor_slot;
         let Some(b) = s.buf.as_ref() else { return Ok(0) };
         if cursor < b.head() {
-            let lost = b.head() - cursor;
-            self.core.mon_flows[idx].cursor[side.index()] = b.head();
-            return Err(PeekError::Lost(lost));
+            *cursor_slot = b.head();
+            return Err(PeekError::Lost(b.head() - cursor));
         }
-        let contig = b.contig_end();
-        if cursor >= contig || buf.is_empty() {
-            return Ok(0);
+        match b.readable_at(cursor) {
+            Err(gap) => {
+                *cursor_slot = cursor + gap;
+                Err(PeekError::Lost(gap))
+            }
+            Ok(0) => Ok(0),
+            Ok(_) if buf.is_empty() => Ok(0),
+            Ok(avail) => {
+                let n = (avail as usize).min(buf.len());
+                let (x, y) = b.slices(cursor, n);
+                buf[..x.len()].copy_from_slice(x);
+                buf[x.len()..n].copy_from_slice(y);
+                *cursor_slot = cursor + n as u64;
+                Ok(n)
+            }
         }
-        let n = ((contig - cursor) as usize).min(buf.len());
-        let (x, y) = b.slices(cursor, n);
-        buf[..x.len()].copy_from_slice(x);
-        buf[x.len()..n].copy_from_slice(y);
-        self.core.mon_flows[idx].cursor[side.index()] = cursor + n as u64;
-        Ok(n)
     }
 
     /// The stored fragments of `side` as `(offset, len)`, in offset order.

@@ -37,9 +37,15 @@ struct Fragment {
 }
 
 /// One side's receive buffer.
+///
+/// `contig` is the end of the in-order data. It normally is the end of the fragment that
+/// starts at `head`, but a gap the receiver acknowledged (lost to the capture, never to be
+/// retransmitted) can be *skipped*: `contig` then moves past it while the bytes before the
+/// gap stay readable. Readers learn of the skipped bytes from `peek` (`Lost`).
 pub(crate) struct RecvBuffer {
     data: Box<[u8]>,
     head: u64,
+    contig: u64,
     frags: [Fragment; MAX_FRAGMENTS],
     nfrags: usize,
 }
@@ -50,6 +56,7 @@ impl RecvBuffer {
         RecvBuffer {
             data: vec![0u8; capacity.max(1)].into_boxed_slice(),
             head,
+            contig: head,
             frags: [Fragment::default(); MAX_FRAGMENTS],
             nfrags: 0,
         }
@@ -58,6 +65,7 @@ impl RecvBuffer {
     /// Empties a recycled buffer and moves its window to `head`.
     pub(crate) fn reset(&mut self, head: u64) {
         self.head = head;
+        self.contig = head;
         self.nfrags = 0;
     }
 
@@ -75,11 +83,43 @@ impl RecvBuffer {
     /// End of the contiguous data (equal to `head` when there is none).
     #[inline]
     pub(crate) fn contig_end(&self) -> u64 {
-        if self.nfrags > 0 && self.frags[0].start == self.head {
-            self.frags[0].end
-        } else {
-            self.head
+        self.contig
+    }
+
+    /// Moves `contig` through every fragment that now touches it.
+    fn extend_contig(&mut self) {
+        for f in &self.frags[..self.nfrags] {
+            if f.start <= self.contig && f.end > self.contig {
+                self.contig = f.end;
+            } else if f.start > self.contig {
+                break;
+            }
         }
+    }
+
+    /// Declares `[contig, to)` missing: the in-order data continues at `to`.
+    pub(crate) fn skip_to(&mut self, to: u64) {
+        if to > self.contig {
+            self.contig = to;
+            self.extend_contig();
+        }
+    }
+
+    /// Where the next in-order read at `cursor` stands: `Ok(n)` stored bytes up to the
+    /// contiguous end, or `Err(n)` bytes of a skipped gap.
+    pub(crate) fn readable_at(&self, cursor: u64) -> Result<u64, u64> {
+        if cursor >= self.contig {
+            return Ok(0);
+        }
+        for f in &self.frags[..self.nfrags] {
+            if f.start <= cursor && cursor < f.end {
+                return Ok(f.end.min(self.contig) - cursor);
+            }
+            if f.start > cursor {
+                return Err(f.start.min(self.contig) - cursor);
+            }
+        }
+        Err(self.contig - cursor)
     }
 
     /// End of the last stored fragment (equal to `head` when empty).
@@ -98,8 +138,7 @@ impl RecvBuffer {
 
     /// Start of the first stored fragment after the contiguous data, if any.
     pub(crate) fn first_gap_end(&self) -> Option<u64> {
-        let first_ooo = usize::from(self.nfrags > 0 && self.frags[0].start == self.head);
-        (first_ooo < self.nfrags).then(|| self.frags[first_ooo].start)
+        self.frags[..self.nfrags].iter().map(|f| f.start).find(|&s| s > self.contig)
     }
 
     /// Copies the bytes at `[off, off + buf.len())` that are stored in the fragment holding
@@ -128,6 +167,7 @@ impl RecvBuffer {
             return;
         }
         self.head = new_head;
+        self.contig = self.contig.max(new_head);
         let mut keep = 0;
         for i in 0..self.nfrags {
             let mut f = self.frags[i];
@@ -195,6 +235,7 @@ impl RecvBuffer {
             self.nfrags -= removed - 1;
         }
         self.frags[lo] = merged;
+        self.extend_contig();
         WriteOutcome { overlap, new: bytes.len() as u64 - overlap, fragment_limit: false }
     }
 
@@ -279,6 +320,29 @@ mod tests {
         assert_eq!(&out, b"ghijklmn");
         let (x, y) = b.slices(6, 8);
         assert_eq!([x, y].concat(), b"ghijklmn");
+    }
+
+    #[test]
+    fn skipped_gap_keeps_earlier_bytes() {
+        let mut b = RecvBuffer::new(64, 0);
+        b.write(0, b"abcd", OverlapPolicy::First);
+        b.write(8, b"ijkl", OverlapPolicy::First);
+        assert_eq!(b.contig_end(), 4);
+        assert_eq!(b.first_gap_end(), Some(8));
+        b.skip_to(8);
+        assert_eq!(b.contig_end(), 12);
+        assert_eq!(b.first_gap_end(), None);
+        assert_eq!(b.readable_at(0), Ok(4));
+        assert_eq!(b.readable_at(4), Err(4));
+        assert_eq!(b.readable_at(8), Ok(4));
+        assert_eq!(b.readable_at(12), Ok(0));
+        let mut out = [0u8; 4];
+        assert_eq!(b.read(0, &mut out), Some(4));
+        // An acknowledged gap beyond every fragment.
+        b.skip_to(20);
+        assert_eq!(b.readable_at(12), Err(8));
+        b.write(20, b"uv", OverlapPolicy::First);
+        assert_eq!(b.contig_end(), 22);
     }
 
     #[test]

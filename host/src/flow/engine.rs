@@ -573,7 +573,7 @@ impl Engine {
         };
         // An ACK covering bytes this side never saw: they are lost to the capture.
         if flags.ack() && !flags.rst() {
-            self.ack_skip(slot, sender, seg.ack, order);
+            self.ack_skip(slot, sender, seg.ack);
         }
         let pkt = Some(frame);
         let one = |s: Side| EventSide::One(s);
@@ -902,7 +902,7 @@ impl Engine {
     }
 
     /// The receiver's ACK says the peer got bytes this side never saw: skip the gap.
-    fn ack_skip(&mut self, slot: u32, side: Side, ack: u32, order: Order) {
+    fn ack_skip(&mut self, slot: u32, side: Side, ack: u32) {
         let s = &self.core.flows[slot as usize].sides[side.index()];
         let Some(buf) = s.buf.as_ref() else { return };
         if !s.rx_base_known {
@@ -917,7 +917,6 @@ impl Engine {
         if ack_off <= contig || ack_off - contig > (1 << 30) {
             return;
         }
-        let gen = self.core.flows[slot as usize].gen;
         // Every gap below the acknowledged offset is lost to the capture.
         loop {
             let s = &self.core.flows[slot as usize].sides[side.index()];
@@ -930,29 +929,21 @@ impl Engine {
                 Some(next) => next.min(ack_off as u64),
                 None => ack_off as u64,
             };
-            self.skip_gap(slot, side, target, order);
-            if !self.core.flow_is(slot, gen) {
-                return;
-            }
+            self.skip_gap(slot, side, target);
         }
     }
 
     /// Declares `[contig_end, to)` missing: the next fragment (if it starts at `to`) becomes
     /// contiguous. Pending data is delivered first.
-    fn skip_gap(&mut self, slot: u32, side: Side, to: u64, order: Order) {
-        let gen = self.core.flows[slot as usize].gen;
-        let contig = self.core.flows[slot as usize].sides[side.index()].contig();
-        if to <= contig {
-            return;
-        }
-        self.discard_to(slot, side, contig, order);
-        if !self.core.flow_is(slot, gen) {
-            return;
-        }
+    fn skip_gap(&mut self, slot: u32, side: Side, to: u64) {
         let core = &mut self.core;
         let s = &mut core.flows[slot as usize].sides[side.index()];
         let Some(buf) = s.buf.as_mut() else { return };
-        buf.advance_head(to);
+        let contig = buf.contig_end();
+        if to <= contig {
+            return;
+        }
+        buf.skip_to(to);
         s.missing += to - contig;
         core.stats.bytes_missing += to - contig;
         s.rx_next = s.contig();
@@ -1053,7 +1044,7 @@ impl Engine {
             loop {
                 let s = &self.core.flows[slot as usize].sides[side.index()];
                 let Some(next) = s.buf.as_ref().and_then(|b| b.first_gap_end()) else { break };
-                self.skip_gap(slot, side, next, Order::Load);
+                self.skip_gap(slot, side, next);
             }
             self.deliver_newdata(slot, side);
         }
@@ -1165,17 +1156,29 @@ impl Engine {
                 continue;
             }
             let handle = FlowHandle::flow(self.core.cfg.core, slot, gen);
+            let idx = slot as usize * self.core.nmon + m as usize;
+            // The handle stays readable during its own ConnEnd.
+            let mask = self.core.mon_flows[idx].mask;
+            self.core.mon_flows[idx].stopped = 0;
+            self.core.mon_flows[idx].ended = true;
             for side in Side::BOTH {
-                let ev = Event {
-                    kind: EventKind::ConnEnd,
-                    side: EventSide::One(side),
-                    hook: Hook::None,
-                    flow: handle,
-                    detail: Detail::End(EndReason::Stopped),
-                };
-                self.core.stats.events += 1;
-                let mut cx = Cx::new(&mut self.core, m as usize, slot, None, &self.user_events);
-                self.monitors[m as usize].on_event(&mut cx, &ev);
+                for hook in [Hook::Rcv, Hook::Snd] {
+                    if mask & EventKind::ConnEnd.bit(hook) == 0 {
+                        continue;
+                    }
+                    let ev = Event {
+                        kind: EventKind::ConnEnd,
+                        side: EventSide::One(side),
+                        hook,
+                        flow: handle,
+                        detail: Detail::End(EndReason::Stopped),
+                    };
+                    self.core.stats.events += 1;
+                    self.core.mon_flows[idx].ended = false;
+                    let mut cx = Cx::new(&mut self.core, m as usize, slot, None, &self.user_events);
+                    self.monitors[m as usize].on_event(&mut cx, &ev);
+                    self.core.mon_flows[idx].ended = true;
+                }
             }
             self.core.mon_flows[slot as usize * self.core.nmon + m as usize].ended = true;
         }
