@@ -233,6 +233,28 @@ pub(crate) struct Flow {
     pub(crate) end_reason: Option<EndReason>,
 }
 
+impl Flow {
+    fn empty(overlap: OverlapPolicy) -> Flow {
+        Flow {
+            key: FlowKey { lo: Addr(0), hi: Addr(0), lo_port: 0, hi_port: 0 },
+            gen: 0,
+            live: false,
+            client_is_lo: true,
+            partial: false,
+            in_tw: false,
+            prev: NIL,
+            next: NIL,
+            start_ts: 0,
+            last_ts: 0,
+            tw_deadline: 0,
+            seqno: 0,
+            sides: [SideState::new(TcpState::Closed, 0, overlap), SideState::new(TcpState::Listen, 0, overlap)],
+            last: LastPacket::default(),
+            end_reason: None,
+        }
+    }
+}
+
 /// Per (monitor, flow) state: peek cursors, user value, subscriptions for this flow.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MonFlow {
@@ -268,6 +290,8 @@ pub(crate) struct Timer {
 pub(crate) struct Core {
     pub(crate) cfg: Config,
     pub(crate) flows: Vec<Flow>,
+    /// `max_flows`: `flows` grows up to this, then slots are recycled.
+    capacity: usize,
     index: Vec<u64>,
     index_mask: usize,
     free: Vec<u32>,
@@ -317,33 +341,16 @@ impl Engine {
         let subs: Vec<Subscriptions> = monitors.iter().map(|m| m.subscriptions()).collect();
         let any_mask = subs.iter().fold(0, |a, s| a | s.mask);
         let nmon = monitors.len();
-        let mut flows = Vec::with_capacity(cap);
-        flows.resize_with(cap, || Flow {
-            key: FlowKey { lo: Addr(0), hi: Addr(0), lo_port: 0, hi_port: 0 },
-            gen: 0,
-            live: false,
-            client_is_lo: true,
-            partial: false,
-            in_tw: false,
-            prev: NIL,
-            next: NIL,
-            start_ts: 0,
-            last_ts: 0,
-            tw_deadline: 0,
-            seqno: 0,
-            sides: [
-                SideState::new(TcpState::Closed, 0, cfg.overlap),
-                SideState::new(TcpState::Listen, 0, cfg.overlap),
-            ],
-            last: LastPacket::default(),
-            end_reason: None,
-        });
+        // Slots are created on demand up to `max_flows` and then recycled, so a large
+        // table costs nothing until it is used and nothing per packet after.
+        let flows = Vec::new();
         Engine {
             core: Core {
                 flows,
                 index: vec![0; index_len],
                 index_mask: index_len - 1,
-                free: (0..cap as u32).rev().collect(),
+                free: Vec::new(),
+                capacity: cap,
                 lru_head: NIL,
                 lru_tail: NIL,
                 tw_head: NIL,
@@ -352,7 +359,7 @@ impl Engine {
                 next_seqno: 0,
                 stats: Stats::default(),
                 nmon,
-                mon_flows: vec![MonFlow::default(); cap * nmon],
+                mon_flows: Vec::new(),
                 mon_subs: subs,
                 any_mask,
                 pending: Vec::with_capacity(1024),
@@ -467,7 +474,7 @@ impl Engine {
                     self.orphan(seg, frame);
                     return;
                 }
-                if core.free.is_empty() {
+                if core.free.is_empty() && core.flows.len() >= core.capacity {
                     let victim = core.lru_head;
                     let victim = if victim == NIL { core.tw_head } else { victim };
                     self.core.stats.flows_evicted += 1;
@@ -1284,7 +1291,14 @@ impl Core {
     }
 
     fn create(&mut self, key: FlowKey, hash: u64, client_is_lo: bool, partial: bool) -> u32 {
-        let slot = self.free.pop().expect("caller made room");
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.flows.push(Flow::empty(self.cfg.overlap));
+                self.mon_flows.resize(self.flows.len() * self.nmon, MonFlow::default());
+                self.flows.len() as u32 - 1
+            }
+        };
         let now = self.now;
         let seqno = self.next_seqno;
         self.next_seqno += 1;
