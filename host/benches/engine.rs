@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, Criterion, Throughput};
 use flowpeek::flow::{
-    BufferRequest, Config, Cx, EndReason, Engine, Event, EventKind, EventSide, Hook, Monitor, PeekError,
-    Subscriptions,
+    BufferRequest, Config, Cx, EndReason, Engine, Event, EventKind, EventSide, Hook, Monitor,
+    PeekError, Subscriptions,
 };
 use flowpeek::wire::{LinkType, TcpFlags};
 
@@ -42,7 +42,17 @@ const LINK: Option<LinkType> = Some(LinkType::Ethernet);
 // Frames
 
 #[allow(clippy::too_many_arguments)]
-fn write_frame(f: &mut [u8], src: u32, dst: u32, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, payload: usize) {
+fn write_frame(
+    f: &mut [u8],
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: usize,
+) {
     let total = (20 + 20 + payload) as u16;
     f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
@@ -107,7 +117,14 @@ struct FlowSpec {
 fn flow_spec(i: u32) -> FlowSpec {
     // ISNs spread over the whole sequence space, some close to the 2^32 wrap.
     let isn_c = i.wrapping_mul(2_654_435_761).wrapping_add(0xfff0_0000);
-    FlowSpec { cli: 0x0a00_0000 + i, svr: 0xc0a8_0001, cport: 40000, sport: 80, isn_c, isn_s: !isn_c }
+    FlowSpec {
+        cli: 0x0a00_0000 + i,
+        svr: 0xc0a8_0001,
+        cport: 40000,
+        sport: 80,
+        isn_c,
+        isn_s: !isn_c,
+    }
 }
 
 /// Drives the three-way handshake of every flow (not measured), in a shuffled order: the
@@ -128,9 +145,29 @@ fn handshakes(engine: &mut Engine, flows: &[FlowSpec], ts: &mut u64, count: &mut
     for s in order.iter().map(|&i| &flows[i]) {
         write_frame(&mut f, s.cli, s.svr, s.cport, s.sport, s.isn_c, 0, syn, 0);
         feed(engine, &f, ts, count);
-        write_frame(&mut f, s.svr, s.cli, s.sport, s.cport, s.isn_s, s.isn_c.wrapping_add(1), syn | ack, 0);
+        write_frame(
+            &mut f,
+            s.svr,
+            s.cli,
+            s.sport,
+            s.cport,
+            s.isn_s,
+            s.isn_c.wrapping_add(1),
+            syn | ack,
+            0,
+        );
         feed(engine, &f, ts, count);
-        write_frame(&mut f, s.cli, s.svr, s.cport, s.sport, s.isn_c.wrapping_add(1), s.isn_s.wrapping_add(1), ack, 0);
+        write_frame(
+            &mut f,
+            s.cli,
+            s.svr,
+            s.cport,
+            s.sport,
+            s.isn_c.wrapping_add(1),
+            s.isn_s.wrapping_add(1),
+            ack,
+            0,
+        );
         feed(engine, &f, ts, count);
     }
     engine.end_batch();
@@ -165,7 +202,17 @@ impl Ring {
         let len = HDR + payload;
         let stride = len.next_multiple_of(64);
         assert!(n % chunk == 0, "chunk must divide the ring");
-        Ring { frames: vec![0; n * stride], stride, len, n, seq_delta, ack_delta, chunk, pos: 0, payload }
+        Ring {
+            frames: vec![0; n * stride],
+            stride,
+            len,
+            n,
+            seq_delta,
+            ack_delta,
+            chunk,
+            pos: 0,
+            payload,
+        }
     }
 
     fn frame_mut(&mut self, i: usize) -> &mut [u8] {
@@ -209,8 +256,28 @@ fn ring_64b(flows: &[FlowSpec], chunk: usize) -> Ring {
     let pa = TcpFlags::PSH | TcpFlags::ACK;
     for (i, s) in flows.iter().enumerate() {
         let (c, sv) = (s.isn_c.wrapping_add(1), s.isn_s.wrapping_add(1));
-        write_frame(r.frame_mut(2 * i), s.cli, s.svr, s.cport, s.sport, c, sv, pa, P);
-        write_frame(r.frame_mut(2 * i + 1), s.svr, s.cli, s.sport, s.cport, sv, c.wrapping_add(P as u32), pa, P);
+        write_frame(
+            r.frame_mut(2 * i),
+            s.cli,
+            s.svr,
+            s.cport,
+            s.sport,
+            c,
+            sv,
+            pa,
+            P,
+        );
+        write_frame(
+            r.frame_mut(2 * i + 1),
+            s.svr,
+            s.cli,
+            s.sport,
+            s.cport,
+            sv,
+            c.wrapping_add(P as u32),
+            pa,
+            P,
+        );
     }
     r
 }
@@ -225,10 +292,24 @@ fn ring_1460(flows: &[FlowSpec], per_flow: usize, swap: bool) -> Ring {
     let mut i = 0;
     for pair in 0..per_flow / 2 {
         for s in flows {
-            let order = if swap { [2 * pair + 1, 2 * pair] } else { [2 * pair, 2 * pair + 1] };
+            let order = if swap {
+                [2 * pair + 1, 2 * pair]
+            } else {
+                [2 * pair, 2 * pair + 1]
+            };
             for k in order {
                 let seq = s.isn_c.wrapping_add(1).wrapping_add((k * P) as u32);
-                write_frame(r.frame_mut(i), s.cli, s.svr, s.cport, s.sport, seq, s.isn_s.wrapping_add(1), pa, P);
+                write_frame(
+                    r.frame_mut(i),
+                    s.cli,
+                    s.svr,
+                    s.cport,
+                    s.sport,
+                    seq,
+                    s.isn_s.wrapping_add(1),
+                    pa,
+                    P,
+                );
                 i += 1;
             }
         }
@@ -271,7 +352,10 @@ struct Peeker {
 
 impl Peeker {
     fn new(c: &Rc<Counters>) -> Peeker {
-        Peeker { scratch: vec![0; 64 * 1024].into_boxed_slice(), c: c.clone() }
+        Peeker {
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+            c: c.clone(),
+        }
     }
 }
 
@@ -280,10 +364,14 @@ impl Monitor for Peeker {
         "peeker"
     }
     fn subscriptions(&self) -> Subscriptions {
-        Subscriptions::none().with(EventKind::NewData, Hook::None).with_buffers(BufferRequest::Default)
+        Subscriptions::none()
+            .with(EventKind::NewData, Hook::None)
+            .with_buffers(BufferRequest::Default)
     }
     fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
-        let EventSide::One(side) = ev.side else { return };
+        let EventSide::One(side) = ev.side else {
+            return;
+        };
         let mut got = 0u64;
         loop {
             match cx.peek(ev.flow, side, &mut self.scratch) {
@@ -308,7 +396,9 @@ impl Monitor for Checker {
         "checker"
     }
     fn subscriptions(&self) -> Subscriptions {
-        Subscriptions::none().with(EventKind::Rexmit, Hook::Rcv).with(EventKind::Error, Hook::None)
+        Subscriptions::none()
+            .with(EventKind::Rexmit, Hook::Rcv)
+            .with(EventKind::Error, Hook::None)
     }
     fn on_event(&mut self, _cx: &mut Cx<'_>, ev: &Event) {
         let c = match ev.kind {
@@ -357,8 +447,21 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(cfg: Config, monitors: Vec<Box<dyn Monitor>>, c: Rc<Counters>, flows: &[FlowSpec], ring: Ring) -> Setup {
-        let mut s = Setup { engine: Engine::new(cfg, monitors), ring, ts: 0, count: 0, c, data_pkts: 0 };
+    fn new(
+        cfg: Config,
+        monitors: Vec<Box<dyn Monitor>>,
+        c: Rc<Counters>,
+        flows: &[FlowSpec],
+        ring: Ring,
+    ) -> Setup {
+        let mut s = Setup {
+            engine: Engine::new(cfg, monitors),
+            ring,
+            ts: 0,
+            count: 0,
+            c,
+            data_pkts: 0,
+        };
         handshakes(&mut s.engine, flows, &mut s.ts, &mut s.count);
         assert_eq!(s.engine.stats().flows_live, flows.len() as u64);
         s.ring.pass(&mut s.engine, &mut s.ts, &mut s.count);
@@ -370,7 +473,8 @@ impl Setup {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let t = Instant::now();
-            self.ring.run_chunk(&mut self.engine, &mut self.ts, &mut self.count);
+            self.ring
+                .run_chunk(&mut self.engine, &mut self.ts, &mut self.count);
             total += t.elapsed();
             self.ring.advance();
             self.data_pkts += self.ring.chunk as u64;
@@ -383,19 +487,36 @@ impl Setup {
         self.engine.end_batch();
         let st = self.engine.stats();
         assert_eq!(st.flows_live, nflows as u64, "{st:?}");
-        assert_eq!(st.flows_evicted + st.flows_timed_out + st.orphans + st.malformed, 0, "{st:?}");
-        assert_eq!(st.bytes_beyond_window + st.bytes_missing + st.fragment_limit_drops, 0, "{st:?}");
+        assert_eq!(
+            st.flows_evicted + st.flows_timed_out + st.orphans + st.malformed,
+            0,
+            "{st:?}"
+        );
+        assert_eq!(
+            st.bytes_beyond_window + st.bytes_missing + st.fragment_limit_drops,
+            0,
+            "{st:?}"
+        );
         assert_eq!(st.buffer_memory_refusals, 0, "{st:?}");
         if peeking {
             assert_eq!(self.c.lost.get(), 0);
-            assert_eq!(self.c.peeked.get(), self.data_pkts * self.ring.payload as u64, "peeked bytes");
+            assert_eq!(
+                self.c.peeked.get(),
+                self.data_pkts * self.ring.payload as u64,
+                "peeked bytes"
+            );
         }
         self.engine.finish(EndReason::Eof);
     }
 }
 
 /// Checks, with a `Rexmit`/`Error` counter, that a ring is an in-order, in-window stream.
-fn validate(name: &str, flows: &[FlowSpec], mut make_ring: impl FnMut(&[FlowSpec]) -> Ring, cfg: Config) {
+fn validate(
+    name: &str,
+    flows: &[FlowSpec],
+    mut make_ring: impl FnMut(&[FlowSpec]) -> Ring,
+    cfg: Config,
+) {
     let c = Rc::new(Counters::default());
     let mons: Vec<Box<dyn Monitor>> = vec![Box::new(Peeker::new(&c)), Box::new(Checker(c.clone()))];
     let mut s = Setup::new(cfg, mons, c.clone(), flows, make_ring(flows));
@@ -404,7 +525,11 @@ fn validate(name: &str, flows: &[FlowSpec], mut make_ring: impl FnMut(&[FlowSpec
         s.data_pkts += s.ring.n as u64;
     }
     s.engine.end_batch();
-    assert_eq!((c.rexmit.get(), c.errors.get()), (0, 0), "{name}: stream is not clean");
+    assert_eq!(
+        (c.rexmit.get(), c.errors.get()),
+        (0, 0),
+        "{name}: stream is not clean"
+    );
     s.check(flows.len(), true);
 }
 
@@ -431,7 +556,13 @@ fn bench_64b(c: &mut Criterion, nflows: usize, label: &str, chunk: usize) {
             let s = setup.get_or_insert_with(|| {
                 let counters = Rc::new(Counters::default());
                 let ring = ring_64b(&flows, chunk);
-                Setup::new(cfg_64b(nflows), v.monitors(&counters), counters, &flows, ring)
+                Setup::new(
+                    cfg_64b(nflows),
+                    v.monitors(&counters),
+                    counters,
+                    &flows,
+                    ring,
+                )
             });
             b.iter_custom(|iters| s.measure(iters));
         });
@@ -445,8 +576,18 @@ fn bench_64b(c: &mut Criterion, nflows: usize, label: &str, chunk: usize) {
 fn pkts_64b(c: &mut Criterion) {
     let small: Vec<FlowSpec> = (0..1000).map(flow_spec).collect();
     validate("64b", &small, |f| ring_64b(f, 2000), cfg_64b(1000));
-    validate("1460b", &small[..16], |f| ring_1460(f, 64, false), Config::default());
-    validate("1460b swapped", &small[..16], |f| ring_1460(f, 64, true), Config::default());
+    validate(
+        "1460b",
+        &small[..16],
+        |f| ring_1460(f, 64, false),
+        Config::default(),
+    );
+    validate(
+        "1460b swapped",
+        &small[..16],
+        |f| ring_1460(f, 64, true),
+        Config::default(),
+    );
 
     bench_64b(c, 10_000, "10k_flows", 20_000);
     bench_64b(c, 1_000_000, "1M_flows", 100_000);
@@ -465,7 +606,13 @@ fn reassembly(c: &mut Criterion) {
             let s = setup.get_or_insert_with(|| {
                 let counters = Rc::new(Counters::default());
                 let mons: Vec<Box<dyn Monitor>> = vec![Box::new(Peeker::new(&counters))];
-                Setup::new(Config::default(), mons, counters, &flows, ring_1460(&flows, PER_FLOW, swap))
+                Setup::new(
+                    Config::default(),
+                    mons,
+                    counters,
+                    &flows,
+                    ring_1460(&flows, PER_FLOW, swap),
+                )
             });
             b.iter_custom(|iters| s.measure(iters));
         });

@@ -90,8 +90,15 @@ enum Overlap {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Events { capture, no_midstream, batch } => {
-            let cfg = Config { midstream: !no_midstream, ..Config::default() };
+        Command::Events {
+            capture,
+            no_midstream,
+            batch,
+        } => {
+            let cfg = Config {
+                midstream: !no_midstream,
+                ..Config::default()
+            };
             match flowpeek::trace::run(&capture, cfg, batch as usize) {
                 Ok(lines) => {
                     let stdout = std::io::stdout();
@@ -139,7 +146,11 @@ fn main() -> ExitCode {
             let show_progress = std::io::stderr().is_terminal();
             let report = match streams::run(&capture, &opts, |done, total| {
                 if show_progress && total > 0 {
-                    eprint!("\r{:5.1}% of {}", done as f64 * 100.0 / total as f64, capture.display());
+                    eprint!(
+                        "\r{:5.1}% of {}",
+                        done as f64 * 100.0 / total as f64,
+                        capture.display()
+                    );
                 }
             }) {
                 Ok(r) => r,
@@ -153,7 +164,8 @@ fn main() -> ExitCode {
             }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            if let Err(e) = streams::write_report(&mut out, &report, json).and_then(|_| out.flush()) {
+            if let Err(e) = streams::write_report(&mut out, &report, json).and_then(|_| out.flush())
+            {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
                     eprintln!("flowpeek: writing the report: {e}");
                     return ExitCode::from(1);

@@ -7,17 +7,16 @@
 
 use std::cell::RefCell;
 use std::io::{self, Write};
-use std::rc::Rc;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::flow::{
-    BufferRequest, Config, Cx, Detail, EndReason, Engine, Event, EventKind, EventSide, FlowHandle, Hook,
-    Monitor,
-    PeekError, Side, Stats, Subscriptions,
+    BufferRequest, Config, Cx, Detail, EndReason, Engine, Event, EventKind, EventSide, FlowHandle,
+    Hook, Monitor, PeekError, Side, Stats, Subscriptions,
 };
 use crate::io::pcap::{CaptureError, CaptureFile};
 
@@ -108,7 +107,12 @@ struct Direction {
 
 impl Direction {
     fn new() -> Direction {
-        Direction { sha: Sha256::new(), crc: crc32fast::Hasher::new(), bytes: 0, lost: 0 }
+        Direction {
+            sha: Sha256::new(),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+            lost: 0,
+        }
     }
 }
 
@@ -132,7 +136,13 @@ impl StreamHasher {
     /// A hasher asking for `buffer` bytes of receive buffer per side; finished records
     /// are appended to `done`.
     pub fn new(buffer: u32, done: Rc<RefCell<Vec<StreamRecord>>>) -> StreamHasher {
-        StreamHasher { live: Vec::new(), free: Vec::new(), scratch: vec![0u8; 64 * 1024].into_boxed_slice(), done, buffer }
+        StreamHasher {
+            live: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            done,
+            buffer,
+        }
     }
 
     fn entry(&mut self, cx: &mut Cx<'_>, h: FlowHandle) -> Option<usize> {
@@ -140,7 +150,9 @@ impl StreamHasher {
         if v != 0 {
             return Some(v as usize - 1);
         }
-        let live = Live { dirs: [Direction::new(), Direction::new()] };
+        let live = Live {
+            dirs: [Direction::new(), Direction::new()],
+        };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.live[i] = Some(live);
@@ -156,7 +168,9 @@ impl StreamHasher {
     }
 
     fn drain(&mut self, cx: &mut Cx<'_>, h: FlowHandle, side: Side, idx: usize) {
-        let Some(live) = self.live[idx].as_mut() else { return };
+        let Some(live) = self.live[idx].as_mut() else {
+            return;
+        };
         let d = &mut live.dirs[side.index()];
         loop {
             match cx.peek(h, side, &mut self.scratch) {
@@ -186,8 +200,12 @@ impl Monitor for StreamHasher {
     }
 
     fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
-        let EventSide::One(side) = ev.side else { return };
-        let Some(idx) = self.entry(cx, ev.flow) else { return };
+        let EventSide::One(side) = ev.side else {
+            return;
+        };
+        let Some(idx) = self.entry(cx, ev.flow) else {
+            return;
+        };
         self.drain(cx, ev.flow, side, idx);
         if let (EventKind::ConnEnd, Detail::End(reason)) = (ev.kind, ev.detail) {
             self.finish_side(cx, ev.flow, idx, reason);
@@ -203,9 +221,12 @@ impl StreamHasher {
             let _ = cx.set_user_value(h, v | FIRST_SIDE_ENDED);
             return;
         }
-        let Some(live) = self.live[idx].take() else { return };
+        let Some(live) = self.live[idx].take() else {
+            return;
+        };
         self.free.push(idx);
-        let (Ok((client, server)), Ok(times), Ok(partial)) = (cx.addresses(h), cx.flow_times(h), cx.is_partial(h))
+        let (Ok((client, server)), Ok(times), Ok(partial)) =
+            (cx.addresses(h), cx.flow_times(h), cx.is_partial(h))
         else {
             return;
         };
@@ -244,10 +265,12 @@ impl StreamHasher {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Settings of a `streams` run.
@@ -274,7 +297,11 @@ pub struct StreamsReport {
 
 /// Reassembles every connection of the capture at `path`. `progress` is called now and then
 /// with (bytes read, file size).
-pub fn run(path: &Path, opts: &StreamsOptions, mut progress: impl FnMut(u64, u64)) -> Result<StreamsReport, CaptureError> {
+pub fn run(
+    path: &Path,
+    opts: &StreamsOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<StreamsReport, CaptureError> {
     let started = Instant::now();
     let capture = CaptureFile::open(path)?;
     let done = Rc::new(RefCell::new(Vec::new()));
@@ -308,7 +335,12 @@ pub fn run(path: &Path, opts: &StreamsOptions, mut progress: impl FnMut(u64, u64
     drop(engine);
     let mut records = std::mem::take(&mut *done.borrow_mut());
     records.sort_by_key(|r| r.serial);
-    Ok(StreamsReport { records, stats, capture_error, elapsed: started.elapsed() })
+    Ok(StreamsReport {
+        records,
+        stats,
+        capture_error,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Writes the report: JSON lines, or a table a person can read.

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use crate::flow::{
-    BufferRequest, Cx, Detail, Event, EventKind, EventSide, Hook, Monitor, PeekError, Side, Subscriptions,
+    BufferRequest, Cx, Detail, Event, EventKind, EventSide, Hook, Monitor, PeekError, Side,
+    Subscriptions,
 };
 
 /// A monitor that subscribes to every event at every hook it may use and records each
@@ -23,15 +24,30 @@ pub struct EventLog {
 impl EventLog {
     /// A logger appending its lines to `lines`.
     pub fn new(lines: Rc<RefCell<Vec<String>>>) -> EventLog {
-        EventLog { lines, scratch: vec![0; 64 * 1024] }
+        EventLog {
+            lines,
+            scratch: vec![0; 64 * 1024],
+        }
     }
 }
 
 /// Flags in mOS's print order: F S R P A U E C.
 pub fn flag_string(flags: u8) -> String {
-    const ORDER: [(u8, char); 8] =
-        [(0x01, 'F'), (0x02, 'S'), (0x04, 'R'), (0x08, 'P'), (0x10, 'A'), (0x20, 'U'), (0x40, 'E'), (0x80, 'C')];
-    ORDER.iter().filter(|(bit, _)| flags & bit != 0).map(|&(_, c)| c).collect()
+    const ORDER: [(u8, char); 8] = [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, 'A'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'C'),
+    ];
+    ORDER
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|&(_, c)| c)
+        .collect()
 }
 
 impl Monitor for EventLog {
@@ -59,7 +75,10 @@ impl Monitor for EventLog {
                 let _ = write!(line, r#","state":"{}""#, st.name());
             }
             (EventKind::NewData, _, EventSide::One(side)) => {
-                let contig = cx.buffer_info(ev.flow, side).map(|i| i.contig_end).unwrap_or(0);
+                let contig = cx
+                    .buffer_info(ev.flow, side)
+                    .map(|i| i.contig_end)
+                    .unwrap_or(0);
                 let _ = write!(line, r#","contig":{}"#, contig as u32);
                 loop {
                     match cx.peek(ev.flow, side, &mut self.scratch) {
@@ -101,7 +120,8 @@ pub fn run(
 ) -> Result<Vec<String>, crate::io::pcap::CaptureError> {
     let capture = crate::io::pcap::CaptureFile::open(path)?;
     let lines = Rc::new(RefCell::new(Vec::new()));
-    let mut engine = crate::flow::Engine::new(cfg, vec![Box::new(EventLog::new(Rc::clone(&lines)))]);
+    let mut engine =
+        crate::flow::Engine::new(cfg, vec![Box::new(EventLog::new(Rc::clone(&lines)))]);
     let mut n = 0;
     for p in capture.packets() {
         let Ok(p) = p else { break };

@@ -12,19 +12,30 @@ use flowpeek::streams::{self, StreamRecord, StreamsOptions};
 
 fn corpus() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    assert!(p.is_dir(), "the shared corpus is expected at {} (see README)", p.display());
+    assert!(
+        p.is_dir(),
+        "the shared corpus is expected at {} (see README)",
+        p.display()
+    );
     p
 }
 
 fn streams_options() -> StreamsOptions {
     StreamsOptions {
-        engine: Config { max_flows: 1 << 20, tcp_timeout: 3600 * 1_000_000_000, buffer_memory: 8 << 30, ..Config::default() },
+        engine: Config {
+            max_flows: 1 << 20,
+            tcp_timeout: 3600 * 1_000_000_000,
+            buffer_memory: 8 << 30,
+            ..Config::default()
+        },
         buffer: 1 << 20,
     }
 }
 
 fn run(path: &Path) -> Vec<StreamRecord> {
-    streams::run(path, &streams_options(), |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display())).records
+    streams::run(path, &streams_options(), |_, _| {})
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .records
 }
 
 /// `sender>receiver#k` → (bytes, crc32), numbering connections of one 4-tuple in start
@@ -39,8 +50,14 @@ fn directions(records: &[StreamRecord]) -> HashMap<String, (u64, String)> {
         }
         let key = format!("{}>{}", r.client, r.server);
         let n = *seen.entry(key.clone()).and_modify(|n| *n += 1).or_insert(0);
-        out.insert(format!("{}>{}#{n}", r.client, r.server), (r.c2s.bytes, format!("{:08x}", r.c2s.crc32)));
-        out.insert(format!("{}>{}#{n}", r.server, r.client), (r.s2c.bytes, format!("{:08x}", r.s2c.crc32)));
+        out.insert(
+            format!("{}>{}#{n}", r.client, r.server),
+            (r.c2s.bytes, format!("{:08x}", r.c2s.crc32)),
+        );
+        out.insert(
+            format!("{}>{}#{n}", r.server, r.client),
+            (r.s2c.bytes, format!("{:08x}", r.s2c.crc32)),
+        );
     }
     out
 }
@@ -73,15 +90,25 @@ const DIFFERENCES: &[(&str, &str, &str)] = &[
 #[test]
 fn streams_agree_with_independent_reassemblers() {
     let root = corpus();
-    let tsv = std::fs::read_to_string(root.join("expected-by-peers.tsv")).expect("expected-by-peers.tsv");
+    let tsv =
+        std::fs::read_to_string(root.join("expected-by-peers.tsv")).expect("expected-by-peers.tsv");
     let mut by_capture: BTreeMap<String, Vec<(String, u64, String, String)>> = BTreeMap::new();
     for line in tsv.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() < 5 || f[2] == "split" {
             continue; // peers split this 4-tuple into different connections: no single answer
         }
-        let dir = if f[1].contains('#') { f[1].to_string() } else { format!("{}#0", f[1]) };
-        by_capture.entry(f[0].to_string()).or_default().push((dir, f[2].parse().unwrap(), f[3].to_string(), f[4].to_string()));
+        let dir = if f[1].contains('#') {
+            f[1].to_string()
+        } else {
+            format!("{}#0", f[1])
+        };
+        by_capture.entry(f[0].to_string()).or_default().push((
+            dir,
+            f[2].parse().unwrap(),
+            f[3].to_string(),
+            f[4].to_string(),
+        ));
     }
     let allowed: HashSet<(&str, &str)> = DIFFERENCES.iter().map(|(c, d, _)| (*c, *d)).collect();
     let (mut unanimous, mut majority, mut failures) = (0, 0, Vec::new());
@@ -91,19 +118,36 @@ fn streams_agree_with_independent_reassemblers() {
             let ours = got.get(dir).cloned().unwrap_or((0, "absent".into()));
             let agrees = ours == (*bytes, crc.clone());
             if allowed.contains(&(capture.as_str(), dir.as_str())) {
-                assert!(!agrees, "{capture} {dir} now agrees with the peers: remove it from DIFFERENCES");
+                assert!(
+                    !agrees,
+                    "{capture} {dir} now agrees with the peers: remove it from DIFFERENCES"
+                );
                 continue;
             }
             if agrees {
-                if votes == "4/4" { unanimous += 1 } else { majority += 1 }
+                if votes == "4/4" {
+                    unanimous += 1
+                } else {
+                    majority += 1
+                }
             } else {
-                failures.push(format!("{capture} {dir}: ours {ours:?}, peers ({votes}) {bytes} {crc}"));
+                failures.push(format!(
+                    "{capture} {dir}: ours {ours:?}, peers ({votes}) {bytes} {crc}"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} directions differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} directions differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // The corpus holds 2,244 unanimous directions; all of them must be there.
-    assert!(unanimous >= 2244, "only {unanimous} unanimous directions checked");
+    assert!(
+        unanimous >= 2244,
+        "only {unanimous} unanimous directions checked"
+    );
     eprintln!("{unanimous} unanimous and {majority} majority directions agree");
 }
 
@@ -116,7 +160,10 @@ fn every_capture_in_the_corpus_runs_without_panic() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng" | "cap")) {
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("pcap" | "pcapng" | "cap")
+            ) {
                 let report = streams::run(&p, &streams_options(), |_, _| {}).unwrap();
                 assert!(report.stats.packets > 0, "{}", p.display());
                 files += 1;
@@ -133,7 +180,11 @@ fn http_bodies(mut s: &[u8]) -> Vec<&[u8]> {
         let head = std::str::from_utf8(&s[..end]).expect("ASCII headers");
         let len: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .expect("Content-Length");
         let body = &s[end + 4..];
         assert!(body.len() >= len, "truncated body");
@@ -144,7 +195,10 @@ fn http_bodies(mut s: &[u8]) -> Vec<&[u8]> {
 }
 
 /// A monitor that keeps every server→client byte, to check the served bodies.
-struct Collect(std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>, HashMap<u64, Vec<u8>>);
+struct Collect(
+    std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+    HashMap<u64, Vec<u8>>,
+);
 
 impl flowpeek::flow::Monitor for Collect {
     fn name(&self) -> &str {
@@ -186,7 +240,10 @@ fn served_http_bodies_are_reassembled_byte_exact() {
     for (capture, min_bodies) in [("http-small.pcap", 9000), ("http-keepalive.pcap", 100)] {
         let out = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut engine = flowpeek::flow::Engine::new(
-            Config { max_flows: 1 << 16, ..Config::default() },
+            Config {
+                max_flows: 1 << 16,
+                ..Config::default()
+            },
             vec![Box::new(Collect(out.clone(), HashMap::new()))],
         );
         let cap = flowpeek::io::pcap::CaptureFile::open(&root.join(capture)).unwrap();
@@ -198,12 +255,20 @@ fn served_http_bodies_are_reassembled_byte_exact() {
             }
         }
         engine.finish(flowpeek::flow::EndReason::Eof);
-        assert_eq!(engine.stats().bytes_missing, 0, "{capture}: a lossless capture has no gap");
+        assert_eq!(
+            engine.stats().bytes_missing,
+            0,
+            "{capture}: a lossless capture has no gap"
+        );
         let mut bodies = 0;
         for stream in out.borrow().iter() {
             for body in http_bodies(stream) {
                 let h = format!("{:x}", Sha256::digest(body));
-                assert!(served.contains(&h), "{capture}: a body of {} bytes was not served", body.len());
+                assert!(
+                    served.contains(&h),
+                    "{capture}: a body of {} bytes was not served",
+                    body.len()
+                );
                 bodies += 1;
             }
         }
@@ -222,16 +287,24 @@ fn streams_command_json_lines() {
     let root = corpus();
     let tsv = std::fs::read_to_string(root.join("expected-by-peers.tsv")).unwrap();
     for capture in [
-        "public/zeek/tcp/miss_end_data.pcap",         // HTTP, FIN close
-        "public/zeek/http-vlan-0.pcap",               // 802.1Q
-        "public/zeek/http-qinq-0.pcap",               // 802.1ad
+        "public/zeek/tcp/miss_end_data.pcap", // HTTP, FIN close
+        "public/zeek/http-vlan-0.pcap",       // 802.1Q
+        "public/zeek/http-qinq-0.pcap",       // 802.1ad
         "public/suricata-verify/community-id-ipv6/input.pcap", // IPv6
-        "public/zeek/tcp/reassembly.pcap",            // retransmissions and out-of-order
-        "public/zeek/tcp/ssh-dups.pcap",              // duplicates
+        "public/zeek/tcp/reassembly.pcap",    // retransmissions and out-of-order
+        "public/zeek/tcp/ssh-dups.pcap",      // duplicates
         "public/suricata-verify/eve-overlap-payload-05-gap/input.pcap", // a gap
     ] {
-        let out = flowpeek_bin().args(["streams", "--json"]).arg(root.join(capture)).output().unwrap();
-        assert!(out.status.success(), "{capture}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = flowpeek_bin()
+            .args(["streams", "--json"])
+            .arg(root.join(capture))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{capture}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         let mut checked = 0;
         for line in stdout.lines() {
@@ -241,12 +314,18 @@ fn streams_command_json_lines() {
             }
             for (dir, from, to) in [("c2s", "client", "server"), ("s2c", "server", "client")] {
                 let d = format!("{}>{}", v[from].as_str().unwrap(), v[to].as_str().unwrap());
-                let want = tsv.lines().find(|l| l.starts_with(&format!("{capture}\t{d}\t")));
+                let want = tsv
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{capture}\t{d}\t")));
                 if let Some(w) = want {
                     let f: Vec<&str> = w.split('\t').collect();
                     // Unanimous, or all but libnids (which cannot parse 802.1ad).
                     if f[4] == "4/4" || f[4] == "3/4" {
-                        assert_eq!(v[dir]["bytes"].as_u64().unwrap(), f[2].parse::<u64>().unwrap(), "{capture} {d}");
+                        assert_eq!(
+                            v[dir]["bytes"].as_u64().unwrap(),
+                            f[2].parse::<u64>().unwrap(),
+                            "{capture} {d}"
+                        );
                         assert_eq!(v[dir]["crc32"].as_str().unwrap(), f[3], "{capture} {d}");
                         checked += 1;
                     }
@@ -263,8 +342,15 @@ fn streams_command_reports_bad_input_clearly() {
     std::fs::create_dir_all(&dir).unwrap();
     let garbage = dir.join("garbage.pcap");
     std::fs::write(&garbage, b"Hello, world! this is not a capture").unwrap();
-    for (path, needle) in [(dir.join("missing.pcap"), "missing.pcap"), (garbage.clone(), "not a pcap")] {
-        let out = flowpeek_bin().args(["streams"]).arg(&path).output().unwrap();
+    for (path, needle) in [
+        (dir.join("missing.pcap"), "missing.pcap"),
+        (garbage.clone(), "not a pcap"),
+    ] {
+        let out = flowpeek_bin()
+            .args(["streams"])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err}");
@@ -274,7 +360,11 @@ fn streams_command_reports_bad_input_clearly() {
     let full = std::fs::read(corpus().join("public/zeek/tcp/miss_end_data.pcap")).unwrap();
     let cut = dir.join("cut.pcap");
     std::fs::write(&cut, &full[..full.len() - 20]).unwrap();
-    let out = flowpeek_bin().args(["streams", "--json"]).arg(&cut).output().unwrap();
+    let out = flowpeek_bin()
+        .args(["streams", "--json"])
+        .arg(&cut)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
@@ -296,8 +386,12 @@ fn event_traces_match_mos() {
         "missing-syn",
         "ctu-64702-888",
     ] {
-        let cfg = Config { midstream: false, ..Config::default() };
-        let ours = flowpeek::trace::run(&root.join(format!("public/zeek/tcp/{name}.pcap")), cfg, 1).unwrap();
+        let cfg = Config {
+            midstream: false,
+            ..Config::default()
+        };
+        let ours = flowpeek::trace::run(&root.join(format!("public/zeek/tcp/{name}.pcap")), cfg, 1)
+            .unwrap();
         // mOS does not name the reason of CONN_END in its trace.
         let ours: Vec<String> = ours
             .iter()
@@ -306,11 +400,12 @@ fn event_traces_match_mos() {
                 None => l.clone(),
             })
             .collect();
-        let theirs: Vec<String> = std::fs::read_to_string(mos.join(format!("public__zeek__tcp__{name}.jsonl")))
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let theirs: Vec<String> =
+            std::fs::read_to_string(mos.join(format!("public__zeek__tcp__{name}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
         assert_eq!(ours, theirs, "{name}");
     }
 }
@@ -319,13 +414,23 @@ fn event_traces_match_mos() {
 #[test]
 fn event_traces_differ_from_mos_only_where_documented() {
     let root = corpus();
-    let cfg = Config { midstream: false, ..Config::default() };
+    let cfg = Config {
+        midstream: false,
+        ..Config::default()
+    };
     // fin_retransmission: mOS (resilient mode) moves the server from SYN_RCVD to
     // ESTABLISHED on a FIN/ACK and forgets the FIN; flowpeek applies both (CLOSE_WAIT).
-    let ours = flowpeek::trace::run(&root.join("public/zeek/tcp/fin_retransmission.pcap"), cfg.clone(), 1).unwrap();
-    assert!(ours.iter().any(|l| l.contains(r#""side":"svr","hook":"rcv","event":"TCP_STATE_CHANGE","state":"CLOSE_WAIT""#)));
+    let ours = flowpeek::trace::run(
+        &root.join("public/zeek/tcp/fin_retransmission.pcap"),
+        cfg.clone(),
+        1,
+    )
+    .unwrap();
+    assert!(ours.iter().any(|l| l
+        .contains(r#""side":"svr","hook":"rcv","event":"TCP_STATE_CHANGE","state":"CLOSE_WAIT""#)));
     // option-sack: mOS re-raises CONN_START for each retransmitted SYN; flowpeek raises REXMIT.
-    let ours = flowpeek::trace::run(&root.join("public/zeek/tcp/option-sack.pcap"), cfg, 1).unwrap();
+    let ours =
+        flowpeek::trace::run(&root.join("public/zeek/tcp/option-sack.pcap"), cfg, 1).unwrap();
     let starts = ours.iter().filter(|l| l.contains("CONN_START")).count();
     let rexmits = ours.iter().filter(|l| l.contains("REXMIT")).count();
     assert_eq!((starts, rexmits), (2, 3), "{ours:#?}");

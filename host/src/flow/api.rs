@@ -140,12 +140,15 @@ impl<'a> Cx<'a> {
     pub(crate) fn new(
         core: &'a mut Core,
         monitor: usize,
-        slot: u32,
         packet: Option<&'a [u8]>,
         user_events: &'a [UserEvent],
     ) -> Cx<'a> {
-        let _ = slot;
-        Cx { core, monitor, packet, user_events }
+        Cx {
+            core,
+            monitor,
+            packet,
+            user_events,
+        }
     }
 
     /// The engine's clock (ns): capture time offline, arrival time live.
@@ -169,14 +172,24 @@ impl<'a> Cx<'a> {
         Ok(slot)
     }
 
-    fn side_state(&self, h: FlowHandle, side: Side) -> Result<(u32, &super::engine::SideState), Errno> {
+    fn side_state(
+        &self,
+        h: FlowHandle,
+        side: Side,
+    ) -> Result<(u32, &super::engine::SideState), Errno> {
         let slot = self.flow(h)?;
         Ok((slot, &self.core.flows[slot as usize].sides[side.index()]))
     }
 
     /// Copies stored bytes of `side` from offset `off` into `buf` (mOS `mtcp_ppeek`): up to
     /// the end of the fragment holding `off`, so fewer at a gap. Moves no cursor.
-    pub fn ppeek(&self, h: FlowHandle, side: Side, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+    pub fn ppeek(
+        &self,
+        h: FlowHandle,
+        side: Side,
+        buf: &mut [u8],
+        off: u64,
+    ) -> Result<usize, Errno> {
         let (_, s) = self.side_state(h, side)?;
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval);
@@ -187,12 +200,21 @@ impl<'a> Cx<'a> {
         if buf.is_empty() {
             return Ok(0);
         }
-        s.buf.as_ref().and_then(|b| b.read(off, buf)).ok_or(Errno::NoData)
+        s.buf
+            .as_ref()
+            .and_then(|b| b.read(off, buf))
+            .ok_or(Errno::NoData)
     }
 
     /// Lends the stored bytes `[off, off + len)` of `side` as at most two slices, without
     /// copying; the range is cut at the end of the fragment holding `off`.
-    pub fn ppeek_slices(&self, h: FlowHandle, side: Side, off: u64, len: usize) -> Result<(&[u8], &[u8]), Errno> {
+    pub fn ppeek_slices(
+        &self,
+        h: FlowHandle,
+        side: Side,
+        off: u64,
+        len: usize,
+    ) -> Result<(&[u8], &[u8]), Errno> {
         let (_, s) = self.side_state(h, side)?;
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval);
@@ -201,7 +223,10 @@ impl<'a> Cx<'a> {
             return Err(Errno::NotConn);
         }
         let b = s.buf.as_ref().ok_or(Errno::NoData)?;
-        let (start, flen) = b.fragments().find(|&(st, l)| st <= off && off < st + l).ok_or(Errno::NoData)?;
+        let (start, flen) = b
+            .fragments()
+            .find(|&(st, l)| st <= off && off < st + l)
+            .ok_or(Errno::NoData)?;
         let n = ((start + flen - off) as usize).min(len);
         Ok(b.slices(off, n))
     }
@@ -225,7 +250,9 @@ impl<'a> Cx<'a> {
         let idx = slot as usize * core.nmon + self.monitor;
         let cursor_slot = &mut core.mon_flows[idx].cursor[side.index()];
         let cursor = *cursor_slot;
-        let Some(b) = s.buf.as_ref() else { return Ok(0) };
+        let Some(b) = s.buf.as_ref() else {
+            return Ok(0);
+        };
         if cursor < b.head() {
             *cursor_slot = b.head();
             return Err(PeekError::Lost(b.head() - cursor));
@@ -249,7 +276,11 @@ impl<'a> Cx<'a> {
     }
 
     /// The stored fragments of `side` as `(offset, len)`, in offset order.
-    pub fn fragments(&self, h: FlowHandle, side: Side) -> Result<impl Iterator<Item = (u64, u64)> + '_, Errno> {
+    pub fn fragments(
+        &self,
+        h: FlowHandle,
+        side: Side,
+    ) -> Result<impl Iterator<Item = (u64, u64)> + '_, Errno> {
         let (_, s) = self.side_state(h, side)?;
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval);
@@ -294,7 +325,10 @@ impl<'a> Cx<'a> {
         }
         let slot = self.flow(h)?;
         let f = &self.core.flows[slot as usize];
-        Ok((f.key.endpoint(f.client_is_lo), f.key.endpoint(!f.client_is_lo)))
+        Ok((
+            f.key.endpoint(f.client_is_lo),
+            f.key.endpoint(!f.client_is_lo),
+        ))
     }
 
     /// Whether the flow was picked up mid-stream (its SYN was not seen).
@@ -305,13 +339,21 @@ impl<'a> Cx<'a> {
     /// The flow's first and latest packet times.
     pub fn flow_times(&self, h: FlowHandle) -> Result<FlowTimes, Errno> {
         let f = &self.core.flows[self.flow(h)? as usize];
-        Ok(FlowTimes { start: f.start_ts, last: f.last_ts, serial: f.seqno })
+        Ok(FlowTimes {
+            start: f.start_ts,
+            last: f.last_ts,
+            serial: f.seqno,
+        })
     }
 
     /// Why the flow ended (inside `ConnEnd` callbacks), or `None` while it is open.
     pub fn end_reason(&self, h: FlowHandle) -> Result<Option<EndReason>, Errno> {
         let f = &self.core.flows[self.flow(h)? as usize];
-        Ok(if f.sides.iter().any(|s| s.destroyed) { f.end_reason } else { None })
+        Ok(if f.sides.iter().any(|s| s.destroyed) {
+            f.end_reason
+        } else {
+            None
+        })
     }
 
     /// Metadata of the flow's last packet (for an `Orphan` handle: the orphan packet).
@@ -334,19 +376,29 @@ impl<'a> Cx<'a> {
     /// Sets the receive-buffer capacity of `side` for this flow. 0 disables it: bytes are
     /// freed at once, `NewData` and data `Rexmit` stop; state tracking goes on. Stored
     /// bytes that still fit are kept when resizing.
-    pub fn set_buffer_capacity(&mut self, h: FlowHandle, side: Side, capacity: u32) -> Result<(), Errno> {
+    pub fn set_buffer_capacity(
+        &mut self,
+        h: FlowHandle,
+        side: Side,
+        capacity: u32,
+    ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
         let core = &mut *self.core;
         let s = &mut core.flows[slot as usize].sides[side.index()];
         s.capacity = capacity;
-        let Some(old) = s.buf.take() else { return Ok(()) };
+        let Some(old) = s.buf.take() else {
+            return Ok(());
+        };
         core.stats.buffer_bytes -= old.capacity();
         if capacity == 0 {
             s.rx_next = old.contig_end();
             return Ok(());
         }
         let contig = old.contig_end();
-        let head = old.head().max(old.last_end().saturating_sub(u64::from(capacity))).min(contig);
+        let head = old
+            .head()
+            .max(old.last_end().saturating_sub(u64::from(capacity)))
+            .min(contig);
         let Some(mut new) = core.alloc_buffer(capacity, head) else {
             let s = &mut core.flows[slot as usize].sides[side.index()];
             s.capacity = 0;
@@ -372,7 +424,12 @@ impl<'a> Cx<'a> {
     }
 
     /// Sets which copy wins when segments of `side` overlap.
-    pub fn set_overlap_policy(&mut self, h: FlowHandle, side: Side, policy: OverlapPolicy) -> Result<(), Errno> {
+    pub fn set_overlap_policy(
+        &mut self,
+        h: FlowHandle,
+        side: Side,
+        policy: OverlapPolicy,
+    ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
         self.core.flows[slot as usize].sides[side.index()].overlap = policy;
         Ok(())
@@ -427,7 +484,12 @@ impl<'a> Cx<'a> {
     }
 
     /// Unsubscribes this monitor from `(event, hook)` for this flow only.
-    pub fn unsubscribe(&mut self, h: FlowHandle, event: EventKind, hook: Hook) -> Result<(), Errno> {
+    pub fn unsubscribe(
+        &mut self,
+        h: FlowHandle,
+        event: EventKind,
+        hook: Hook,
+    ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
         if self.monitor == FILTER {
             return Err(Errno::Acces);
@@ -468,14 +530,22 @@ impl<'a> Cx<'a> {
     /// the current callback.
     pub fn raise(&mut self, h: FlowHandle, side: EventSide, event: EventKind) -> Result<(), Errno> {
         self.flow(h)?;
-        let EventKind::User(id) = event else { return Err(Errno::Inval) };
+        let EventKind::User(id) = event else {
+            return Err(Errno::Inval);
+        };
         match self.user_events.get(usize::from(id.0)) {
             Some(u) if u.filter.is_none() => {}
             _ => return Err(Errno::Inval),
         }
         self.core.raised.push((
             self.monitor as u32,
-            Event { kind: event, side, hook: Hook::None, flow: h, detail: Detail::None },
+            Event {
+                kind: event,
+                side,
+                hook: Hook::None,
+                flow: h,
+                detail: Detail::None,
+            },
         ));
         Ok(())
     }

@@ -133,18 +133,25 @@ impl RecvBuffer {
 
     /// The stored fragments as `(offset, len)`, in offset order.
     pub(crate) fn fragments(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.frags[..self.nfrags].iter().map(|f| (f.start, f.end - f.start))
+        self.frags[..self.nfrags]
+            .iter()
+            .map(|f| (f.start, f.end - f.start))
     }
 
     /// Start of the first stored fragment after the contiguous data, if any.
     pub(crate) fn first_gap_end(&self) -> Option<u64> {
-        self.frags[..self.nfrags].iter().map(|f| f.start).find(|&s| s > self.contig)
+        self.frags[..self.nfrags]
+            .iter()
+            .map(|f| f.start)
+            .find(|&s| s > self.contig)
     }
 
     /// Copies the bytes at `[off, off + buf.len())` that are stored in the fragment holding
     /// `off`; returns how many, or `None` when no byte at `off` is stored.
     pub(crate) fn read(&self, off: u64, buf: &mut [u8]) -> Option<usize> {
-        let frag = self.frags[..self.nfrags].iter().find(|f| f.start <= off && off < f.end)?;
+        let frag = self.frags[..self.nfrags]
+            .iter()
+            .find(|f| f.start <= off && off < f.end)?;
         let n = (frag.end - off).min(buf.len() as u64) as usize;
         let (a, b) = self.slices(off, n);
         buf[..a.len()].copy_from_slice(a);
@@ -193,7 +200,10 @@ impl RecvBuffer {
         let lo = self.frags[..self.nfrags].partition_point(|f| f.end < off);
         let hi = self.frags[..self.nfrags].partition_point(|f| f.start <= end);
         if lo == hi && self.nfrags == MAX_FRAGMENTS {
-            return WriteOutcome { fragment_limit: true, ..WriteOutcome::default() };
+            return WriteOutcome {
+                fragment_limit: true,
+                ..WriteOutcome::default()
+            };
         }
         let mut overlap = 0;
         match policy {
@@ -210,7 +220,10 @@ impl RecvBuffer {
                     let f = self.frags[i];
                     if f.start > cursor {
                         let hole_end = f.start.min(end);
-                        self.copy_in(cursor, &bytes[(cursor - off) as usize..(hole_end - off) as usize]);
+                        self.copy_in(
+                            cursor,
+                            &bytes[(cursor - off) as usize..(hole_end - off) as usize],
+                        );
                     }
                     overlap += f.end.min(end).saturating_sub(f.start.max(off));
                     cursor = cursor.max(f.end);
@@ -222,7 +235,10 @@ impl RecvBuffer {
         }
         // Merge [lo, hi) and the segment into one fragment.
         let merged = if lo < hi {
-            Fragment { start: self.frags[lo].start.min(off), end: self.frags[hi - 1].end.max(end) }
+            Fragment {
+                start: self.frags[lo].start.min(off),
+                end: self.frags[hi - 1].end.max(end),
+            }
         } else {
             Fragment { start: off, end }
         };
@@ -236,7 +252,11 @@ impl RecvBuffer {
         }
         self.frags[lo] = merged;
         self.extend_contig();
-        WriteOutcome { overlap, new: bytes.len() as u64 - overlap, fragment_limit: false }
+        WriteOutcome {
+            overlap,
+            new: bytes.len() as u64 - overlap,
+            fragment_limit: false,
+        }
     }
 
     fn copy_in(&mut self, off: u64, bytes: &[u8]) {
@@ -281,7 +301,10 @@ mod tests {
 
     #[test]
     fn overlap_policies() {
-        for (policy, want) in [(OverlapPolicy::First, b"abcdXYgh"), (OverlapPolicy::Last, b"abZZZZgh")] {
+        for (policy, want) in [
+            (OverlapPolicy::First, b"abcdXYgh"),
+            (OverlapPolicy::Last, b"abZZZZgh"),
+        ] {
             let mut b = RecvBuffer::new(16, 0);
             b.write(0, b"abcd", policy);
             b.write(4, b"XY", policy);
@@ -349,7 +372,10 @@ mod tests {
     fn fragment_limit_drops_instead_of_growing() {
         let mut b = RecvBuffer::new(4096, 0);
         for i in 0..MAX_FRAGMENTS as u64 {
-            assert!(!b.write(1 + i * 4, b"x", OverlapPolicy::First).fragment_limit);
+            assert!(
+                !b.write(1 + i * 4, b"x", OverlapPolicy::First)
+                    .fragment_limit
+            );
         }
         assert!(b.write(1000, b"y", OverlapPolicy::First).fragment_limit);
         // A segment touching an existing fragment still merges.

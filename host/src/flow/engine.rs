@@ -236,7 +236,12 @@ pub(crate) struct Flow {
 impl Flow {
     fn empty(overlap: OverlapPolicy) -> Flow {
         Flow {
-            key: FlowKey { lo: Addr(0), hi: Addr(0), lo_port: 0, hi_port: 0 },
+            key: FlowKey {
+                lo: Addr(0),
+                hi: Addr(0),
+                lo_port: 0,
+                hi_port: 0,
+            },
             gen: 0,
             live: false,
             client_is_lo: true,
@@ -248,7 +253,10 @@ impl Flow {
             last_ts: 0,
             tw_deadline: 0,
             seqno: 0,
-            sides: [SideState::new(TcpState::Closed, 0, overlap), SideState::new(TcpState::Listen, 0, overlap)],
+            sides: [
+                SideState::new(TcpState::Closed, 0, overlap),
+                SideState::new(TcpState::Listen, 0, overlap),
+            ],
             last: LastPacket::default(),
             end_reason: None,
         }
@@ -307,6 +315,8 @@ pub(crate) struct Core {
     pub(crate) mon_subs: Vec<Subscriptions>,
     pub(crate) any_mask: u64,
     pending: Vec<(u32, u32, Side)>,
+    // The boxes move between sides and this pool without copying the buffers.
+    #[allow(clippy::vec_box)]
     spare_buffers: Vec<Box<RecvBuffer>>,
     pub(crate) timers: BinaryHeap<Reverse<Timer>>,
     pub(crate) timer_seq: u64,
@@ -412,7 +422,9 @@ impl Engine {
             }
         }
         let same = |u: &UserEvent| {
-            u.base == base && u.arg == arg && u.filter.map(|f| f as usize) == filter.map(|f| f as usize)
+            u.base == base
+                && u.arg == arg
+                && u.filter.map(|f| f as usize) == filter.map(|f| f as usize)
         };
         if let Some(i) = self.user_events.iter().position(same) {
             return Ok(EventKind::User(UserEventId(i as u8)));
@@ -421,7 +433,9 @@ impl Engine {
             return Err(Errno::NoSpc);
         }
         self.user_events.push(UserEvent { base, filter, arg });
-        Ok(EventKind::User(UserEventId((self.user_events.len() - 1) as u8)))
+        Ok(EventKind::User(UserEventId(
+            (self.user_events.len() - 1) as u8,
+        )))
     }
 
     /// Subscribes monitor `monitor` to `(event, hook)` for all future flows.
@@ -443,7 +457,9 @@ impl Engine {
         };
         match wire::decode(link, frame) {
             Ok(Decoded::Tcp(seg)) => {
-                if self.core.cfg.verify_checksums && wire::tcp_checksum_ok(frame, &seg) == Some(false) {
+                if self.core.cfg.verify_checksums
+                    && wire::tcp_checksum_ok(frame, &seg) == Some(false)
+                {
                     self.core.stats.bad_checksum += 1;
                     return;
                 }
@@ -495,9 +511,17 @@ impl Engine {
             }
         };
         let core = &mut self.core;
-        let sender = if src_is_lo == core.flows[slot as usize].client_is_lo { Side::Client } else { Side::Server };
+        let sender = if src_is_lo == core.flows[slot as usize].client_is_lo {
+            Side::Client
+        } else {
+            Side::Server
+        };
         let receiver = sender.peer();
-        let order = if sender == Side::Client { Order::Load } else { Order::Reverse };
+        let order = if sender == Side::Client {
+            Order::Load
+        } else {
+            Order::Reverse
+        };
         core.touch(slot, ts);
         let gen = core.flows[slot as usize].gen;
         let flags = seg.flags;
@@ -510,11 +534,14 @@ impl Engine {
             let partial = flow.partial;
             let s = &mut flow.sides[sender.index()];
             let old = s.state;
-            let first_syn = flags.syn() && !flags.ack() && !s.syn_seen && sender == Side::Client && !partial;
+            let first_syn =
+                flags.syn() && !flags.ack() && !s.syn_seen && sender == Side::Client && !partial;
             if flags.syn() {
                 s.syn_seen = true;
             }
-            let end = data_seq.wrapping_add(seg.payload_len_on_wire).wrapping_add(u32::from(flags.fin()));
+            let end = data_seq
+                .wrapping_add(seg.payload_len_on_wire)
+                .wrapping_add(u32::from(flags.fin()));
             if !s.tx_seen || (end.wrapping_sub(s.tx_next) as i32) > 0 {
                 s.tx_next = end;
             }
@@ -544,7 +571,10 @@ impl Engine {
                     st = TcpState::SynSent;
                 }
                 // A lost SYN/ACK or ACK must not stall tracking.
-                if !flags.syn() && flags.ack() && matches!(st, TcpState::SynSent | TcpState::SynRcvd) {
+                if !flags.syn()
+                    && flags.ack()
+                    && matches!(st, TcpState::SynSent | TcpState::SynRcvd)
+                {
                     st = TcpState::Established;
                 }
                 if flags.fin() {
@@ -584,12 +614,36 @@ impl Engine {
         }
         let pkt = Some(frame);
         let one = |s: Side| EventSide::One(s);
-        self.emit(slot, EventKind::PktIn, one(sender), Hook::Snd, Detail::None, order, pkt);
+        self.emit(
+            slot,
+            EventKind::PktIn,
+            one(sender),
+            Hook::Snd,
+            Detail::None,
+            order,
+            pkt,
+        );
         if conn_start_snd {
-            self.emit(slot, EventKind::ConnStart, one(sender), Hook::Snd, Detail::None, order, pkt);
+            self.emit(
+                slot,
+                EventKind::ConnStart,
+                one(sender),
+                Hook::Snd,
+                Detail::None,
+                order,
+                pkt,
+            );
         }
         if let Some(st) = snd_change {
-            self.emit(slot, EventKind::TcpStateChange, one(sender), Hook::Snd, Detail::State(st), order, pkt);
+            self.emit(
+                slot,
+                EventKind::TcpStateChange,
+                one(sender),
+                Hook::Snd,
+                Detail::State(st),
+                order,
+                pkt,
+            );
         }
         if !self.core.flow_is(slot, gen) {
             return;
@@ -650,10 +704,16 @@ impl Engine {
                     st = TcpState::Established;
                 }
                 let acked = flags.ack()
-                    && r.tx_fin.is_some_and(|f| (seg.ack.wrapping_sub(f.wrapping_add(1)) as i32) >= 0);
+                    && r.tx_fin
+                        .is_some_and(|f| (seg.ack.wrapping_sub(f.wrapping_add(1)) as i32) >= 0);
                 if flags.fin() && r.rx_fin {
                     ctl_rexmit = true;
-                } else if flags.fin() && matches!(st, TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2) {
+                } else if flags.fin()
+                    && matches!(
+                        st,
+                        TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2
+                    )
+                {
                     r.rx_fin = true;
                     st = match st {
                         TcpState::Established => TcpState::CloseWait,
@@ -670,20 +730,54 @@ impl Engine {
                 }
                 r.state = st;
             }
-            if (r.state == TcpState::Closed && old != TcpState::Closed) || r.state == TcpState::TimeWait {
+            if (r.state == TcpState::Closed && old != TcpState::Closed)
+                || r.state == TcpState::TimeWait
+            {
                 r.finished = true;
             }
             ((r.state != old).then_some(r.state), conn_start, ctl_rexmit)
         };
-        self.emit(slot, EventKind::PktIn, one(receiver), Hook::Rcv, Detail::None, order, pkt);
+        self.emit(
+            slot,
+            EventKind::PktIn,
+            one(receiver),
+            Hook::Rcv,
+            Detail::None,
+            order,
+            pkt,
+        );
         if conn_start_rcv {
-            self.emit(slot, EventKind::ConnStart, one(receiver), Hook::Rcv, Detail::None, order, pkt);
+            self.emit(
+                slot,
+                EventKind::ConnStart,
+                one(receiver),
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
         }
         if let Some(st) = rcv_change {
-            self.emit(slot, EventKind::TcpStateChange, one(receiver), Hook::Rcv, Detail::State(st), order, pkt);
+            self.emit(
+                slot,
+                EventKind::TcpStateChange,
+                one(receiver),
+                Hook::Rcv,
+                Detail::State(st),
+                order,
+                pkt,
+            );
         }
         if ctl_rexmit {
-            self.emit(slot, EventKind::Rexmit, one(receiver), Hook::Rcv, Detail::None, order, pkt);
+            self.emit(
+                slot,
+                EventKind::Rexmit,
+                one(receiver),
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
         }
         if !self.core.flow_is(slot, gen) {
             return;
@@ -787,11 +881,23 @@ impl Engine {
         let end = off + payload.len() as i64;
         if end <= 0 {
             side.overlap_bytes += payload.len() as u64;
-            self.emit(slot, EventKind::Rexmit, one, Hook::Rcv, Detail::None, order, pkt);
+            self.emit(
+                slot,
+                EventKind::Rexmit,
+                one,
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
             return true;
         }
         // Bytes before offset 0 (or before the window) are old: trim them.
-        let (mut off, mut bytes) = if off < 0 { (0u64, &payload[(-off) as usize..]) } else { (off as u64, payload) };
+        let (mut off, mut bytes) = if off < 0 {
+            (0u64, &payload[(-off) as usize..])
+        } else {
+            (off as u64, payload)
+        };
         if side.capacity == 0 {
             // No buffer: track offsets only.
             if off <= side.rx_next {
@@ -812,7 +918,15 @@ impl Engine {
                     core.stats.buffer_memory_refusals += 1;
                     let side = &mut core.flows[slot as usize].sides[receiver.index()];
                     side.capacity = 0;
-                    self.emit(slot, EventKind::Error, one, Hook::None, Detail::Error(ErrorKind::OutOfBufferMemory), order, pkt);
+                    self.emit(
+                        slot,
+                        EventKind::Error,
+                        one,
+                        Hook::None,
+                        Detail::Error(ErrorKind::OutOfBufferMemory),
+                        order,
+                        pkt,
+                    );
                     return false;
                 }
             }
@@ -828,9 +942,19 @@ impl Engine {
             off = head;
         }
         let seg_end = off + bytes.len() as u64;
-        let overlapped = buf.stored_within(off, seg_end) > 0 || seg_end <= contig || (payload.len() != bytes.len());
+        let overlapped = buf.stored_within(off, seg_end) > 0
+            || seg_end <= contig
+            || (payload.len() != bytes.len());
         if overlapped {
-            self.emit(slot, EventKind::Rexmit, one, Hook::Rcv, Detail::None, order, pkt);
+            self.emit(
+                slot,
+                EventKind::Rexmit,
+                one,
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
         }
         if bytes.is_empty() {
             return overlapped;
@@ -842,7 +966,15 @@ impl Engine {
         let limit = contig + cap;
         if off >= limit {
             core.stats.bytes_beyond_window += bytes.len() as u64;
-            self.emit(slot, EventKind::Error, one, Hook::None, Detail::Error(ErrorKind::BeyondWindow), order, pkt);
+            self.emit(
+                slot,
+                EventKind::Error,
+                one,
+                Hook::None,
+                Detail::Error(ErrorKind::BeyondWindow),
+                order,
+                pkt,
+            );
             return overlapped;
         }
         let mut clipped = false;
@@ -856,17 +988,37 @@ impl Engine {
             self.discard_to(slot, receiver, seg_end - cap, order);
         }
         if clipped {
-            self.emit(slot, EventKind::Error, one, Hook::None, Detail::Error(ErrorKind::BeyondWindow), order, pkt);
+            self.emit(
+                slot,
+                EventKind::Error,
+                one,
+                Hook::None,
+                Detail::Error(ErrorKind::BeyondWindow),
+                order,
+                pkt,
+            );
         }
         let core = &mut self.core;
         let side = &mut core.flows[slot as usize].sides[receiver.index()];
         let policy = side.overlap;
         let before = side.contig();
-        let out = side.buf.as_mut().expect("created above").write(off, bytes, policy);
+        let out = side
+            .buf
+            .as_mut()
+            .expect("created above")
+            .write(off, bytes, policy);
         side.overlap_bytes += out.overlap;
         if out.fragment_limit {
             core.stats.fragment_limit_drops += 1;
-            self.emit(slot, EventKind::Error, one, Hook::None, Detail::Error(ErrorKind::FragmentLimit), order, pkt);
+            self.emit(
+                slot,
+                EventKind::Error,
+                one,
+                Hook::None,
+                Detail::Error(ErrorKind::FragmentLimit),
+                order,
+                pkt,
+            );
             return overlapped;
         }
         let core = &mut self.core;
@@ -890,7 +1042,10 @@ impl Engine {
         for m in self.order_of(order) {
             let mf = self.core.mon_flows[slot as usize * self.core.nmon + m];
             let watching = !mf.ended && mf.stopped & (1 << side.index()) == 0;
-            if watching && mf.mask & EventKind::NewData.bit(Hook::None) != 0 && mf.cursor[side.index()] < new_head {
+            if watching
+                && mf.mask & EventKind::NewData.bit(Hook::None) != 0
+                && mf.cursor[side.index()] < new_head
+            {
                 let ev = Event {
                     kind: EventKind::Error,
                     side: EventSide::One(side),
@@ -903,7 +1058,10 @@ impl Engine {
                 }
             }
         }
-        if let Some(b) = self.core.flows[slot as usize].sides[side.index()].buf.as_mut() {
+        if let Some(b) = self.core.flows[slot as usize].sides[side.index()]
+            .buf
+            .as_mut()
+        {
             b.advance_head(new_head);
         }
     }
@@ -971,7 +1129,15 @@ impl Engine {
             return;
         }
         s.newdata_mark = contig;
-        self.emit(slot, EventKind::NewData, EventSide::One(side), Hook::None, Detail::None, Order::Load, None);
+        self.emit(
+            slot,
+            EventKind::NewData,
+            EventSide::One(side),
+            Hook::None,
+            Detail::None,
+            Order::Load,
+            None,
+        );
     }
 
     fn flush_pending(&mut self) {
@@ -1007,7 +1173,7 @@ impl Engine {
             } else {
                 continue;
             };
-            let mut cx = Cx::new(&mut self.core, m, t.slot, None, &self.user_events);
+            let mut cx = Cx::new(&mut self.core, m, None, &self.user_events);
             self.monitors[m].on_timer(&mut cx, flow, t.tag);
             self.after_callback();
         }
@@ -1025,14 +1191,26 @@ impl Engine {
         let timeout = self.core.cfg.tcp_timeout;
         while self.core.lru_head != NIL {
             let slot = self.core.lru_head;
-            if self.core.flows[slot as usize].last_ts.saturating_add(timeout) > now {
+            if self.core.flows[slot as usize]
+                .last_ts
+                .saturating_add(timeout)
+                > now
+            {
                 break;
             }
             self.core.stats.flows_timed_out += 1;
             let gen = self.core.flows[slot as usize].gen;
             for side in Side::BOTH {
                 if self.core.flow_is(slot, gen) {
-                    self.emit(slot, EventKind::Timeout, EventSide::One(side), Hook::None, Detail::None, Order::Load, None);
+                    self.emit(
+                        slot,
+                        EventKind::Timeout,
+                        EventSide::One(side),
+                        Hook::None,
+                        Detail::None,
+                        Order::Load,
+                        None,
+                    );
                 }
             }
             if self.core.flow_is(slot, gen) {
@@ -1050,7 +1228,9 @@ impl Engine {
         for side in Side::BOTH {
             loop {
                 let s = &self.core.flows[slot as usize].sides[side.index()];
-                let Some(next) = s.buf.as_ref().and_then(|b| b.first_gap_end()) else { break };
+                let Some(next) = s.buf.as_ref().and_then(|b| b.first_gap_end()) else {
+                    break;
+                };
                 self.skip_gap(slot, side, next);
             }
             self.deliver_newdata(slot, side);
@@ -1060,11 +1240,29 @@ impl Engine {
             let s = &mut self.core.flows[slot as usize].sides[side.index()];
             s.state = TcpState::Closed;
             s.destroyed = true;
-            self.core.flows[slot as usize].end_reason.get_or_insert(reason);
+            self.core.flows[slot as usize]
+                .end_reason
+                .get_or_insert(reason);
             for hook in [Hook::Rcv, Hook::Snd] {
                 let one = EventSide::One(side);
-                self.emit(slot, EventKind::TcpStateChange, one, hook, Detail::State(TcpState::Closed), Order::Load, None);
-                self.emit(slot, EventKind::ConnEnd, one, hook, Detail::End(reason), Order::Load, None);
+                self.emit(
+                    slot,
+                    EventKind::TcpStateChange,
+                    one,
+                    hook,
+                    Detail::State(TcpState::Closed),
+                    Order::Load,
+                    None,
+                );
+                self.emit(
+                    slot,
+                    EventKind::ConnEnd,
+                    one,
+                    hook,
+                    Detail::End(reason),
+                    Order::Load,
+                    None,
+                );
             }
         }
         debug_assert_eq!(self.core.flows[slot as usize].gen, gen);
@@ -1082,13 +1280,28 @@ impl Engine {
     /// Dispatches one event of a flow to every monitor subscribed to it for this flow.
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn emit(&mut self, slot: u32, kind: EventKind, side: EventSide, hook: Hook, detail: Detail, order: Order, pkt: Option<&[u8]>) {
+    fn emit(
+        &mut self,
+        slot: u32,
+        kind: EventKind,
+        side: EventSide,
+        hook: Hook,
+        detail: Detail,
+        order: Order,
+        pkt: Option<&[u8]>,
+    ) {
         let bit = kind.bit(hook);
         if self.core.any_mask & bit == 0 {
             return;
         }
         let flow = FlowHandle::flow(self.core.cfg.core, slot, self.core.flows[slot as usize].gen);
-        let ev = Event { kind, side, hook, flow, detail };
+        let ev = Event {
+            kind,
+            side,
+            hook,
+            flow,
+            detail,
+        };
         self.dispatch(slot, &ev, order, pkt);
     }
 
@@ -1122,7 +1335,7 @@ impl Engine {
             }
             let arg = ue.arg;
             let fired = {
-                let mut cx = Cx::new(&mut self.core, usize::MAX, slot, pkt, &self.user_events);
+                let mut cx = Cx::new(&mut self.core, usize::MAX, pkt, &self.user_events);
                 filter(&mut cx, ev, arg)
             };
             if fired {
@@ -1144,7 +1357,7 @@ impl Engine {
 
     fn call(&mut self, m: usize, slot: u32, ev: &Event, pkt: Option<&[u8]>) {
         self.core.stats.events += 1;
-        let mut cx = Cx::new(&mut self.core, m, slot, pkt, &self.user_events);
+        let mut cx = Cx::new(&mut self.core, m, pkt, &self.user_events);
         self.monitors[m].on_event(&mut cx, ev);
         self.after_callback();
     }
@@ -1182,7 +1395,7 @@ impl Engine {
                     };
                     self.core.stats.events += 1;
                     self.core.mon_flows[idx].ended = false;
-                    let mut cx = Cx::new(&mut self.core, m as usize, slot, None, &self.user_events);
+                    let mut cx = Cx::new(&mut self.core, m as usize, None, &self.user_events);
                     self.monitors[m as usize].on_event(&mut cx, &ev);
                     self.core.mon_flows[idx].ended = true;
                 }
@@ -1295,7 +1508,8 @@ impl Core {
             Some(slot) => slot,
             None => {
                 self.flows.push(Flow::empty(self.cfg.overlap));
-                self.mon_flows.resize(self.flows.len() * self.nmon, MonFlow::default());
+                self.mon_flows
+                    .resize(self.flows.len() * self.nmon, MonFlow::default());
                 self.flows.len() as u32 - 1
             }
         };
@@ -1334,8 +1548,10 @@ impl Core {
         }
         let nmon = self.nmon;
         for m in 0..nmon {
-            self.mon_flows[slot as usize * nmon + m] =
-                MonFlow { mask: self.mon_subs[m].mask, ..MonFlow::default() };
+            self.mon_flows[slot as usize * nmon + m] = MonFlow {
+                mask: self.mon_subs[m].mask,
+                ..MonFlow::default()
+            };
         }
         self.index_insert(hash, slot);
         self.lru_push(slot);
@@ -1369,7 +1585,9 @@ impl Core {
         for s in &mut f.sides {
             if let Some(b) = s.buf.take() {
                 self.stats.buffer_bytes -= b.capacity();
-                if b.capacity() == u64::from(self.cfg.buffer_capacity) && self.spare_buffers.len() < 4096 {
+                if b.capacity() == u64::from(self.cfg.buffer_capacity)
+                    && self.spare_buffers.len() < 4096
+                {
                     self.spare_buffers.push(b);
                 }
             }
@@ -1383,7 +1601,11 @@ impl Core {
             return None;
         }
         self.stats.buffer_bytes += u64::from(cap);
-        if let Some(i) = self.spare_buffers.iter().rposition(|b| b.capacity() == u64::from(cap)) {
+        if let Some(i) = self
+            .spare_buffers
+            .iter()
+            .rposition(|b| b.capacity() == u64::from(cap))
+        {
             let mut b = self.spare_buffers.swap_remove(i);
             b.reset(head);
             return Some(b);
@@ -1418,7 +1640,11 @@ impl Core {
             let f = &self.flows[slot as usize];
             (f.prev, f.next, f.in_tw)
         };
-        let (head, tail) = if tw { (&mut self.tw_head, &mut self.tw_tail) } else { (&mut self.lru_head, &mut self.lru_tail) };
+        let (head, tail) = if tw {
+            (&mut self.tw_head, &mut self.tw_tail)
+        } else {
+            (&mut self.lru_head, &mut self.lru_tail)
+        };
         if prev == NIL {
             *head = next;
         } else {
@@ -1465,4 +1691,3 @@ impl Core {
         self.tw_tail = slot;
     }
 }
-

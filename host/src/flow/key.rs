@@ -1,6 +1,6 @@
 //! The symmetric flow key: both directions of a connection map to the same key and hash.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// An IPv4 or IPv6 endpoint address packed into 16 bytes (IPv4 is v4-mapped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,7 +18,7 @@ impl Addr {
     pub(crate) fn to_ip(self) -> IpAddr {
         let v6 = Ipv6Addr::from(self.0);
         match v6.to_ipv4_mapped() {
-            Some(v4) if self.0 >> 32 == 0xffff => IpAddr::V4(Ipv4Addr::from(v4)),
+            Some(v4) if self.0 >> 32 == 0xffff => IpAddr::V4(v4),
             _ => IpAddr::V6(v6),
         }
     }
@@ -38,9 +38,25 @@ impl FlowKey {
     #[inline]
     pub(crate) fn new(src: Addr, sport: u16, dst: Addr, dport: u16) -> (FlowKey, bool) {
         if (src, sport) <= (dst, dport) {
-            (FlowKey { lo: src, hi: dst, lo_port: sport, hi_port: dport }, true)
+            (
+                FlowKey {
+                    lo: src,
+                    hi: dst,
+                    lo_port: sport,
+                    hi_port: dport,
+                },
+                true,
+            )
         } else {
-            (FlowKey { lo: dst, hi: src, lo_port: dport, hi_port: sport }, false)
+            (
+                FlowKey {
+                    lo: dst,
+                    hi: src,
+                    lo_port: dport,
+                    hi_port: sport,
+                },
+                false,
+            )
         }
     }
 
@@ -75,7 +91,9 @@ impl FlowKey {
 ///
 /// Used to shard flows across cores so that both directions meet on one core.
 pub fn symmetric_hash(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> u64 {
-    FlowKey::new(Addr::from_ip(src), sport, Addr::from_ip(dst), dport).0.hash()
+    FlowKey::new(Addr::from_ip(src), sport, Addr::from_ip(dst), dport)
+        .0
+        .hash()
 }
 
 #[cfg(test)]
@@ -90,8 +108,14 @@ mod tests {
         let (k2, lo2) = FlowKey::new(Addr::from_ip(b), 80, Addr::from_ip(a), 1234);
         assert_eq!(k1, k2);
         assert_ne!(lo1, lo2);
-        assert_eq!(symmetric_hash(a, 1234, b, 80), symmetric_hash(b, 80, a, 1234));
-        assert_ne!(symmetric_hash(a, 1234, b, 80), symmetric_hash(a, 1235, b, 80));
+        assert_eq!(
+            symmetric_hash(a, 1234, b, 80),
+            symmetric_hash(b, 80, a, 1234)
+        );
+        assert_ne!(
+            symmetric_hash(a, 1234, b, 80),
+            symmetric_hash(a, 1235, b, 80)
+        );
     }
 
     #[test]
