@@ -293,7 +293,7 @@ fn streams_command_json_lines() {
         "public/suricata-verify/community-id-ipv6/input.pcap", // IPv6
         "public/zeek/tcp/reassembly.pcap",    // retransmissions and out-of-order
         "public/zeek/tcp/ssh-dups.pcap",      // duplicates
-        "public/suricata-verify/eve-overlap-payload-05-gap/input.pcap", // a gap
+        "public/suricata-verify/eve-overlap-payload-05-gap/tcp-simple-gap2.pcap", // a gap
     ] {
         let out = flowpeek_bin()
             .args(["streams", "--json"])
@@ -311,6 +311,9 @@ fn streams_command_json_lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             for key in ["client", "server", "start", "end", "close", "c2s", "s2c"] {
                 assert!(v.get(key).is_some(), "{capture}: {key} missing in {line}");
+            }
+            if v["c2s"]["bytes"].as_u64() == Some(0) && v["s2c"]["bytes"].as_u64() == Some(0) {
+                continue; // the peers do not report connections that carried nothing
             }
             for (dir, from, to) in [("c2s", "client", "server"), ("s2c", "server", "client")] {
                 let d = format!("{}>{}", v[from].as_str().unwrap(), v[to].as_str().unwrap());

@@ -336,7 +336,7 @@ mod tests {
         let mut b = RecvBuffer::new(8, 0);
         b.write(0, b"abcdefgh", OverlapPolicy::First);
         b.advance_head(6);
-        assert_eq!(frags(&b), vec![(6, 8)]);
+        assert_eq!(frags(&b), vec![(6, 2)]);
         b.write(8, b"ijklmn", OverlapPolicy::First);
         let mut out = [0u8; 8];
         assert_eq!(b.read(6, &mut out), Some(8));

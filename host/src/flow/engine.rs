@@ -857,7 +857,7 @@ impl Engine {
         };
         for m in 0..self.monitors.len() {
             if self.core.mon_subs[m].mask & ev.kind.bit(Hook::None) != 0 {
-                self.call(m, NIL, &ev, Some(frame));
+                self.call(m, &ev, Some(frame));
             }
         }
         self.core.cur_orphan_addrs = None;
@@ -1054,7 +1054,7 @@ impl Engine {
                     detail: Detail::Error(ErrorKind::Overrun),
                 };
                 if mf.mask & EventKind::Error.bit(Hook::None) != 0 {
-                    self.call(m, slot, &ev, None);
+                    self.call(m, &ev, None);
                 }
             }
         }
@@ -1317,7 +1317,7 @@ impl Engine {
             if mf.ended || mf.stopped & side_bit != 0 || mf.mask & bit == 0 {
                 continue;
             }
-            self.call(m, slot, ev, pkt);
+            self.call(m, ev, pkt);
         }
         // User-defined events derived from this one.
         if self.user_events.is_empty() {
@@ -1355,7 +1355,7 @@ impl Engine {
         mask
     }
 
-    fn call(&mut self, m: usize, slot: u32, ev: &Event, pkt: Option<&[u8]>) {
+    fn call(&mut self, m: usize, ev: &Event, pkt: Option<&[u8]>) {
         self.core.stats.events += 1;
         let mut cx = Cx::new(&mut self.core, m, pkt, &self.user_events);
         self.monitors[m].on_event(&mut cx, ev);
