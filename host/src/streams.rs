@@ -306,7 +306,10 @@ pub fn run(
     let capture = CaptureFile::open(path)?;
     let done = Rc::new(RefCell::new(Vec::new()));
     let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done));
-    let mut engine = Engine::new(opts.engine.clone(), vec![Box::new(hasher)]);
+    // The hasher asks for the configured capacity, so freed buffers are pooled and reused
+    // instead of allocated (and zeroed) for every connection.
+    let cfg = Config { buffer_capacity: opts.buffer, ..opts.engine.clone() };
+    let mut engine = Engine::new(cfg, vec![Box::new(hasher)]);
     let mut capture_error = None;
     let mut in_batch = 0;
     let mut n: u64 = 0;
