@@ -308,7 +308,10 @@ pub fn run(
     let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done));
     // The hasher asks for the configured capacity, so freed buffers are pooled and reused
     // instead of allocated (and zeroed) for every connection.
-    let cfg = Config { buffer_capacity: opts.buffer, ..opts.engine.clone() };
+    let cfg = Config {
+        buffer_capacity: opts.buffer,
+        ..opts.engine.clone()
+    };
     let mut engine = Engine::new(cfg, vec![Box::new(hasher)]);
     let mut capture_error = None;
     let mut in_batch = 0;

@@ -12,11 +12,14 @@ use std::collections::BinaryHeap;
 use super::api::{Cx, Errno};
 use super::buffer::{OverlapPolicy, RecvBuffer};
 use super::key::{Addr, FlowKey};
+
 use super::monitor::{BufferRequest, Monitor, Subscriptions};
 use super::types::*;
 use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 const NIL: u32 = u32::MAX;
+/// Entries of the smallest flow index.
+const MIN_INDEX: usize = 1024;
 const NANOS: u64 = 1_000_000_000;
 
 /// Engine settings. `Default` gives mOS's defaults.
@@ -215,17 +218,21 @@ impl SideState {
 }
 
 /// One tracked connection.
+///
+/// `repr(C)` keeps what every packet touches (key, generation, idle-list links, last
+/// activity) in the first cache line; the sides follow.
+#[repr(C, align(64))]
 pub(crate) struct Flow {
     pub(crate) key: FlowKey,
     pub(crate) gen: u32,
+    prev: u32,
+    next: u32,
     pub(crate) live: bool,
     pub(crate) client_is_lo: bool,
     pub(crate) partial: bool,
     in_tw: bool,
-    prev: u32,
-    next: u32,
-    pub(crate) start_ts: u64,
     pub(crate) last_ts: u64,
+    pub(crate) start_ts: u64,
     tw_deadline: u64,
     pub(crate) seqno: u64,
     pub(crate) sides: [SideState; 2],
@@ -236,12 +243,7 @@ pub(crate) struct Flow {
 impl Flow {
     fn empty(overlap: OverlapPolicy) -> Flow {
         Flow {
-            key: FlowKey {
-                lo: Addr(0),
-                hi: Addr(0),
-                lo_port: 0,
-                hi_port: 0,
-            },
+            key: FlowKey::default(),
             gen: 0,
             live: false,
             client_is_lo: true,
@@ -347,7 +349,9 @@ impl Engine {
     /// An engine with `monitors`, visited in this (load) order.
     pub fn new(cfg: Config, monitors: Vec<Box<dyn Monitor>>) -> Engine {
         let cap = cfg.max_flows.max(1) as usize;
-        let index_len = (cap * 2).next_power_of_two();
+        // The index grows with the slots (at most half full), so a small working set keeps
+        // a small, cache-resident index whatever `max_flows` allows.
+        let index_len = (cap * 2).next_power_of_two().min(MIN_INDEX);
         let subs: Vec<Subscriptions> = monitors.iter().map(|m| m.subscriptions()).collect();
         let any_mask = subs.iter().fold(0, |a, s| a | s.mask);
         let nmon = monitors.len();
@@ -1464,6 +1468,19 @@ impl Core {
         }
     }
 
+    /// Doubles the index and reinserts every live flow (only when a new slot is created).
+    fn grow_index(&mut self) {
+        let len = self.index.len() * 2;
+        self.index = vec![0; len];
+        self.index_mask = len - 1;
+        for slot in 0..self.flows.len() as u32 {
+            if self.flows[slot as usize].live {
+                let hash = self.flows[slot as usize].key.hash();
+                self.index_insert(hash, slot);
+            }
+        }
+    }
+
     fn index_insert(&mut self, hash: u64, slot: u32) {
         let mut i = hash as usize & self.index_mask;
         while self.index[i] != 0 {
@@ -1510,6 +1527,9 @@ impl Core {
                 self.flows.push(Flow::empty(self.cfg.overlap));
                 self.mon_flows
                     .resize(self.flows.len() * self.nmon, MonFlow::default());
+                if self.flows.len() * 2 > self.index.len() {
+                    self.grow_index();
+                }
                 self.flows.len() as u32 - 1
             }
         };
