@@ -1,5 +1,35 @@
-//! The stable plugin ABI of flowpeek and its SDK.
+//! The stable plugin ABI of flowpeek, and the SDK to write monitor plugins.
 //!
-//! Not implemented yet: this crate is reserved for the plugin host (abi_stable root module,
-//! host vtable with the read API of SPEC §4, a safe `Monitor` trait and an export macro).
-//! Until then monitors are Rust types implementing `flowpeek::flow::Monitor` in-process.
+//! A plugin is a `cdylib` that exports one root module with [`export_monitor!`]. The host
+//! loads it with abi_stable, which checks the layout of every type crossing the boundary
+//! and refuses a library built against an incompatible interface; [`abi::API_VERSION`] is
+//! checked on top. Write the plugin against the safe [`sdk`]:
+//!
+//! ```ignore
+//! use flowpeek_plugin_api::sdk::*;
+//!
+//! struct Count(u64);
+//!
+//! impl Monitor for Count {
+//!     const NAME: &'static str = "count";
+//!     fn new(_core: u32, _config: &str) -> Result<Self, String> { Ok(Count(0)) }
+//!     fn subscriptions(&self) -> Subscriptions {
+//!         Subscriptions::none().with(EventKind::ConnStart, Hook::Snd)
+//!     }
+//!     fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
+//!         self.0 += 1;
+//!         let _ = cx.emit(&format!("{{\"flows\":{}}}", self.0));
+//!     }
+//! }
+//!
+//! flowpeek_plugin_api::export_monitor!(Count);
+//! ```
+//!
+//! What a plugin sees is SPEC.md §2–4: the events, `ppeek`/`peek` with its errno values, the
+//! information calls and setters, user-defined events, timers, and a record sink (`emit`).
+
+pub mod abi;
+pub mod sdk;
+
+#[doc(hidden)]
+pub use sdk::__filter_args;

@@ -1,0 +1,1004 @@
+//! The safe side: write a [`Monitor`], export it with [`export_monitor!`](crate::export_monitor).
+//!
+//! Every callback runs inside `catch_unwind`: a panic is reported to the host (which disables
+//! that instance on that core and counts it), never unwound across the boundary.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::std_types::{RResult, RStr, RString};
+
+use crate::abi::*;
+
+/// A flow, for the duration of its life (mOS: the monitoring socket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flow(pub u64);
+
+/// One endpoint of a flow. The `Server` side's buffer holds what the client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The host that sent the first SYN.
+    Client,
+    /// The other host.
+    Server,
+}
+
+impl Side {
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+    fn code(self) -> u8 {
+        self as u8
+    }
+    /// `cli` or `svr`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Side::Client => "cli",
+            Side::Server => "svr",
+        }
+    }
+}
+
+/// When a callback runs relative to the emulated stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// After the sender's state was updated.
+    Snd,
+    /// After the receiver's state was updated.
+    Rcv,
+    /// Not tied to one stack (`NewData`, `Error`, `Timeout`, `Orphan`).
+    None,
+}
+
+impl Hook {
+    /// `snd`, `rcv` or `null` (mOS).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Hook::Snd => "snd",
+            Hook::Rcv => "rcv",
+            Hook::None => "null",
+        }
+    }
+}
+
+/// An event id: built-in or user-defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // SPEC.md §2 describes each
+pub enum EventKind {
+    PktIn,
+    ConnStart,
+    NewData,
+    Rexmit,
+    TcpStateChange,
+    Error,
+    Timeout,
+    ConnEnd,
+    Orphan,
+    User(u32),
+}
+
+impl EventKind {
+    /// The event's number on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            EventKind::User(k) => USER_EVENT_BASE + k,
+            other => other.builtin_index() as u32,
+        }
+    }
+    fn builtin_index(self) -> usize {
+        match self {
+            EventKind::PktIn => 0,
+            EventKind::ConnStart => 1,
+            EventKind::NewData => 2,
+            EventKind::Rexmit => 3,
+            EventKind::TcpStateChange => 4,
+            EventKind::Error => 5,
+            EventKind::Timeout => 6,
+            EventKind::ConnEnd => 7,
+            EventKind::Orphan => 8,
+            EventKind::User(_) => usize::MAX,
+        }
+    }
+    /// Parses an event number.
+    pub fn from_code(code: u32) -> Option<EventKind> {
+        use EventKind::*;
+        Some(match code {
+            0 => PktIn,
+            1 => ConnStart,
+            2 => NewData,
+            3 => Rexmit,
+            4 => TcpStateChange,
+            5 => Error,
+            6 => Timeout,
+            7 => ConnEnd,
+            8 => Orphan,
+            k if k >= USER_EVENT_BASE => User(k - USER_EVENT_BASE),
+            _ => return None,
+        })
+    }
+    /// mOS's name (`PKT_IN`, ...); `USER` for user events.
+    pub fn mos_name(self) -> &'static str {
+        EVENT_NAMES
+            .get(self.builtin_index())
+            .copied()
+            .unwrap_or("USER")
+    }
+    fn bit(self, hook: Hook) -> u64 {
+        match self {
+            EventKind::User(k) => 1 << (32 + k.min(31)),
+            b => 1 << (b.builtin_index() * 3 + hook as usize),
+        }
+    }
+}
+
+/// An emulated TCP state (RFC 793 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum TcpState {
+    Closed,
+    Listen,
+    SynSent,
+    SynRcvd,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+}
+
+impl TcpState {
+    const ALL: [TcpState; 11] = [
+        TcpState::Closed,
+        TcpState::Listen,
+        TcpState::SynSent,
+        TcpState::SynRcvd,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+    ];
+    /// From its number.
+    pub fn from_code(code: u8) -> Option<TcpState> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+    /// The name mOS prints (`ESTABLISHED`, ...).
+    pub fn name(self) -> &'static str {
+        [
+            "CLOSED",
+            "LISTEN",
+            "SYN_SENT",
+            "SYN_RCVD",
+            "ESTABLISHED",
+            "FIN_WAIT_1",
+            "FIN_WAIT_2",
+            "CLOSE_WAIT",
+            "CLOSING",
+            "LAST_ACK",
+            "TIME_WAIT",
+        ][self as usize]
+    }
+}
+
+/// Why a flow ended for this monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum EndReason {
+    Fin,
+    Rst,
+    Timeout,
+    Evicted,
+    Stopped,
+    Eof,
+    Shutdown,
+    Reloaded,
+}
+
+impl EndReason {
+    const ALL: [EndReason; 8] = [
+        EndReason::Fin,
+        EndReason::Rst,
+        EndReason::Timeout,
+        EndReason::Evicted,
+        EndReason::Stopped,
+        EndReason::Eof,
+        EndReason::Shutdown,
+        EndReason::Reloaded,
+    ];
+    /// From its number.
+    pub fn from_code(code: u8) -> Option<EndReason> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+    /// `fin`, `rst`, `timeout`, `evicted`, `stopped`, `eof`, `shutdown`, `reloaded`.
+    pub fn name(self) -> &'static str {
+        [
+            "fin", "rst", "timeout", "evicted", "stopped", "eof", "shutdown", "reloaded",
+        ][self as usize]
+    }
+}
+
+/// What an `Error` event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum ErrorKind {
+    BeyondWindow,
+    Overrun,
+    FragmentLimit,
+    OutOfBufferMemory,
+}
+
+/// Extra information of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Nothing more.
+    None,
+    /// `TcpStateChange`: the side's new state.
+    State(TcpState),
+    /// `ConnEnd`: why.
+    End(EndReason),
+    /// `Error`: what.
+    Error(ErrorKind),
+}
+
+/// One event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Which event.
+    pub kind: EventKind,
+    /// The flow (for `Orphan`, a handle usable only with `addresses` and `last_packet`).
+    pub flow: Flow,
+    /// The side it concerns; `None` for both.
+    pub side: Option<Side>,
+    /// The hook.
+    pub hook: Hook,
+    /// Extra information.
+    pub detail: Detail,
+}
+
+impl Event {
+    fn from_ffi(e: &FfiEvent) -> Event {
+        Event {
+            kind: EventKind::from_code(e.kind).unwrap_or(EventKind::User(e.kind)),
+            flow: Flow(e.flow),
+            side: match e.side {
+                0 => Some(Side::Client),
+                1 => Some(Side::Server),
+                _ => None,
+            },
+            hook: match e.hook {
+                0 => Hook::Snd,
+                1 => Hook::Rcv,
+                _ => Hook::None,
+            },
+            detail: match e.detail_kind {
+                detail::STATE => TcpState::from_code(e.detail).map_or(Detail::None, Detail::State),
+                detail::END => EndReason::from_code(e.detail).map_or(Detail::None, Detail::End),
+                detail::ERROR => match e.detail {
+                    0 => Detail::Error(ErrorKind::BeyondWindow),
+                    1 => Detail::Error(ErrorKind::Overrun),
+                    2 => Detail::Error(ErrorKind::FragmentLimit),
+                    _ => Detail::Error(ErrorKind::OutOfBufferMemory),
+                },
+                _ => Detail::None,
+            },
+        }
+    }
+}
+
+/// How much receive buffer a monitor wants for one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    /// None: the monitor reads no bytes of that side.
+    Off,
+    /// The host's configured capacity.
+    Default,
+    /// At least this many bytes.
+    AtLeast(u32),
+}
+
+/// The (event, hook) pairs a monitor receives for every flow, and its buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subscriptions(FfiSubscriptions);
+
+impl Subscriptions {
+    /// Nothing.
+    pub fn none() -> Subscriptions {
+        Subscriptions::default()
+    }
+    /// Adds `(event, hook)`.
+    #[must_use]
+    pub fn with(mut self, event: EventKind, hook: Hook) -> Subscriptions {
+        self.0.mask |= event.bit(hook);
+        self
+    }
+    /// Every built-in event at every hook it may be delivered at.
+    #[must_use]
+    pub fn all() -> Subscriptions {
+        use EventKind::*;
+        let mut s = Subscriptions::none();
+        for e in [PktIn, ConnStart, TcpStateChange, ConnEnd] {
+            s = s.with(e, Hook::Snd).with(e, Hook::Rcv);
+        }
+        s.with(Rexmit, Hook::Rcv)
+            .with(NewData, Hook::None)
+            .with(Error, Hook::None)
+            .with(Timeout, Hook::None)
+            .with(Orphan, Hook::None)
+    }
+    /// A buffer on both sides.
+    #[must_use]
+    pub fn buffers(mut self, b: Buffer) -> Subscriptions {
+        let v = match b {
+            Buffer::Off => 0,
+            Buffer::Default => u32::MAX,
+            Buffer::AtLeast(n) => n.min(u32::MAX - 1),
+        };
+        self.0.buffers = [v, v];
+        self
+    }
+}
+
+/// Why a host call failed (the errno values of SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Errno {
+    Acces,
+    Badf,
+    Inval,
+    SocktNoSupport,
+    NotConn,
+    NoData,
+    Perm,
+    NoSpc,
+    Other(i32),
+}
+
+impl Errno {
+    fn from_ret(r: i64) -> Errno {
+        match -r {
+            13 => Errno::Acces,
+            9 => Errno::Badf,
+            22 => Errno::Inval,
+            94 => Errno::SocktNoSupport,
+            107 => Errno::NotConn,
+            61 => Errno::NoData,
+            1 => Errno::Perm,
+            28 => Errno::NoSpc,
+            other => Errno::Other(other as i32),
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+/// Why `peek` returned no bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeekError {
+    /// A host error.
+    Errno(Errno),
+    /// `n` bytes after the cursor are gone (discarded, or a gap that was never filled); the
+    /// cursor moved past them.
+    Lost(u64),
+}
+
+/// Positions in one side's stream, as 64-bit offsets (0 = the byte after the SYN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferInfo {
+    /// Sequence number of offset 0.
+    pub seq_base: u32,
+    /// Capacity in bytes (0: disabled).
+    pub capacity: u32,
+    /// The oldest offset still stored.
+    pub head: u64,
+    /// This monitor's `peek` cursor.
+    pub cursor: u64,
+    /// End of the in-order data.
+    pub contig_end: u64,
+    /// End of the last stored fragment.
+    pub last_end: u64,
+    /// Bytes skipped over gaps never filled.
+    pub missing: u64,
+    /// Bytes received more than once.
+    pub overlap: u64,
+}
+
+/// Metadata of a flow's last packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastPacket {
+    /// Time (ns).
+    pub ts: u64,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack: u32,
+    /// Stream offset of its first payload byte (sender's direction).
+    pub offset: u64,
+    /// Payload bytes.
+    pub payload_len: u32,
+    /// Advertised window.
+    pub window: u16,
+    /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, ...).
+    pub flags: u8,
+    /// The sender, if known.
+    pub sender: Option<Side>,
+}
+
+/// The context of one callback: the host's read API and setters (SPEC §4).
+pub struct Cx<'a> {
+    raw: *mut HostCx,
+    _life: PhantomData<&'a mut HostCx>,
+}
+
+fn side_code(side: Option<Side>) -> u8 {
+    side.map_or(2, Side::code)
+}
+
+fn addr(a: &FfiAddr) -> SocketAddr {
+    let ip = if a.family == 6 {
+        IpAddr::V6(Ipv6Addr::from(a.addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
+    };
+    SocketAddr::new(ip, a.port)
+}
+
+impl<'a> Cx<'a> {
+    /// # Safety
+    /// `raw` must be the valid `HostCx` of the running callback.
+    unsafe fn new(raw: *mut HostCx) -> Cx<'a> {
+        Cx {
+            raw,
+            _life: PhantomData,
+        }
+    }
+
+    fn api(&self) -> (&'static HostApi, *mut c_void) {
+        // SAFETY: `raw` is the live HostCx of this callback (see `new`).
+        let h = unsafe { &*self.raw };
+        (h.api, h.ctx)
+    }
+
+    /// Copies stored bytes from offset `off` (mOS `mtcp_ppeek`); stops at a gap.
+    pub fn ppeek(&self, flow: Flow, side: Side, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: `buf` is valid for `buf.len()` writable bytes; `cx` is this callback's.
+        let r = unsafe { (api.ppeek)(cx, flow.0, side.code(), buf.as_mut_ptr(), buf.len(), off) };
+        if r < 0 {
+            Err(Errno::from_ret(r))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Reads in-order bytes from this monitor's cursor (mOS `mtcp_peek`) and advances it.
+    pub fn peek(&mut self, flow: Flow, side: Side, buf: &mut [u8]) -> Result<usize, PeekError> {
+        let (api, cx) = self.api();
+        let mut lost = 0u64;
+        // SAFETY: as in `ppeek`; `lost` is a valid out-pointer.
+        let r = unsafe {
+            (api.peek)(
+                cx,
+                flow.0,
+                side.code(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut lost,
+            )
+        };
+        if r >= 0 {
+            Ok(r as usize)
+        } else if lost > 0 {
+            Err(PeekError::Lost(lost))
+        } else {
+            Err(PeekError::Errno(Errno::from_ret(r)))
+        }
+    }
+
+    /// Lends stored bytes `[off, off + len)` (cut at the end of the fragment holding `off`)
+    /// as at most two slices, without copying. They live until the callback returns.
+    pub fn slices(
+        &self,
+        flow: Flow,
+        side: Side,
+        off: u64,
+        len: usize,
+    ) -> Result<(&[u8], &[u8]), Errno> {
+        let (api, cx) = self.api();
+        let mut s = FfiSlices {
+            a: std::ptr::null(),
+            a_len: 0,
+            b: std::ptr::null(),
+            b_len: 0,
+        };
+        // SAFETY: `s` is a valid out-pointer.
+        let r = unsafe { (api.ppeek_slices)(cx, flow.0, side.code(), off, len, &mut s) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        let part = |p: *const u8, n: usize| -> &[u8] {
+            if n == 0 || p.is_null() {
+                &[]
+            } else {
+                // SAFETY: the host lends `n` readable bytes at `p` for this callback, and
+                // the returned slices borrow `self`, which lives no longer than it.
+                unsafe { std::slice::from_raw_parts(p, n) }
+            }
+        };
+        Ok((part(s.a, s.a_len), part(s.b, s.b_len)))
+    }
+
+    /// The stored fragments of a side, `(offset, len)` in offset order, into `out`.
+    pub fn fragments(
+        &self,
+        flow: Flow,
+        side: Side,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        let mut buf = [FfiFragment::default(); 64];
+        // SAFETY: `buf` has room for `buf.len()` fragments.
+        let r = unsafe { (api.fragments)(cx, flow.0, side.code(), buf.as_mut_ptr(), buf.len()) };
+        if r < 0 {
+            return Err(Errno::from_ret(r));
+        }
+        out.clear();
+        out.extend(
+            buf[..(r as usize).min(buf.len())]
+                .iter()
+                .map(|f| (f.offset, f.len)),
+        );
+        Ok(())
+    }
+
+    /// Positions in a side's stream.
+    pub fn buffer_info(&self, flow: Flow, side: Side) -> Result<BufferInfo, Errno> {
+        let (api, cx) = self.api();
+        let mut i = FfiBufferInfo::default();
+        // SAFETY: `i` is a valid out-pointer.
+        let r = unsafe { (api.buffer_info)(cx, flow.0, side.code(), &mut i) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        Ok(BufferInfo {
+            seq_base: i.seq_base,
+            capacity: i.capacity,
+            head: i.head,
+            cursor: i.cursor,
+            contig_end: i.contig_end,
+            last_end: i.last_end,
+            missing: i.missing,
+            overlap: i.overlap,
+        })
+    }
+
+    /// A side's emulated TCP state.
+    pub fn tcp_state(&self, flow: Flow, side: Side) -> Result<TcpState, Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call with this callback's context.
+        let r = unsafe { (api.tcp_state)(cx, flow.0, side.code()) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        TcpState::from_code(r as u8).ok_or(Errno::Other(r))
+    }
+
+    /// The client's and the server's addresses (an orphan's source and destination).
+    pub fn addresses(&self, flow: Flow) -> Result<(SocketAddr, SocketAddr), Errno> {
+        let (api, cx) = self.api();
+        let mut a = FfiAddrs::default();
+        // SAFETY: `a` is a valid out-pointer.
+        let r = unsafe { (api.addresses)(cx, flow.0, &mut a) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        Ok((addr(&a.client), addr(&a.server)))
+    }
+
+    /// The flow's last packet (an orphan's packet).
+    pub fn last_packet(&self, flow: Flow) -> Result<LastPacket, Errno> {
+        let (api, cx) = self.api();
+        let mut p = FfiLastPacket::default();
+        // SAFETY: `p` is a valid out-pointer.
+        let r = unsafe { (api.last_packet)(cx, flow.0, &mut p) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        Ok(LastPacket {
+            ts: p.ts,
+            seq: p.seq,
+            ack: p.ack,
+            offset: p.offset,
+            payload_len: p.payload_len,
+            window: p.window,
+            flags: p.flags,
+            sender: match p.sender {
+                0 => Some(Side::Client),
+                1 => Some(Side::Server),
+                _ => None,
+            },
+        })
+    }
+
+    /// First and latest packet time (ns) and creation order.
+    pub fn flow_times(&self, flow: Flow) -> Result<(u64, u64, u64), Errno> {
+        let (api, cx) = self.api();
+        let mut t = FfiFlowTimes::default();
+        // SAFETY: `t` is a valid out-pointer.
+        let r = unsafe { (api.flow_times)(cx, flow.0, &mut t) };
+        if r < 0 {
+            return Err(Errno::from_ret(i64::from(r)));
+        }
+        Ok((t.start, t.last, t.serial))
+    }
+
+    /// Whether the flow was picked up mid-stream.
+    pub fn is_partial(&self, flow: Flow) -> Result<bool, Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        let r = unsafe { (api.is_partial)(cx, flow.0) };
+        if r < 0 {
+            Err(Errno::from_ret(i64::from(r)))
+        } else {
+            Ok(r == 1)
+        }
+    }
+
+    /// Why the flow ended (inside `ConnEnd`), `None` while open.
+    pub fn end_reason(&self, flow: Flow) -> Option<EndReason> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        let r = unsafe { (api.end_reason)(cx, flow.0) };
+        u8::try_from(r).ok().and_then(EndReason::from_code)
+    }
+
+    fn status(r: i32) -> Result<(), Errno> {
+        if r < 0 {
+            Err(Errno::from_ret(i64::from(r)))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sets a side's buffer capacity for this flow (0 disables it).
+    pub fn set_buffer_capacity(
+        &mut self,
+        flow: Flow,
+        side: Side,
+        capacity: u32,
+    ) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.set_buffer_capacity)(cx, flow.0, side.code(), capacity) })
+    }
+
+    /// Sets which copy wins on overlap: `last == false` keeps the first.
+    pub fn set_overlap_last(&mut self, flow: Flow, side: Side, last: bool) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.set_overlap_policy)(cx, flow.0, side.code(), u8::from(last)) })
+    }
+
+    /// Stops watching one side, or both (`None`): then `ConnEnd` (Stopped) follows at once.
+    pub fn stop_monitoring(&mut self, flow: Flow, side: Option<Side>) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.stop_monitoring)(cx, flow.0, side_code(side)) })
+    }
+
+    /// This monitor's value for the flow (0 until set).
+    pub fn user_value(&self, flow: Flow) -> Result<u64, Errno> {
+        let (api, cx) = self.api();
+        let mut v = 0;
+        // SAFETY: `v` is a valid out-pointer.
+        Self::status(unsafe { (api.user_value)(cx, flow.0, &mut v) }).map(|()| v)
+    }
+
+    /// Sets this monitor's value for the flow.
+    pub fn set_user_value(&mut self, flow: Flow, value: u64) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.set_user_value)(cx, flow.0, value) })
+    }
+
+    /// A one-shot timer for the flow, `after_ns` from now.
+    pub fn set_timer(&mut self, flow: Flow, after_ns: u64, tag: u64) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.set_timer)(cx, flow.0, after_ns, tag) })
+    }
+
+    /// A one-shot timer for this core, `after_ns` from now.
+    pub fn set_core_timer(&mut self, after_ns: u64, tag: u64) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.set_core_timer)(cx, after_ns, tag) })
+    }
+
+    /// Subscribes to `(event, hook)` for this flow only.
+    pub fn subscribe(&mut self, flow: Flow, event: EventKind, hook: Hook) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.subscribe)(cx, flow.0, event.code(), hook as u8) })
+    }
+
+    /// Unsubscribes from `(event, hook)` for this flow only.
+    pub fn unsubscribe(&mut self, flow: Flow, event: EventKind, hook: Hook) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.unsubscribe)(cx, flow.0, event.code(), hook as u8) })
+    }
+
+    /// Raises a filterless user event for the flow, right after this callback.
+    pub fn raise(&mut self, flow: Flow, side: Option<Side>, event: EventKind) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        Self::status(unsafe { (api.raise)(cx, flow.0, side_code(side), event.code()) })
+    }
+
+    /// The host's clock (ns): capture time offline, arrival time live.
+    pub fn now(&self) -> u64 {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        unsafe { (api.now)(cx) }
+    }
+
+    /// This instance's core.
+    pub fn core_id(&self) -> u32 {
+        let (api, cx) = self.api();
+        // SAFETY: plain call.
+        unsafe { (api.core_id)(cx) }
+    }
+
+    /// Appends one record (by convention one line of JSON) to this plugin's log.
+    pub fn emit(&mut self, record: &str) -> Result<(), Errno> {
+        let (api, cx) = self.api();
+        // SAFETY: `record` is valid for `len` bytes.
+        Self::status(unsafe { (api.emit)(cx, record.as_ptr(), record.len()) })
+    }
+
+    /// Writes a message to the host's log (0 error, 1 warning, 2 info, 3 debug).
+    pub fn log(&self, level: u8, msg: &str) {
+        let (api, cx) = self.api();
+        // SAFETY: `msg` is valid for `len` bytes.
+        unsafe { (api.log)(cx, level, msg.as_ptr(), msg.len()) }
+    }
+}
+
+/// What a monitor may do when it is installed, before any event: define user events.
+pub struct Setup<'a> {
+    raw: *mut SetupCx,
+    _life: PhantomData<&'a mut SetupCx>,
+}
+
+impl Setup<'_> {
+    /// Defines a user event on `base` with an optional filter (write it with
+    /// [`user_filter!`](crate::user_filter)). The same (base, filter, arg) gives the same id.
+    pub fn define_event(
+        &mut self,
+        base: EventKind,
+        filter: Option<FfiFilter>,
+        arg: u64,
+    ) -> Result<EventKind, Errno> {
+        // SAFETY: `raw` is the live SetupCx of this call.
+        let s = unsafe { &*self.raw };
+        // SAFETY: plain call with the host's context.
+        let r = unsafe { (s.define_event)(s.ctx, base.code(), FfiFilterSlot { filter }, arg) };
+        if r < 0 {
+            return Err(Errno::from_ret(r));
+        }
+        EventKind::from_code(r as u32).ok_or(Errno::Other(r as i32))
+    }
+
+    /// Subscribes to `(event, hook)` for all flows (for user events defined here).
+    pub fn subscribe(&mut self, event: EventKind, hook: Hook) -> Result<(), Errno> {
+        // SAFETY: as above.
+        let s = unsafe { &*self.raw };
+        // SAFETY: plain call.
+        Cx::status(unsafe { (s.subscribe)(s.ctx, event.code(), hook as u8) })
+    }
+}
+
+/// A monitor plugin. One instance is made per core; every callback runs on that core.
+pub trait Monitor: Sized + 'static {
+    /// The plugin's name: its records go to `<name>.jsonl`.
+    const NAME: &'static str;
+    /// The plugin's version.
+    const VERSION: &'static str = "0";
+
+    /// Makes the instance for `core` from the text of `<name>.toml` (empty if none).
+    fn new(core: u32, config: &str) -> Result<Self, String>;
+
+    /// What this monitor wants for every flow.
+    fn subscriptions(&self) -> Subscriptions;
+
+    /// Defines user events; runs once when the instance is installed.
+    fn setup(&mut self, setup: &mut Setup<'_>) {
+        let _ = setup;
+    }
+
+    /// Every subscribed event.
+    fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event);
+
+    /// A timer set with `set_timer` (`flow` is `Some`) or `set_core_timer` is due.
+    fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<Flow>, tag: u64) {
+        let _ = (cx, flow, tag);
+    }
+
+    /// The instance retires (reload, removal, or the host stops): emit final records here.
+    fn shutdown(&mut self, cx: &mut Cx<'_>) {
+        let _ = cx;
+    }
+}
+
+fn guard(f: impl FnOnce()) -> i32 {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(()) => status::OK,
+        Err(_) => status::PANICKED,
+    }
+}
+
+/// The table of callbacks for `M` (used by [`export_monitor!`](crate::export_monitor)).
+#[doc(hidden)]
+pub struct Glue<M>(PhantomData<M>);
+
+impl<M: Monitor> Glue<M> {
+    const VTABLE: MonitorVTable = MonitorVTable {
+        subscriptions: Self::subscriptions,
+        setup: Self::setup,
+        on_event: Self::on_event,
+        on_timer: Self::on_timer,
+        shutdown: Self::shutdown,
+        drop: Self::drop,
+    };
+
+    /// # Safety
+    /// `this` must come from [`Glue::new`] for the same `M`.
+    unsafe fn this<'a>(this: *mut c_void) -> &'a mut M {
+        // SAFETY: `this` is the Box<M> leaked by `new`, used on one thread at a time.
+        unsafe { &mut *this.cast::<M>() }
+    }
+
+    unsafe extern "C" fn subscriptions(this: *mut c_void) -> FfiSubscriptions {
+        let mut out = FfiSubscriptions::default();
+        // SAFETY: the host passes back the instance it got from `new`.
+        let m = unsafe { Self::this(this) };
+        let _ = guard(|| out = m.subscriptions().0);
+        out
+    }
+
+    unsafe extern "C" fn setup(this: *mut c_void, setup: *mut SetupCx) -> i32 {
+        // SAFETY: see `subscriptions`.
+        let m = unsafe { Self::this(this) };
+        guard(|| {
+            m.setup(&mut Setup {
+                raw: setup,
+                _life: PhantomData,
+            })
+        })
+    }
+
+    unsafe extern "C" fn on_event(this: *mut c_void, cx: *mut HostCx, ev: *const FfiEvent) -> i32 {
+        // SAFETY: see `subscriptions`; `ev` is valid for this call.
+        let (m, ev) = unsafe { (Self::this(this), Event::from_ffi(&*ev)) };
+        // SAFETY: `cx` is this callback's context.
+        let mut cx = unsafe { Cx::new(cx) };
+        guard(|| m.on_event(&mut cx, &ev))
+    }
+
+    unsafe extern "C" fn on_timer(
+        this: *mut c_void,
+        cx: *mut HostCx,
+        has_flow: u8,
+        flow: u64,
+        tag: u64,
+    ) -> i32 {
+        // SAFETY: see `on_event`.
+        let m = unsafe { Self::this(this) };
+        // SAFETY: see `on_event`.
+        let mut cx = unsafe { Cx::new(cx) };
+        let flow = (has_flow != 0).then_some(Flow(flow));
+        guard(|| m.on_timer(&mut cx, flow, tag))
+    }
+
+    unsafe extern "C" fn shutdown(this: *mut c_void, cx: *mut HostCx) -> i32 {
+        // SAFETY: see `on_event`.
+        let m = unsafe { Self::this(this) };
+        // SAFETY: see `on_event`.
+        let mut cx = unsafe { Cx::new(cx) };
+        guard(|| m.shutdown(&mut cx))
+    }
+
+    unsafe extern "C" fn drop(this: *mut c_void) {
+        // SAFETY: `this` is the Box<M> leaked by `new`; the host drops it once.
+        let _ = guard(|| drop(unsafe { Box::from_raw(this.cast::<M>()) }));
+    }
+
+    #[doc(hidden)]
+    pub extern "C" fn name() -> RStr<'static> {
+        RStr::from_str(M::NAME)
+    }
+
+    #[doc(hidden)]
+    pub extern "C" fn version() -> RStr<'static> {
+        RStr::from_str(M::VERSION)
+    }
+
+    #[doc(hidden)]
+    pub extern "C" fn new(core: u32, config: RStr<'_>) -> RResult<MonitorObj, RString> {
+        let made = catch_unwind(AssertUnwindSafe(|| M::new(core, config.as_str())));
+        match made {
+            Ok(Ok(m)) => RResult::ROk(MonitorObj {
+                this: Box::into_raw(Box::new(m)).cast(),
+                vtable: &Self::VTABLE,
+            }),
+            Ok(Err(e)) => RResult::RErr(RString::from(e)),
+            Err(_) => RResult::RErr(RString::from("the constructor panicked")),
+        }
+    }
+}
+
+/// Writes an `extern "C"` filter for a user-defined event from a closure-like body:
+/// `user_filter!(is_http, |cx, ev, arg| { ... bool })`.
+#[macro_export]
+macro_rules! user_filter {
+    ($name:ident, |$cx:ident, $ev:ident, $arg:ident| $body:block) => {
+        unsafe extern "C" fn $name(
+            cx: *mut $crate::abi::HostCx,
+            ev: *const $crate::abi::FfiEvent,
+            arg: u64,
+        ) -> u8 {
+            let r = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {
+                // SAFETY: the host passes the context and event of the running dispatch.
+                let ($cx, $ev) = unsafe { $crate::__filter_args(cx, ev) };
+                let $cx = &$cx;
+                let $arg = arg;
+                $body
+            }));
+            u8::from(r.unwrap_or(false))
+        }
+    };
+}
+
+/// # Safety
+/// `cx` and `ev` must be the host's live pointers for the running filter call.
+#[doc(hidden)]
+pub unsafe fn __filter_args<'a>(cx: *mut HostCx, ev: *const FfiEvent) -> (Cx<'a>, Event) {
+    // SAFETY: per this function's contract.
+    unsafe { (Cx::new(cx), Event::from_ffi(&*ev)) }
+}
+
+/// Exports a [`Monitor`] type as this library's plugin root module. The crate must be a
+/// `cdylib` and depend on `abi_stable` (its attribute macro generates the export).
+#[macro_export]
+macro_rules! export_monitor {
+    ($ty:ty) => {
+        #[::abi_stable::export_root_module]
+        pub fn flowpeek_plugin_root() -> $crate::abi::PluginModRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::abi::PluginMod {
+                api_version: $crate::abi::API_VERSION,
+                name: $crate::sdk::Glue::<$ty>::name,
+                version: $crate::sdk::Glue::<$ty>::version,
+                new: $crate::sdk::Glue::<$ty>::new,
+            }
+            .leak_into_prefix()
+        }
+    };
+}
