@@ -7,12 +7,16 @@
 //! - [`flow`]: the sans-I/O engine: flow table, both-sided TCP state, receive buffers,
 //!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
 //! - [`io`]: packet sources (capture files today).
+//! - [`plugin`]: monitor plugins: loading, generations, hot reload, the host side of the ABI.
+//! - [`run`]: `flowpeek run`: a source, the engine and the plugins, with stats.
 //! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
 //! - [`trace`]: the `flowpeek events` trace, one line per callback in mOS's vocabulary.
 #![deny(unsafe_code)]
 
 pub mod flow;
 pub mod io;
+pub mod plugin;
+pub mod run;
 pub mod streams;
 pub mod trace;
 pub mod wire;

@@ -941,6 +941,7 @@ impl<M: Monitor> Glue<M> {
     }
 
     #[doc(hidden)]
+    #[allow(clippy::new_ret_no_self)] // the constructor the root module exports
     pub extern "C" fn new(core: u32, config: RStr<'_>) -> RResult<MonitorObj, RString> {
         let made = catch_unwind(AssertUnwindSafe(|| M::new(core, config.as_str())));
         match made {

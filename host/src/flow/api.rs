@@ -453,6 +453,18 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
+    /// The plugin host's private tag for (this monitor, flow).
+    pub(crate) fn host_tag(&self, h: FlowHandle) -> Result<u32, Errno> {
+        let slot = self.core.resolve(h)?;
+        Ok(self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host)
+    }
+
+    pub(crate) fn set_host_tag(&mut self, h: FlowHandle, tag: u32) -> Result<(), Errno> {
+        let slot = self.core.resolve(h)?;
+        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host = tag;
+        Ok(())
+    }
+
     /// This monitor's value for the flow (0 until set).
     pub fn user_value(&self, h: FlowHandle) -> Result<u64, Errno> {
         let slot = self.flow(h)?;

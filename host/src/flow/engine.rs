@@ -274,12 +274,40 @@ pub(crate) struct MonFlow {
     /// Bit per side the monitor stopped watching; both bits: the monitor is done.
     pub(crate) stopped: u8,
     pub(crate) ended: bool,
+    /// Private to the code that hosts the monitor (the plugin host's generation tag).
+    pub(crate) host: u32,
+}
+
+/// A filter implemented outside this crate (called with the context, the base event, `arg`).
+pub type ForeignFilter = dyn Fn(&mut Cx<'_>, &Event, u64) -> bool;
+
+/// The filter of a user-defined event.
+pub enum Filter {
+    /// A Rust function of this process.
+    Native(UserFilter),
+    /// A filter living elsewhere (a plugin); `key` identifies it so that defining the same
+    /// (base, filter, arg) twice gives the same event.
+    Foreign {
+        /// Identity of the filter (e.g. its address in the plugin).
+        key: usize,
+        /// Calls it.
+        call: Box<ForeignFilter>,
+    },
+}
+
+impl Filter {
+    fn key(&self) -> usize {
+        match self {
+            Filter::Native(f) => *f as usize,
+            Filter::Foreign { key, .. } => *key,
+        }
+    }
 }
 
 /// A user-defined event: a base event and a filter (SPEC §2.2).
 pub(crate) struct UserEvent {
     pub(crate) base: EventKind,
-    pub(crate) filter: Option<UserFilter>,
+    pub(crate) filter: Option<Filter>,
     pub(crate) arg: u64,
 }
 
@@ -317,9 +345,10 @@ pub(crate) struct Core {
     pub(crate) mon_subs: Vec<Subscriptions>,
     pub(crate) any_mask: u64,
     pending: Vec<(u32, u32, Side)>,
-    // The boxes move between sides and this pool without copying the buffers.
+    /// Freed buffers by capacity, reused before allocating. The boxes move between sides
+    /// and this pool without copying the buffers.
     #[allow(clippy::vec_box)]
-    spare_buffers: Vec<Box<RecvBuffer>>,
+    spare_buffers: Vec<(u64, Vec<Box<RecvBuffer>>)>,
     pub(crate) timers: BinaryHeap<Reverse<Timer>>,
     pub(crate) timer_seq: u64,
     /// Events raised from callbacks, delivered after the current one.
@@ -358,7 +387,7 @@ impl Engine {
         // Slots are created on demand up to `max_flows` and then recycled, so a large
         // table costs nothing until it is used and nothing per packet after.
         let flows = Vec::new();
-        Engine {
+        let mut engine = Engine {
             core: Core {
                 flows,
                 index: vec![0; index_len],
@@ -388,7 +417,11 @@ impl Engine {
             },
             monitors,
             user_events: Vec::new(),
+        };
+        for m in 0..nmon {
+            engine.setup_monitor(m);
         }
+        engine
     }
 
     /// The counters.
@@ -420,26 +453,69 @@ impl Engine {
         filter: Option<UserFilter>,
         arg: u64,
     ) -> Result<EventKind, Errno> {
-        if let EventKind::User(parent) = base {
-            if usize::from(parent.0) >= self.user_events.len() {
-                return Err(Errno::Inval);
+        define_user_event(&mut self.user_events, base, filter.map(Filter::Native), arg)
+    }
+
+    /// Adds a monitor after the engine was built (a plugin loaded while traffic flows): it
+    /// sees flows that start from now on. Returns its index.
+    pub fn add_monitor(&mut self, monitor: Box<dyn Monitor>) -> usize {
+        let core = &mut self.core;
+        let old = core.nmon;
+        let new = old + 1;
+        let mut mon_flows = vec![MonFlow::default(); core.flows.len() * new];
+        for slot in 0..core.flows.len() {
+            mon_flows[slot * new..slot * new + old]
+                .copy_from_slice(&core.mon_flows[slot * old..slot * old + old]);
+            // Flows already open do not get the new monitor.
+            mon_flows[slot * new + old].ended = true;
+        }
+        core.mon_flows = mon_flows;
+        core.nmon = new;
+        core.mon_subs.push(monitor.subscriptions());
+        core.any_mask |= core.mon_subs[old].mask;
+        self.monitors.push(monitor);
+        self.setup_monitor(old);
+        old
+    }
+
+    /// Adds subscriptions (and buffer requests) of monitor `monitor` for future flows.
+    pub fn extend_subscriptions(&mut self, monitor: usize, subs: Subscriptions) {
+        let Some(s) = self.core.mon_subs.get_mut(monitor) else {
+            return;
+        };
+        s.mask |= subs.mask;
+        for (mine, theirs) in s.buffers.iter_mut().zip(subs.buffers) {
+            let size = |b: BufferRequest, default: u32| match b {
+                BufferRequest::Off => 0,
+                BufferRequest::Default => default,
+                BufferRequest::AtLeast(n) => n,
+            };
+            if size(theirs, self.core.cfg.buffer_capacity)
+                > size(*mine, self.core.cfg.buffer_capacity)
+            {
+                *mine = theirs;
             }
         }
-        let same = |u: &UserEvent| {
-            u.base == base
-                && u.arg == arg
-                && u.filter.map(|f| f as usize) == filter.map(|f| f as usize)
+        self.core.any_mask |= subs.mask;
+    }
+
+    /// Runs `f` with a context of monitor `monitor`, outside any event (shutdown, reports).
+    pub fn with_cx<R>(&mut self, monitor: usize, f: impl FnOnce(&mut Cx<'_>) -> R) -> R {
+        let mut cx = Cx::new(&mut self.core, monitor, None, &self.user_events);
+        f(&mut cx)
+    }
+
+    /// Runs a monitor's [`Monitor::setup`] (again): it may define user events and subscribe.
+    pub fn setup_monitor(&mut self, monitor: usize) {
+        let Some(m) = self.monitors.get_mut(monitor) else {
+            return;
         };
-        if let Some(i) = self.user_events.iter().position(same) {
-            return Ok(EventKind::User(UserEventId(i as u8)));
-        }
-        if self.user_events.len() >= MAX_USER_EVENTS {
-            return Err(Errno::NoSpc);
-        }
-        self.user_events.push(UserEvent { base, filter, arg });
-        Ok(EventKind::User(UserEventId(
-            (self.user_events.len() - 1) as u8,
-        )))
+        let mut setup = Setup {
+            user_events: &mut self.user_events,
+            subs: &mut self.core.mon_subs[monitor],
+        };
+        m.setup(&mut setup);
+        self.core.any_mask |= self.core.mon_subs[monitor].mask;
     }
 
     /// Subscribes monitor `monitor` to `(event, hook)` for all future flows.
@@ -1329,18 +1405,21 @@ impl Engine {
         }
         for u in 0..self.user_events.len() {
             let ue = &self.user_events[u];
-            let Some(filter) = ue.filter else { continue };
-            if ue.base != ev.kind {
+            if ue.base != ev.kind || ue.filter.is_none() {
                 continue;
             }
             let uk = EventKind::User(UserEventId(u as u8));
             if self.core.any_mask & self.descendant_mask(uk) == 0 {
                 continue;
             }
-            let arg = ue.arg;
             let fired = {
+                let ue = &self.user_events[u];
                 let mut cx = Cx::new(&mut self.core, usize::MAX, pkt, &self.user_events);
-                filter(&mut cx, ev, arg)
+                match &ue.filter {
+                    Some(Filter::Native(f)) => f(&mut cx, ev, ue.arg),
+                    Some(Filter::Foreign { call, .. }) => call(&mut cx, ev, ue.arg),
+                    None => false,
+                }
             };
             if fired {
                 let child = Event { kind: uk, ..*ev };
@@ -1406,6 +1485,72 @@ impl Engine {
             }
             self.core.mon_flows[slot as usize * self.core.nmon + m as usize].ended = true;
         }
+    }
+}
+
+fn define_user_event(
+    events: &mut Vec<UserEvent>,
+    base: EventKind,
+    filter: Option<Filter>,
+    arg: u64,
+) -> Result<EventKind, Errno> {
+    if let EventKind::User(parent) = base {
+        if usize::from(parent.0) >= events.len() {
+            return Err(Errno::Inval);
+        }
+    }
+    let key = filter.as_ref().map(Filter::key);
+    let same =
+        |u: &UserEvent| u.base == base && u.arg == arg && u.filter.as_ref().map(Filter::key) == key;
+    if let Some(i) = events.iter().position(same) {
+        return Ok(EventKind::User(UserEventId(i as u8)));
+    }
+    if events.len() >= MAX_USER_EVENTS {
+        return Err(Errno::NoSpc);
+    }
+    events.push(UserEvent { base, filter, arg });
+    Ok(EventKind::User(UserEventId((events.len() - 1) as u8)))
+}
+
+/// What a monitor may do when it is installed, before its first event: define user events
+/// and subscribe to them ([`Monitor::setup`]).
+pub struct Setup<'a> {
+    user_events: &'a mut Vec<UserEvent>,
+    subs: &'a mut Subscriptions,
+}
+
+impl Setup<'_> {
+    /// Defines a user event (see [`Engine::define_event`]).
+    pub fn define_event(
+        &mut self,
+        base: EventKind,
+        filter: Option<Filter>,
+        arg: u64,
+    ) -> Result<EventKind, Errno> {
+        define_user_event(self.user_events, base, filter, arg)
+    }
+
+    /// Subscribes this monitor to `(event, hook)` for all flows.
+    pub fn subscribe(&mut self, event: EventKind, hook: Hook) {
+        self.subs.mask |= event.bit(hook);
+    }
+}
+
+/// Bytes of freed buffers kept per capacity for reuse.
+const POOL_BYTES: u64 = 64 << 20;
+
+#[allow(clippy::vec_box)] // see `Core::spare_buffers`
+fn recycle(pool: &mut Vec<(u64, Vec<Box<RecvBuffer>>)>, b: Box<RecvBuffer>) {
+    let cap = b.capacity();
+    let i = match pool.iter().position(|(c, _)| *c == cap) {
+        Some(i) => i,
+        None => {
+            pool.push((cap, Vec::new()));
+            pool.len() - 1
+        }
+    };
+    if (pool[i].1.len() as u64 + 1) * cap <= POOL_BYTES.max(cap) {
+        pool[i].1.push(b);
     }
 }
 
@@ -1557,7 +1702,7 @@ impl Core {
         for (i, st) in [cli, svr].into_iter().enumerate() {
             let old = std::mem::replace(&mut f.sides[i], SideState::new(st, caps[i], overlap));
             if let Some(b) = old.buf {
-                self.spare_buffers.push(b);
+                recycle(&mut self.spare_buffers, b);
             }
         }
         if partial {
@@ -1605,11 +1750,7 @@ impl Core {
         for s in &mut f.sides {
             if let Some(b) = s.buf.take() {
                 self.stats.buffer_bytes -= b.capacity();
-                if b.capacity() == u64::from(self.cfg.buffer_capacity)
-                    && self.spare_buffers.len() < 4096
-                {
-                    self.spare_buffers.push(b);
-                }
+                recycle(&mut self.spare_buffers, b);
             }
         }
         self.free.push(slot);
@@ -1621,12 +1762,12 @@ impl Core {
             return None;
         }
         self.stats.buffer_bytes += u64::from(cap);
-        if let Some(i) = self
+        let pooled = self
             .spare_buffers
-            .iter()
-            .rposition(|b| b.capacity() == u64::from(cap))
-        {
-            let mut b = self.spare_buffers.swap_remove(i);
+            .iter_mut()
+            .find(|(c, _)| *c == u64::from(cap))
+            .and_then(|(_, v)| v.pop());
+        if let Some(mut b) = pooled {
             b.reset(head);
             return Some(b);
         }

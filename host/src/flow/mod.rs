@@ -21,7 +21,7 @@ mod types;
 
 pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
-pub use engine::{Config, Engine, LastPacket, Stats, UserFilter};
+pub use engine::{Config, Engine, Filter, ForeignFilter, LastPacket, Setup, Stats, UserFilter};
 pub use key::symmetric_hash;
 pub use monitor::{BufferRequest, Monitor, Subscriptions};
 pub use types::*;

@@ -1,6 +1,7 @@
 //! What a monitor is to the engine: its subscriptions and its callbacks.
 
 use super::api::Cx;
+use super::engine::Setup;
 use super::types::{Event, EventKind, FlowHandle, Hook};
 
 /// How much receive buffer a monitor wants for one side of every flow.
@@ -77,6 +78,12 @@ pub trait Monitor {
 
     /// What this monitor wants for every flow; read once when the engine is built.
     fn subscriptions(&self) -> Subscriptions;
+
+    /// Called once when the monitor is installed into an engine, before its first event:
+    /// define user events and subscribe to them here.
+    fn setup(&mut self, setup: &mut Setup<'_>) {
+        let _ = setup;
+    }
 
     /// Called for every subscribed event.
     fn on_event(&mut self, cx: &mut Cx<'_>, event: &Event);

@@ -1,0 +1,584 @@
+//! The host side of the ABI: the [`HostApi`] functions a plugin calls, and conversions
+//! between the engine's types and their `#[repr(C)]` forms.
+//!
+//! Every function takes the `ctx` pointer of the running callback ([`CallCtx`]), checks
+//! its arguments, and answers with a negative errno instead of trusting the plugin.
+
+use std::ffi::c_void;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use flowpeek_plugin_api::abi::*;
+
+use crate::flow::{
+    BufferRequest, Cx, Detail, Errno, Event, EventKind, EventSide, FlowHandle, Hook, OverlapPolicy,
+    PeekError, Side, Subscriptions, UserEventId,
+};
+
+/// Where one plugin's records go.
+pub struct Sink {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    /// Records written.
+    pub records: u64,
+    /// Records that could not be written.
+    pub write_errors: u64,
+}
+
+impl Sink {
+    /// A sink appending to `path`.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Sink> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Sink {
+            out: Some(std::io::BufWriter::with_capacity(1 << 16, f)),
+            records: 0,
+            write_errors: 0,
+        })
+    }
+
+    /// A sink that counts and discards.
+    pub fn discard() -> Sink {
+        Sink {
+            out: None,
+            records: 0,
+            write_errors: 0,
+        }
+    }
+
+    fn write(&mut self, record: &[u8]) {
+        self.records += 1;
+        if let Some(out) = &mut self.out {
+            if out
+                .write_all(record)
+                .and_then(|_| out.write_all(b"\n"))
+                .is_err()
+            {
+                self.write_errors += 1;
+            }
+        }
+    }
+
+    /// Flushes buffered records.
+    pub fn flush(&mut self) {
+        if let Some(out) = &mut self.out {
+            if out.flush().is_err() {
+                self.write_errors += 1;
+            }
+        }
+    }
+}
+
+/// What `ctx` points to during a plugin callback.
+pub struct CallCtx<'c, 'a> {
+    /// The engine's context.
+    pub cx: &'c mut Cx<'a>,
+    /// The plugin's record sink.
+    pub sink: &'c mut Sink,
+    /// The plugin's name, for log lines.
+    pub name: &'c str,
+}
+
+/// The table handed to plugins.
+pub static HOST_API: HostApi = HostApi {
+    ppeek,
+    peek,
+    ppeek_slices,
+    fragments,
+    buffer_info,
+    tcp_state,
+    addresses,
+    last_packet,
+    flow_times,
+    is_partial,
+    end_reason,
+    set_buffer_capacity,
+    set_overlap_policy,
+    stop_monitoring,
+    user_value,
+    set_user_value,
+    set_timer,
+    set_core_timer,
+    subscribe,
+    unsubscribe,
+    raise,
+    now,
+    core_id,
+    emit,
+    log,
+};
+
+const EINVAL: i64 = 22;
+
+fn errno(e: Errno) -> i64 {
+    -i64::from(e.code())
+}
+
+/// Runs a host function for the plugin; a host bug must not unwind into the plugin.
+fn with<R>(ctx: *mut c_void, fail: R, f: impl FnOnce(&mut CallCtx<'_, '_>) -> R) -> R {
+    if ctx.is_null() {
+        return fail;
+    }
+    // SAFETY: the host only ever passes a `CallCtx` it built for the running callback as
+    // `ctx`, and the plugin may use it only during that callback (the API contract).
+    let c = unsafe { &mut *ctx.cast::<CallCtx<'_, '_>>() };
+    catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or(fail)
+}
+
+fn side(s: u8) -> Result<Side, Errno> {
+    match s {
+        0 => Ok(Side::Client),
+        1 => Ok(Side::Server),
+        _ => Err(Errno::Inval),
+    }
+}
+
+fn hook(h: u8) -> Result<Hook, Errno> {
+    match h {
+        0 => Ok(Hook::Snd),
+        1 => Ok(Hook::Rcv),
+        2 => Ok(Hook::None),
+        _ => Err(Errno::Inval),
+    }
+}
+
+/// The engine's event for an event number.
+pub fn event_kind(code: u32) -> Result<EventKind, Errno> {
+    if code >= USER_EVENT_BASE {
+        let k = u8::try_from(code - USER_EVENT_BASE).map_err(|_| Errno::Inval)?;
+        return Ok(EventKind::User(UserEventId(k)));
+    }
+    EventKind::BUILTIN
+        .get(code as usize)
+        .copied()
+        .ok_or(Errno::Inval)
+}
+
+/// The event number of an engine event.
+pub fn event_code(kind: EventKind) -> u32 {
+    match kind {
+        EventKind::User(id) => USER_EVENT_BASE + u32::from(id.0),
+        b => EventKind::BUILTIN.iter().position(|&k| k == b).unwrap_or(0) as u32,
+    }
+}
+
+/// The `#[repr(C)]` form of an event.
+pub fn to_ffi(ev: &Event) -> FfiEvent {
+    let (detail_kind, detail) = match ev.detail {
+        Detail::None => (detail::NONE, 0),
+        Detail::State(s) => (detail::STATE, s as u8),
+        Detail::End(r) => (detail::END, r as u8),
+        Detail::Error(e) => (detail::ERROR, e as u8),
+    };
+    FfiEvent {
+        kind: event_code(ev.kind),
+        flow: ev.flow.0,
+        side: match ev.side {
+            EventSide::One(s) => s as u8,
+            EventSide::Both => 2,
+        },
+        hook: ev.hook as u8,
+        detail_kind,
+        detail,
+    }
+}
+
+/// The engine's subscriptions for a plugin's.
+pub fn subscriptions(s: FfiSubscriptions) -> Subscriptions {
+    let buffer = |v: u32| match v {
+        0 => BufferRequest::Off,
+        u32::MAX => BufferRequest::Default,
+        n => BufferRequest::AtLeast(n),
+    };
+    let mut out = Subscriptions::none();
+    out.mask = s.mask;
+    out.buffers = [buffer(s.buffers[0]), buffer(s.buffers[1])];
+    out
+}
+
+fn ffi_addr(a: SocketAddr) -> FfiAddr {
+    let mut addr = [0u8; 16];
+    let family = match a.ip() {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            6
+        }
+    };
+    FfiAddr {
+        family,
+        addr,
+        port: a.port(),
+    }
+}
+
+unsafe extern "C" fn ppeek(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    buf: *mut u8,
+    len: usize,
+    off: u64,
+) -> i64 {
+    with(ctx, -EINVAL, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return errno(e),
+        };
+        if buf.is_null() && len > 0 {
+            return -EINVAL;
+        }
+        let out: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: the plugin passes `len` writable bytes at `buf` (API contract).
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        c.cx.ppeek(FlowHandle(flow), side, out, off)
+            .map_or_else(errno, |n| n as i64)
+    })
+}
+
+unsafe extern "C" fn peek(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    buf: *mut u8,
+    len: usize,
+    lost: *mut u64,
+) -> i64 {
+    with(ctx, -EINVAL, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return errno(e),
+        };
+        if buf.is_null() && len > 0 {
+            return -EINVAL;
+        }
+        let out: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: as in `ppeek`.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
+        };
+        match c.cx.peek(FlowHandle(flow), side, out) {
+            Ok(n) => n as i64,
+            Err(PeekError::Lost(n)) => {
+                if !lost.is_null() {
+                    // SAFETY: a non-null `lost` is a valid out-pointer (API contract).
+                    unsafe { *lost = n };
+                }
+                errno(Errno::NoData)
+            }
+            Err(PeekError::Errno(e)) => errno(e),
+        }
+    })
+}
+
+unsafe extern "C" fn ppeek_slices(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    off: u64,
+    len: usize,
+    out: *mut FfiSlices,
+) -> i32 {
+    with(ctx, -22, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return -e.code(),
+        };
+        if out.is_null() {
+            return -22;
+        }
+        match c.cx.ppeek_slices(FlowHandle(flow), side, off, len) {
+            Ok((a, b)) => {
+                // SAFETY: `out` is a valid out-pointer (checked non-null).
+                unsafe {
+                    *out = FfiSlices {
+                        a: a.as_ptr(),
+                        a_len: a.len(),
+                        b: b.as_ptr(),
+                        b_len: b.len(),
+                    }
+                };
+                0
+            }
+            Err(e) => -e.code(),
+        }
+    })
+}
+
+unsafe extern "C" fn fragments(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    out: *mut FfiFragment,
+    cap: usize,
+) -> i64 {
+    with(ctx, -EINVAL, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return errno(e),
+        };
+        match c.cx.fragments(FlowHandle(flow), side) {
+            Ok(frags) => {
+                let mut n = 0usize;
+                for (offset, len) in frags {
+                    if n < cap && !out.is_null() {
+                        // SAFETY: `out` has room for `cap` fragments (API contract).
+                        unsafe { *out.add(n) = FfiFragment { offset, len } };
+                    }
+                    n += 1;
+                }
+                n as i64
+            }
+            Err(e) => errno(e),
+        }
+    })
+}
+
+/// Writes `value` through a plugin's out-pointer, or fails with EINVAL when it is null.
+fn put<T>(out: *mut T, value: T) -> i32 {
+    if out.is_null() {
+        return -22;
+    }
+    // SAFETY: non-null out-pointers from the plugin are valid for writes (API contract).
+    unsafe { *out = value };
+    0
+}
+
+unsafe extern "C" fn buffer_info(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    out: *mut FfiBufferInfo,
+) -> i32 {
+    with(ctx, -22, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return -e.code(),
+        };
+        match c.cx.buffer_info(FlowHandle(flow), side) {
+            Ok(i) => put(
+                out,
+                FfiBufferInfo {
+                    seq_base: i.seq_base,
+                    capacity: i.capacity,
+                    head: i.head,
+                    cursor: i.cursor,
+                    contig_end: i.contig_end,
+                    last_end: i.last_end,
+                    missing: i.missing,
+                    overlap: i.overlap,
+                },
+            ),
+            Err(e) => -e.code(),
+        }
+    })
+}
+
+unsafe extern "C" fn tcp_state(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
+    with(ctx, -22, |c| {
+        match side(s).and_then(|side| c.cx.tcp_state(FlowHandle(flow), side)) {
+            Ok(st) => st as i32,
+            Err(e) => -e.code(),
+        }
+    })
+}
+
+unsafe extern "C" fn addresses(ctx: *mut c_void, flow: u64, out: *mut FfiAddrs) -> i32 {
+    with(ctx, -22, |c| match c.cx.addresses(FlowHandle(flow)) {
+        Ok((a, b)) => put(
+            out,
+            FfiAddrs {
+                client: ffi_addr(a),
+                server: ffi_addr(b),
+            },
+        ),
+        Err(e) => -e.code(),
+    })
+}
+
+unsafe extern "C" fn last_packet(ctx: *mut c_void, flow: u64, out: *mut FfiLastPacket) -> i32 {
+    with(ctx, -22, |c| match c.cx.last_packet(FlowHandle(flow)) {
+        Ok(p) => put(
+            out,
+            FfiLastPacket {
+                ts: p.ts,
+                seq: p.seq,
+                ack: p.ack,
+                offset: p.offset,
+                payload_len: p.payload_len,
+                window: p.window,
+                flags: p.flags.0,
+                sender: p.sender.map_or(2, |s| s as u8),
+            },
+        ),
+        Err(e) => -e.code(),
+    })
+}
+
+unsafe extern "C" fn flow_times(ctx: *mut c_void, flow: u64, out: *mut FfiFlowTimes) -> i32 {
+    with(ctx, -22, |c| match c.cx.flow_times(FlowHandle(flow)) {
+        Ok(t) => put(
+            out,
+            FfiFlowTimes {
+                start: t.start,
+                last: t.last,
+                serial: t.serial,
+            },
+        ),
+        Err(e) => -e.code(),
+    })
+}
+
+unsafe extern "C" fn is_partial(ctx: *mut c_void, flow: u64) -> i32 {
+    with(ctx, -22, |c| {
+        c.cx.is_partial(FlowHandle(flow))
+            .map_or_else(|e| -e.code(), i32::from)
+    })
+}
+
+unsafe extern "C" fn end_reason(ctx: *mut c_void, flow: u64) -> i32 {
+    with(ctx, -22, |c| match c.cx.end_reason(FlowHandle(flow)) {
+        Ok(Some(r)) => r as i32,
+        Ok(None) => -1,
+        Err(e) => -e.code(),
+    })
+}
+
+fn status(r: Result<(), Errno>) -> i32 {
+    r.map_or_else(|e| -e.code(), |()| 0)
+}
+
+unsafe extern "C" fn set_buffer_capacity(ctx: *mut c_void, flow: u64, s: u8, capacity: u32) -> i32 {
+    with(ctx, -22, |c| {
+        status(side(s).and_then(|side| c.cx.set_buffer_capacity(FlowHandle(flow), side, capacity)))
+    })
+}
+
+unsafe extern "C" fn set_overlap_policy(ctx: *mut c_void, flow: u64, s: u8, policy: u8) -> i32 {
+    with(ctx, -22, |c| {
+        let policy = match policy {
+            0 => OverlapPolicy::First,
+            1 => OverlapPolicy::Last,
+            _ => return -22,
+        };
+        status(side(s).and_then(|side| c.cx.set_overlap_policy(FlowHandle(flow), side, policy)))
+    })
+}
+
+unsafe extern "C" fn stop_monitoring(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
+    with(ctx, -22, |c| {
+        let which = if s == 2 {
+            Ok(EventSide::Both)
+        } else {
+            side(s).map(EventSide::One)
+        };
+        status(which.and_then(|w| c.cx.stop_monitoring(FlowHandle(flow), w)))
+    })
+}
+
+unsafe extern "C" fn user_value(ctx: *mut c_void, flow: u64, out: *mut u64) -> i32 {
+    with(ctx, -22, |c| match c.cx.user_value(FlowHandle(flow)) {
+        Ok(v) => put(out, v),
+        Err(e) => -e.code(),
+    })
+}
+
+unsafe extern "C" fn set_user_value(ctx: *mut c_void, flow: u64, value: u64) -> i32 {
+    with(ctx, -22, |c| {
+        status(c.cx.set_user_value(FlowHandle(flow), value))
+    })
+}
+
+unsafe extern "C" fn set_timer(ctx: *mut c_void, flow: u64, after: u64, tag: u64) -> i32 {
+    with(ctx, -22, |c| {
+        status(c.cx.set_timer(FlowHandle(flow), after, tag))
+    })
+}
+
+unsafe extern "C" fn set_core_timer(ctx: *mut c_void, after: u64, tag: u64) -> i32 {
+    with(ctx, -22, |c| status(c.cx.set_core_timer(after, tag)))
+}
+
+unsafe extern "C" fn subscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
+    with(ctx, -22, |c| {
+        let r = event_kind(event)
+            .and_then(|e| hook(h).and_then(|h| c.cx.subscribe(FlowHandle(flow), e, h)));
+        status(r)
+    })
+}
+
+unsafe extern "C" fn unsubscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
+    with(ctx, -22, |c| {
+        let r = event_kind(event)
+            .and_then(|e| hook(h).and_then(|h| c.cx.unsubscribe(FlowHandle(flow), e, h)));
+        status(r)
+    })
+}
+
+unsafe extern "C" fn raise(ctx: *mut c_void, flow: u64, s: u8, event: u32) -> i32 {
+    with(ctx, -22, |c| {
+        let which = if s == 2 {
+            Ok(EventSide::Both)
+        } else {
+            side(s).map(EventSide::One)
+        };
+        let r =
+            which.and_then(|w| event_kind(event).and_then(|e| c.cx.raise(FlowHandle(flow), w, e)));
+        status(r)
+    })
+}
+
+unsafe extern "C" fn now(ctx: *mut c_void) -> u64 {
+    with(ctx, 0, |c| c.cx.now())
+}
+
+unsafe extern "C" fn core_id(ctx: *mut c_void) -> u32 {
+    with(ctx, 0, |c| u32::from(c.cx.core_id()))
+}
+
+/// Records longer than this are refused (a plugin that loops on `emit` cannot exhaust the
+/// disk one giant line at a time).
+const MAX_RECORD: usize = 1 << 20;
+
+unsafe extern "C" fn emit(ctx: *mut c_void, record: *const u8, len: usize) -> i32 {
+    with(ctx, -22, |c| {
+        if record.is_null() || len > MAX_RECORD {
+            return -22;
+        }
+        // SAFETY: the plugin passes `len` readable bytes at `record` (API contract).
+        let bytes = unsafe { std::slice::from_raw_parts(record, len) };
+        if bytes.contains(&b'\n') {
+            return -22;
+        }
+        c.sink.write(bytes);
+        0
+    })
+}
+
+unsafe extern "C" fn log(ctx: *mut c_void, level: u8, msg: *const u8, len: usize) {
+    with(ctx, (), |c| {
+        if msg.is_null() {
+            return;
+        }
+        // SAFETY: as in `emit`.
+        let bytes = unsafe { std::slice::from_raw_parts(msg, len.min(4096)) };
+        let level = ["error", "warning", "info", "debug"]
+            .get(usize::from(level))
+            .copied()
+            .unwrap_or("debug");
+        eprintln!(
+            "flowpeek: plugin {}: {level}: {}",
+            c.name,
+            String::from_utf8_lossy(bytes)
+        );
+    })
+}

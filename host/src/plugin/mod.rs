@@ -1,0 +1,359 @@
+//! Monitor plugins: loading them from a directory, one instance per core, hot reload.
+//!
+//! Owns: the checks and private copies before `dlopen`, abi_stable's layout check and the
+//! API version check ([`load`]), the host side of the ABI ([`ffi`]), generations and draining
+//! ([`slot`]), and the directory watcher that turns file changes into new generations,
+//! applied by the worker at its safe point between batches ([`PluginHost::poll`]).
+//!
+//! Must not: touch packets, or block the data path (libraries are opened on the watcher's
+//! thread; the worker only swaps in what is ready).
+//!
+//! What a plugin can and cannot do to the host: a panic in any callback is caught by the SDK
+//! and disables that instance on that core (counted); bad handles and arguments get errno
+//! values. A plugin runs in-process: one that segfaults, aborts or corrupts memory takes the
+//! host down with it; there is no isolation beyond the ABI checks.
+#![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
+
+pub mod ffi;
+pub mod load;
+pub mod slot;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
+
+use crate::flow::{Engine, Monitor};
+pub use load::{Library, LoadError};
+pub use slot::{PluginSlot, PluginStats, SlotMonitor};
+
+/// A change of the plugin directory, ready to apply.
+pub enum Update {
+    /// A file was loaded (off the data path).
+    Loaded {
+        /// The file.
+        file: PathBuf,
+        /// The library.
+        lib: Library,
+        /// The text of `<stem>.toml` next to it, or empty.
+        config: String,
+    },
+    /// A file could not be loaded; the running generation (if any) stays.
+    Failed {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        error: LoadError,
+    },
+    /// A file was removed or renamed away.
+    Removed {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// Why the plugin directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Missing or unreadable directory.
+    #[error(
+        "plugin directory {dir}: {source}; create it or point --plugins at an existing directory"
+    )]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The log directory cannot be written.
+    #[error("log directory {dir}: {source}; choose a writable --log-dir")]
+    LogDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The directory cannot be watched.
+    #[error("cannot watch {dir} for changes: {detail}")]
+    Watch {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        detail: String,
+    },
+}
+
+/// Whether `path` looks like a plugin library.
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "so")
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn config_for(file: &Path) -> String {
+    std::fs::read_to_string(file.with_extension("toml")).unwrap_or_default()
+}
+
+fn load_update(file: PathBuf) -> Update {
+    match load::load(&file) {
+        Ok(lib) => Update::Loaded {
+            config: config_for(&file),
+            file,
+            lib,
+        },
+        Err(error) => Update::Failed { file, error },
+    }
+}
+
+struct Entry {
+    file: PathBuf,
+    slot: Rc<RefCell<PluginSlot>>,
+    monitor: usize,
+}
+
+/// The plugins of one core and the watcher of their directory.
+pub struct PluginHost {
+    log_dir: PathBuf,
+    core: u32,
+    drain_timeout: u64,
+    entries: Vec<Entry>,
+    rx: Receiver<Update>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// Messages about files that failed to load, in order.
+    pub failures: Vec<String>,
+}
+
+impl PluginHost {
+    /// Loads every plugin in `dir` and (with `watch`) starts watching it. Returns the host
+    /// and the monitors to build the engine with, in load order (file name order).
+    pub fn open(
+        dir: &Path,
+        log_dir: &Path,
+        core: u32,
+        drain_timeout: u64,
+        watch: bool,
+    ) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| HostError::Dir {
+                dir: dir.into(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_plugin_file(p))
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(log_dir).map_err(|source| HostError::LogDir {
+            dir: log_dir.into(),
+            source,
+        })?;
+        let (tx, rx) = channel();
+        let watcher = if watch {
+            Some(start_watcher(dir, tx)?)
+        } else {
+            None
+        };
+        let mut host = PluginHost {
+            log_dir: log_dir.into(),
+            core,
+            drain_timeout,
+            entries: Vec::new(),
+            rx,
+            _watcher: watcher,
+            failures: Vec::new(),
+        };
+        let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
+        for file in files {
+            if let Some(slot) = host.apply_new(load_update(file), 0)? {
+                monitors.push(Box::new(SlotMonitor(slot)));
+            }
+        }
+        Ok((host, monitors))
+    }
+
+    /// Applies one update for a file with no slot yet; returns the new slot.
+    fn apply_new(
+        &mut self,
+        update: Update,
+        now: u64,
+    ) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
+        match update {
+            Update::Loaded { file, lib, config } => {
+                let name = lib.name();
+                let path = self.log_dir.join(format!("{name}.jsonl"));
+                let sink = ffi::Sink::open(&path).map_err(|source| HostError::LogDir {
+                    dir: path.clone(),
+                    source,
+                })?;
+                let mut slot = PluginSlot::new(&name, self.core, sink, self.drain_timeout);
+                if let Err(e) = slot.install(&lib, &config, now) {
+                    self.fail(format!("{}: {e}", file.display()));
+                    return Ok(None);
+                }
+                let slot = Rc::new(RefCell::new(slot));
+                self.entries.push(Entry {
+                    file,
+                    slot: Rc::clone(&slot),
+                    monitor: self.entries.len(),
+                });
+                Ok(Some(slot))
+            }
+            Update::Failed { error, .. } => {
+                self.fail(error.to_string());
+                Ok(None)
+            }
+            Update::Removed { .. } => Ok(None),
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        eprintln!("flowpeek: plugin not loaded: {msg}");
+        self.failures.push(msg);
+    }
+
+    /// The reload safe point: applies what the watcher prepared. Call between batches.
+    pub fn poll(&mut self, engine: &mut Engine) {
+        while let Ok(update) = self.rx.try_recv() {
+            self.apply(update, engine);
+        }
+    }
+
+    /// Applies one update now (tests drive reloads with this directly).
+    pub fn apply(&mut self, update: Update, engine: &mut Engine) {
+        let now = engine.now();
+        let file = match &update {
+            Update::Loaded { file, .. }
+            | Update::Failed { file, .. }
+            | Update::Removed { file } => file.clone(),
+        };
+        let existing = self.entries.iter().position(|e| e.file == file);
+        match (update, existing) {
+            (Update::Loaded { lib, config, .. }, Some(i)) => {
+                let slot = Rc::clone(&self.entries[i].slot);
+                let installed = slot.borrow_mut().install(&lib, &config, now);
+                match installed {
+                    Ok(_) => {
+                        let idx = self.entries[i].monitor;
+                        let subs = slot.borrow().engine_subscriptions();
+                        engine.extend_subscriptions(idx, subs);
+                        engine.setup_monitor(idx);
+                    }
+                    Err(e) => self.fail(format!("{}: {e}", file.display())),
+                }
+            }
+            (Update::Removed { .. }, Some(i)) => self.entries[i].slot.borrow_mut().remove(now),
+            (update @ Update::Loaded { .. }, None) => match self.apply_new(update, now) {
+                Ok(Some(slot)) => {
+                    let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
+                    if let Some(e) = self.entries.last_mut() {
+                        e.monitor = idx;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.fail(e.to_string()),
+            },
+            (Update::Failed { error, .. }, _) => self.fail(error.to_string()),
+            (Update::Removed { .. }, None) => {}
+        }
+    }
+
+    /// Gives every instance its `shutdown` and flushes the logs. Call after `Engine::finish`.
+    pub fn shutdown(&mut self, engine: &mut Engine) {
+        for e in &self.entries {
+            let slot = Rc::clone(&e.slot);
+            engine.with_cx(e.monitor, |cx| slot.borrow_mut().shutdown(cx));
+        }
+    }
+
+    /// Flushes every plugin's records.
+    pub fn flush(&mut self) {
+        for e in &self.entries {
+            e.slot.borrow_mut().flush();
+        }
+    }
+
+    /// Counters per plugin name (summed over the slots of that name).
+    pub fn stats(&self) -> BTreeMap<String, PluginStats> {
+        let mut out: BTreeMap<String, PluginStats> = BTreeMap::new();
+        for e in &self.entries {
+            let slot = e.slot.borrow();
+            let s = out.entry(slot.name().to_string()).or_default();
+            s.events += slot.stats.events;
+            s.records += slot.stats.records;
+            s.failures += slot.stats.failures;
+            s.generations += slot.stats.generations;
+            s.retired += slot.stats.retired;
+            s.drained_flows += slot.stats.drained_flows;
+        }
+        out
+    }
+
+    /// The versions of each plugin's generations still running.
+    pub fn live_generations(&self) -> BTreeMap<String, Vec<String>> {
+        self.entries
+            .iter()
+            .map(|e| {
+                (
+                    e.slot.borrow().name().to_string(),
+                    e.slot.borrow().live_generations(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Watches `dir`; a loader thread opens changed files off the data path and sends updates.
+fn start_watcher(dir: &Path, tx: Sender<Update>) -> Result<notify::RecommendedWatcher, HostError> {
+    let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
+        dir: dir.into(),
+        detail: e.to_string(),
+    })?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| HostError::Watch {
+            dir: dir.into(),
+            detail: e.to_string(),
+        })?;
+    std::thread::Builder::new()
+        .name("flowpeek-plugin-loader".into())
+        .spawn(move || {
+            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+            for ev in fs_rx.into_iter().flatten() {
+                // A file is complete when it is closed after writing or renamed into place.
+                let (ready, gone) = match ev.kind {
+                    FsEvent::Access(AccessKind::Close(AccessMode::Write)) => (true, false),
+                    FsEvent::Modify(ModifyKind::Name(RenameMode::To)) => (true, false),
+                    FsEvent::Modify(ModifyKind::Name(RenameMode::Both)) => (true, true),
+                    FsEvent::Modify(ModifyKind::Name(RenameMode::From)) | FsEvent::Remove(_) => {
+                        (false, true)
+                    }
+                    _ => (false, false),
+                };
+                let paths: Vec<PathBuf> =
+                    ev.paths.into_iter().filter(|p| is_plugin_file(p)).collect();
+                let n = paths.len();
+                for (i, p) in paths.into_iter().enumerate() {
+                    // For a rename (both paths), the first is the old name.
+                    let update = if ready && (!gone || i + 1 == n) && p.exists() {
+                        load_update(p)
+                    } else if gone {
+                        Update::Removed { file: p }
+                    } else {
+                        continue;
+                    };
+                    if tx.send(update).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| HostError::Watch {
+            dir: dir.into(),
+            detail: e.to_string(),
+        })?;
+    Ok(watcher)
+}

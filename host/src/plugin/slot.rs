@@ -1,0 +1,415 @@
+//! One plugin on one core: its generations (one per load of its file), which flows each
+//! generation owns, draining and retiring old generations, and panics.
+//!
+//! A flow belongs to the generation that saw its first event until the flow ends; new
+//! flows go to the newest generation. An old generation retires when its last flow ends,
+//! or at its drain deadline, when its remaining flows get `ConnEnd` (reason `Reloaded`)
+//! and leave it.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::c_void;
+use std::rc::Rc;
+
+use flowpeek_plugin_api::abi::{
+    status, FfiEvent, FfiFilterSlot, HostCx, MonitorObj, SetupCx, USER_EVENT_BASE,
+};
+
+use super::ffi::{self, CallCtx, Sink, HOST_API};
+use super::load::Library;
+use crate::flow::{
+    Cx, Detail, EndReason, Event, EventKind, EventSide, Filter, FlowHandle, Hook, Monitor, Setup,
+    Side, Subscriptions,
+};
+
+/// Counters of one plugin on one core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PluginStats {
+    /// Callbacks delivered.
+    pub events: u64,
+    /// Records emitted.
+    pub records: u64,
+    /// Callbacks that panicked (each disables its instance).
+    pub failures: u64,
+    /// Generations installed (loads of the file).
+    pub generations: u64,
+    /// Generations retired.
+    pub retired: u64,
+    /// Flows handed `ConnEnd(Reloaded)` at a drain deadline.
+    pub drained_flows: u64,
+}
+
+struct Generation {
+    obj: Option<MonitorObj>,
+    version: String,
+    subs: Subscriptions,
+    flows: HashSet<u64>,
+    disabled: bool,
+    drain_deadline: Option<u64>,
+}
+
+/// Tag layout in the engine's per-(monitor, flow) host tag: generation + 1 in the low bits,
+/// the number of sides whose `ConnEnd` passed in bits 24–25.
+const GEN_MASK: u32 = 0x00ff_ffff;
+const DETACHED: u32 = GEN_MASK;
+const ENDS_SHIFT: u32 = 24;
+
+/// A plugin hosted as one engine monitor.
+pub struct PluginSlot {
+    name: String,
+    core: u32,
+    gens: Vec<Generation>,
+    newest: Option<usize>,
+    sink: Sink,
+    drain_timeout: u64,
+    /// Counters.
+    pub stats: PluginStats,
+}
+
+impl PluginSlot {
+    /// An empty slot for the plugin `name`, writing records to `sink`.
+    pub fn new(name: &str, core: u32, sink: Sink, drain_timeout: u64) -> PluginSlot {
+        PluginSlot {
+            name: name.to_string(),
+            core,
+            gens: Vec::new(),
+            newest: None,
+            sink,
+            drain_timeout,
+            stats: PluginStats::default(),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Versions of the generations still running, oldest first.
+    pub fn live_generations(&self) -> Vec<String> {
+        self.gens
+            .iter()
+            .filter(|g| g.obj.is_some())
+            .map(|g| g.version.clone())
+            .collect()
+    }
+
+    /// Makes this core's instance from `lib` and makes it the newest generation; older ones
+    /// start draining at `now`. Returns the constructor's error, leaving the slot as it was.
+    pub fn install(
+        &mut self,
+        lib: &Library,
+        config: &str,
+        now: u64,
+    ) -> Result<Subscriptions, String> {
+        let made = (lib.module.new())(self.core, config.into());
+        let obj = match made.into_result() {
+            Ok(obj) => obj,
+            Err(e) => return Err(format!("{}: the constructor failed: {e}", self.name)),
+        };
+        // SAFETY: `obj` was just made by this library's constructor.
+        let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
+        for g in &mut self.gens {
+            if g.obj.is_some() && g.drain_deadline.is_none() {
+                g.drain_deadline = Some(now.saturating_add(self.drain_timeout));
+            }
+        }
+        self.gens.push(Generation {
+            obj: Some(obj),
+            version: lib.version(),
+            subs,
+            flows: HashSet::new(),
+            disabled: false,
+            drain_deadline: None,
+        });
+        self.newest = Some(self.gens.len() - 1);
+        self.stats.generations += 1;
+        Ok(subs)
+    }
+
+    /// The plugin file was removed: new flows no longer go to it; open ones drain.
+    pub fn remove(&mut self, now: u64) {
+        self.newest = None;
+        for g in &mut self.gens {
+            if g.obj.is_some() && g.drain_deadline.is_none() {
+                g.drain_deadline = Some(now.saturating_add(self.drain_timeout));
+            }
+        }
+    }
+
+    /// Whether nothing runs any more (removed and fully drained).
+    pub fn is_idle(&self) -> bool {
+        self.newest.is_none() && self.gens.iter().all(|g| g.obj.is_none())
+    }
+
+    /// The engine subscriptions for this slot: what the plugin asked for, plus `ConnEnd`
+    /// at both hooks so that the slot knows when each flow ends.
+    pub fn engine_subscriptions(&self) -> Subscriptions {
+        let mut s = self.newest.map(|g| self.gens[g].subs).unwrap_or_default();
+        s = s
+            .with(EventKind::ConnEnd, Hook::Snd)
+            .with(EventKind::ConnEnd, Hook::Rcv);
+        s
+    }
+
+    fn call(&mut self, g: usize, cx: &mut Cx<'_>, f: impl FnOnce(&MonitorObj, *mut HostCx) -> i32) {
+        let gen = &mut self.gens[g];
+        let Some(obj) = gen.obj.as_ref() else { return };
+        if gen.disabled {
+            return;
+        }
+        let before = self.sink.records;
+        let mut call = CallCtx {
+            cx,
+            sink: &mut self.sink,
+            name: &self.name,
+        };
+        let mut host = HostCx {
+            ctx: (&mut call as *mut CallCtx<'_, '_>).cast::<c_void>(),
+            api: &HOST_API,
+        };
+        let r = f(obj, &mut host);
+        self.stats.events += 1;
+        self.stats.records += self.sink.records - before;
+        if r == status::PANICKED {
+            self.stats.failures += 1;
+            gen.disabled = true;
+            eprintln!(
+                "flowpeek: plugin {} ({}) panicked on core {}: disabled on this core; the host and other plugins go on",
+                self.name, gen.version, self.core
+            );
+        }
+    }
+
+    fn deliver(&mut self, g: usize, cx: &mut Cx<'_>, ev: &Event) {
+        let fev: FfiEvent = ffi::to_ffi(ev);
+        // SAFETY: `obj` is a live instance of generation `g`; `host` and `fev` outlive the call.
+        self.call(g, cx, |obj, host| unsafe {
+            (obj.vtable.on_event)(obj.this, host, &fev)
+        });
+    }
+
+    /// Retires generation `g` when it is no longer the newest and owns no flow.
+    fn maybe_retire(&mut self, g: usize, cx: &mut Cx<'_>) {
+        if Some(g) == self.newest || !self.gens[g].flows.is_empty() || self.gens[g].obj.is_none() {
+            return;
+        }
+        self.retire(g, cx);
+    }
+
+    fn retire(&mut self, g: usize, cx: &mut Cx<'_>) {
+        // SAFETY: as in `deliver`.
+        self.call(g, cx, |obj, host| unsafe {
+            (obj.vtable.shutdown)(obj.this, host)
+        });
+        if let Some(obj) = self.gens[g].obj.take() {
+            // SAFETY: the instance is dropped once, by its own library's code.
+            unsafe { (obj.vtable.drop)(obj.this) };
+        }
+        self.stats.retired += 1;
+    }
+
+    /// Ends the flows of generations whose drain deadline passed.
+    fn drain_due(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        for g in 0..self.gens.len() {
+            let due =
+                self.gens[g].obj.is_some() && self.gens[g].drain_deadline.is_some_and(|d| now >= d);
+            if !due {
+                continue;
+            }
+            let flows: Vec<u64> = self.gens[g].flows.drain().collect();
+            for f in flows {
+                let h = FlowHandle(f);
+                for side in Side::BOTH {
+                    let ev = Event {
+                        kind: EventKind::ConnEnd,
+                        side: EventSide::One(side),
+                        hook: Hook::Snd,
+                        flow: h,
+                        detail: Detail::End(EndReason::Reloaded),
+                    };
+                    self.deliver(g, cx, &ev);
+                }
+                let _ = cx.set_host_tag(h, DETACHED);
+                self.stats.drained_flows += 1;
+            }
+            self.retire(g, cx);
+        }
+    }
+
+    /// Gives every running generation its `shutdown` (the host stops).
+    pub fn shutdown(&mut self, cx: &mut Cx<'_>) {
+        for g in 0..self.gens.len() {
+            if self.gens[g].obj.is_some() {
+                self.retire(g, cx);
+            }
+        }
+        self.newest = None;
+        self.sink.flush();
+    }
+
+    /// Flushes the record sink.
+    pub fn flush(&mut self) {
+        self.sink.flush();
+    }
+
+    /// Installs the newest generation into the engine's setup (user events).
+    fn setup_newest(&mut self, setup: &mut Setup<'_>) {
+        let Some(g) = self.newest else { return };
+        let Some(obj) = self.gens[g].obj.as_ref() else {
+            return;
+        };
+        let mut ctx = SetupCtx { setup };
+        let mut raw = SetupCx {
+            ctx: (&mut ctx as *mut SetupCtx<'_, '_>).cast(),
+            define_event: setup_define_event,
+            subscribe: setup_subscribe,
+        };
+        // SAFETY: a live instance; `raw` outlives the call.
+        let r = unsafe { (obj.vtable.setup)(obj.this, &mut raw) };
+        if r == status::PANICKED {
+            self.stats.failures += 1;
+            self.gens[g].disabled = true;
+        }
+    }
+}
+
+struct SetupCtx<'s, 'a> {
+    setup: &'s mut Setup<'a>,
+}
+
+unsafe extern "C" fn setup_define_event(
+    ctx: *mut c_void,
+    base: u32,
+    filter: FfiFilterSlot,
+    arg: u64,
+) -> i64 {
+    // SAFETY: `ctx` is the SetupCtx built in `setup_newest` for this call.
+    let c = unsafe { &mut *ctx.cast::<SetupCtx<'_, '_>>() };
+    let Ok(base) = ffi::event_kind(base) else {
+        return -22;
+    };
+    let filter = filter.filter.map(|f| Filter::Foreign {
+        key: f as usize,
+        call: Box::new(move |cx: &mut Cx<'_>, ev: &Event, arg: u64| {
+            let mut sink = Sink::discard();
+            let mut call = CallCtx {
+                cx,
+                sink: &mut sink,
+                name: "filter",
+            };
+            let mut host = HostCx {
+                ctx: (&mut call as *mut CallCtx<'_, '_>).cast(),
+                api: &HOST_API,
+            };
+            let fev = ffi::to_ffi(ev);
+            // SAFETY: the plugin's filter is called with live pointers for this call only.
+            unsafe { f(&mut host, &fev, arg) == 1 }
+        }),
+    });
+    match c.setup.define_event(base, filter, arg) {
+        Ok(kind) => i64::from(ffi::event_code(kind)),
+        Err(e) => -i64::from(e.code()),
+    }
+}
+
+unsafe extern "C" fn setup_subscribe(ctx: *mut c_void, event: u32, hook: u8) -> i32 {
+    // SAFETY: as in `setup_define_event`.
+    let c = unsafe { &mut *ctx.cast::<SetupCtx<'_, '_>>() };
+    let hook = match hook {
+        0 => Hook::Snd,
+        1 => Hook::Rcv,
+        2 => Hook::None,
+        _ => return -22,
+    };
+    match ffi::event_kind(event) {
+        Ok(e) => {
+            c.setup.subscribe(e, hook);
+            0
+        }
+        Err(e) => -e.code(),
+    }
+}
+
+/// The engine's view of a slot (shared with the runner, which installs generations).
+pub struct SlotMonitor(pub Rc<RefCell<PluginSlot>>);
+
+impl Monitor for SlotMonitor {
+    fn name(&self) -> &str {
+        "plugin"
+    }
+
+    fn subscriptions(&self) -> Subscriptions {
+        self.0.borrow().engine_subscriptions()
+    }
+
+    fn setup(&mut self, setup: &mut Setup<'_>) {
+        self.0.borrow_mut().setup_newest(setup);
+    }
+
+    fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
+        let mut slot = self.0.borrow_mut();
+        slot.drain_due(cx);
+        if ev.kind == EventKind::Orphan {
+            if let Some(g) = slot.newest {
+                slot.deliver(g, cx, ev);
+            }
+            return;
+        }
+        let h = ev.flow;
+        let Ok(mut tag) = cx.host_tag(h) else { return };
+        if tag & GEN_MASK == 0 {
+            tag = match slot.newest {
+                Some(g) => {
+                    slot.gens[g].flows.insert(h.0);
+                    g as u32 + 1
+                }
+                None => DETACHED,
+            };
+            let _ = cx.set_host_tag(h, tag);
+        }
+        if tag & GEN_MASK == DETACHED {
+            return;
+        }
+        let g = (tag & GEN_MASK) as usize - 1;
+        let wanted = ev.kind != EventKind::ConnEnd
+            || slot.gens[g].subs.contains(EventKind::ConnEnd, ev.hook);
+        if wanted {
+            slot.deliver(g, cx, ev);
+        }
+        if ev.kind == EventKind::ConnEnd && ev.hook == Hook::Snd {
+            let ends = (tag >> ENDS_SHIFT) + 1;
+            let _ = cx.set_host_tag(h, (tag & GEN_MASK) | (ends << ENDS_SHIFT));
+            if ends >= 2 {
+                slot.gens[g].flows.remove(&h.0);
+                slot.maybe_retire(g, cx);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
+        let mut slot = self.0.borrow_mut();
+        slot.drain_due(cx);
+        let g = match flow {
+            Some(h) => match cx.host_tag(h) {
+                Ok(t) if t & GEN_MASK != 0 && t & GEN_MASK != DETACHED => {
+                    (t & GEN_MASK) as usize - 1
+                }
+                _ => return,
+            },
+            // Core timers go to the newest generation.
+            None => match slot.newest {
+                Some(g) => g,
+                None => return,
+            },
+        };
+        let (has, f) = flow.map_or((0, 0), |h| (1, h.0));
+        // SAFETY: as in `deliver`.
+        slot.call(g, cx, |obj, host| unsafe {
+            (obj.vtable.on_timer)(obj.this, host, has, f, tag)
+        });
+    }
+}
+
+const _: () = assert!(USER_EVENT_BASE > 8);

@@ -1,0 +1,298 @@
+//! `streamhash`: what a reader of each direction of every TCP connection saw, as a plugin.
+//!
+//! For every connection it records one JSON line, identical to the line
+//! `flowpeek streams --json` prints for it (host/src/streams.rs):
+//!
+//! ```text
+//! {"c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
+//!  "client":"IP:PORT","close":"fin","end":SECS.MICROS,"partial":true,
+//!  "s2c":{...},"server":"IP:PORT","start":SECS.MICROS}
+//! ```
+//!
+//! (one line, keys in sorted order; `partial` only when the connection was picked up
+//! mid-stream). `bytes` were delivered in order and hashed (SHA-256, CRC-32 IEEE); `missing`
+//! bytes were skipped over gaps or lost; `overlap` bytes arrived more than once. `close` is
+//! `fin`, `rst`, `timeout`, `evicted`, or `eof` for any other end (end of capture, shutdown,
+//! reload, stop).
+//!
+//! It reads each side with `peek` on every `NewData` and at its `ConnEnd`, so streams of any
+//! length go through a bounded buffer. Records come out when a connection's second side ends
+//! (end order, not start order).
+//!
+//! Configuration (`streamhash.toml`): `buffer = 1048576`, the receive buffer per side in bytes
+//! (default 1 MiB).
+
+use flowpeek_plugin_api::sdk::*;
+use sha2::{Digest, Sha256};
+
+/// Receive buffer per side unless configured.
+const DEFAULT_BUFFER: u32 = 1 << 20;
+
+/// Set in a flow's user value once its first side has ended.
+const FIRST_SIDE_ENDED: u64 = 1 << 63;
+
+/// What a reader of one direction has seen so far.
+struct Direction {
+    sha: Sha256,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+    lost: u64,
+}
+
+impl Direction {
+    fn new() -> Direction {
+        Direction {
+            sha: Sha256::new(),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+            lost: 0,
+        }
+    }
+}
+
+/// One live connection: indexed by `Side` (client's buffer first).
+struct Live {
+    dirs: [Direction; 2],
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
+}
+
+/// The monitor: hashes both directions of every flow.
+pub struct StreamHash {
+    /// Per-flow state; a flow's user value is its index + 1 (0: none yet).
+    live: Vec<Option<Live>>,
+    free: Vec<usize>,
+    scratch: Box<[u8]>,
+    buffer: u32,
+}
+
+/// Reads `key = <integer>` from TOML-ish text: `#` comments, `_` separators, blank lines.
+fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim() != key {
+            continue;
+        }
+        let v: String = v.trim().chars().filter(|&c| c != '_').collect();
+        return v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{key}: expected an integer, found {:?}", v));
+    }
+    Ok(None)
+}
+
+fn parse_config(text: &str) -> Result<u32, String> {
+    match config_u64(text, "buffer")? {
+        None => Ok(DEFAULT_BUFFER),
+        Some(0) => Err("buffer: must be at least 1 byte".into()),
+        Some(n) => u32::try_from(n).map_err(|_| format!("buffer: {n} is more than 4 GiB")),
+    }
+}
+
+impl StreamHash {
+    /// The flow's slot, made on its first event.
+    fn entry(&mut self, cx: &mut Cx<'_>, flow: Flow) -> Option<usize> {
+        let v = cx.user_value(flow).ok()? & !FIRST_SIDE_ENDED;
+        if v != 0 {
+            return usize::try_from(v - 1).ok();
+        }
+        let live = Live {
+            dirs: [Direction::new(), Direction::new()],
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.live[i] = Some(live);
+                i
+            }
+            None => {
+                self.live.push(Some(live));
+                self.live.len() - 1
+            }
+        };
+        if cx.set_user_value(flow, idx as u64 + 1).is_err() {
+            self.live[idx] = None;
+            self.free.push(idx);
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// Hashes everything new in `side`'s buffer.
+    fn drain(&mut self, cx: &mut Cx<'_>, flow: Flow, side: Side, idx: usize) {
+        let Some(Some(live)) = self.live.get_mut(idx) else {
+            return;
+        };
+        let d = &mut live.dirs[side_index(side)];
+        loop {
+            match cx.peek(flow, side, &mut self.scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let bytes = &self.scratch[..n.min(self.scratch.len())];
+                    d.sha.update(bytes);
+                    d.crc.update(bytes);
+                    d.bytes += bytes.len() as u64;
+                }
+                Err(PeekError::Lost(n)) => d.lost += n,
+                Err(PeekError::Errno(_)) => break,
+            }
+        }
+    }
+
+    /// Each side gets its own `ConnEnd`; the second one completes the record.
+    fn finish_side(&mut self, cx: &mut Cx<'_>, flow: Flow, idx: usize, reason: Option<EndReason>) {
+        let v = cx.user_value(flow).unwrap_or(0);
+        if v & FIRST_SIDE_ENDED == 0 {
+            let _ = cx.set_user_value(flow, v | FIRST_SIDE_ENDED);
+            return;
+        }
+        let Some(live) = self.live.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(idx);
+        let (Ok((client, server)), Ok((start, end, _serial)), Ok(partial)) =
+            (cx.addresses(flow), cx.flow_times(flow), cx.is_partial(flow))
+        else {
+            return;
+        };
+        let overlap = |s: Side| cx.buffer_info(flow, s).map_or(0, |i| i.overlap);
+        let dir = |d: Direction, overlap: u64| {
+            serde_json::json!({
+                "bytes": d.bytes, "sha256": hex(&d.sha.finalize()),
+                "crc32": format!("{:08x}", d.crc.finalize()),
+                "missing": d.lost, "overlap": overlap,
+            })
+        };
+        let close = match reason {
+            Some(EndReason::Fin) => "fin",
+            Some(EndReason::Rst) => "rst",
+            Some(EndReason::Timeout) => "timeout",
+            Some(EndReason::Evicted) => "evicted",
+            _ => "eof",
+        };
+        let (c2s_overlap, s2c_overlap) = (overlap(Side::Server), overlap(Side::Client));
+        let [cli, svr] = live.dirs;
+        // The server side's buffer holds what the client sent.
+        let mut v = serde_json::json!({
+            "client": client.to_string(),
+            "server": server.to_string(),
+            "close": close,
+            "c2s": dir(svr, c2s_overlap),
+            "s2c": dir(cli, s2c_overlap),
+        });
+        if partial {
+            v["partial"] = serde_json::Value::Bool(true);
+        }
+        // As the host does: microsecond precision from the capture, through serde_json's
+        // number parser, so the text is the same.
+        for (key, ns) in [("start", start), ("end", end)] {
+            if let Ok(n) = fmt_ts(ns).parse::<serde_json::Number>() {
+                v[key] = serde_json::Value::Number(n);
+            }
+        }
+        let _ = cx.emit(&v.to_string());
+    }
+}
+
+fn fmt_ts(ns: u64) -> String {
+    format!("{}.{:06}", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+impl Monitor for StreamHash {
+    const NAME: &'static str = "streamhash";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn new(_core: u32, config: &str) -> Result<Self, String> {
+        Ok(StreamHash {
+            live: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            buffer: parse_config(config)?,
+        })
+    }
+
+    fn subscriptions(&self) -> Subscriptions {
+        Subscriptions::none()
+            .with(EventKind::NewData, Hook::None)
+            .with(EventKind::ConnEnd, Hook::Snd)
+            .buffers(Buffer::AtLeast(self.buffer))
+    }
+
+    fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
+        let Some(side) = ev.side else {
+            return;
+        };
+        let Some(idx) = self.entry(cx, ev.flow) else {
+            return;
+        };
+        self.drain(cx, ev.flow, side, idx);
+        if ev.kind == EventKind::ConnEnd {
+            let reason = match ev.detail {
+                Detail::End(r) => Some(r),
+                _ => cx.end_reason(ev.flow),
+            };
+            self.finish_side(cx, ev.flow, idx, reason);
+        }
+    }
+
+    fn shutdown(&mut self, cx: &mut Cx<'_>) {
+        let open = self.live.iter().filter(|l| l.is_some()).count();
+        if open > 0 {
+            cx.log(
+                1,
+                &format!("streamhash: {open} connections had not ended; no record for them"),
+            );
+        }
+    }
+}
+
+// The macro's items are the library's entry point, not API (and carry no docs).
+#[allow(missing_docs, unreachable_pub)]
+mod export {
+    flowpeek_plugin_api::export_monitor!(super::StreamHash);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config() {
+        assert_eq!(parse_config(""), Ok(DEFAULT_BUFFER));
+        assert_eq!(parse_config("# c\nbuffer = 65_536 # bytes\n"), Ok(65536));
+        assert!(parse_config("buffer = lots").is_err());
+        assert!(parse_config("buffer = 0").is_err());
+        assert!(parse_config("buffer = 99999999999").is_err());
+    }
+
+    #[test]
+    fn timestamps_format_like_the_host() {
+        let n: serde_json::Number = fmt_ts(1_500_000_123_456_789).parse().unwrap();
+        assert_eq!(n.to_string(), "1500000.123456");
+        let n: serde_json::Number = fmt_ts(2_000_000_000).parse().unwrap();
+        assert_eq!(n.to_string(), "2.0");
+    }
+
+    #[test]
+    fn hex_digits() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+    }
+}
