@@ -92,6 +92,8 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Wall time.
     pub elapsed: Duration,
+    /// Per reload: directory event to the new generation taking traffic.
+    pub reload_latencies: Vec<Duration>,
 }
 
 impl RunReport {
@@ -118,6 +120,7 @@ impl RunReport {
             "plugins": plugins, "retained_images": self.retained_images,
             "load_failures": self.load_failures, "capture_error": self.capture_error,
             "interrupted": self.interrupted, "seconds": self.elapsed.as_secs_f64(),
+            "reload_latency_ms": self.reload_latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
         })
     }
 }
@@ -198,6 +201,7 @@ pub fn run(
         capture_error,
         interrupted,
         elapsed: started.elapsed(),
+        reload_latencies: host.reload_latencies.clone(),
     })
 }
 

@@ -990,16 +990,23 @@ pub unsafe fn __filter_args<'a>(cx: *mut HostCx, ev: *const FfiEvent) -> (Cx<'a>
 #[macro_export]
 macro_rules! export_monitor {
     ($ty:ty) => {
-        #[::abi_stable::export_root_module]
-        pub fn flowpeek_plugin_root() -> $crate::abi::PluginModRef {
-            use ::abi_stable::prefix_type::PrefixTypeTrait;
-            $crate::abi::PluginMod {
-                api_version: $crate::abi::API_VERSION,
-                name: $crate::sdk::Glue::<$ty>::name,
-                version: $crate::sdk::Glue::<$ty>::version,
-                new: $crate::sdk::Glue::<$ty>::new,
+        #[doc(hidden)]
+        #[allow(missing_docs)]
+        pub mod __flowpeek_export {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[::abi_stable::export_root_module]
+            pub fn flowpeek_plugin_root() -> $crate::abi::PluginModRef {
+                use ::abi_stable::prefix_type::PrefixTypeTrait;
+                $crate::abi::PluginMod {
+                    api_version: $crate::abi::API_VERSION,
+                    name: $crate::sdk::Glue::<$ty>::name,
+                    version: $crate::sdk::Glue::<$ty>::version,
+                    new: $crate::sdk::Glue::<$ty>::new,
+                }
+                .leak_into_prefix()
             }
-            .leak_into_prefix()
         }
     };
 }

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
 
@@ -94,14 +95,19 @@ pub fn is_plugin_file(path: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-fn config_for(file: &Path) -> String {
-    std::fs::read_to_string(file.with_extension("toml")).unwrap_or_default()
+/// The plugin's configuration: `<name>.toml` beside the library (`name` as the plugin
+/// declares it), else `<file stem>.toml`, else empty.
+fn config_for(file: &Path, name: &str) -> String {
+    let by_name = file.with_file_name(format!("{name}.toml"));
+    std::fs::read_to_string(by_name)
+        .or_else(|_| std::fs::read_to_string(file.with_extension("toml")))
+        .unwrap_or_default()
 }
 
 fn load_update(file: PathBuf) -> Update {
     match load::load(&file) {
         Ok(lib) => Update::Loaded {
-            config: config_for(&file),
+            config: config_for(&file, &lib.name()),
             file,
             lib,
         },
@@ -121,10 +127,13 @@ pub struct PluginHost {
     core: u32,
     drain_timeout: u64,
     entries: Vec<Entry>,
-    rx: Receiver<Update>,
+    rx: Receiver<(Update, Instant)>,
     _watcher: Option<notify::RecommendedWatcher>,
     /// Messages about files that failed to load, in order.
     pub failures: Vec<String>,
+    /// For each reload applied at the safe point: the time from the directory event to the
+    /// new generation taking traffic.
+    pub reload_latencies: Vec<Duration>,
 }
 
 impl PluginHost {
@@ -164,6 +173,7 @@ impl PluginHost {
             rx,
             _watcher: watcher,
             failures: Vec::new(),
+            reload_latencies: Vec::new(),
         };
         let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
         for file in files {
@@ -216,8 +226,12 @@ impl PluginHost {
 
     /// The reload safe point: applies what the watcher prepared. Call between batches.
     pub fn poll(&mut self, engine: &mut Engine) {
-        while let Ok(update) = self.rx.try_recv() {
+        while let Ok((update, seen)) = self.rx.try_recv() {
+            let loaded = matches!(update, Update::Loaded { .. });
             self.apply(update, engine);
+            if loaded {
+                self.reload_latencies.push(seen.elapsed());
+            }
         }
     }
 
@@ -306,7 +320,10 @@ impl PluginHost {
 }
 
 /// Watches `dir`; a loader thread opens changed files off the data path and sends updates.
-fn start_watcher(dir: &Path, tx: Sender<Update>) -> Result<notify::RecommendedWatcher, HostError> {
+fn start_watcher(
+    dir: &Path,
+    tx: Sender<(Update, Instant)>,
+) -> Result<notify::RecommendedWatcher, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
         dir: dir.into(),
@@ -323,29 +340,26 @@ fn start_watcher(dir: &Path, tx: Sender<Update>) -> Result<notify::RecommendedWa
         .spawn(move || {
             use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
             for ev in fs_rx.into_iter().flatten() {
+                let seen = Instant::now();
                 // A file is complete when it is closed after writing or renamed into place.
                 let (ready, gone) = match ev.kind {
                     FsEvent::Access(AccessKind::Close(AccessMode::Write)) => (true, false),
+                    // inotify reports a rename as From, To and Both: act on the first two.
                     FsEvent::Modify(ModifyKind::Name(RenameMode::To)) => (true, false),
-                    FsEvent::Modify(ModifyKind::Name(RenameMode::Both)) => (true, true),
                     FsEvent::Modify(ModifyKind::Name(RenameMode::From)) | FsEvent::Remove(_) => {
                         (false, true)
                     }
                     _ => (false, false),
                 };
-                let paths: Vec<PathBuf> =
-                    ev.paths.into_iter().filter(|p| is_plugin_file(p)).collect();
-                let n = paths.len();
-                for (i, p) in paths.into_iter().enumerate() {
-                    // For a rename (both paths), the first is the old name.
-                    let update = if ready && (!gone || i + 1 == n) && p.exists() {
+                for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
+                    let update = if ready && p.exists() {
                         load_update(p)
                     } else if gone {
                         Update::Removed { file: p }
                     } else {
                         continue;
                     };
-                    if tx.send(update).is_err() {
+                    if tx.send((update, seen)).is_err() {
                         return;
                     }
                 }

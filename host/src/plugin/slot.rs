@@ -62,6 +62,8 @@ pub struct PluginSlot {
     newest: Option<usize>,
     sink: Sink,
     drain_timeout: u64,
+    /// The earliest drain deadline of any generation (u64::MAX: none), checked per event.
+    next_drain: u64,
     /// Counters.
     pub stats: PluginStats,
 }
@@ -76,6 +78,7 @@ impl PluginSlot {
             newest: None,
             sink,
             drain_timeout,
+            next_drain: u64::MAX,
             stats: PluginStats::default(),
         }
     }
@@ -109,11 +112,7 @@ impl PluginSlot {
         };
         // SAFETY: `obj` was just made by this library's constructor.
         let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
-        for g in &mut self.gens {
-            if g.obj.is_some() && g.drain_deadline.is_none() {
-                g.drain_deadline = Some(now.saturating_add(self.drain_timeout));
-            }
-        }
+        self.start_draining(now);
         self.gens.push(Generation {
             obj: Some(obj),
             version: lib.version(),
@@ -130,9 +129,15 @@ impl PluginSlot {
     /// The plugin file was removed: new flows no longer go to it; open ones drain.
     pub fn remove(&mut self, now: u64) {
         self.newest = None;
+        self.start_draining(now);
+    }
+
+    fn start_draining(&mut self, now: u64) {
+        let deadline = now.saturating_add(self.drain_timeout);
         for g in &mut self.gens {
             if g.obj.is_some() && g.drain_deadline.is_none() {
-                g.drain_deadline = Some(now.saturating_add(self.drain_timeout));
+                g.drain_deadline = Some(deadline);
+                self.next_drain = self.next_drain.min(deadline);
             }
         }
     }
@@ -210,8 +215,16 @@ impl PluginSlot {
     }
 
     /// Ends the flows of generations whose drain deadline passed.
+    #[inline]
     fn drain_due(&mut self, cx: &mut Cx<'_>) {
+        if cx.now() >= self.next_drain {
+            self.drain(cx);
+        }
+    }
+
+    fn drain(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now();
+        self.next_drain = u64::MAX;
         for g in 0..self.gens.len() {
             let due =
                 self.gens[g].obj.is_some() && self.gens[g].drain_deadline.is_some_and(|d| now >= d);

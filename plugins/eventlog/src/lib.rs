@@ -130,7 +130,7 @@ impl Monitor for EventLog {
 // The macro's items are the library's entry point, not API (and carry no docs).
 #[allow(missing_docs, unreachable_pub)]
 mod export {
-    flowpeek_plugin_api::export_monitor!(super::EventLog);
+    flowpeek_plugin_api::export_monitor!(crate::EventLog);
 }
 
 #[cfg(test)]

@@ -12,14 +12,15 @@
 //! no request seen, with `"method":null` (and `host`, `path` null). Interim `1xx` responses are
 //! skipped, except `101`. Unknown values are `null`; `*_content_length` is the header's value.
 //!
-//! A problem on one direction gives one record, after which that direction is not parsed any
+//! A connection whose first message is not HTTP/1.x (TLS, SSH, ...) is ignored silently. A
+//! problem on one direction gives one record, after which that direction is not parsed any
 //! more (the other goes on):
 //!
 //! ```text
 //! {"flow":"...","ts":...,"dir":"request","offset":0,"error":"header larger than 16384 bytes"}
 //! ```
 //!
-//! Errors: a head larger than `max_header`, a first line that is not HTTP/1.x, a bad
+//! Errors: a head larger than `max_header`, a later message that is not HTTP/1.x, a bad
 //! `Content-Length` or chunk size, and bytes gone before they were parsed (discarded because
 //! the buffer was too small, or never captured). After `101 Switching Protocols` or a `2xx`
 //! answer to `CONNECT` both directions stop (a tunnel is not HTTP); a response without length
@@ -131,6 +132,9 @@ struct DirParser {
     /// Offset of the current message (or chunk line, or trailers).
     start: u64,
     stage: Stage,
+    /// Heads parsed so far: a direction whose first message is not HTTP is not HTTP at all,
+    /// and is dropped without an error record.
+    heads: u64,
 }
 
 /// What a parser reports.
@@ -149,6 +153,7 @@ impl DirParser {
                 scan: 0,
                 state: LEAD,
             },
+            heads: 0,
         }
     }
 
@@ -222,8 +227,13 @@ impl DirParser {
                             }
                             let head = match parse_head(scratch, self.dir) {
                                 Ok(h) => h,
+                                Err(_) if self.heads == 0 => {
+                                    self.stage = Stage::Done;
+                                    return;
+                                }
                                 Err(e) => return self.fail(head_start, e.to_string(), out),
                             };
+                            self.heads += 1;
                             self.start = end;
                             self.stage = match out(Parsed::Head(head)) {
                                 Framing::Length(n) => Stage::Body {
@@ -282,7 +292,12 @@ impl DirParser {
                     match parse_chunk_line(scratch) {
                         // The CRLF that closes a chunk's data.
                         Ok(None) => self.stage = Stage::ChunkLine { scan: end },
-                        Ok(Some(0)) => self.stage = Stage::Trailers { scan: end, state: LF },
+                        Ok(Some(0)) => {
+                            self.stage = Stage::Trailers {
+                                scan: end,
+                                state: LF,
+                            }
+                        }
                         Ok(Some(n)) => {
                             self.stage = Stage::ChunkData {
                                 end: end.saturating_add(n),
@@ -344,7 +359,9 @@ fn copy(src: &dyn Source, from: u64, to: u64, out: &mut Vec<u8>) -> bool {
             return false;
         }
         for part in [a, b] {
-            let n = part.len().min(usize::try_from(to - pos).unwrap_or(usize::MAX));
+            let n = part
+                .len()
+                .min(usize::try_from(to - pos).unwrap_or(usize::MAX));
             out.extend_from_slice(&part[..n]);
             pos += n as u64;
         }
@@ -633,15 +650,10 @@ impl HttpFlow {
                         return Framing::Stop;
                     };
                     let interim = (100..200).contains(&status) && status != 101;
-                    let framing =
-                        response_framing(&h, pending.front().map(|p| p.method.as_str()));
+                    let framing = response_framing(&h, pending.front().map(|p| p.method.as_str()));
                     if !interim {
                         let req = pending.pop_front();
-                        out.push(pair_record(
-                            name,
-                            req.as_ref(),
-                            Some((now, status, &h)),
-                        ));
+                        out.push(pair_record(name, req.as_ref(), Some((now, status, &h))));
                     }
                     if framing == Framing::Stop {
                         stop = true;
@@ -673,7 +685,10 @@ fn pair_record(flow: &str, req: Option<&Pending>, resp: Option<(u64, u16, &Head)
     s.push_str(r#"{"flow":"#);
     push_str(&mut s, flow);
     s.push_str(r#","ts":"#);
-    push_ts(&mut s, req.map_or_else(|| resp.map_or(0, |r| r.0), |r| r.ts));
+    push_ts(
+        &mut s,
+        req.map_or_else(|| resp.map_or(0, |r| r.0), |r| r.ts),
+    );
     s.push_str(r#","method":"#);
     push_opt_str(&mut s, req.map(|r| r.method.as_str()));
     s.push_str(r#","host":"#);
@@ -814,7 +829,14 @@ impl HttpLog {
             let contig = |s: Side| cx.buffer_info(flow, s).ok().map(|i| i.contig_end);
             let req = contig(Side::Server).map(|c| (&req as &dyn Source, c));
             let resp = contig(Side::Client).map(|c| (&resp as &dyn Source, c));
-            f.advance(req, resp, now, self.limits, &mut self.scratch, &mut self.out);
+            f.advance(
+                req,
+                resp,
+                now,
+                self.limits,
+                &mut self.scratch,
+                &mut self.out,
+            );
         }
         for line in self.out.drain(..) {
             let _ = cx.emit(&line);
@@ -879,7 +901,7 @@ impl Monitor for HttpLog {
 // The macro's items are the library's entry point, not API (and carry no docs).
 #[allow(missing_docs, unreachable_pub)]
 mod export {
-    flowpeek_plugin_api::export_monitor!(super::HttpLog);
+    flowpeek_plugin_api::export_monitor!(crate::HttpLog);
 }
 
 #[cfg(test)]

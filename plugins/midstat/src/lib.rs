@@ -285,7 +285,7 @@ impl Monitor for Midstat {
 // The macro's items are the library's entry point, not API (and carry no docs).
 #[allow(missing_docs, unreachable_pub)]
 mod export {
-    flowpeek_plugin_api::export_monitor!(super::Midstat);
+    flowpeek_plugin_api::export_monitor!(crate::Midstat);
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl Monitor for StreamHash {
 // The macro's items are the library's entry point, not API (and carry no docs).
 #[allow(missing_docs, unreachable_pub)]
 mod export {
-    flowpeek_plugin_api::export_monitor!(super::StreamHash);
+    flowpeek_plugin_api::export_monitor!(crate::StreamHash);
 }
 
 #[cfg(test)]

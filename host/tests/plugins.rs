@@ -1,0 +1,534 @@
+//! The plugin host, end to end: real plugin libraries (plugins/testing/*, plugins/streamhash)
+//! built with cargo, loaded by `PluginHost` and by `flowpeek run`. Refusals with their
+//! messages, panics, hot reload under traffic, removal, and streamhash against
+//! `flowpeek streams --json` on the whole corpus.
+
+mod plugin_util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowpeek::flow::{Config, EndReason, Engine};
+use flowpeek::io::pcap::CaptureFile;
+use flowpeek::plugin::{load, PluginHost, Update};
+use flowpeek::run::{RunOptions, Source};
+use plugin_util::*;
+
+const SEC: u64 = 1_000_000_000;
+
+fn big_config() -> Config {
+    Config {
+        tcp_timeout: 3600 * SEC,
+        max_flows: 1 << 20,
+        buffer_capacity: 1 << 20,
+        buffer_memory: 8 << 30,
+        ..Config::default()
+    }
+}
+
+fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
+    RunOptions {
+        source: Source::Pcap(capture.into()),
+        plugins: plugins.into(),
+        log_dir: logs.into(),
+        engine: big_config(),
+        pace: 0,
+        loops: 1,
+        drain_timeout: 3600 * SEC,
+        watch: false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals
+// ---------------------------------------------------------------------------------------
+
+/// A plugin directory holding the good tagger (v1, `tagger.so`) and whatever `bad` adds;
+/// the host must refuse exactly that with `phrase`, load the good one, and run.
+fn refused(label: &str, phrase: &str, bad: impl FnOnce(&Path)) {
+    let dir = TempDir::new(label);
+    let logs = TempDir::new(&format!("{label}-logs"));
+    place(&tagger(&[]), dir.path(), "tagger.so");
+    bad(dir.path());
+    let (host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, 30 * SEC, false).unwrap();
+    assert_eq!(host.failures.len(), 1, "{label}: {:?}", host.failures);
+    assert!(
+        host.failures[0].contains(phrase),
+        "{label}: expected {phrase:?} in {:?}",
+        host.failures[0]
+    );
+    assert_eq!(monitors.len(), 1, "{label}: the good plugin loads");
+    let host = drive(&demo(), host, monitors);
+    let recs = records(&logs.join("tagger.jsonl"));
+    assert_eq!(host.stats()["tagger"].records, recs.len() as u64);
+    // demo.pcapng: 8 connections, one start and two ends each.
+    assert_eq!(recs.len(), 24, "{label}: the good plugin's records");
+    let (v1, v2) = check_no_flow_switched(&recs);
+    assert_eq!((v1, v2), (8, 0));
+}
+
+#[test]
+fn refuses_a_file_that_is_not_a_library() {
+    refused("notlib", "not a loadable library", |d| {
+        std::fs::write(d.join("x.so"), "this is not an ELF file\n").unwrap();
+        std::fs::set_permissions(d.join("x.so"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    });
+}
+
+#[test]
+fn refuses_a_library_without_root_module() {
+    refused("noroot", "no flowpeek root module", |d| {
+        place(
+            &build("flowpeek-test-noroot", "noroot", &[]),
+            d,
+            "noroot.so",
+        );
+    });
+}
+
+#[test]
+fn refuses_a_root_module_of_another_layout() {
+    refused("badabi", "incompatible flowpeek-plugin-api", |d| {
+        place(
+            &build("flowpeek-test-badabi", "badabi", &[]),
+            d,
+            "badabi.so",
+        );
+    });
+}
+
+#[test]
+fn refuses_a_too_new_api_version() {
+    refused("apinew", "too new", |d| {
+        place(&tagger(&["api_new"]), d, "a-new.so");
+    });
+}
+
+#[test]
+fn refuses_a_too_old_api_version() {
+    refused("apiold", "too old", |d| {
+        place(&tagger(&["api_old"]), d, "a-old.so");
+    });
+}
+
+#[test]
+fn reports_a_failing_constructor() {
+    refused("ctor", "configured to fail", |d| {
+        place(&tagger(&[]), d, "a-fail.so");
+        std::fs::write(d.join("a-fail.toml"), "fail = true\n").unwrap();
+    });
+}
+
+#[test]
+fn refuses_a_world_writable_file() {
+    refused("wwfile", "world-writable", |d| {
+        let p = place(&tagger(&[]), d, "a-ww.so");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    });
+}
+
+#[test]
+fn refuses_a_file_owned_by_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    refused("owner", "owned by uid 65534", |d| {
+        let p = place(&tagger(&[]), d, "a-nobody.so");
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    });
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn refuses_everything_in_a_world_writable_directory() {
+    let dir = TempDir::new("wwdir");
+    let logs = TempDir::new("wwdir-logs");
+    place(&tagger(&[]), dir.path(), "tagger.so");
+    place(&tagger(&["v2"]), dir.path(), "a-other.so");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, 30 * SEC, false).unwrap();
+    assert_eq!(host.failures.len(), 2, "{:?}", host.failures);
+    for f in &host.failures {
+        assert!(
+            f.contains("directory") && f.contains("world-writable"),
+            "{f}"
+        );
+    }
+    assert!(monitors.is_empty());
+    // The host still runs (with no plugin).
+    let host = drive(&demo(), host, monitors);
+    assert!(host.stats().is_empty());
+    // Fixed, the same directory loads.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, 30 * SEC, false).unwrap();
+    assert!(host.failures.is_empty(), "{:?}", host.failures);
+    assert_eq!(monitors.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Panics
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_panicking_plugin_is_disabled_and_the_others_go_on() {
+    let dir = TempDir::new("panic");
+    let logs = TempDir::new("panic-logs");
+    place(&tagger(&[]), dir.path(), "tagger.so");
+    std::fs::write(dir.join("tagger.toml"), "panic_every = 1000\n").unwrap();
+    place(&streamhash(), dir.path(), "streamhash.so");
+    let capture = corpus().join("gen/http-small.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let report =
+        flowpeek::run::run(&run_opts(&capture, dir.path(), logs.path()), &stop, |_| {}).unwrap();
+    assert!(
+        report.load_failures.is_empty(),
+        "{:?}",
+        report.load_failures
+    );
+    let t = &report.plugins["tagger"];
+    assert_eq!(t.failures, 1, "{t:?}");
+    let s = &report.plugins["streamhash"];
+    assert_eq!(s.failures, 0, "{s:?}");
+    let hashes = records(&logs.join("streamhash.jsonl"));
+    assert_eq!(hashes.len(), 9000, "one record per connection");
+    assert_eq!(s.records, 9000);
+    // The tagger wrote nothing after its panic (packet 1000, early in the capture).
+    let tags = records(&logs.join("tagger.jsonl"));
+    assert!(tags.len() < 2000, "{} tagger records", tags.len());
+}
+
+// ---------------------------------------------------------------------------------------
+// Hot reload
+// ---------------------------------------------------------------------------------------
+
+/// No v1 `start` after the first v2 record; returns (first v2 index, v1 flows, v2 flows).
+fn check_reload_log(recs: &[serde_json::Value]) -> (usize, usize, usize) {
+    let first_v2 = recs
+        .iter()
+        .position(|r| r["tag"] == "v2")
+        .expect("some v2 records");
+    let late_v1_starts = recs[first_v2..]
+        .iter()
+        .filter(|r| r["tag"] == "v1" && r["ev"] == "start")
+        .count();
+    assert_eq!(
+        late_v1_starts, 0,
+        "new flows must go to the newest generation"
+    );
+    let (v1, v2) = check_no_flow_switched(recs);
+    assert!(v1 > 0 && v2 > 0, "v1 flows {v1}, v2 flows {v2}");
+    (first_v2, v1, v2)
+}
+
+#[test]
+fn hot_reload_under_traffic_with_the_binary() {
+    let v1 = tagger(&[]);
+    let v2 = tagger(&["v2"]);
+    let dir = TempDir::new("reload-bin");
+    let logs = TempDir::new("reload-bin-logs");
+    let stats = logs.join("stats.json");
+    place(&v1, dir.path(), "tagger.so");
+    // http-small: 92,755 packets, 9,000 connections starting all along; ~3.7 s at 25,000
+    // packets/s.
+    let capture = corpus().join("gen/http-small.pcap");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+        .arg("run")
+        .arg(format!("--source=pcap:{}", capture.display()))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--log-dir")
+        .arg(logs.path())
+        .arg("--stats")
+        .arg(&stats)
+        .args(["--pace", "25000", "--drain-timeout", "3600", "--quiet"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Atomic replacement: write a temporary (not a *.so) and rename it over the plugin.
+    let tmp = dir.join("tagger.so.tmp");
+    std::fs::copy(&v2, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("flowpeek run did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    eprintln!("flowpeek run took {:.1} s", started.elapsed().as_secs_f64());
+    let recs = records(&logs.join("tagger.jsonl"));
+    let (first_v2, v1n, v2n) = check_reload_log(&recs);
+    eprintln!(
+        "{} records, first v2 at {first_v2}; flows v1 {v1n}, v2 {v2n}",
+        recs.len()
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let t = &s["plugins"]["tagger"];
+    assert_eq!(t["generations"], 2, "{s}");
+    assert!(t["retired"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(t["drained_flows"], 0, "{s}");
+    assert!(s["retained_images"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["load_failures"].as_array().unwrap().len(), 0, "{s}");
+}
+
+/// Drives `capture`, applying `update(engine_at_packet_i)` once at packet `at` (at a batch
+/// boundary). Returns the host after `finish` (not yet shut down) and the engine.
+fn drive_with_update(
+    capture: &Path,
+    dir: &Path,
+    logs: &Path,
+    at: usize,
+    mut update: impl FnMut(&mut PluginHost, &mut Engine),
+) -> (PluginHost, Engine) {
+    let (mut host, monitors) = PluginHost::open(dir, logs, 0, 3600 * SEC, false).unwrap();
+    assert!(host.failures.is_empty(), "{:?}", host.failures);
+    let cap = CaptureFile::open(capture).unwrap();
+    let mut engine = Engine::new(Config::default(), monitors);
+    for (i, p) in cap.packets().enumerate() {
+        if i == at {
+            engine.end_batch();
+            update(&mut host, &mut engine);
+        }
+        let p = p.unwrap();
+        engine.on_frame(p.link, p.data, p.ts_nanos);
+        if i % 32 == 31 {
+            engine.end_batch();
+        }
+    }
+    engine.end_batch();
+    (host, engine)
+}
+
+fn gens(host: &PluginHost) -> Vec<String> {
+    host.live_generations()
+        .get("tagger")
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn hot_reload_in_process_keeps_every_flow_on_its_generation() {
+    let dir = TempDir::new("reload-lib");
+    let logs = TempDir::new("reload-lib-logs");
+    let file = place(&tagger(&[]), dir.path(), "tagger.so");
+    let v2 = tagger(&["v2"]);
+    let capture = corpus().join("gen/http-small.pcap");
+    let mut during = Vec::new();
+    let (mut host, mut engine) =
+        drive_with_update(&capture, dir.path(), logs.path(), 40_000, |h, e| {
+            h.apply(
+                Update::Loaded {
+                    file: file.clone(),
+                    lib: load::load(&v2).unwrap(),
+                    config: String::new(),
+                },
+                e,
+            );
+            during = gens(h);
+        });
+    assert_eq!(
+        during,
+        ["v1", "v2"],
+        "both generations run right after the reload"
+    );
+    engine.finish(EndReason::Eof);
+    assert_eq!(gens(&host), ["v2"], "v1 retires once its last flow ended");
+    let st = host.stats()["tagger"].clone();
+    assert_eq!(
+        (st.generations, st.retired, st.drained_flows),
+        (2, 1, 0),
+        "{st:?}"
+    );
+    host.shutdown(&mut engine);
+    host.flush();
+    assert!(gens(&host).is_empty());
+    assert_eq!(host.stats()["tagger"].retired, 2);
+    let recs = records(&logs.join("tagger.jsonl"));
+    let (_, v1n, v2n) = check_reload_log(&recs);
+    assert_eq!(v1n + v2n, 9000, "every connection, once");
+}
+
+/// A reload while the old generation owns no flow: it should retire at once (or at least
+/// by the end of the traffic), not linger until its drain deadline.
+#[test]
+fn hot_reload_of_an_idle_generation_retires_it() {
+    let dir = TempDir::new("reload-idle");
+    let logs = TempDir::new("reload-idle-logs");
+    let file = place(&tagger(&[]), dir.path(), "tagger.so");
+    let v2 = tagger(&["v2"]);
+    // Packet 0: no flow exists yet.
+    let (mut host, mut engine) = drive_with_update(&demo(), dir.path(), logs.path(), 0, |h, e| {
+        h.apply(
+            Update::Loaded {
+                file: file.clone(),
+                lib: load::load(&v2).unwrap(),
+                config: String::new(),
+            },
+            e,
+        );
+    });
+    engine.finish(EndReason::Eof);
+    let live = gens(&host);
+    host.shutdown(&mut engine);
+    host.flush();
+    let recs = records(&logs.join("tagger.jsonl"));
+    assert!(recs.iter().all(|r| r["tag"] == "v2"));
+    assert_eq!(
+        live,
+        ["v2"],
+        "v1 owned no flow when v2 replaced it, yet it was still running after all traffic"
+    );
+}
+
+#[test]
+fn a_removed_plugin_drains_and_gets_no_new_flows() {
+    let dir = TempDir::new("remove");
+    let logs = TempDir::new("remove-logs");
+    let file = place(&tagger(&[]), dir.path(), "tagger.so");
+    let capture = corpus().join("gen/http-small.pcap");
+    let mut at_removal = (0usize, 0u64, Vec::new());
+    let log = logs.join("tagger.jsonl");
+    let (mut host, mut engine) =
+        drive_with_update(&capture, dir.path(), logs.path(), 40_000, |h, e| {
+            std::fs::remove_file(&file).unwrap();
+            h.apply(Update::Removed { file: file.clone() }, e);
+            h.flush();
+            at_removal = (records(&log).len(), e.stats().flows_created, gens(h));
+        });
+    let (n_before, flows_before, live_then) = at_removal;
+    assert_eq!(live_then, ["v1"], "still draining its open flows");
+    assert!(
+        engine.stats().flows_created > flows_before,
+        "new flows came after the removal"
+    );
+    engine.finish(EndReason::Eof);
+    assert!(
+        gens(&host).is_empty(),
+        "the generation retired after its last flow"
+    );
+    host.shutdown(&mut engine);
+    host.flush();
+    let recs = records(&log);
+    assert!(
+        recs.len() > n_before,
+        "open flows ended on the old generation"
+    );
+    let late_starts = recs[n_before..]
+        .iter()
+        .filter(|r| r["ev"] == "start")
+        .count();
+    assert_eq!(late_starts, 0, "no new flow goes to a removed plugin");
+    let (v1, v2) = check_no_flow_switched(&recs);
+    assert_eq!(v2, 0);
+    assert!(v1 > 0 && (v1 as u64) < engine.stats().flows_created);
+    let st = host.stats()["tagger"].clone();
+    assert_eq!((st.generations, st.retired), (1, 1), "{st:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// streamhash against `flowpeek streams --json`
+// ---------------------------------------------------------------------------------------
+
+fn captures() -> Vec<PathBuf> {
+    let mut stack = vec![corpus().join("public"), corpus().join("gen")];
+    let mut out = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("pcap" | "pcapng" | "cap")
+            ) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn canonical(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line)
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+        .to_string()
+}
+
+#[test]
+fn streamhash_agrees_with_streams_on_the_corpus() {
+    let dir = TempDir::new("agree");
+    place(&streamhash(), dir.path(), "streamhash.so");
+    let files = captures();
+    assert!(files.len() >= 210, "{} captures", files.len());
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let diffs = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(path) = files.get(i) else { break };
+                let logs = TempDir::new("agree-logs");
+                let stop = Arc::new(AtomicBool::new(false));
+                let report =
+                    flowpeek::run::run(&run_opts(path, dir.path(), logs.path()), &stop, |_| {})
+                        .unwrap();
+                assert!(report.load_failures.is_empty(), "{:?}", report.load_failures);
+                let text = std::fs::read_to_string(logs.join("streamhash.jsonl"))
+                    .unwrap_or_default();
+                let mut got: Vec<String> = text.lines().map(canonical).collect();
+                got.sort();
+                let opts = flowpeek::streams::StreamsOptions {
+                    engine: big_config(),
+                    buffer: 1 << 20,
+                };
+                let want = flowpeek::streams::run(path, &opts, |_, _| {}).unwrap();
+                let mut want: Vec<String> =
+                    want.records.iter().map(|r| canonical(&r.to_json())).collect();
+                want.sort();
+                if got != want {
+                    let only_got: Vec<&String> =
+                        got.iter().filter(|g| !want.contains(g)).take(3).collect();
+                    let only_want: Vec<&String> =
+                        want.iter().filter(|w| !got.contains(w)).take(3).collect();
+                    diffs.lock().unwrap().push(format!(
+                        "{}: plugin {} records, streams {}\n  only plugin: {only_got:#?}\n  only streams: {only_want:#?}",
+                        path.display(),
+                        got.len(),
+                        want.len()
+                    ));
+                }
+            });
+        }
+    });
+    eprintln!(
+        "{} captures compared in {:.1} s",
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let diffs = diffs.into_inner().unwrap();
+    assert!(
+        diffs.is_empty(),
+        "{} of {} captures differ:\n{}",
+        diffs.len(),
+        files.len(),
+        diffs[..diffs.len().min(5)].join("\n")
+    );
+}
