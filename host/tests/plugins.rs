@@ -532,3 +532,27 @@ fn streamhash_agrees_with_streams_on_the_corpus() {
         diffs[..diffs.len().min(5)].join("\n")
     );
 }
+
+#[test]
+fn zz_diag() {
+    let dir = TempDir::new("diag");
+    let logs = TempDir::new("diag-logs");
+    let file = place(&tagger(&[]), dir.path(), "tagger.so");
+    let v2 = tagger(&["v2"]);
+    let capture = corpus().join("gen/http-small.pcap");
+    let (mut host, mut engine) = drive_with_update(&capture, dir.path(), logs.path(), 40_000, |h, e| {
+        h.apply(Update::Loaded { file: file.clone(), lib: load::load(&v2).unwrap(), config: String::new() }, e);
+    });
+    host.flush();
+    let recs = records(&logs.join("tagger.jsonl"));
+    eprintln!("before finish: gens {:?} stats {:?} live flows {} recs {}", gens(&host), host.stats(), engine.stats().flows_live, recs.len());
+    let open: Vec<_> = flows(&recs).into_iter().filter(|(_, f)| f.ends.len() < 2).collect();
+    eprintln!("open per tagger: {} e.g. {:?}", open.len(), open.iter().take(3).collect::<Vec<_>>());
+    let mut reasons = std::collections::BTreeMap::new();
+    for r in &recs { if r["ev"] == "end" { *reasons.entry(format!("{}{}", r["tag"], r["reason"])).or_insert(0) += 1; } }
+    eprintln!("{reasons:?}");
+    engine.finish(EndReason::Eof);
+    host.flush();
+    let recs2 = records(&logs.join("tagger.jsonl"));
+    eprintln!("after finish: gens {:?} recs {} new {:?}", gens(&host), recs2.len(), &recs2[recs.len()..recs2.len().min(recs.len()+4)]);
+}
