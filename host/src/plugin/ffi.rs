@@ -17,13 +17,20 @@ use crate::flow::{
 };
 
 /// Where one plugin's records go.
+///
+/// Records are buffered and written in whole lines, one `write` per chunk on a file opened
+/// for appending, so that the instances of one plugin on several cores can share one file
+/// without a lock and without interleaving inside a line.
 pub struct Sink {
-    out: Option<std::io::BufWriter<std::fs::File>>,
+    out: Option<std::fs::File>,
+    buf: Vec<u8>,
     /// Records written.
     pub records: u64,
     /// Records that could not be written.
     pub write_errors: u64,
 }
+
+const SINK_CHUNK: usize = 1 << 16;
 
 impl Sink {
     /// A sink appending to `path`.
@@ -33,7 +40,8 @@ impl Sink {
             .append(true)
             .open(path)?;
         Ok(Sink {
-            out: Some(std::io::BufWriter::with_capacity(1 << 16, f)),
+            out: Some(f),
+            buf: Vec::with_capacity(SINK_CHUNK * 2),
             records: 0,
             write_errors: 0,
         })
@@ -43,6 +51,7 @@ impl Sink {
     pub fn discard() -> Sink {
         Sink {
             out: None,
+            buf: Vec::new(),
             records: 0,
             write_errors: 0,
         }
@@ -50,24 +59,30 @@ impl Sink {
 
     fn write(&mut self, record: &[u8]) {
         self.records += 1;
-        if let Some(out) = &mut self.out {
-            if out
-                .write_all(record)
-                .and_then(|_| out.write_all(b"\n"))
-                .is_err()
-            {
-                self.write_errors += 1;
-            }
+        if self.out.is_none() {
+            return;
+        }
+        self.buf.extend_from_slice(record);
+        self.buf.push(b'\n');
+        if self.buf.len() >= SINK_CHUNK {
+            self.flush();
         }
     }
 
-    /// Flushes buffered records.
+    /// Writes the buffered records.
     pub fn flush(&mut self) {
         if let Some(out) = &mut self.out {
-            if out.flush().is_err() {
+            if !self.buf.is_empty() && out.write_all(&self.buf).is_err() {
                 self.write_errors += 1;
             }
         }
+        self.buf.clear();
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -64,6 +64,9 @@ pub struct PluginSlot {
     drain_timeout: u64,
     /// The earliest drain deadline of any generation (u64::MAX: none), checked per event.
     next_drain: u64,
+    /// A generation stopped being the newest: retire it at the next callback if it owns no
+    /// flow (installing has no engine context to retire with).
+    retire_idle: bool,
     /// Counters.
     pub stats: PluginStats,
 }
@@ -79,6 +82,7 @@ impl PluginSlot {
             sink,
             drain_timeout,
             next_drain: u64::MAX,
+            retire_idle: false,
             stats: PluginStats::default(),
         }
     }
@@ -132,14 +136,10 @@ impl PluginSlot {
         self.start_draining(now);
     }
 
-    fn start_draining(&mut self, now: u64) {
-        let deadline = now.saturating_add(self.drain_timeout);
-        for g in &mut self.gens {
-            if g.obj.is_some() && g.drain_deadline.is_none() {
-                g.drain_deadline = Some(deadline);
-                self.next_drain = self.next_drain.min(deadline);
-            }
-        }
+    /// Older generations stop taking new flows; their drain clock starts at the next
+    /// callback (the first packet time the slot sees after the change).
+    fn start_draining(&mut self, _now: u64) {
+        self.retire_idle = true;
     }
 
     /// Whether nothing runs any more (removed and fully drained).
@@ -215,8 +215,21 @@ impl PluginSlot {
     }
 
     /// Ends the flows of generations whose drain deadline passed.
+    /// Per-callback housekeeping: idle old generations retire, due drains run.
     #[inline]
     fn drain_due(&mut self, cx: &mut Cx<'_>) {
+        if self.retire_idle {
+            self.retire_idle = false;
+            let deadline = cx.now().saturating_add(self.drain_timeout);
+            for g in 0..self.gens.len() {
+                let gen = &mut self.gens[g];
+                if Some(g) != self.newest && gen.obj.is_some() && gen.drain_deadline.is_none() {
+                    gen.drain_deadline = Some(deadline);
+                    self.next_drain = self.next_drain.min(deadline);
+                }
+                self.maybe_retire(g, cx);
+            }
+        }
         if cx.now() >= self.next_drain {
             self.drain(cx);
         }
