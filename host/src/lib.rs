@@ -9,6 +9,7 @@
 //! - [`io`]: packet sources (capture files today).
 //! - [`plugin`]: monitor plugins: loading, generations, hot reload, the host side of the ABI.
 //! - [`run`]: `flowpeek run`: a source, the engine and the plugins, with stats.
+//! - [`worker`]: one thread per core, pinned, sharded by the symmetric flow hash.
 //! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
 //! - [`trace`]: the `flowpeek events` trace, one line per callback in mOS's vocabulary.
 #![deny(unsafe_code)]
@@ -20,3 +21,4 @@ pub mod run;
 pub mod streams;
 pub mod trace;
 pub mod wire;
+pub mod worker;

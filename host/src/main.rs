@@ -109,6 +109,10 @@ enum Command {
         /// Do not watch the plugin directory (no hot reload).
         #[arg(long)]
         no_watch: bool,
+        /// Worker threads, one per core, each pinned, flows sharded by a symmetric hash
+        /// (default: every core of this machine).
+        #[arg(long)]
+        cores: Option<usize>,
         /// No per-second status on stderr.
         #[arg(long)]
         quiet: bool,
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             buffer,
             max_flows,
             no_watch,
+            cores,
             quiet,
         } => run(RunArgs {
             source,
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
             buffer,
             max_flows,
             no_watch,
+            cores,
             quiet,
         }),
         Command::Events {
@@ -292,6 +298,7 @@ struct RunArgs {
     buffer: u32,
     max_flows: u32,
     no_watch: bool,
+    cores: Option<usize>,
     quiet: bool,
 }
 
@@ -310,6 +317,9 @@ fn run(a: RunArgs) -> ExitCode {
         loops: a.loops,
         drain_timeout: a.drain_timeout.saturating_mul(1_000_000_000),
         watch: !a.no_watch,
+        cores: a
+            .cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = std::sync::Arc::clone(&stop);
@@ -319,18 +329,28 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("flowpeek: warning: Ctrl-C will not stop cleanly: {e}");
     }
     let quiet = a.quiet;
-    let mut last = 0u64;
-    let report = flowpeek::run::run(&opts, &stop, |s| {
-        if !quiet {
-            eprintln!(
-                "flowpeek: {} packets (+{}/s), {} flows live, {} events",
-                s.packets,
-                s.packets - last,
-                s.flows_live,
-                s.events
-            );
+    let mut last: Vec<flowpeek::run::CoreSnapshot> = Vec::new();
+    let report = flowpeek::run::run(&opts, &stop, |cores| {
+        if quiet {
+            return;
         }
-        last = s.packets;
+        let mut line = String::from("flowpeek:");
+        for (k, c) in cores.iter().enumerate() {
+            let prev = last.get(k).copied().unwrap_or_default();
+            let pps = c.packets - prev.packets;
+            let bps = (c.bytes - prev.bytes) * 8;
+            line.push_str(&format!(
+                " core{k}: {:.3} Mpps {:.1} Mbit/s {} flows {} ev/s {} drops |",
+                pps as f64 / 1e6,
+                bps as f64 / 1e6,
+                c.flows_live,
+                c.events - prev.events,
+                c.drops
+            ));
+        }
+        line.pop();
+        eprintln!("{line}");
+        last = cores.to_vec();
     });
     let report = match report {
         Ok(r) => r,

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::flow::{Config, EndReason, Engine, Stats};
+use crate::flow::{Config, Stats};
 use crate::io::pcap::{CaptureError, CaptureFile};
-use crate::plugin::{HostError, PluginHost, PluginStats};
-use crate::streams::BATCH;
+use crate::plugin::{HostError, PluginSet, PluginStats};
+use crate::worker::{self, CoreCounters, CoreReport, PcapShard, WorkerSpec};
 
 /// Where packets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct RunOptions {
     pub plugins: PathBuf,
     /// Where `<plugin>.jsonl` files go.
     pub log_dir: PathBuf,
-    /// Engine settings.
+    /// Engine settings (per core).
     pub engine: Config,
     /// Packets per second (0: as fast as possible).
     pub pace: u64,
@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub drain_timeout: u64,
     /// Watch the plugin directory for changes.
     pub watch: bool,
+    /// Worker threads, one per core (at least 1).
+    pub cores: usize,
 }
 
 /// Why a run failed before or while it ran.
@@ -73,14 +75,39 @@ pub enum RunError {
     /// The plugin directory.
     #[error(transparent)]
     Plugins(#[from] HostError),
+    /// A worker failed.
+    #[error("core {core}: {message}")]
+    Worker {
+        /// The core.
+        core: usize,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A worker's counters at one moment (the status line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreSnapshot {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Flows tracked now.
+    pub flows_live: u64,
+    /// Events delivered.
+    pub events: u64,
+    /// Packets lost before the engine.
+    pub drops: u64,
 }
 
 /// What a run did.
 #[derive(Debug)]
 pub struct RunReport {
-    /// Engine counters.
+    /// Engine counters, summed over the cores.
     pub stats: Stats,
-    /// Per plugin.
+    /// Each core's engine counters.
+    pub per_core: Vec<Stats>,
+    /// Per plugin, summed over the cores.
     pub plugins: std::collections::BTreeMap<String, PluginStats>,
     /// Library images loaded and retained.
     pub retained_images: u64,
@@ -92,14 +119,20 @@ pub struct RunReport {
     pub interrupted: bool,
     /// Wall time.
     pub elapsed: Duration,
-    /// Per reload: directory event to the new generation taking traffic.
+    /// Per reload: directory event to the new generation taking traffic (core 0).
     pub reload_latencies: Vec<Duration>,
 }
 
 impl RunReport {
     /// The summary as JSON (for `--stats`).
     pub fn to_json(&self) -> serde_json::Value {
-        let s = &self.stats;
+        let engine = |s: &Stats| {
+            serde_json::json!({
+                "packets": s.packets, "bytes": s.bytes, "malformed": s.malformed, "not_tcp": s.not_tcp,
+                "ip_fragments": s.ip_fragments, "orphans": s.orphans, "flows": s.flows_created,
+                "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
+            })
+        };
         let plugins: serde_json::Map<String, serde_json::Value> = self
             .plugins
             .iter()
@@ -113,110 +146,132 @@ impl RunReport {
                 )
             })
             .collect();
-        serde_json::json!({
-            "packets": s.packets, "bytes": s.bytes, "malformed": s.malformed, "not_tcp": s.not_tcp,
-            "ip_fragments": s.ip_fragments, "orphans": s.orphans, "flows": s.flows_created,
-            "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
-            "plugins": plugins, "retained_images": self.retained_images,
-            "load_failures": self.load_failures, "capture_error": self.capture_error,
-            "interrupted": self.interrupted, "seconds": self.elapsed.as_secs_f64(),
-            "reload_latency_ms": self.reload_latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
-        })
+        let mut v = engine(&self.stats);
+        v["cores"] = serde_json::Value::Array(self.per_core.iter().map(engine).collect());
+        v["plugins"] = serde_json::Value::Object(plugins);
+        v["retained_images"] = self.retained_images.into();
+        v["load_failures"] = serde_json::json!(self.load_failures);
+        v["capture_error"] = serde_json::json!(self.capture_error);
+        v["interrupted"] = self.interrupted.into();
+        v["seconds"] = serde_json::json!(self.elapsed.as_secs_f64());
+        v["reload_latency_ms"] = serde_json::json!(self
+            .reload_latencies
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect::<Vec<_>>());
+        v
     }
 }
 
-/// Runs the source through the engine and the plugins until the input ends or `stop` is set.
+/// Runs the source through one worker per core until the input ends or `stop` is set;
+/// `progress` gets every core's counters about once a second.
 pub fn run(
     opts: &RunOptions,
     stop: &Arc<AtomicBool>,
-    mut progress: impl FnMut(&Stats),
+    mut progress: impl FnMut(&[CoreSnapshot]),
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let Source::Pcap(path) = &opts.source;
-    let capture = CaptureFile::open(path)?;
-    let (mut host, monitors) = PluginHost::open(
+    // Open once here so that a bad file is reported before any thread starts.
+    CaptureFile::open(path)?;
+    let plugins = Arc::new(PluginSet::open(
         &opts.plugins,
         &opts.log_dir,
-        0,
         opts.drain_timeout,
         opts.watch,
-    )?;
-    let mut engine = Engine::new(opts.engine.clone(), monitors);
-    let (first, last) = time_span(&capture);
-    let shift_per_loop = last.saturating_sub(first) + 1_000_000_000;
-    let mut capture_error = None;
-    let mut sent: u64 = 0;
-    let mut last_progress = Instant::now();
-    'outer: for pass in 0..opts.loops.max(1) {
-        let shift = shift_per_loop * u64::from(pass);
-        let mut in_batch = 0;
-        for pkt in capture.packets() {
-            let p = match pkt {
-                Ok(p) => p,
-                Err(e) => {
-                    capture_error = Some(e.to_string());
-                    break;
-                }
-            };
-            engine.on_frame(p.link, p.data, p.ts_nanos + shift);
-            sent += 1;
-            in_batch += 1;
-            if in_batch < BATCH {
-                continue;
-            }
-            in_batch = 0;
-            engine.end_batch();
-            // The safe point: new generations take over between batches.
-            host.poll(&mut engine);
-            if stop.load(Ordering::Relaxed) {
-                break 'outer;
-            }
-            if opts.pace > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / opts.pace as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            if last_progress.elapsed() >= Duration::from_secs(1) {
-                last_progress = Instant::now();
-                progress(engine.stats());
+    )?);
+    let cores = opts.cores.max(1);
+    let counters: Vec<Arc<CoreCounters>> = (0..cores)
+        .map(|_| Arc::new(CoreCounters::default()))
+        .collect();
+    let shard = PcapShard {
+        path: path.clone(),
+        loops: opts.loops,
+        pace: opts.pace,
+    };
+    let results: Vec<Result<CoreReport, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..cores)
+            .map(|core| {
+                let spec = WorkerSpec {
+                    core,
+                    cores,
+                    engine: opts.engine.clone(),
+                    plugins: Arc::clone(&plugins),
+                    stop: Arc::clone(stop),
+                    counters: Arc::clone(&counters[core]),
+                    pin: cores > 1,
+                };
+                let shard = shard.clone();
+                std::thread::Builder::new()
+                    .name(format!("flowpeek-core{core}"))
+                    .spawn_scoped(scope, move || worker::run_pcap(spec, shard))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        let mut last = Instant::now();
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                let snap: Vec<CoreSnapshot> = counters
+                    .iter()
+                    .map(|c| CoreSnapshot {
+                        packets: c.packets.load(Ordering::Relaxed),
+                        bytes: c.bytes.load(Ordering::Relaxed),
+                        flows_live: c.flows_live.load(Ordering::Relaxed),
+                        events: c.events.load(Ordering::Relaxed),
+                        drops: c.drops.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                progress(&snap);
             }
         }
-        engine.end_batch();
-        host.poll(&mut engine);
-    }
-    let interrupted = stop.load(Ordering::Relaxed);
-    engine.finish(if interrupted {
-        EndReason::Shutdown
-    } else {
-        EndReason::Eof
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("the worker thread panicked".into()))
+            })
+            .collect()
     });
-    host.shutdown(&mut engine);
-    host.flush();
+    let mut stats = Stats::default();
+    let mut per_core = Vec::new();
+    let mut plugin_stats: std::collections::BTreeMap<String, PluginStats> = Default::default();
+    let mut load_failures = Vec::new();
+    let mut reload_latencies = Vec::new();
+    let mut capture_error = None;
+    for (core, r) in results.into_iter().enumerate() {
+        let r = r.map_err(|message| RunError::Worker { core, message })?;
+        stats.merge(&r.stats);
+        per_core.push(r.stats);
+        for (name, p) in r.plugins {
+            // Every core loads each file: generations count loads, not instances.
+            let total = plugin_stats.entry(name).or_default();
+            let (generations, retired) = (
+                total.generations.max(p.generations),
+                total.retired.max(p.retired),
+            );
+            total.add(&p);
+            total.generations = generations;
+            total.retired = retired;
+        }
+        if core == 0 {
+            load_failures = r.load_failures;
+            reload_latencies = r.reload_latencies;
+            capture_error = r.source_error;
+        }
+    }
     Ok(RunReport {
-        stats: engine.stats().clone(),
-        plugins: host.stats(),
+        stats,
+        per_core,
+        plugins: plugin_stats,
         retained_images: crate::plugin::load::retained_images(),
-        load_failures: host.failures.clone(),
+        load_failures,
         capture_error,
-        interrupted,
+        interrupted: stop.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
-        reload_latencies: host.reload_latencies.clone(),
+        reload_latencies,
     })
-}
-
-fn time_span(capture: &CaptureFile) -> (u64, u64) {
-    let mut first = u64::MAX;
-    let mut last = 0;
-    for p in capture.packets().map_while(Result::ok) {
-        first = first.min(p.ts_nanos);
-        last = last.max(p.ts_nanos);
-    }
-    if first == u64::MAX {
-        (0, 0)
-    } else {
-        (first, last)
-    }
 }
 
 /// Writes the stats JSON to `path`.

@@ -110,6 +110,33 @@ pub struct Stats {
     pub buffer_bytes: u64,
 }
 
+impl Stats {
+    /// Adds another engine's counters (the cores of one run).
+    pub fn merge(&mut self, other: &Stats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.tcp_packets += other.tcp_packets;
+        self.malformed += other.malformed;
+        self.not_tcp += other.not_tcp;
+        self.ip_fragments += other.ip_fragments;
+        self.unsupported_link += other.unsupported_link;
+        self.bad_checksum += other.bad_checksum;
+        self.orphans += other.orphans;
+        self.flows_created += other.flows_created;
+        self.flows_partial += other.flows_partial;
+        self.flows_evicted += other.flows_evicted;
+        self.flows_timed_out += other.flows_timed_out;
+        self.rst_ignored += other.rst_ignored;
+        self.bytes_beyond_window += other.bytes_beyond_window;
+        self.fragment_limit_drops += other.fragment_limit_drops;
+        self.buffer_memory_refusals += other.buffer_memory_refusals;
+        self.bytes_missing += other.bytes_missing;
+        self.events += other.events;
+        self.flows_live += other.flows_live;
+        self.buffer_bytes += other.buffer_bytes;
+    }
+}
+
 /// Metadata of the last packet of a flow (SPEC §4 "last packet").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LastPacket {
@@ -529,14 +556,23 @@ impl Engine {
     /// Decodes one frame and processes it.
     #[inline]
     pub fn on_frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
+        let decoded = link.map(|l| wire::decode(l, frame));
+        self.on_decoded(decoded, frame, ts);
+    }
+
+    /// Processes a frame already decoded (`None`: an unsupported link type), counting it.
+    #[inline]
+    pub fn on_decoded(
+        &mut self,
+        decoded: Option<Result<Decoded<'_>, wire::DecodeError>>,
+        frame: &[u8],
+        ts: u64,
+    ) {
         self.core.stats.packets += 1;
         self.core.stats.bytes += frame.len() as u64;
-        let Some(link) = link else {
-            self.core.stats.unsupported_link += 1;
-            return;
-        };
-        match wire::decode(link, frame) {
-            Ok(Decoded::Tcp(seg)) => {
+        match decoded {
+            None => self.core.stats.unsupported_link += 1,
+            Some(Ok(Decoded::Tcp(seg))) => {
                 if self.core.cfg.verify_checksums
                     && wire::tcp_checksum_ok(frame, &seg) == Some(false)
                 {
@@ -545,10 +581,17 @@ impl Engine {
                 }
                 self.on_segment(&seg, frame, ts);
             }
-            Ok(Decoded::NotTcp) => self.core.stats.not_tcp += 1,
-            Ok(Decoded::Fragment) => self.core.stats.ip_fragments += 1,
-            Err(_) => self.core.stats.malformed += 1,
+            Some(Ok(Decoded::NotTcp)) => self.core.stats.not_tcp += 1,
+            Some(Ok(Decoded::Fragment)) => self.core.stats.ip_fragments += 1,
+            Some(Err(_)) => self.core.stats.malformed += 1,
         }
+    }
+
+    /// Moves the clock to `ts` without a packet of this engine (another core's packet, in
+    /// a capture shared by several cores): timers and idle expiry follow the capture's time.
+    #[inline]
+    pub fn observe_time(&mut self, ts: u64) {
+        self.core.now = self.core.now.max(ts);
     }
 
     /// Processes one decoded TCP segment captured at `ts` (ns).

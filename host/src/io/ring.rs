@@ -169,7 +169,12 @@ pub enum RingError {
     },
 }
 
-fn corrupt(ring: usize, field: impl Into<String>, value: u64, rule: impl Into<String>) -> RingError {
+fn corrupt(
+    ring: usize,
+    field: impl Into<String>,
+    value: u64,
+    rule: impl Into<String>,
+) -> RingError {
     RingError::Corrupt {
         ring,
         field: field.into(),
@@ -211,7 +216,9 @@ impl NetmapMem {
         host: HostRings,
     ) -> Result<Self, RingError> {
         if base as usize % 8 != 0 {
-            return Err(RingError::Misaligned { addr: base as usize });
+            return Err(RingError::Misaligned {
+                addr: base as usize,
+            });
         }
         let region = Region { base, len };
         region.check("netmap_if", if_offset as i128, IF_HEADER_LEN as u64)?;
@@ -239,7 +246,12 @@ impl NetmapMem {
             ("ni_host_rx_rings", hrx),
         ] {
             if value > MAX_RINGS {
-                return Err(corrupt(usize::MAX, field, value.into(), format!("at most {MAX_RINGS}")));
+                return Err(corrupt(
+                    usize::MAX,
+                    field,
+                    value.into(),
+                    format!("at most {MAX_RINGS}"),
+                ));
             }
         }
         let entries = u64::from(tx) + u64::from(htx) + u64::from(rx) + u64::from(hrx);
@@ -261,7 +273,10 @@ impl NetmapMem {
             // SAFETY: forwarded from this function's contract.
             rings.push(Some(unsafe { RxRing::validate(region, i, ring_off)? }));
         }
-        Ok(NetmapMem { rx: rings, tx_rings: tx })
+        Ok(NetmapMem {
+            rx: rings,
+            tx_rings: tx,
+        })
     }
 
     /// Number of hardware RX rings the `netmap_if` describes (registered or not).
@@ -279,7 +294,10 @@ impl NetmapMem {
         match self.rx.get(ring) {
             Some(Some(r)) => Ok(r),
             Some(None) => Err(RingError::NotRegistered { ring }),
-            None => Err(RingError::NoSuchRing { ring, rings: self.rx.len() }),
+            None => Err(RingError::NoSuchRing {
+                ring,
+                rings: self.rx.len(),
+            }),
         }
     }
 
@@ -326,7 +344,10 @@ impl Region {
             });
         }
         if offset % 8 != 0 {
-            return Err(RingError::Unaligned { what: what.to_owned(), offset });
+            return Err(RingError::Unaligned {
+                what: what.to_owned(),
+                offset,
+            });
         }
         Ok(offset as usize)
     }
@@ -390,7 +411,11 @@ impl RxRing {
         // SAFETY: the header is inside the region and 8-aligned (checked above).
         let (buf_ofs, num_slots, buf_size, head, cur, tail) = unsafe {
             (
-                region.base.add(off + RING_BUF_OFS).cast::<i64>().read_volatile(),
+                region
+                    .base
+                    .add(off + RING_BUF_OFS)
+                    .cast::<i64>()
+                    .read_volatile(),
                 region.load_u32(off + RING_NUM_SLOTS),
                 region.load_u32(off + RING_BUF_SIZE),
                 region.load_u32(off + RING_HEAD),
@@ -399,14 +424,24 @@ impl RxRing {
             )
         };
         if !(2..=MAX_SLOTS).contains(&num_slots) {
-            return Err(corrupt(index, "num_slots", num_slots.into(), format!("2..={MAX_SLOTS}")));
+            return Err(corrupt(
+                index,
+                "num_slots",
+                num_slots.into(),
+                format!("2..={MAX_SLOTS}"),
+            ));
         }
         if buf_size == 0 {
             return Err(corrupt(index, "nr_buf_size", 0, "must be non-zero"));
         }
         for (field, value) in [("head", head), ("cur", cur), ("tail", tail)] {
             if value >= num_slots {
-                return Err(corrupt(index, field, value.into(), format!("must be < num_slots = {num_slots}")));
+                return Err(corrupt(
+                    index,
+                    field,
+                    value.into(),
+                    format!("must be < num_slots = {num_slots}"),
+                ));
             }
         }
         region.check(
@@ -479,7 +514,12 @@ impl RxRing {
     fn tail(&self) -> Result<u32, RingError> {
         let tail = self.field(RING_TAIL).load(Ordering::Acquire);
         if tail >= self.num_slots {
-            return Err(corrupt(self.index, "tail", tail.into(), format!("must be < num_slots = {}", self.num_slots)));
+            return Err(corrupt(
+                self.index,
+                "tail",
+                tail.into(),
+                format!("must be < num_slots = {}", self.num_slots),
+            ));
         }
         Ok(tail)
     }
@@ -578,6 +618,380 @@ impl RxRing {
     }
 }
 
+/// Where everything goes in a netmap image built by [`write_image`]: one `netmap_if` with
+/// `rings` RX rings (no TX or host rings), then the rings (128-byte aligned), then one buffer
+/// pool (page aligned), buffer `ring * slots + slot` initially attached to each slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ImageLayout {
+    pub(crate) if_offset: usize,
+    pub(crate) rings: u32,
+    pub(crate) slots: u32,
+    pub(crate) buf_size: u32,
+    pub(crate) ring_offsets: Vec<usize>,
+    pub(crate) bufs_offset: usize,
+    pub(crate) total_len: usize,
+}
+
+fn align_up(x: usize, a: usize) -> Option<usize> {
+    Some(x.checked_add(a - 1)? / a * a)
+}
+
+impl ImageLayout {
+    /// The layout of an image starting at `start` (8-aligned), or `None` on overflow.
+    pub(crate) fn new(start: usize, rings: u32, slots: u32, buf_size: u32) -> Option<Self> {
+        let if_offset = align_up(start, 8)?;
+        let if_end = if_offset.checked_add(IF_HEADER_LEN + 8 * rings as usize)?;
+        let ring_len = align_up(
+            RING_HEADER_LEN.checked_add((slots as usize).checked_mul(SLOT_LEN)?)?,
+            128,
+        )?;
+        let first = align_up(if_end, 128)?;
+        let ring_offsets = (0..rings as usize)
+            .map(|i| first.checked_add(i.checked_mul(ring_len)?))
+            .collect::<Option<Vec<_>>>()?;
+        let rings_end = first.checked_add((rings as usize).checked_mul(ring_len)?)?;
+        let bufs_offset = align_up(rings_end, 4096)?;
+        let pool = (rings as usize)
+            .checked_mul(slots as usize)?
+            .checked_mul(buf_size as usize)?;
+        let total_len = bufs_offset.checked_add(pool)?;
+        Some(ImageLayout {
+            if_offset,
+            rings,
+            slots,
+            buf_size,
+            ring_offsets,
+            bufs_offset,
+            total_len,
+        })
+    }
+
+    /// Offset of slot `slot` of ring `ring`.
+    pub(crate) fn slot_offset(&self, ring: usize, slot: usize) -> usize {
+        self.ring_offsets[ring] + RING_SLOTS + slot * SLOT_LEN
+    }
+
+    /// Offset of buffer `idx`.
+    pub(crate) fn buf_offset(&self, idx: usize) -> usize {
+        self.bufs_offset + idx * self.buf_size as usize
+    }
+}
+
+fn put(mem: &mut [u8], off: usize, bytes: &[u8]) {
+    mem[off..off + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Writes a fresh netmap image (`netmap_if`, empty RX rings with `head = cur = tail = 0`,
+/// slots attached to their buffers) into `mem`, which must be `layout.total_len` bytes.
+pub(crate) fn write_image(mem: &mut [u8], layout: &ImageLayout) {
+    let nifp = layout.if_offset;
+    let name = b"flowpeek-shm";
+    put(mem, nifp, name);
+    put(mem, nifp + IF_TX_RINGS, &0u32.to_ne_bytes());
+    put(mem, nifp + IF_RX_RINGS, &layout.rings.to_ne_bytes());
+    put(mem, nifp + IF_HOST_TX_RINGS, &0u32.to_ne_bytes());
+    put(mem, nifp + IF_HOST_RX_RINGS, &0u32.to_ne_bytes());
+    for (i, &ring) in layout.ring_offsets.iter().enumerate() {
+        let ofs = ring as i64 - nifp as i64;
+        put(mem, nifp + IF_RING_OFS + 8 * i, &ofs.to_ne_bytes());
+        let buf_ofs = layout.bufs_offset as i64 - ring as i64;
+        put(mem, ring + RING_BUF_OFS, &buf_ofs.to_ne_bytes());
+        put(mem, ring + RING_NUM_SLOTS, &layout.slots.to_ne_bytes());
+        put(mem, ring + RING_BUF_SIZE, &layout.buf_size.to_ne_bytes());
+        put(
+            mem,
+            ring + std::mem::offset_of!(netmap_ring, ringid),
+            &(i as u16).to_ne_bytes(),
+        );
+        // NR_RX = 1.
+        put(
+            mem,
+            ring + std::mem::offset_of!(netmap_ring, dir),
+            &1u16.to_ne_bytes(),
+        );
+        for f in [RING_HEAD, RING_CUR, RING_TAIL] {
+            put(mem, ring + f, &0u32.to_ne_bytes());
+        }
+        for s in 0..layout.slots as usize {
+            let idx = (i * layout.slots as usize + s) as u32;
+            let so = layout.slot_offset(i, s);
+            put(mem, so + SLOT_BUF_IDX, &idx.to_ne_bytes());
+            put(mem, so + SLOT_LEN_FIELD, &0u16.to_ne_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
-#[path = "ring_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+
+    /// A hand-built netmap image in 8-aligned heap memory.
+    struct Image {
+        words: Vec<u64>,
+        layout: ImageLayout,
+    }
+
+    impl Image {
+        fn new(rings: u32, slots: u32, buf_size: u32) -> Self {
+            let layout = ImageLayout::new(0, rings, slots, buf_size).unwrap();
+            let mut words = vec![0u64; layout.total_len.div_ceil(8)];
+            write_image(&mut Self::bytes_of(&mut words)[..layout.total_len], &layout);
+            Image { words, layout }
+        }
+        fn bytes_of(words: &mut [u64]) -> &mut [u8] {
+            let len = words.len() * 8;
+            // SAFETY: u8 has no alignment or validity requirements; same allocation and length.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len)
+            }
+        }
+        fn bytes(&mut self) -> &mut [u8] {
+            let len = self.layout.total_len;
+            &mut Self::bytes_of(&mut self.words)[..len]
+        }
+        fn mem(&mut self, host: HostRings) -> Result<NetmapMem, RingError> {
+            let len = self.layout.total_len;
+            let base = self.words.as_mut_ptr().cast::<u8>();
+            // SAFETY: the Vec outlives the view in every test (the view is dropped first).
+            #[allow(unsafe_code)]
+            unsafe {
+                NetmapMem::from_raw(base, len, self.layout.if_offset, host)
+            }
+        }
+        fn u32_at(&mut self, off: usize) -> u32 {
+            u32::from_ne_bytes(self.bytes()[off..off + 4].try_into().unwrap())
+        }
+        fn set_u32(&mut self, off: usize, v: u32) {
+            put(self.bytes(), off, &v.to_ne_bytes());
+        }
+        fn set_i64(&mut self, off: usize, v: i64) {
+            put(self.bytes(), off, &v.to_ne_bytes());
+        }
+        /// Plays the kernel: fills the slot at `tail` with `frame`, advances `tail`.
+        fn produce(&mut self, ring: usize, frame: &[u8]) {
+            let r = self.layout.ring_offsets[ring];
+            let tail = self.u32_at(r + RING_TAIL);
+            let so = self.layout.slot_offset(ring, tail as usize);
+            let idx = self.u32_at(so + SLOT_BUF_IDX) as usize;
+            let bo = self.layout.buf_offset(idx);
+            put(self.bytes(), bo, frame);
+            put(
+                self.bytes(),
+                so + SLOT_LEN_FIELD,
+                &(frame.len() as u16).to_ne_bytes(),
+            );
+            let n = self.layout.slots;
+            self.set_u32(r + RING_TAIL, (tail + 1) % n);
+        }
+    }
+
+    fn collect(mem: &mut NetmapMem, ring: usize) -> Result<Vec<(Vec<u8>, u32)>, RingError> {
+        let mut out = Vec::new();
+        mem.ring_mut(ring)?
+            .rx_batch_indexed(|f, i| out.push((f.to_vec(), i)))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn layout_matches_netmap_h() {
+        // Also asserted at compile time; kept here so the numbers show in test output.
+        assert_eq!(SLOT_LEN, 16);
+        assert_eq!(RING_HEADER_LEN, 256);
+        assert_eq!(RING_SLOTS, 256);
+        assert_eq!((RING_HEAD, RING_CUR, RING_TAIL), (20, 24, 28));
+        assert_eq!(IF_RING_OFS, 56);
+    }
+
+    #[test]
+    fn walks_slots_and_releases() {
+        let mut img = Image::new(2, 8, 128);
+        img.produce(1, b"hello");
+        img.produce(1, b"world!");
+        img.produce(0, b"zero");
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        assert_eq!(mem.rx_rings(), 2);
+        assert_eq!(mem.ring(1).unwrap().available().unwrap(), 2);
+        let got = collect(&mut mem, 1).unwrap();
+        assert_eq!(got, vec![(b"hello".to_vec(), 0), (b"world!".to_vec(), 1)]);
+        let got0 = collect(&mut mem, 0).unwrap();
+        assert_eq!(got0, vec![(b"zero".to_vec(), 0)]);
+        drop(mem);
+        let r1 = img.layout.ring_offsets[1];
+        assert_eq!(img.u32_at(r1 + RING_HEAD), 2);
+        assert_eq!(img.u32_at(r1 + RING_CUR), 2);
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        assert_eq!(collect(&mut mem, 1).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn wraps_around_non_power_of_two() {
+        let mut img = Image::new(1, 5, 64);
+        let mut next = 0u32;
+        let mut seen = Vec::new();
+        for round in 0..7 {
+            // Fill up to 4 (num_slots - 1) frames per round, which moves head/tail round the ring.
+            let k = 1 + round % 4;
+            for _ in 0..k {
+                img.produce(0, &next.to_le_bytes());
+                next += 1;
+            }
+            let mut mem = img.mem(HostRings::FromIf).unwrap();
+            for (f, _) in collect(&mut mem, 0).unwrap() {
+                seen.push(u32::from_le_bytes(f.try_into().unwrap()));
+            }
+        }
+        assert_eq!(seen, (0..next).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn legacy_and_auto_host_rings() {
+        // An API-11 style netmap_if: 1 TX ring, 1 host TX ring, 1 RX ring; fields read as 0.
+        let mut img = Image::new(1, 4, 64);
+        let nifp = img.layout.if_offset;
+        let ring = img.layout.ring_offsets[0] as i64;
+        // ring_ofs[] = [tx0, host tx, rx0, host rx]; room exists (the rings start 128-aligned).
+        img.set_u32(nifp + IF_TX_RINGS, 1);
+        img.set_i64(nifp + IF_RING_OFS, ring);
+        img.set_i64(nifp + IF_RING_OFS + 8, ring);
+        img.set_i64(nifp + IF_RING_OFS + 16, ring);
+        img.set_i64(nifp + IF_RING_OFS + 24, ring);
+        img.produce(0, b"x");
+        let mut mem = img.mem(HostRings::Auto).unwrap();
+        assert_eq!(mem.tx_rings(), 1);
+        assert_eq!(collect(&mut mem, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unregistered_ring_is_reported() {
+        let mut img = Image::new(3, 4, 64);
+        let nifp = img.layout.if_offset;
+        img.set_i64(nifp + IF_RING_OFS + 8, 0);
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        assert_eq!(
+            mem.rx_batch(1, |_| {}),
+            Err(RingError::NotRegistered { ring: 1 })
+        );
+        assert_eq!(
+            mem.rx_batch(3, |_| {}),
+            Err(RingError::NoSuchRing { ring: 3, rings: 3 })
+        );
+        assert_eq!(mem.rx_batch(2, |_| {}), Ok(0));
+    }
+
+    fn refused(img: &mut Image) -> String {
+        img.mem(HostRings::FromIf).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn corrupt_headers_are_refused() {
+        let fresh = || Image::new(2, 8, 128);
+        let mut img = fresh();
+        let r0 = img.layout.ring_offsets[0];
+        let nifp = img.layout.if_offset;
+
+        img.set_u32(r0 + RING_NUM_SLOTS, 0);
+        assert!(
+            refused(&mut img).contains("num_slots = 0"),
+            "{}",
+            refused(&mut img)
+        );
+
+        let mut img = fresh();
+        img.set_u32(r0 + RING_NUM_SLOTS, 1 << 19);
+        assert!(refused(&mut img).contains("ring 0 slots"));
+
+        let mut img = fresh();
+        img.set_u32(r0 + RING_TAIL, 8);
+        assert!(refused(&mut img).contains("tail = 8"));
+
+        let mut img = fresh();
+        img.set_u32(r0 + RING_HEAD, 9);
+        assert!(refused(&mut img).contains("head = 9"));
+
+        let mut img = fresh();
+        img.set_u32(r0 + RING_BUF_SIZE, 0);
+        assert!(refused(&mut img).contains("nr_buf_size"));
+
+        let mut img = fresh();
+        img.set_i64(nifp + IF_RING_OFS, 1 << 40);
+        assert!(refused(&mut img).contains("outside"));
+
+        let mut img = fresh();
+        img.set_i64(nifp + IF_RING_OFS, -64);
+        assert!(refused(&mut img).contains("outside"));
+
+        let mut img = fresh();
+        img.set_i64(nifp + IF_RING_OFS, r0 as i64 + 4);
+        assert!(refused(&mut img).contains("aligned"));
+
+        let mut img = fresh();
+        img.set_i64(r0 + RING_BUF_OFS, i64::MAX);
+        assert!(refused(&mut img).contains("buffers"));
+
+        let mut img = fresh();
+        img.set_u32(nifp + IF_RX_RINGS, u32::MAX);
+        assert!(refused(&mut img).contains("ni_rx_rings"));
+
+        let mut img = fresh();
+        img.set_u32(nifp + IF_RX_RINGS, 1000);
+        assert!(refused(&mut img).contains("ring_ofs"));
+
+        let mut img = fresh();
+        let len = img.layout.total_len;
+        let base = img.words.as_mut_ptr().cast::<u8>();
+        // SAFETY: the region is inside the Vec; a misaligned base is refused before any read.
+        #[allow(unsafe_code)]
+        let err = unsafe { NetmapMem::from_raw(base.add(1), len - 1, 0, HostRings::FromIf) };
+        assert!(matches!(err, Err(RingError::Misaligned { .. })));
+    }
+
+    #[test]
+    fn corrupt_slots_and_tail_are_errors_not_ub() {
+        let mut img = Image::new(1, 8, 128);
+        img.produce(0, b"good");
+        img.produce(0, b"bad-index");
+        img.produce(0, b"later");
+        let so = img.layout.slot_offset(0, 1);
+        img.set_u32(so + SLOT_BUF_IDX, 1_000_000);
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        let mut got = Vec::new();
+        let err = mem.rx_batch(0, |f| got.push(f.to_vec())).unwrap_err();
+        assert_eq!(got, vec![b"good".to_vec()]);
+        assert!(
+            err.to_string().contains("slot 1 buf_idx = 1000000"),
+            "{err}"
+        );
+        // The good frame was released, the bad slot stays at head.
+        assert_eq!(mem.ring(0).unwrap().available().unwrap(), 2);
+        drop(mem);
+
+        let mut img = Image::new(1, 8, 128);
+        img.produce(0, b"x");
+        let so = img.layout.slot_offset(0, 0);
+        put(img.bytes(), so + SLOT_LEN_FIELD, &129u16.to_ne_bytes());
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        let err = mem.rx_batch(0, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("len = 129"), "{err}");
+        drop(mem);
+
+        // tail corrupted after validation.
+        let mut img = Image::new(1, 8, 128);
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        let r0 = img.layout.ring_offsets[0];
+        img.set_u32(r0 + RING_TAIL, 77);
+        let err = mem.rx_batch(0, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("tail = 77"), "{err}");
+    }
+
+    #[test]
+    fn buffer_at_end_of_region_is_in_bounds() {
+        let mut img = Image::new(1, 4, 64);
+        let last = (img.layout.total_len - img.layout.bufs_offset) / 64 - 1;
+        img.produce(0, &[7u8; 64]);
+        let so = img.layout.slot_offset(0, 0);
+        img.set_u32(so + SLOT_BUF_IDX, last as u32);
+        let mut mem = img.mem(HostRings::FromIf).unwrap();
+        assert_eq!(mem.rx_batch(0, |f| assert_eq!(f.len(), 64)).unwrap(), 1);
+    }
+}

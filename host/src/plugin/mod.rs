@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
@@ -128,7 +129,8 @@ pub struct PluginHost {
     drain_timeout: u64,
     entries: Vec<Entry>,
     rx: Receiver<(Update, Instant)>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// Keeps the watcher alive for a host opened on its own ([`PluginHost::open`]).
+    _set: Option<Box<PluginSet>>,
     /// Messages about files that failed to load, in order.
     pub failures: Vec<String>,
     /// For each reload applied at the safe point: the time from the directory event to the
@@ -136,16 +138,27 @@ pub struct PluginHost {
     pub reload_latencies: Vec<Duration>,
 }
 
-impl PluginHost {
-    /// Loads every plugin in `dir` and (with `watch`) starts watching it. Returns the host
-    /// and the monitors to build the engine with, in load order (file name order).
+type Subscribers = Arc<Mutex<Vec<Sender<(Update, Instant)>>>>;
+
+/// The plugins of a directory, opened once and shared by the hosts of every core: each core
+/// makes its own instances from the same libraries, and every reload reaches every core.
+pub struct PluginSet {
+    log_dir: PathBuf,
+    drain_timeout: u64,
+    initial: Vec<(PathBuf, Option<Library>, String)>,
+    failures: Vec<String>,
+    subscribers: Subscribers,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl PluginSet {
+    /// Loads every plugin in `dir` (file name order) and, with `watch`, watches it.
     pub fn open(
         dir: &Path,
         log_dir: &Path,
-        core: u32,
         drain_timeout: u64,
         watch: bool,
-    ) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
+    ) -> Result<PluginSet, HostError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| HostError::Dir {
                 dir: dir.into(),
@@ -159,28 +172,85 @@ impl PluginHost {
             dir: log_dir.into(),
             source,
         })?;
-        let (tx, rx) = channel();
+        let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
         let watcher = if watch {
-            Some(start_watcher(dir, tx)?)
+            Some(start_watcher(dir, Arc::clone(&subscribers))?)
         } else {
             None
         };
-        let mut host = PluginHost {
+        let mut initial = Vec::new();
+        let mut failures = Vec::new();
+        for file in files {
+            match load_update(file) {
+                Update::Loaded { file, lib, config } => initial.push((file, Some(lib), config)),
+                Update::Failed { file, error } => {
+                    eprintln!("flowpeek: plugin not loaded: {error}");
+                    failures.push(error.to_string());
+                    initial.push((file, None, String::new()));
+                }
+                Update::Removed { .. } => {}
+            }
+        }
+        Ok(PluginSet {
             log_dir: log_dir.into(),
-            core,
             drain_timeout,
+            initial,
+            failures,
+            subscribers,
+            _watcher: watcher,
+        })
+    }
+
+    /// The host of one core and the monitors to build its engine with, in load order.
+    pub fn host(&self, core: u32) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
+        let (tx, rx) = channel();
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(tx);
+        }
+        let mut host = PluginHost {
+            log_dir: self.log_dir.clone(),
+            core,
+            drain_timeout: self.drain_timeout,
             entries: Vec::new(),
             rx,
-            _watcher: watcher,
-            failures: Vec::new(),
+            _set: None,
+            failures: if core == 0 {
+                self.failures.clone()
+            } else {
+                Vec::new()
+            },
             reload_latencies: Vec::new(),
         };
         let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
-        for file in files {
-            if let Some(slot) = host.apply_new(load_update(file), 0)? {
+        for (file, lib, config) in &self.initial {
+            let Some(lib) = lib else { continue };
+            let update = Update::Loaded {
+                file: file.clone(),
+                lib: *lib,
+                config: config.clone(),
+            };
+            if let Some(slot) = host.apply_new(update, 0)? {
                 monitors.push(Box::new(SlotMonitor(slot)));
             }
         }
+        Ok((host, monitors))
+    }
+}
+
+impl PluginHost {
+    /// Loads every plugin in `dir` and (with `watch`) starts watching it, for one core.
+    /// Returns the host and the monitors to build the engine with, in load order (file name
+    /// order).
+    pub fn open(
+        dir: &Path,
+        log_dir: &Path,
+        core: u32,
+        drain_timeout: u64,
+        watch: bool,
+    ) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
+        let set = PluginSet::open(dir, log_dir, drain_timeout, watch)?;
+        let (mut host, monitors) = set.host(core)?;
+        host._set = Some(Box::new(set));
         Ok((host, monitors))
     }
 
@@ -294,13 +364,9 @@ impl PluginHost {
         let mut out: BTreeMap<String, PluginStats> = BTreeMap::new();
         for e in &self.entries {
             let slot = e.slot.borrow();
-            let s = out.entry(slot.name().to_string()).or_default();
-            s.events += slot.stats.events;
-            s.records += slot.stats.records;
-            s.failures += slot.stats.failures;
-            s.generations += slot.stats.generations;
-            s.retired += slot.stats.retired;
-            s.drained_flows += slot.stats.drained_flows;
+            out.entry(slot.name().to_string())
+                .or_default()
+                .add(&slot.stats);
         }
         out
     }
@@ -319,10 +385,30 @@ impl PluginHost {
     }
 }
 
+/// Sends an update to every core; a failure is reported by the first core only.
+fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
+    let Ok(subs) = subscribers.lock() else { return };
+    for tx in subs.iter().skip(1) {
+        let copy = match &update {
+            Update::Loaded { file, lib, config } => Update::Loaded {
+                file: file.clone(),
+                lib: *lib,
+                config: config.clone(),
+            },
+            Update::Removed { file } => Update::Removed { file: file.clone() },
+            Update::Failed { .. } => continue,
+        };
+        let _ = tx.send((copy, seen));
+    }
+    if let Some(tx) = subs.first() {
+        let _ = tx.send((update, seen));
+    }
+}
+
 /// Watches `dir`; a loader thread opens changed files off the data path and sends updates.
 fn start_watcher(
     dir: &Path,
-    tx: Sender<(Update, Instant)>,
+    subscribers: Subscribers,
 ) -> Result<notify::RecommendedWatcher, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
@@ -359,9 +445,7 @@ fn start_watcher(
                     } else {
                         continue;
                     };
-                    if tx.send((update, seen)).is_err() {
-                        return;
-                    }
+                    broadcast(&subscribers, update, seen);
                 }
             }
         })

@@ -39,6 +39,18 @@ pub struct PluginStats {
     pub drained_flows: u64,
 }
 
+impl PluginStats {
+    /// Adds another core's (or slot's) counters.
+    pub fn add(&mut self, o: &PluginStats) {
+        self.events += o.events;
+        self.records += o.records;
+        self.failures += o.failures;
+        self.generations += o.generations;
+        self.retired += o.retired;
+        self.drained_flows += o.drained_flows;
+    }
+}
+
 struct Generation {
     obj: Option<MonitorObj>,
     version: String,

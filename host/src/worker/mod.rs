@@ -1,0 +1,243 @@
+//! One thread per core: each pinned to its CPU, with its own engine and its own plugin
+//! instances, sharing nothing on the packet path.
+//!
+//! Owns: the per-core loop (take a batch from the source, hand it to the engine, close the
+//! batch, apply pending plugin generations at the safe point, publish counters) and the
+//! sharding of a capture by the symmetric flow hash, so that both directions of a
+//! connection meet on one core.
+//!
+//! Must not: block on anything but its source, allocate or lock per packet. Counters are
+//! published once per batch with relaxed atomic stores.
+#![allow(unsafe_code)] // sched_setaffinity; the block says why it is sound
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::flow::{symmetric_hash, Config, EndReason, Engine, Stats};
+use crate::io::pcap::CaptureFile;
+use crate::plugin::{PluginSet, PluginStats};
+use crate::wire::{self, Decoded};
+
+/// Packets handed to the engine between two safe points.
+pub const BATCH: usize = 32;
+
+/// Counters a worker publishes once per batch, read by the status line.
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    /// Packets this core processed.
+    pub packets: AtomicU64,
+    /// Their bytes.
+    pub bytes: AtomicU64,
+    /// Flows tracked now.
+    pub flows_live: AtomicU64,
+    /// Events delivered.
+    pub events: AtomicU64,
+    /// Packets lost before the engine (ring full, kernel drops).
+    pub drops: AtomicU64,
+}
+
+/// What one core did.
+#[derive(Debug, Default)]
+pub struct CoreReport {
+    /// The core.
+    pub core: usize,
+    /// Engine counters.
+    pub stats: Stats,
+    /// Per plugin.
+    pub plugins: BTreeMap<String, PluginStats>,
+    /// Plugin files that failed to load (reported by core 0).
+    pub load_failures: Vec<String>,
+    /// Per reload: directory event to the new generation taking traffic.
+    pub reload_latencies: Vec<Duration>,
+    /// A source error that ended the input early.
+    pub source_error: Option<String>,
+}
+
+/// A pcap or pcapng file shared by `cores` workers, each taking the flows whose symmetric
+/// hash falls on it.
+#[derive(Clone, Debug)]
+pub struct PcapShard {
+    /// The capture.
+    pub path: PathBuf,
+    /// Passes over it (each shifted in time after the previous).
+    pub loops: u32,
+    /// Packets per second of the whole capture (0: flat out).
+    pub pace: u64,
+}
+
+/// Which core handles a decoded frame: TCP by the symmetric hash of its 4-tuple; anything
+/// else (counted only) by core 0.
+#[inline]
+pub fn shard_of(decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>, cores: usize) -> usize {
+    match decoded {
+        Some(Ok(Decoded::Tcp(seg))) if cores > 1 => {
+            (symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port) % cores as u64) as usize
+        }
+        _ => 0,
+    }
+}
+
+/// Pins the calling thread to CPU `cpu` (modulo the CPUs available); best effort.
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the call
+    // reads `size_of::<cpu_set_t>()` bytes of it and affects only this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % n, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Everything a worker needs.
+pub struct WorkerSpec {
+    /// This core.
+    pub core: usize,
+    /// All cores of the run.
+    pub cores: usize,
+    /// Engine settings (the core number is set from `core`).
+    pub engine: Config,
+    /// The shared plugins.
+    pub plugins: Arc<PluginSet>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Published counters.
+    pub counters: Arc<CoreCounters>,
+    /// Pin the thread to its CPU.
+    pub pin: bool,
+}
+
+fn publish(counters: &CoreCounters, s: &Stats) {
+    counters.packets.store(s.packets, Ordering::Relaxed);
+    counters.bytes.store(s.bytes, Ordering::Relaxed);
+    counters.flows_live.store(s.flows_live, Ordering::Relaxed);
+    counters.events.store(s.events, Ordering::Relaxed);
+}
+
+/// Runs one core over its shard of a capture; returns what it did.
+pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String> {
+    if spec.pin {
+        pin_to_cpu(spec.core);
+    }
+    let capture = CaptureFile::open(&shard.path).map_err(|e| e.to_string())?;
+    let (mut host, monitors) = spec
+        .plugins
+        .host(spec.core as u32)
+        .map_err(|e| e.to_string())?;
+    let cfg = Config {
+        core: spec.core as u8,
+        ..spec.engine
+    };
+    let mut engine = Engine::new(cfg, monitors);
+    let (first, last) = time_span(&capture);
+    let shift_per_loop = last.saturating_sub(first) + 1_000_000_000;
+    let started = Instant::now();
+    let mut source_error = None;
+    let mut seen: u64 = 0;
+    let mut in_batch = 0;
+    'outer: for pass in 0..shard.loops.max(1) {
+        let shift = shift_per_loop * u64::from(pass);
+        for pkt in capture.packets() {
+            let p = match pkt {
+                Ok(p) => p,
+                Err(e) => {
+                    source_error = Some(e.to_string());
+                    break;
+                }
+            };
+            let ts = p.ts_nanos + shift;
+            seen += 1;
+            let decoded = p.link.map(|l| wire::decode(l, p.data));
+            if shard_of(&decoded, spec.cores) != spec.core {
+                engine.observe_time(ts);
+                continue;
+            }
+            engine.on_decoded(decoded, p.data, ts);
+            in_batch += 1;
+            if in_batch < BATCH {
+                continue;
+            }
+            in_batch = 0;
+            engine.end_batch();
+            // The safe point: new plugin generations take over between batches.
+            host.poll(&mut engine);
+            publish(&spec.counters, engine.stats());
+            if spec.stop.load(Ordering::Relaxed) {
+                break 'outer;
+            }
+            if shard.pace > 0 {
+                let due = Duration::from_secs_f64(seen as f64 / shard.pace as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        engine.end_batch();
+        host.poll(&mut engine);
+    }
+    let reason = if spec.stop.load(Ordering::Relaxed) {
+        EndReason::Shutdown
+    } else {
+        EndReason::Eof
+    };
+    engine.finish(reason);
+    host.shutdown(&mut engine);
+    host.flush();
+    publish(&spec.counters, engine.stats());
+    Ok(CoreReport {
+        core: spec.core,
+        stats: engine.stats().clone(),
+        plugins: host.stats(),
+        load_failures: host.failures.clone(),
+        reload_latencies: host.reload_latencies.clone(),
+        source_error,
+    })
+}
+
+fn time_span(capture: &CaptureFile) -> (u64, u64) {
+    let mut first = u64::MAX;
+    let mut last = 0;
+    for p in capture.packets().map_while(Result::ok) {
+        first = first.min(p.ts_nanos);
+        last = last.max(p.ts_nanos);
+    }
+    if first == u64::MAX {
+        (0, 0)
+    } else {
+        (first, last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    /// Both directions of every flow land on the same core, for any number of cores.
+    #[test]
+    fn both_directions_meet_on_one_core() {
+        let mut frames = Vec::new();
+        for i in 0..500u32 {
+            let a: IpAddr = format!("10.{}.{}.{}", i % 7, i % 11, i % 13)
+                .parse()
+                .unwrap();
+            let b: IpAddr = format!("192.168.{}.{}", i % 5, i % 17).parse().unwrap();
+            let (pa, pb) = (1024 + (i * 7919) as u16 % 50000, 80 + (i % 3) as u16);
+            frames.push((a, pa, b, pb));
+        }
+        for cores in [1usize, 2, 4, 7] {
+            let mut used = vec![0u32; cores];
+            for &(a, pa, b, pb) in &frames {
+                let one = (symmetric_hash(a, pa, b, pb) % cores as u64) as usize;
+                let other = (symmetric_hash(b, pb, a, pa) % cores as u64) as usize;
+                assert_eq!(one, other, "{a}:{pa} <-> {b}:{pb} on {cores} cores");
+                used[one] += 1;
+            }
+            // The hash spreads flows: every core gets some.
+            assert!(used.iter().all(|&n| n > 0), "{cores} cores: {used:?}");
+        }
+    }
+}
