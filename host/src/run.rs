@@ -19,13 +19,15 @@ use crate::worker::{self, CoreCounters, CoreReport, PcapShard, WorkerSpec};
 pub enum Source {
     /// A capture file.
     Pcap(PathBuf),
+    /// A live interface, through AF_PACKET (TPACKET_V3), one socket per core.
+    AfPacket(String),
 }
 
 /// Why a `--source` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A kind this build does not have yet.
-    #[error("source {0:?} is not available in this build: the netmap, shm and afpacket ports are not implemented yet; use pcap:FILE")]
+    #[error("source {0:?} is not available in this build yet; use pcap:FILE or afpacket:IF")]
     NotYet(String),
     /// Not KIND:ARG.
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
@@ -37,7 +39,8 @@ impl std::str::FromStr for Source {
     fn from_str(s: &str) -> Result<Source, SourceError> {
         match s.split_once(':') {
             Some(("pcap", path)) if !path.is_empty() => Ok(Source::Pcap(path.into())),
-            Some(("netmap" | "shm" | "afpacket", _)) => Err(SourceError::NotYet(s.into())),
+            Some(("afpacket", ifname)) if !ifname.is_empty() => Ok(Source::AfPacket(ifname.into())),
+            Some(("netmap" | "shm", _)) => Err(SourceError::NotYet(s.into())),
             _ => Err(SourceError::Syntax(s.into())),
         }
     }
@@ -171,9 +174,10 @@ pub fn run(
     mut progress: impl FnMut(&[CoreSnapshot]),
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let Source::Pcap(path) = &opts.source;
-    // Open once here so that a bad file is reported before any thread starts.
-    CaptureFile::open(path)?;
+    if let Source::Pcap(path) = &opts.source {
+        // Open once here so that a bad file is reported before any thread starts.
+        CaptureFile::open(path)?;
+    }
     let plugins = Arc::new(PluginSet::open(
         &opts.plugins,
         &opts.log_dir,
@@ -184,11 +188,8 @@ pub fn run(
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
-    let shard = PcapShard {
-        path: path.clone(),
-        loops: opts.loops,
-        pace: opts.pace,
-    };
+    // One AF_PACKET fanout group per run.
+    let group = (std::process::id() & 0xffff) as u16;
     let results: Vec<Result<CoreReport, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
             .map(|core| {
@@ -201,10 +202,16 @@ pub fn run(
                     counters: Arc::clone(&counters[core]),
                     pin: cores > 1,
                 };
-                let shard = shard.clone();
+                let source = opts.source.clone();
+                let (loops, pace) = (opts.loops, opts.pace);
                 std::thread::Builder::new()
                     .name(format!("flowpeek-core{core}"))
-                    .spawn_scoped(scope, move || worker::run_pcap(spec, shard))
+                    .spawn_scoped(scope, move || match source {
+                        Source::Pcap(path) => {
+                            worker::run_pcap(spec, PcapShard { path, loops, pace })
+                        }
+                        Source::AfPacket(ifname) => worker::run_afpacket(spec, &ifname, group),
+                    })
                     .expect("spawning a worker thread")
             })
             .collect();

@@ -475,3 +475,75 @@ fn symmetric_fanout_keeps_flows_together() {
     );
     eprintln!("flows per socket: {per_socket:?}");
 }
+
+#[allow(dead_code)]
+#[path = "plugin_util/mod.rs"]
+mod plugin_util;
+
+/// The whole path: `flowpeek run --source afpacket:IF --cores 2` with the streamhash plugin,
+/// in the client's namespace, while real clients and servers talk: every connection's hashes
+/// equal the bytes the programs sent.
+#[test]
+fn flowpeek_run_with_streamhash_on_two_cores() {
+    require_live!();
+    let net = Net::up('r');
+    let dir = plugin_util::TempDir::new("live-plugins");
+    let logs = plugin_util::TempDir::new("live-logs");
+    plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.ns_a,
+            env!("CARGO_BIN_EXE_flowpeek"),
+            "run",
+        ])
+        .arg(format!("--source=afpacket:{}", net.if_a))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--log-dir")
+        .arg(logs.path())
+        .args([
+            "--cores",
+            "2",
+            "--buffer",
+            "1048576",
+            "--quiet",
+            "--no-watch",
+        ])
+        .spawn()
+        .expect("start flowpeek run");
+    // The log file appears when the plugins are loaded, just before the sockets open.
+    let log = logs.join("streamhash.jsonl");
+    let t0 = Instant::now();
+    while !log.exists() && t0.elapsed() < IO_TIMEOUT {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let seen = run_traffic(&net);
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("wait for flowpeek");
+    assert!(status.success(), "flowpeek run exited with {status}");
+    let text = std::fs::read_to_string(&log).expect("streamhash log");
+    let mut matched = HashSet::new();
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if !r["server"].as_str().unwrap().ends_with(&format!(":{PORT}")) {
+            continue;
+        }
+        let client: SocketAddr = r["client"].as_str().unwrap().parse().unwrap();
+        let (cli, srv) = seen
+            .get(&client)
+            .unwrap_or_else(|| panic!("unknown client {r}"));
+        assert!(matched.insert(client), "two records for {client}");
+        assert_eq!(r["c2s"]["bytes"], cli.sent as u64, "{r}");
+        assert_eq!(r["s2c"]["bytes"], srv.sent as u64, "{r}");
+        assert_eq!(r["c2s"]["sha256"], cli.sent_sha.as_str(), "{r}");
+        assert_eq!(r["s2c"]["sha256"], srv.sent_sha.as_str(), "{r}");
+        assert_eq!(r["c2s"]["missing"], 0, "{r}");
+        assert_eq!(r["s2c"]["missing"], 0, "{r}");
+    }
+    assert_eq!(matched.len(), CONNECTIONS, "one record per connection");
+}
