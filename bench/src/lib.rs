@@ -1,4 +1,8 @@
-//! Line-rate traffic generator and benchmarks for flowpeek.
+//! Traffic generation and benchmarks for flowpeek, in the style of netmap's pkt-gen.
 //!
-//! Not implemented yet: this crate is reserved for the pkt-gen-style generator into netmap
-//! and shared-memory rings. Today the engine's benchmark is `cargo bench -p flowpeek`.
+//! - [`gen`]: TCP connections built from one frame template, only the changing fields
+//!   rewritten per packet, payloads reproducible from each connection's seed.
+//! - [`out`]: where frames go: flowpeek's shared-memory rings (netmap layout) or a pcap file.
+
+pub mod gen;
+pub mod out;

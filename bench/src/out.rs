@@ -1,0 +1,108 @@
+//! Outputs of the generator: netmap-layout shared-memory rings, or a pcap file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flowpeek::io::shm::{PushError, ShmProducer, ShmRegion};
+
+/// Where frames go.
+pub enum Output {
+    /// Rings in /dev/shm, frames spread over them by the symmetric flow hash.
+    Shm(ShmProducer),
+    /// A pcap file (nanosecond timestamps).
+    Pcap(std::io::BufWriter<std::fs::File>, PathBuf),
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// `shm:NAME`.
+    Shm(String),
+    /// `pcap:FILE`.
+    Pcap(PathBuf),
+}
+
+impl std::str::FromStr for OutputSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OutputSpec, String> {
+        match s.split_once(':') {
+            Some(("shm", name)) if !name.is_empty() => Ok(OutputSpec::Shm(name.into())),
+            Some(("pcap", path)) if !path.is_empty() => Ok(OutputSpec::Pcap(path.into())),
+            Some(("netmap", _)) => Err("netmap output needs the netmap kernel module, which this build cannot use here; use shm:NAME".into()),
+            _ => Err(format!("{s:?}: expected shm:NAME or pcap:FILE")),
+        }
+    }
+}
+
+impl Output {
+    /// Opens the output: shm rings are created (`rings` of `slots` slots).
+    pub fn open(spec: &OutputSpec, rings: u32, slots: u32) -> Result<Output, String> {
+        match spec {
+            OutputSpec::Shm(name) => ShmRegion::create(name, rings, slots, 2048)
+                .map(Output::Shm)
+                .map_err(|e| e.to_string()),
+            OutputSpec::Pcap(path) => {
+                let f =
+                    std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                // Nanosecond pcap, Ethernet, snaplen 65535.
+                let mut h = Vec::with_capacity(24);
+                h.extend(0xa1b2_3c4du32.to_le_bytes());
+                h.extend(2u16.to_le_bytes());
+                h.extend(4u16.to_le_bytes());
+                h.extend([0u8; 8]);
+                h.extend(65535u32.to_le_bytes());
+                h.extend(1u32.to_le_bytes());
+                w.write_all(&h)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(Output::Pcap(w, path.clone()))
+            }
+        }
+    }
+
+    /// Sends one frame; `Ok(false)` when a ring was full (counted by the producer).
+    pub fn send(&mut self, frame: &[u8], ts_ns: u64) -> Result<bool, String> {
+        match self {
+            Output::Shm(p) => match p.push_hashed(frame) {
+                Ok(_) => Ok(true),
+                Err(PushError::Full { .. }) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            },
+            Output::Pcap(w, path) => {
+                let mut rec = [0u8; 16];
+                rec[0..4].copy_from_slice(&((ts_ns / 1_000_000_000) as u32).to_le_bytes());
+                rec[4..8].copy_from_slice(&((ts_ns % 1_000_000_000) as u32).to_le_bytes());
+                rec[8..12].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+                rec[12..16].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+                w.write_all(&rec)
+                    .and_then(|_| w.write_all(frame))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Frames refused by full rings so far.
+    pub fn full(&self) -> u64 {
+        match self {
+            Output::Shm(p) => (0..p.region().rings()).map(|r| p.full_count(r)).sum(),
+            Output::Pcap(..) => 0,
+        }
+    }
+
+    /// Flushes a file output.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if let Output::Pcap(w, path) = self {
+            w.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The file behind the output.
+    pub fn path(&self) -> &Path {
+        match self {
+            Output::Shm(p) => p.region().path(),
+            Output::Pcap(_, path) => path,
+        }
+    }
+}
