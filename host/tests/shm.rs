@@ -142,8 +142,9 @@ impl Producer {
             line.clear();
             let n = self.stdout.read_line(&mut line).unwrap();
             assert!(n > 0, "producer child ended before printing {prefix}");
-            if let Some(rest) = line.trim().strip_prefix(prefix) {
-                return rest.to_owned();
+            // The harness prints "test producer_child ... " before the child's first line.
+            if let Some(at) = line.find(prefix) {
+                return line[at + prefix.len()..].trim().to_owned();
             }
         }
     }
@@ -165,6 +166,7 @@ impl Producer {
 
 /// Reads every ring until each reports that the producer exited; checks that every number
 /// below `count` arrived exactly once and on the ring its symmetric hash selects.
+#[allow(clippy::needless_range_loop)] // `r` is also the ring index passed to rx_batch
 fn consume_all(c: &mut shm::ShmConsumer, count: u64) -> ShmError {
     let rings = c.rings();
     let mut seen = vec![0u8; count as usize];
