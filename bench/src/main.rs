@@ -133,11 +133,7 @@ fn main() -> ExitCode {
     let mut last = Instant::now();
     let mut pending: Option<usize> = None;
     let base_ts = 1_700_000_000_000_000_000u64;
-    let gap_ns = if rate > 0 {
-        1_000_000_000 / rate
-    } else {
-        1_000
-    };
+    let gap_ns = 1_000_000_000u64.checked_div(rate).unwrap_or(1_000);
     while sent < limit {
         // Clock reads every 1024 packets, not per packet.
         if sent % 1024 == 0 {

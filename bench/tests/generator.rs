@@ -78,7 +78,6 @@ fn loss_reordering_and_retransmission_keep_the_streams_exact() {
         reorder: 0.03,
         retransmit: 0.03,
         checksums: true,
-        ..GenConfig::default()
     };
     let n = check(cfg, 40_000);
     assert!(n > 500, "{n} connections");

@@ -476,7 +476,6 @@ fn symmetric_fanout_keeps_flows_together() {
     eprintln!("flows per socket: {per_socket:?}");
 }
 
-#[allow(dead_code)]
 #[path = "plugin_util/mod.rs"]
 mod plugin_util;
 
