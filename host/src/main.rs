@@ -103,9 +103,13 @@ enum Command {
         /// Receive buffer per side when a plugin asks for the default (bytes).
         #[arg(long, default_value_t = 8192)]
         buffer: u32,
-        /// Flow-table capacity.
+        /// Flow-table capacity per core; beyond it the least recently active flow is evicted.
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
         max_flows: u32,
+        /// Receive-buffer memory per core, in MiB: a side that would exceed it gets no buffer
+        /// (counted as buffer_memory_refusals in --stats).
+        #[arg(long, default_value_t = 4096)]
+        buffer_memory: u64,
         /// Do not watch the plugin directory (no hot reload).
         #[arg(long)]
         no_watch: bool,
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             timeout,
             buffer,
             max_flows,
+            buffer_memory,
             no_watch,
             cores,
             quiet,
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
             timeout,
             buffer,
             max_flows,
+            buffer_memory,
             no_watch,
             cores,
             quiet,
@@ -297,6 +303,7 @@ struct RunArgs {
     timeout: u64,
     buffer: u32,
     max_flows: u32,
+    buffer_memory: u64,
     no_watch: bool,
     cores: Option<usize>,
     quiet: bool,
@@ -311,6 +318,7 @@ fn run(a: RunArgs) -> ExitCode {
             max_flows: a.max_flows,
             tcp_timeout: a.timeout.saturating_mul(1_000_000_000),
             buffer_capacity: a.buffer,
+            buffer_memory: a.buffer_memory.saturating_mul(1 << 20),
             ..Config::default()
         },
         pace: a.pace,

@@ -21,13 +21,15 @@ pub enum Source {
     Pcap(PathBuf),
     /// A live interface, through AF_PACKET (TPACKET_V3), one socket per core.
     AfPacket(String),
+    /// Netmap-layout rings in /dev/shm filled by another process, one ring per core.
+    Shm(String),
 }
 
 /// Why a `--source` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A kind this build does not have yet.
-    #[error("source {0:?} is not available in this build yet; use pcap:FILE or afpacket:IF")]
+    #[error("source {0:?}: the netmap port is built and unit-tested but not wired to `run` yet (and needs the netmap kernel module: scripts/netmap-setup.sh); use pcap:FILE, shm:NAME or afpacket:IF")]
     NotYet(String),
     /// Not KIND:ARG.
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
@@ -40,7 +42,8 @@ impl std::str::FromStr for Source {
         match s.split_once(':') {
             Some(("pcap", path)) if !path.is_empty() => Ok(Source::Pcap(path.into())),
             Some(("afpacket", ifname)) if !ifname.is_empty() => Ok(Source::AfPacket(ifname.into())),
-            Some(("netmap" | "shm", _)) => Err(SourceError::NotYet(s.into())),
+            Some(("shm", name)) if !name.is_empty() => Ok(Source::Shm(name.into())),
+            Some(("netmap", _)) => Err(SourceError::NotYet(s.into())),
             _ => Err(SourceError::Syntax(s.into())),
         }
     }
@@ -78,6 +81,9 @@ pub enum RunError {
     /// The plugin directory.
     #[error(transparent)]
     Plugins(#[from] HostError),
+    /// The shared-memory region.
+    #[error(transparent)]
+    Shm(#[from] crate::io::shm::ShmError),
     /// A worker failed.
     #[error("core {core}: {message}")]
     Worker {
@@ -134,6 +140,8 @@ impl RunReport {
                 "packets": s.packets, "bytes": s.bytes, "malformed": s.malformed, "not_tcp": s.not_tcp,
                 "ip_fragments": s.ip_fragments, "orphans": s.orphans, "flows": s.flows_created,
                 "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
+                "bytes_missing": s.bytes_missing, "buffer_memory_refusals": s.buffer_memory_refusals,
+                "fragment_limit_drops": s.fragment_limit_drops, "bytes_beyond_window": s.bytes_beyond_window,
             })
         };
         let plugins: serde_json::Map<String, serde_json::Value> = self
@@ -184,7 +192,20 @@ pub fn run(
         opts.drain_timeout,
         opts.watch,
     )?);
-    let cores = opts.cores.max(1);
+    // A shm region has one ring per worker: its ring count decides.
+    let mut shm_rings: Vec<Option<crate::io::shm::ShmRing>> = match &opts.source {
+        Source::Shm(name) => crate::io::shm::ShmRegion::open(name)?
+            .into_rings()
+            .into_iter()
+            .map(Some)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let cores = if shm_rings.is_empty() {
+        opts.cores.max(1)
+    } else {
+        shm_rings.len()
+    };
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
@@ -203,6 +224,7 @@ pub fn run(
                     pin: cores > 1,
                 };
                 let source = opts.source.clone();
+                let shm_ring = shm_rings.get_mut(core).and_then(Option::take);
                 let (loops, pace) = (opts.loops, opts.pace);
                 std::thread::Builder::new()
                     .name(format!("flowpeek-core{core}"))
@@ -211,6 +233,10 @@ pub fn run(
                             worker::run_pcap(spec, PcapShard { path, loops, pace })
                         }
                         Source::AfPacket(ifname) => worker::run_afpacket(spec, &ifname, group),
+                        Source::Shm(_) => match shm_ring {
+                            Some(ring) => worker::run_shm(spec, ring),
+                            None => Err("no shm ring for this core".into()),
+                        },
                     })
                     .expect("spawning a worker thread")
             })

@@ -266,6 +266,79 @@ pub fn run_afpacket(spec: WorkerSpec, ifname: &str, group: u16) -> Result<CoreRe
     })
 }
 
+/// Runs one core on one ring of a shared-memory region (the netmap memory layout, filled by
+/// another process): packets are stamped with the wall clock once per batch.
+pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<CoreReport, String> {
+    use crate::io::shm::ShmError;
+    if spec.pin {
+        pin_to_cpu(spec.core);
+    }
+    let (mut host, monitors) = spec
+        .plugins
+        .host(spec.core as u32)
+        .map_err(|e| e.to_string())?;
+    let cfg = Config {
+        core: spec.core as u8,
+        ..spec.engine
+    };
+    let mut engine = Engine::new(cfg, monitors);
+    let link = Some(crate::wire::LinkType::Ethernet);
+    let mut source_error = None;
+    let mut idle_spins = 0u32;
+    let mut batches = 0u64;
+    while !spec.stop.load(Ordering::Relaxed) {
+        let now = wall_ns();
+        match ring.rx_batch(|frame| engine.on_frame(link, frame, now)) {
+            Ok(0) => {
+                engine.advance(now);
+                idle_spins += 1;
+                if idle_spins > 64 {
+                    std::thread::sleep(Duration::from_micros(50));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(_) => {
+                idle_spins = 0;
+                engine.end_batch();
+            }
+            Err(ShmError::ProducerExited { .. }) => break,
+            Err(e) => {
+                source_error = Some(e.to_string());
+                break;
+            }
+        }
+        host.poll(&mut engine);
+        batches += 1;
+        if batches % 64 == 0 {
+            publish(&spec.counters, engine.stats());
+            spec.counters
+                .drops
+                .store(ring.region().full_count(), Ordering::Relaxed);
+        }
+    }
+    let reason = if spec.stop.load(Ordering::Relaxed) {
+        EndReason::Shutdown
+    } else {
+        EndReason::Eof
+    };
+    engine.finish(reason);
+    host.shutdown(&mut engine);
+    host.flush();
+    publish(&spec.counters, engine.stats());
+    spec.counters
+        .drops
+        .store(ring.region().full_count(), Ordering::Relaxed);
+    Ok(CoreReport {
+        core: spec.core,
+        stats: engine.stats().clone(),
+        plugins: host.stats(),
+        load_failures: host.failures.clone(),
+        reload_latencies: host.reload_latencies.clone(),
+        source_error,
+    })
+}
+
 fn time_span(capture: &CaptureFile) -> (u64, u64) {
     let mut first = u64::MAX;
     let mut last = 0;
