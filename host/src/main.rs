@@ -348,7 +348,7 @@ fn run(a: RunArgs) -> ExitCode {
             let pps = c.packets - prev.packets;
             let bps = (c.bytes - prev.bytes) * 8;
             line.push_str(&format!(
-                " core{k}: {:.3} Mpps {:.1} Mbit/s {} flows {} ev/s {} drops |",
+                " core{k}: {:.3} Mpps {:.1} Mbit/s {} flows {} ev/s {} dropped-or-ring-full |",
                 pps as f64 / 1e6,
                 bps as f64 / 1e6,
                 c.flows_live,
