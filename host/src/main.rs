@@ -73,8 +73,10 @@ enum Command {
     /// Example: flowpeek run --source pcap:trace.pcap --plugins ./plugins --stats stats.json
     #[command(verbatim_doc_comment)]
     Run {
-        /// Where packets come from: pcap:FILE (netmap:IF, shm:NAME and afpacket:IF are not
-        /// in this build yet).
+        /// Where packets come from: pcap:FILE (a capture, sharded by flow hash over the
+        /// cores), shm:NAME (netmap-layout rings in /dev/shm, one per core, e.g. from
+        /// flowpeek-bench gen), afpacket:IF (live, one socket per core in a symmetric fanout
+        /// group), netmap:IF or netmap:IF-K (needs the netmap module: scripts/netmap-setup.sh).
         #[arg(long)]
         source: flowpeek::run::Source,
         /// The plugin directory.

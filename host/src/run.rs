@@ -23,14 +23,16 @@ pub enum Source {
     AfPacket(String),
     /// Netmap-layout rings in /dev/shm filled by another process, one ring per core.
     Shm(String),
+    /// A netmap port: `netmap:IF` (ring k on core k) or `netmap:IF-K` (one ring, one core).
+    Netmap(crate::io::netmap::PortSpec),
 }
 
 /// Why a `--source` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// A kind this build does not have yet.
-    #[error("source {0:?}: the netmap port is built and unit-tested but not wired to `run` yet (and needs the netmap kernel module: scripts/netmap-setup.sh); use pcap:FILE, shm:NAME or afpacket:IF")]
-    NotYet(String),
+    /// A netmap spec that does not parse.
+    #[error("{0}")]
+    Netmap(String),
     /// Not KIND:ARG.
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
     Syntax(String),
@@ -43,7 +45,9 @@ impl std::str::FromStr for Source {
             Some(("pcap", path)) if !path.is_empty() => Ok(Source::Pcap(path.into())),
             Some(("afpacket", ifname)) if !ifname.is_empty() => Ok(Source::AfPacket(ifname.into())),
             Some(("shm", name)) if !name.is_empty() => Ok(Source::Shm(name.into())),
-            Some(("netmap", _)) => Err(SourceError::NotYet(s.into())),
+            Some(("netmap", _)) => crate::io::netmap::PortSpec::parse(s)
+                .map(Source::Netmap)
+                .map_err(|e| SourceError::Netmap(e.to_string())),
             _ => Err(SourceError::Syntax(s.into())),
         }
     }
@@ -81,6 +85,9 @@ pub enum RunError {
     /// The plugin directory.
     #[error(transparent)]
     Plugins(#[from] HostError),
+    /// The netmap port.
+    #[error(transparent)]
+    Netmap(#[from] crate::io::netmap::NetmapError),
     /// The shared-memory region.
     #[error(transparent)]
     Shm(#[from] crate::io::shm::ShmError),
@@ -201,11 +208,16 @@ pub fn run(
             .collect(),
         _ => Vec::new(),
     };
-    let cores = if shm_rings.is_empty() {
-        opts.cores.max(1)
-    } else {
-        shm_rings.len()
+    let cores = match &opts.source {
+        Source::Shm(_) => shm_rings.len(),
+        // One ring, one core.
+        Source::Netmap(p) if p.ring.is_some() => 1,
+        _ => opts.cores.max(1),
     };
+    if let Source::Netmap(p) = &opts.source {
+        // Fails here, with the reason and the fix, when netmap is not there.
+        drop(crate::io::netmap::NetmapPort::open_spec(p.clone())?);
+    }
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
@@ -233,6 +245,12 @@ pub fn run(
                             worker::run_pcap(spec, PcapShard { path, loops, pace })
                         }
                         Source::AfPacket(ifname) => worker::run_afpacket(spec, &ifname, group),
+                        Source::Netmap(mut p) => {
+                            if cores > 1 {
+                                p.ring = Some(core as u16);
+                            }
+                            worker::run_netmap(spec, p)
+                        }
                         Source::Shm(_) => match shm_ring {
                             Some(ring) => worker::run_shm(spec, ring),
                             None => Err("no shm ring for this core".into()),

@@ -339,6 +339,71 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
     })
 }
 
+/// Runs one core on a netmap port: `netmap:IF-K` (hardware ring K, one per core) or all
+/// rings of `netmap:IF` on a single core. rxsync/poll with a timeout, so an idle core still
+/// runs its timers.
+pub fn run_netmap(
+    spec: WorkerSpec,
+    port: crate::io::netmap::PortSpec,
+) -> Result<CoreReport, String> {
+    use crate::io::netmap::NetmapPort;
+    if spec.pin {
+        pin_to_cpu(spec.core);
+    }
+    let mut port = NetmapPort::open_spec(port).map_err(|e| e.to_string())?;
+    let rings: Vec<usize> = port.rings().to_vec();
+    let (mut host, monitors) = spec
+        .plugins
+        .host(spec.core as u32)
+        .map_err(|e| e.to_string())?;
+    let cfg = Config {
+        core: spec.core as u8,
+        ..spec.engine
+    };
+    let mut engine = Engine::new(cfg, monitors);
+    let link = Some(crate::wire::LinkType::Ethernet);
+    let mut source_error = None;
+    while !spec.stop.load(Ordering::Relaxed) {
+        if let Err(e) = port.poll(Duration::from_millis(100)) {
+            source_error = Some(e.to_string());
+            break;
+        }
+        let now = wall_ns();
+        let mut got = 0;
+        for &r in &rings {
+            match port.rx_batch(r, |frame| engine.on_frame(link, frame, now)) {
+                Ok(n) => got += n,
+                Err(e) => {
+                    source_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if source_error.is_some() {
+            break;
+        }
+        if got == 0 {
+            engine.advance(now);
+        } else {
+            engine.end_batch();
+        }
+        host.poll(&mut engine);
+        publish(&spec.counters, engine.stats());
+    }
+    engine.finish(EndReason::Shutdown);
+    host.shutdown(&mut engine);
+    host.flush();
+    publish(&spec.counters, engine.stats());
+    Ok(CoreReport {
+        core: spec.core,
+        stats: engine.stats().clone(),
+        plugins: host.stats(),
+        load_failures: host.failures.clone(),
+        reload_latencies: host.reload_latencies.clone(),
+        source_error,
+    })
+}
+
 fn time_span(capture: &CaptureFile) -> (u64, u64) {
     let mut first = u64::MAX;
     let mut last = 0;
