@@ -459,6 +459,14 @@ impl<'a> Cx<'a> {
         Ok(self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host)
     }
 
+    /// The host tag of the flow an event of this engine names (no handle checks: the
+    /// engine made the handle and the flow is live during its events).
+    #[inline]
+    pub(crate) fn event_host_tag(&self, ev: &Event) -> u32 {
+        let idx = ev.flow.slot() as usize * self.core.nmon + self.monitor;
+        self.core.mon_flows.get(idx).map_or(0, |m| m.host)
+    }
+
     pub(crate) fn set_host_tag(&mut self, h: FlowHandle, tag: u32) -> Result<(), Errno> {
         let slot = self.core.resolve(h)?;
         self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host = tag;

@@ -172,14 +172,24 @@ pub fn event_kind(code: u32) -> Result<EventKind, Errno> {
 }
 
 /// The event number of an engine event.
+#[inline]
 pub fn event_code(kind: EventKind) -> u32 {
     match kind {
+        EventKind::PktIn => 0,
+        EventKind::ConnStart => 1,
+        EventKind::NewData => 2,
+        EventKind::Rexmit => 3,
+        EventKind::TcpStateChange => 4,
+        EventKind::Error => 5,
+        EventKind::Timeout => 6,
+        EventKind::ConnEnd => 7,
+        EventKind::Orphan => 8,
         EventKind::User(id) => USER_EVENT_BASE + u32::from(id.0),
-        b => EventKind::BUILTIN.iter().position(|&k| k == b).unwrap_or(0) as u32,
     }
 }
 
 /// The `#[repr(C)]` form of an event.
+#[inline]
 pub fn to_ffi(ev: &Event) -> FfiEvent {
     let (detail_kind, detail) = match ev.detail {
         Detail::None => (detail::NONE, 0),

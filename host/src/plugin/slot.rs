@@ -396,7 +396,7 @@ impl Monitor for SlotMonitor {
             return;
         }
         let h = ev.flow;
-        let Ok(mut tag) = cx.host_tag(h) else { return };
+        let mut tag = cx.event_host_tag(ev);
         if tag & GEN_MASK == 0 {
             tag = match slot.newest {
                 Some(g) => {
