@@ -561,3 +561,118 @@ fn workers_give_the_same_records_as_one_core() {
     assert_eq!(outputs[0], outputs[1], "2 cores");
     assert_eq!(outputs[0], outputs[2], "3 cores");
 }
+
+// ---------------------------------------------------------------------------------------
+// The other bundled plugins on real traffic
+// ---------------------------------------------------------------------------------------
+
+/// httplog on 9,000 real curl ↔ nginx connections: one record per request/response pair,
+/// every one a GET answered 200 with a Content-Length that matches a served object's size.
+#[test]
+fn httplog_logs_every_request_of_real_traffic() {
+    let dir = TempDir::new("httplog");
+    let logs = TempDir::new("httplog-logs");
+    place(
+        &build("flowpeek-plugin-httplog", "httplog", &[]),
+        dir.path(),
+        "httplog.so",
+    );
+    let capture = corpus().join("gen/http-small.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let report =
+        flowpeek::run::run(&run_opts(&capture, dir.path(), logs.path()), &stop, |_| {}).unwrap();
+    assert_eq!(report.plugins["httplog"].failures, 0);
+    let sizes: std::collections::HashSet<u64> =
+        std::fs::read_to_string(corpus().join("gen/www.sha256"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+    let recs = records(&logs.join("httplog.jsonl"));
+    assert_eq!(recs.len(), 9000, "one pair per connection");
+    for r in &recs {
+        assert_eq!(r["method"], "GET", "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+        assert!(
+            r["path"].as_str().is_some_and(|p| p.starts_with('/')),
+            "{r}"
+        );
+        let len = r["resp_content_length"].as_u64().unwrap();
+        assert!(sizes.contains(&len), "{r}");
+    }
+}
+
+/// eventlog writes exactly the lines `flowpeek events` prints (same probe, same batches).
+#[test]
+fn eventlog_matches_flowpeek_events() {
+    let dir = TempDir::new("eventlog");
+    place(
+        &build("flowpeek-plugin-eventlog", "eventlog", &[]),
+        dir.path(),
+        "eventlog.so",
+    );
+    for name in [
+        "zeek/tcp/miss_end_data.pcap",
+        "zeek/tcp/reassembly.pcap",
+        "suricata-verify/bug-4376/syn_retransmit_with_ts.pcap",
+    ] {
+        let capture = corpus().join("public").join(name);
+        let logs = TempDir::new("eventlog-logs");
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = RunOptions {
+            engine: Config::default(),
+            ..run_opts(&capture, dir.path(), logs.path())
+        };
+        flowpeek::run::run(&opts, &stop, |_| {}).unwrap();
+        let ours = std::fs::read_to_string(logs.join("eventlog.jsonl")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+            .args(["events", "--batch", "32"])
+            .arg(&capture)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let theirs = String::from_utf8(out.stdout).unwrap();
+        assert!(!theirs.is_empty());
+        assert_eq!(ours, theirs, "{name}");
+    }
+}
+
+/// midstat keeps the connection table and emits it each second of packet time, plus a final
+/// record at shutdown.
+#[test]
+fn midstat_reports_the_connection_table() {
+    let dir = TempDir::new("midstat");
+    let logs = TempDir::new("midstat-logs");
+    place(
+        &build("flowpeek-plugin-midstat", "midstat", &[]),
+        dir.path(),
+        "midstat.so",
+    );
+    let capture = corpus().join("gen/http-keepalive.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    flowpeek::run::run(&run_opts(&capture, dir.path(), logs.path()), &stop, |_| {}).unwrap();
+    let recs = records(&logs.join("midstat.jsonl"));
+    assert!(recs.len() >= 2, "{} records", recs.len());
+    assert_eq!(recs.last().unwrap()["final"], true);
+    let busiest = recs
+        .iter()
+        .map(|r| r["flows"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(busiest > 0);
+    let row = recs
+        .iter()
+        .flat_map(|r| r["table"].as_array().unwrap())
+        .next()
+        .expect("a row");
+    for key in [
+        "client",
+        "server",
+        "cli_state",
+        "svr_state",
+        "c2s_bytes",
+        "s2c_bytes",
+    ] {
+        assert!(row.get(key).is_some(), "{key} in {row}");
+    }
+}
