@@ -122,6 +122,11 @@ enum Command {
         /// No per-second status on stderr.
         #[arg(long)]
         quiet: bool,
+        /// shm sources: every Nth packet, measure the time from the producer's stamp
+        /// (flowpeek-bench gen) to the return of the last plugin callback; --stats gets
+        /// "latency_ns" (p50, p99, p99.9, max). 0: off.
+        #[arg(long, default_value_t = 0)]
+        latency_sample: u64,
     },
     /// Print one JSON line per monitor callback, in mOS's vocabulary (as shared/mos-events).
     ///
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
             no_watch,
             cores,
             quiet,
+            latency_sample,
         } => run(RunArgs {
             source,
             plugins,
@@ -182,6 +188,7 @@ fn main() -> ExitCode {
             no_watch,
             cores,
             quiet,
+            latency_sample,
         }),
         Command::Events {
             capture,
@@ -309,6 +316,7 @@ struct RunArgs {
     no_watch: bool,
     cores: Option<usize>,
     quiet: bool,
+    latency_sample: u64,
 }
 
 fn run(a: RunArgs) -> ExitCode {
@@ -330,6 +338,7 @@ fn run(a: RunArgs) -> ExitCode {
         cores: a
             .cores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        latency_sample: a.latency_sample,
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = std::sync::Arc::clone(&stop);
@@ -385,6 +394,16 @@ fn run(a: RunArgs) -> ExitCode {
             report.elapsed.as_secs_f64(),
             a.log_dir.display()
         );
+        if let Some(h) = &report.latency {
+            eprintln!(
+                "flowpeek: latency (stamp to callback return, {} samples): p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+                h.len(),
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+                h.value_at_quantile(0.999) as f64 / 1e3,
+                h.max() as f64 / 1e3
+            );
+        }
         for (name, p) in &report.plugins {
             eprintln!(
                 "flowpeek:   {name}: {} events, {} records, {} failures, {} generations",

@@ -74,6 +74,9 @@ pub struct RunOptions {
     pub watch: bool,
     /// Worker threads, one per core (at least 1).
     pub cores: usize,
+    /// Shm sources: every Nth packet, record the producer-stamp-to-callback latency into a
+    /// histogram (0: off).
+    pub latency_sample: u64,
 }
 
 /// Why a run failed before or while it ran.
@@ -137,6 +140,20 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// Per reload: directory event to the new generation taking traffic (core 0).
     pub reload_latencies: Vec<Duration>,
+    /// Stamp-to-callback latency of the sampled packets (ns), merged over the cores; `None`
+    /// unless [`RunOptions::latency_sample`] was set on a shm source.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// A latency histogram as JSON: `{"samples", "p50", "p99", "p999", "max"}` in ns.
+pub fn latency_json(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "samples": h.len(),
+        "p50": h.value_at_quantile(0.50),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
 }
 
 impl RunReport {
@@ -177,6 +194,10 @@ impl RunReport {
             .iter()
             .map(|d| d.as_secs_f64() * 1e3)
             .collect::<Vec<_>>());
+        v["latency_ns"] = self
+            .latency
+            .as_ref()
+            .map_or(serde_json::Value::Null, latency_json);
         v
     }
 }
@@ -234,6 +255,7 @@ pub fn run(
                     stop: Arc::clone(stop),
                     counters: Arc::clone(&counters[core]),
                     pin: cores > 1,
+                    latency_sample: opts.latency_sample,
                 };
                 let source = opts.source.clone();
                 let shm_ring = shm_rings.get_mut(core).and_then(Option::take);
@@ -291,8 +313,18 @@ pub fn run(
     let mut load_failures = Vec::new();
     let mut reload_latencies = Vec::new();
     let mut capture_error = None;
+    let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
     for (core, r) in results.into_iter().enumerate() {
         let r = r.map_err(|message| RunError::Worker { core, message })?;
+        if let Some(h) = &r.latency {
+            match latency.as_mut() {
+                // Same bounds on every core: adding cannot fail.
+                Some(total) => {
+                    let _ = total.add(h);
+                }
+                None => latency = Some(h.clone()),
+            }
+        }
         stats.merge(&r.stats);
         per_core.push(r.stats);
         for (name, p) in r.plugins {
@@ -322,6 +354,7 @@ pub fn run(
         interrupted: stop.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         reload_latencies,
+        latency,
     })
 }
 

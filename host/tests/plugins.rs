@@ -40,6 +40,7 @@ fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
         drain_timeout: 3600 * SEC,
         watch: false,
         cores: 1,
+        latency_sample: 0,
     }
 }
 
@@ -675,4 +676,59 @@ fn midstat_reports_the_connection_table() {
     ] {
         assert!(row.get(key).is_some(), "{key} in {row}");
     }
+}
+
+/// After a reload, flows still open on the old generation when its drain deadline passes get
+/// `ConnEnd` with reason `reloaded`, and the old generation retires.
+#[test]
+fn drain_deadline_ends_old_flows_with_reason_reloaded() {
+    let dir = TempDir::new("drain");
+    let logs = TempDir::new("drain-logs");
+    let file = place(&tagger(&[]), dir.path(), "tagger.so");
+    let v2 = tagger(&["v2"]);
+    // Keep-alive connections live long: many are open at the reload.
+    let cap = CaptureFile::open(&corpus().join("gen/http-keepalive.pcap")).unwrap();
+    let (mut host, monitors) =
+        PluginHost::open(dir.path(), logs.path(), 0, SEC / 10, false).unwrap();
+    let mut engine = Engine::new(Config::default(), monitors);
+    let mut reloaded_with = 0;
+    for (i, p) in cap.packets().enumerate() {
+        let p = p.unwrap();
+        if i == 2000 {
+            engine.end_batch();
+            reloaded_with = engine.stats().flows_live;
+            let lib = load::load(&v2).unwrap();
+            host.apply(
+                Update::Loaded {
+                    file: file.clone(),
+                    lib,
+                    config: String::new(),
+                },
+                &mut engine,
+            );
+        }
+        engine.on_frame(p.link, p.data, p.ts_nanos);
+        if i % 32 == 31 {
+            engine.end_batch();
+        }
+    }
+    engine.finish(EndReason::Eof);
+    assert!(reloaded_with > 0, "flows were open at the reload");
+    let stats = host.stats()["tagger"].clone();
+    assert!(stats.drained_flows > 0, "{stats:?}");
+    host.shutdown(&mut engine);
+    host.flush();
+    let recs = records(&logs.join("tagger.jsonl"));
+    let reloaded = recs
+        .iter()
+        .filter(|r| r["tag"] == "v1" && r["reason"] == "reloaded")
+        .count();
+    assert_eq!(
+        reloaded as u64,
+        stats.drained_flows * 2,
+        "two ConnEnd (one per side) per drained flow"
+    );
+    assert!(recs
+        .iter()
+        .all(|r| !(r["tag"] == "v2" && r["reason"] == "reloaded")));
 }

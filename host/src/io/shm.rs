@@ -82,6 +82,26 @@ const OFF_IF: usize = 56;
 const OFF_TOTAL: usize = 64;
 const OFF_FULL: usize = 72;
 
+/// Offset of the 64-bit `ptr` field in a netmap slot (unused by receive rings: the shm
+/// producer may store a timestamp there).
+const SLOT_PTR: usize = std::mem::offset_of!(netmap_sys::netmap::netmap_slot, ptr);
+const _: () = assert!(SLOT_PTR == 8);
+
+/// CLOCK_MONOTONIC in ns: the clock of shm slot stamps (the same in every process).
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusive `ts`.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 const STATE_RUNNING: u32 = 1;
 const STATE_CLOSED: u32 = 2;
 
@@ -669,9 +689,34 @@ impl ShmProducer {
 
     /// Copies `frame` into the slot at `tail` of ring `ring` and publishes it (release store
     /// of `tail`). [`PushError::Full`] (counted) when the consumer has not freed a slot.
-    #[allow(unsafe_code)]
     #[inline]
     pub fn push(&mut self, ring: usize, frame: &[u8]) -> Result<(), PushError> {
+        self.push_inner(ring, frame, None)
+    }
+
+    /// As [`push_hashed`](Self::push_hashed), also writing `stamp` into the slot's `ptr`
+    /// field (the frame's bytes are unchanged). The benchmarks stamp [`monotonic_ns`] at push
+    /// time; a consumer reads it back with [`ShmRing::rx_batch_stamped`].
+    #[inline]
+    pub fn push_hashed_stamped(&mut self, frame: &[u8], stamp: u64) -> Result<usize, PushError> {
+        let ring = self.ring_for(frame);
+        self.push_inner(ring, frame, Some(stamp)).map(|()| ring)
+    }
+
+    /// As [`push`](Self::push), also writing `stamp` into the slot's `ptr` field.
+    #[inline]
+    pub fn push_stamped(&mut self, ring: usize, frame: &[u8], stamp: u64) -> Result<(), PushError> {
+        self.push_inner(ring, frame, Some(stamp))
+    }
+
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn push_inner(
+        &mut self,
+        ring: usize,
+        frame: &[u8],
+        stamp: Option<u64>,
+    ) -> Result<(), PushError> {
         let rings = self.tails.len();
         if ring >= rings {
             return Err(PushError::NoSuchRing { ring, rings });
@@ -722,6 +767,11 @@ impl ShmProducer {
             slot.add(ring::SLOT_LEN_FIELD)
                 .cast::<u16>()
                 .write_volatile(frame.len() as u16);
+            if let Some(stamp) = stamp {
+                // The slot is 16 bytes, 8-aligned (rings are 128-byte aligned, the slot array
+                // starts at an 8-aligned offset): `ptr` at offset 8 is aligned.
+                slot.add(SLOT_PTR).cast::<u64>().write_volatile(stamp);
+            }
             let tail_field = &*(base.add(ring_off + ring::RING_TAIL) as *const AtomicU32);
             tail_field.store(next, Ordering::Release);
         }
@@ -828,9 +878,35 @@ impl ShmRing {
     /// the ring is still empty after that, returns [`ShmError::ProducerExited`].
     #[inline]
     pub fn rx_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, ShmError> {
+        self.rx_batch_indexed(|frame, _| f(frame))
+    }
+
+    /// As [`rx_batch`](Self::rx_batch), also passing each slot's `ptr` field: the stamp of
+    /// [`ShmProducer::push_stamped`] (0 from a producer that does not stamp).
+    #[inline]
+    pub fn rx_batch_stamped(&mut self, mut f: impl FnMut(&[u8], u64)) -> Result<usize, ShmError> {
+        let base = self.region.base;
+        let ring = self.ring.index();
+        let slot0 = self.region.layout.slot_offset(ring, 0);
+        self.rx_batch_indexed(move |frame, i| {
+            // SAFETY: i < num_slots (the walker validated it), so the slot lies inside the
+            // mapping (the layout was checked against the file size); between head and tail
+            // the slot belongs to the consumer; `ptr` is 8-aligned (see push_inner).
+            #[allow(unsafe_code)]
+            let stamp = unsafe {
+                base.add(slot0 + i as usize * ring::SLOT_LEN + SLOT_PTR)
+                    .cast::<u64>()
+                    .read_volatile()
+            };
+            f(frame, stamp)
+        })
+    }
+
+    #[inline(always)]
+    fn rx_batch_indexed(&mut self, mut f: impl FnMut(&[u8], u32)) -> Result<usize, ShmError> {
         let n = self
             .ring
-            .rx_batch(&mut f)
+            .rx_batch_indexed(&mut f)
             .map_err(|source| self.ring_err(source))?;
         if n > 0 {
             return Ok(n);
@@ -843,7 +919,7 @@ impl ShmRing {
         // The state was loaded with acquire after the producer's last tail store: re-check.
         let n = self
             .ring
-            .rx_batch(&mut f)
+            .rx_batch_indexed(&mut f)
             .map_err(|source| self.ring_err(source))?;
         if n > 0 {
             return Ok(n);

@@ -324,11 +324,16 @@ impl PluginHost {
                         let subs = slot.borrow().engine_subscriptions();
                         engine.extend_subscriptions(idx, subs);
                         engine.setup_monitor(idx);
+                        engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
                     }
                     Err(e) => self.fail(format!("{}: {e}", file.display())),
                 }
             }
-            (Update::Removed { .. }, Some(i)) => self.entries[i].slot.borrow_mut().remove(now),
+            (Update::Removed { .. }, Some(i)) => {
+                let slot = Rc::clone(&self.entries[i].slot);
+                slot.borrow_mut().remove(now);
+                engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
+            }
             (update @ Update::Loaded { .. }, None) => match self.apply_new(update, now) {
                 Ok(Some(slot)) => {
                     let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));

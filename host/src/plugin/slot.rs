@@ -65,6 +65,9 @@ struct Generation {
 const GEN_MASK: u32 = 0x00ff_ffff;
 const DETACHED: u32 = GEN_MASK;
 const ENDS_SHIFT: u32 = 24;
+/// The core-timer tag the slot uses for drain deadlines (reserved: a plugin's own core
+/// timer with this tag is not delivered).
+pub const DRAIN_TIMER: u64 = u64::MAX;
 
 /// A plugin hosted as one engine monitor.
 pub struct PluginSlot {
@@ -152,6 +155,16 @@ impl PluginSlot {
     /// callback (the first packet time the slot sees after the change).
     fn start_draining(&mut self, _now: u64) {
         self.retire_idle = true;
+    }
+
+    /// Runs right after a change, with the engine's context: retires old generations that
+    /// own no flow, starts the drain clocks and arms a core timer for the earliest deadline,
+    /// so that draining happens on time even if the plugin gets no event meanwhile.
+    pub fn arm(&mut self, cx: &mut Cx<'_>) {
+        self.drain_due(cx);
+        if self.next_drain != u64::MAX {
+            let _ = cx.set_core_timer(self.next_drain.saturating_sub(cx.now()), DRAIN_TIMER);
+        }
     }
 
     /// Whether nothing runs any more (removed and fully drained).
@@ -429,6 +442,9 @@ impl Monitor for SlotMonitor {
     fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
         let mut slot = self.0.borrow_mut();
         slot.drain_due(cx);
+        if flow.is_none() && tag == DRAIN_TIMER {
+            return;
+        }
         let g = match flow {
             Some(h) => match cx.host_tag(h) {
                 Ok(t) if t & GEN_MASK != 0 && t & GEN_MASK != DETACHED => {

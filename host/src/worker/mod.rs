@@ -54,6 +54,19 @@ pub struct CoreReport {
     pub reload_latencies: Vec<Duration>,
     /// A source error that ended the input early.
     pub source_error: Option<String>,
+    /// Stamp-to-callback-return latency of the sampled packets, in ns (shm sources with
+    /// [`WorkerSpec::latency_sample`] > 0 only).
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// The largest latency a histogram holds (10 s, in ns); larger samples count as this.
+pub const LATENCY_MAX_NS: u64 = 10_000_000_000;
+
+/// An empty latency histogram: ns from 1 to [`LATENCY_MAX_NS`], 3 significant digits, no
+/// auto-resize (so recording never allocates).
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
+        .expect("constant histogram bounds are valid")
 }
 
 /// A pcap or pcapng file shared by `cores` workers, each taking the flows whose symmetric
@@ -108,6 +121,9 @@ pub struct WorkerSpec {
     pub counters: Arc<CoreCounters>,
     /// Pin the thread to its CPU.
     pub pin: bool,
+    /// Shm sources: every Nth packet, record the time from the producer's stamp to the
+    /// return of the engine's callback (0: off, no clock reads).
+    pub latency_sample: u64,
 }
 
 fn publish(counters: &CoreCounters, s: &Stats) {
@@ -194,6 +210,7 @@ pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String
         load_failures: host.failures.clone(),
         reload_latencies: host.reload_latencies.clone(),
         source_error,
+        latency: None,
     })
 }
 
@@ -263,6 +280,7 @@ pub fn run_afpacket(spec: WorkerSpec, ifname: &str, group: u16) -> Result<CoreRe
         load_failures: host.failures.clone(),
         reload_latencies: host.reload_latencies.clone(),
         source_error,
+        latency: None,
     })
 }
 
@@ -290,12 +308,33 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
     // stream in small batches: a vDSO clock read costs as much as processing a packet.
     let mut now = wall_ns();
     let mut since_clock = 0usize;
+    let sample = spec.latency_sample;
+    let mut countdown = sample;
+    let mut latency = (sample > 0).then(latency_histogram);
     while !spec.stop.load(Ordering::Relaxed) {
         if since_clock >= 256 {
             now = wall_ns();
             since_clock = 0;
         }
-        match ring.rx_batch(|frame| engine.on_frame(link, frame, now)) {
+        let got = if sample == 0 {
+            ring.rx_batch(|frame| engine.on_frame(link, frame, now))
+        } else {
+            ring.rx_batch_stamped(|frame, stamp| {
+                engine.on_frame(link, frame, now);
+                countdown -= 1;
+                if countdown == 0 {
+                    countdown = sample;
+                    // After on_frame returned: every plugin callback for this packet ran.
+                    if stamp != 0 {
+                        let t = crate::io::shm::monotonic_ns();
+                        if let Some(h) = latency.as_mut() {
+                            h.saturating_record(t.saturating_sub(stamp));
+                        }
+                    }
+                }
+            })
+        };
+        match got {
             Ok(0) => {
                 now = wall_ns();
                 since_clock = 0;
@@ -346,6 +385,7 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
         load_failures: host.failures.clone(),
         reload_latencies: host.reload_latencies.clone(),
         source_error,
+        latency,
     })
 }
 
@@ -411,6 +451,7 @@ pub fn run_netmap(
         load_failures: host.failures.clone(),
         reload_latencies: host.reload_latencies.clone(),
         source_error,
+        latency: None,
     })
 }
 
