@@ -28,7 +28,7 @@ fn streams_options() -> StreamsOptions {
             buffer_memory: 8 << 30,
             ..Config::default()
         },
-        buffer: 1 << 20,
+        buffer: 1 << 18,
     }
 }
 

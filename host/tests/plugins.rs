@@ -480,7 +480,7 @@ fn streamhash_agrees_with_streams_on_the_corpus() {
                 got.sort();
                 let opts = flowpeek::streams::StreamsOptions {
                     engine: big_config(),
-                    buffer: 1 << 20,
+                    buffer: 1 << 18,
                 };
                 let want = flowpeek::streams::run(path, &opts, |_, _| {}).unwrap();
                 let mut want: Vec<String> =

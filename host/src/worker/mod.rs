@@ -148,8 +148,13 @@ pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String
         ..spec.engine
     };
     let mut engine = Engine::new(cfg, monitors);
-    let (first, last) = time_span(&capture);
-    let shift_per_loop = last.saturating_sub(first) + 1_000_000_000;
+    // Looping shifts each pass after the previous one; a single pass needs no extra read.
+    let shift_per_loop = if shard.loops > 1 {
+        let (first, last) = time_span(&capture);
+        last.saturating_sub(first) + 1_000_000_000
+    } else {
+        0
+    };
     let started = Instant::now();
     let mut source_error = None;
     let mut seen: u64 = 0;

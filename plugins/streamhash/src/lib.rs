@@ -19,14 +19,14 @@
 //! length go through a bounded buffer. Records come out when a connection's second side ends
 //! (end order, not start order).
 //!
-//! Configuration (`streamhash.toml`): `buffer = 1048576`, the receive buffer per side in bytes
-//! (default 1 MiB).
+//! Configuration (`streamhash.toml`): `buffer = 262144`, the receive buffer per side in bytes
+//! (default 256 KiB, as `flowpeek streams`).
 
 use flowpeek_plugin_api::sdk::*;
 use sha2::{Digest, Sha256};
 
 /// Receive buffer per side unless configured.
-const DEFAULT_BUFFER: u32 = 1 << 20;
+const DEFAULT_BUFFER: u32 = 1 << 18;
 
 /// Set in a flow's user value once its first side has ended.
 const FIRST_SIDE_ENDED: u64 = 1 << 63;
