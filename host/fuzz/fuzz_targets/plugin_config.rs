@@ -31,7 +31,9 @@ fn libs() -> &'static Vec<Option<Library>> {
     L.get_or_init(|| {
         let dir = std::env::var_os("FLOWPEEK_FUZZ_PLUGIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"));
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+            });
         let v: Vec<Option<Library>> = PLUGINS
             .iter()
             .map(|p| {
@@ -191,5 +193,9 @@ fuzz_target!(|data: &[u8]| {
     let st = slot.borrow().stats.clone();
     // A plugin callback that panicked is caught by the host and counted: still a bug in the
     // plugin (its input was a configuration and one ordinary connection).
-    assert_eq!(st.failures, 0, "{} callback panicked: {st:?}", PLUGINS[which]);
+    assert_eq!(
+        st.failures, 0,
+        "{} callback panicked: {st:?}",
+        PLUGINS[which]
+    );
 });

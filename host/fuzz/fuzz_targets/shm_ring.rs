@@ -100,10 +100,7 @@ fn walk(mem: &mut NetmapMem, img: &mut Image, patches: &mut std::slice::ChunksEx
         for r in 0..mem.rx_rings() {
             let _ = mem.rx_batch(r, |frame| {
                 let s = frame.as_ptr() as usize;
-                assert!(
-                    s >= lo && s + frame.len() <= hi,
-                    "frame outside the image"
-                );
+                assert!(s >= lo && s + frame.len() <= hi, "frame outside the image");
                 // Touch every byte (ASan checks each access).
                 let mut x = 0u8;
                 for b in frame {
@@ -173,10 +170,8 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 img.len
             };
-            let path = std::env::temp_dir().join(format!(
-                "flowpeek-fuzz-shmring-open-{}",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("flowpeek-fuzz-shmring-open-{}", std::process::id()));
             std::fs::write(&path, &img.bytes()[..cut]).unwrap();
             let opened = ShmRegion::open_path(&path);
             let _ = std::fs::remove_file(&path);

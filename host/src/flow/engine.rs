@@ -372,16 +372,16 @@ pub(crate) struct Core {
     pub(crate) mon_subs: Vec<Subscriptions>,
     pub(crate) any_mask: u64,
     pending: Vec<(u32, u32, Side)>,
-    /// Freed buffers by capacity, reused before allocating. The boxes move between sides
-    /// and this pool without copying the buffers.
-    #[allow(clippy::vec_box)]
-    spare_buffers: Vec<(u64, Vec<Box<RecvBuffer>>)>,
+    /// Freed buffers, reused before allocating.
+    spare_buffers: BufferPool,
     pub(crate) timers: BinaryHeap<Reverse<Timer>>,
     pub(crate) timer_seq: u64,
     /// Events raised from callbacks, delivered after the current one.
     pub(crate) raised: Vec<(u32, Event)>,
     /// Monitors that stopped a flow inside a callback and are owed their `ConnEnd`.
     pub(crate) stopped: Vec<(u32, u32, u32)>,
+    /// `after_callback` is delivering queued events (see there).
+    delivering: bool,
     pub(crate) cur_orphan: LastPacket,
     pub(crate) cur_orphan_addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
@@ -433,11 +433,12 @@ impl Engine {
                 mon_subs: subs,
                 any_mask,
                 pending: Vec::with_capacity(1024),
-                spare_buffers: Vec::new(),
+                spare_buffers: BufferPool::default(),
                 timers: BinaryHeap::new(),
                 timer_seq: 0,
                 raised: Vec::new(),
                 stopped: Vec::new(),
+                delivering: false,
                 cur_orphan: LastPacket::default(),
                 cur_orphan_addrs: None,
                 cfg,
@@ -1490,6 +1491,17 @@ impl Engine {
 
     /// Delivers what a callback asked for: raised user events and stop-monitoring ends.
     fn after_callback(&mut self) {
+        // Raised events are delivered by the outermost callback's loop, not by nesting: a
+        // monitor that raises an event from every delivery of it cannot exhaust the stack.
+        if self.core.delivering {
+            return;
+        }
+        self.core.delivering = true;
+        self.deliver_queued();
+        self.core.delivering = false;
+    }
+
+    fn deliver_queued(&mut self) {
         while let Some((m, ev)) = self.core.raised.pop() {
             let slot = ev.flow.slot();
             if self.core.flow_is(slot, ev.flow.gen()) {
@@ -1579,21 +1591,50 @@ impl Setup<'_> {
     }
 }
 
-/// Bytes of freed buffers kept per capacity for reuse.
+/// Bytes of freed buffers kept for reuse, at most (and never beyond `buffer_memory`).
 const POOL_BYTES: u64 = 64 << 20;
 
-#[allow(clippy::vec_box)] // see `Core::spare_buffers`
-fn recycle(pool: &mut Vec<(u64, Vec<Box<RecvBuffer>>)>, b: Box<RecvBuffer>) {
-    let cap = b.capacity();
-    let i = match pool.iter().position(|(c, _)| *c == cap) {
-        Some(i) => i,
-        None => {
-            pool.push((cap, Vec::new()));
-            pool.len() - 1
+/// Freed receive buffers by capacity, reused before allocating. Buffers in use plus
+/// buffers pooled never exceed `buffer_memory`.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    // The boxes move between sides and this pool without copying the buffers.
+    #[allow(clippy::vec_box)]
+    by_cap: Vec<(u64, Vec<Box<RecvBuffer>>)>,
+    bytes: u64,
+}
+
+impl BufferPool {
+    /// Keeps `b` if the pool and the budget (`limit` minus what is in use) allow.
+    fn recycle(&mut self, b: Box<RecvBuffer>, in_use: u64, limit: u64) {
+        let cap = b.capacity();
+        if self.bytes + cap > POOL_BYTES.min(limit.saturating_sub(in_use)) {
+            return;
         }
-    };
-    if (pool[i].1.len() as u64 + 1) * cap <= POOL_BYTES.max(cap) {
-        pool[i].1.push(b);
+        let i = match self.by_cap.iter().position(|(c, _)| *c == cap) {
+            Some(i) => i,
+            None => {
+                self.by_cap.push((cap, Vec::new()));
+                self.by_cap.len() - 1
+            }
+        };
+        self.by_cap[i].1.push(b);
+        self.bytes += cap;
+    }
+
+    fn take(&mut self, cap: u64) -> Option<Box<RecvBuffer>> {
+        let b = self
+            .by_cap
+            .iter_mut()
+            .find(|(c, _)| *c == cap)
+            .and_then(|(_, v)| v.pop())?;
+        self.bytes -= cap;
+        Some(b)
+    }
+
+    fn clear(&mut self) {
+        self.by_cap.clear();
+        self.bytes = 0;
     }
 }
 
@@ -1745,7 +1786,8 @@ impl Core {
         for (i, st) in [cli, svr].into_iter().enumerate() {
             let old = std::mem::replace(&mut f.sides[i], SideState::new(st, caps[i], overlap));
             if let Some(b) = old.buf {
-                recycle(&mut self.spare_buffers, b);
+                self.spare_buffers
+                    .recycle(b, self.stats.buffer_bytes, self.cfg.buffer_memory);
             }
         }
         if partial {
@@ -1793,7 +1835,8 @@ impl Core {
         for s in &mut f.sides {
             if let Some(b) = s.buf.take() {
                 self.stats.buffer_bytes -= b.capacity();
-                recycle(&mut self.spare_buffers, b);
+                self.spare_buffers
+                    .recycle(b, self.stats.buffer_bytes, self.cfg.buffer_memory);
             }
         }
         self.free.push(slot);
@@ -1801,18 +1844,18 @@ impl Core {
     }
 
     pub(crate) fn alloc_buffer(&mut self, cap: u32, head: u64) -> Option<Box<RecvBuffer>> {
-        if self.stats.buffer_bytes + u64::from(cap) > self.cfg.buffer_memory {
+        let cap64 = u64::from(cap);
+        if self.stats.buffer_bytes + cap64 > self.cfg.buffer_memory {
             return None;
         }
-        self.stats.buffer_bytes += u64::from(cap);
-        let pooled = self
-            .spare_buffers
-            .iter_mut()
-            .find(|(c, _)| *c == u64::from(cap))
-            .and_then(|(_, v)| v.pop());
-        if let Some(mut b) = pooled {
+        self.stats.buffer_bytes += cap64;
+        if let Some(mut b) = self.spare_buffers.take(cap64) {
             b.reset(head);
             return Some(b);
+        }
+        // A new buffer: pooled ones of other sizes make room first.
+        if self.stats.buffer_bytes + self.spare_buffers.bytes > self.cfg.buffer_memory {
+            self.spare_buffers.clear();
         }
         Some(Box::new(RecvBuffer::new(cap as usize, head)))
     }
