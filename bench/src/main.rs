@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use flowpeek_bench::gen::{imix, GenConfig, Generator};
 use flowpeek_bench::out::{Output, OutputSpec};
@@ -25,65 +25,136 @@ enum Command {
     ///
     /// Example: flowpeek-bench gen --out shm:fp --rings 2 --flows 10000 --size 64 --duration 5
     #[command(verbatim_doc_comment)]
-    Gen {
-        /// shm:NAME (netmap-layout rings in /dev/shm, created here) or pcap:FILE.
+    Gen(GenArgs),
+    /// A null consumer of shm rings: releases every slot and counts it (one thread per ring),
+    /// the ceiling of the ring (and of the generator) on this machine.
+    ///
+    /// Example: flowpeek-bench null --source shm:fp --json
+    #[command(verbatim_doc_comment)]
+    Null {
+        /// shm:NAME, created by `flowpeek-bench gen`.
         #[arg(long)]
-        out: OutputSpec,
-        /// Rings of the shm region (one per flowpeek worker).
-        #[arg(long, default_value_t = 1)]
-        rings: u32,
-        /// Slots per ring.
-        #[arg(long, default_value_t = 4096)]
-        slots: u32,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 1000)]
-        flows: u32,
-        /// Frame size in bytes (54..=1514).
-        #[arg(long, default_value_t = 64, conflicts_with = "imix")]
-        size: usize,
-        /// The IMIX size mix (64 ×7, 576 ×4, 1500 ×1) instead of one size.
-        #[arg(long)]
-        imix: bool,
-        /// Data segments per connection before it closes (0: endless, mid-stream).
-        #[arg(long, default_value_t = 16)]
-        conn_packets: u32,
-        /// Seed: the same seed gives the same traffic.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Probability that a data segment is lost and retransmitted later.
-        #[arg(long, default_value_t = 0.0)]
-        loss: f64,
-        /// Probability that a data segment is delayed behind the next.
-        #[arg(long, default_value_t = 0.0)]
-        reorder: f64,
-        /// Probability that a data segment is duplicated.
-        #[arg(long, default_value_t = 0.0)]
-        retransmit: f64,
-        /// Fill in TCP checksums.
-        #[arg(long)]
-        checksums: bool,
-        /// Packets per second (0: flat out).
+        source: OutputSpec,
+        /// Every Nth packet, record the stamp-to-release latency (0: off).
         #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Stop after this many packets.
+        latency_sample: u64,
+        /// Print a JSON summary on stdout.
         #[arg(long)]
-        count: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Write one JSON line per completed connection with the SHA-256 of each direction,
-        /// to check what a receiver reassembled.
-        #[arg(long)]
-        manifest: Option<PathBuf>,
-        /// No progress on stderr.
-        #[arg(long)]
-        quiet: bool,
+        json: bool,
     },
+    /// Run the generator and a consumer (`flowpeek run`, or the null consumer) as separate,
+    /// pinned processes and report packets/s, bits/s, drops by cause, cycles per packet,
+    /// latency, memory per flow and the ratio to the null consumer.
+    ///
+    /// Example: flowpeek-bench run --size 64 --flows 10000 --cores 1 --duration 5
+    #[command(verbatim_doc_comment)]
+    Run(flowpeek_bench::harness::RunArgs),
+    /// A grid of runs (frame sizes × flows × cores × plugins) → CSV, JSON and an SVG plot.
+    ///
+    /// Example: flowpeek-bench sweep --out-dir target/sweep --tiny
+    #[command(verbatim_doc_comment)]
+    Sweep(flowpeek_bench::sweep::SweepArgs),
+}
+
+/// `flowpeek-bench gen`.
+#[derive(Args)]
+struct GenArgs {
+    /// shm:NAME (netmap-layout rings in /dev/shm, created here) or pcap:FILE.
+    #[arg(long)]
+    out: OutputSpec,
+    /// Rings of the shm region (one per flowpeek worker).
+    #[arg(long, default_value_t = 1)]
+    rings: u32,
+    /// Slots per ring.
+    #[arg(long, default_value_t = 4096)]
+    slots: u32,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1000)]
+    flows: u32,
+    /// Frame size in bytes (54..=1514).
+    #[arg(long, default_value_t = 64, conflicts_with = "imix")]
+    size: usize,
+    /// The IMIX size mix (64 ×7, 576 ×4, 1500 ×1) instead of one size.
+    #[arg(long)]
+    imix: bool,
+    /// Data segments per connection before it closes (0: endless, mid-stream).
+    #[arg(long, default_value_t = 16)]
+    conn_packets: u32,
+    /// Seed: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability that a data segment is lost and retransmitted later.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Probability that a data segment is delayed behind the next.
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Probability that a data segment is duplicated.
+    #[arg(long, default_value_t = 0.0)]
+    retransmit: f64,
+    /// Fill in TCP checksums.
+    #[arg(long)]
+    checksums: bool,
+    /// Packets per second (0: flat out).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Stop after this many packets.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Write one JSON line per completed connection with the SHA-256 of each direction,
+    /// to check what a receiver reassembled.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Do not stamp shm slots with the push time (CLOCK_MONOTONIC ns in the slot's `ptr`
+    /// field, read by `flowpeek run --latency-sample`); saves a clock read per packet.
+    #[arg(long)]
+    no_stamp: bool,
+    /// Print a JSON summary on stdout at the end (sent, bytes, seconds, per-ring full counts).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Gen {
+    match cli.command {
+        Command::Gen(a) => gen_main(a),
+        Command::Null {
+            source,
+            latency_sample,
+            json,
+        } => {
+            let OutputSpec::Shm(name) = source else {
+                eprintln!("flowpeek-bench: null needs --source shm:NAME");
+                return ExitCode::from(2);
+            };
+            match flowpeek_bench::null::consume(&name, latency_sample) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", r.to_json());
+                    } else {
+                        eprintln!("flowpeek-bench: null consumer: {}", r.to_json());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flowpeek-bench: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Run(a) => flowpeek_bench::harness::run_main(a),
+        Command::Sweep(a) => flowpeek_bench::sweep::sweep_main(a),
+    }
+}
+
+fn gen_main(a: GenArgs) -> ExitCode {
+    let GenArgs {
         out,
         rings,
         slots,
@@ -101,7 +172,9 @@ fn main() -> ExitCode {
         duration,
         manifest,
         quiet,
-    } = cli.command;
+        no_stamp,
+        json,
+    } = a;
     if count.is_none() && duration.is_none() && matches!(out, OutputSpec::Pcap(_)) {
         eprintln!("flowpeek-bench: a pcap output needs --count or --duration");
         return ExitCode::from(2);
@@ -125,6 +198,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    output.set_stamp(!no_stamp);
+    // Per ring: frames that found their ring full at least once (a NIC would have dropped
+    // them; here the same frame waits and goes again, so streams stay verifiable).
+    let mut full_frames = vec![0u64; output.rings()];
     let started = Instant::now();
     let deadline = duration.map(Duration::from_secs_f64);
     let limit = count.unwrap_or(u64::MAX);
@@ -135,8 +212,10 @@ fn main() -> ExitCode {
     let base_ts = 1_700_000_000_000_000_000u64;
     let gap_ns = 1_000_000_000u64.checked_div(rate).unwrap_or(1_000);
     while sent < limit {
-        // Clock reads every 1024 packets, not per packet.
-        if sent % 1024 == 0 {
+        // Clock reads every 1024 packets, not per packet (and every 65536 refusals while a
+        // full ring blocks: a consumer that died must not keep the generator past its
+        // deadline).
+        if sent % 1024 == 0 || (pending.is_some() && refused % 65536 == 0) {
             if deadline.is_some_and(|d| started.elapsed() >= d) {
                 break;
             }
@@ -156,16 +235,20 @@ fn main() -> ExitCode {
                 last = Instant::now();
             }
         }
+        let retrying = pending.is_some();
         let len = match pending.take() {
             Some(len) => len,
             None => gen.next(&mut frame),
         };
-        match output.send(&frame[..len], base_ts + sent * gap_ns) {
-            Ok(true) => {
+        match output.send_to(&frame[..len], base_ts + sent * gap_ns) {
+            Ok(Ok(())) => {
                 sent += 1;
                 bytes += len as u64;
             }
-            Ok(false) => {
+            Ok(Err(ring)) => {
+                if !retrying {
+                    full_frames[ring] += 1;
+                }
                 // The ring is full: the same frame goes again (a loss would corrupt the
                 // streams a receiver checks).
                 refused += 1;
@@ -190,6 +273,14 @@ fn main() -> ExitCode {
             bytes as f64 * 8.0 / s / 1e9,
             output.path().display()
         );
+    }
+    if json {
+        let v = serde_json::json!({
+            "sent": sent, "bytes": bytes, "seconds": s, "refused": refused,
+            "ring_full_events": output.full_per_ring(), "ring_full_frames": full_frames,
+            "stamped": !no_stamp,
+        });
+        println!("{v}");
     }
     if let Some(path) = manifest {
         let write = || -> std::io::Result<()> {

@@ -3,12 +3,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use flowpeek::io::shm::{PushError, ShmProducer, ShmRegion};
+use flowpeek::io::shm::{monotonic_ns, PushError, ShmProducer, ShmRegion};
 
 /// Where frames go.
 pub enum Output {
-    /// Rings in /dev/shm, frames spread over them by the symmetric flow hash.
-    Shm(ShmProducer),
+    /// Rings in /dev/shm, frames spread over them by the symmetric flow hash; with `stamp`,
+    /// each slot's `ptr` field gets CLOCK_MONOTONIC ns at push time (the frame's bytes are
+    /// unchanged), for `flowpeek run --latency-sample`.
+    Shm {
+        /// The producer.
+        producer: ShmProducer,
+        /// Stamp each slot.
+        stamp: bool,
+    },
     /// A pcap file (nanosecond timestamps).
     Pcap(std::io::BufWriter<std::fs::File>, PathBuf),
 }
@@ -39,7 +46,10 @@ impl Output {
     pub fn open(spec: &OutputSpec, rings: u32, slots: u32) -> Result<Output, String> {
         match spec {
             OutputSpec::Shm(name) => ShmRegion::create(name, rings, slots, 2048)
-                .map(Output::Shm)
+                .map(|producer| Output::Shm {
+                    producer,
+                    stamp: true,
+                })
                 .map_err(|e| e.to_string()),
             OutputSpec::Pcap(path) => {
                 let f =
@@ -62,10 +72,19 @@ impl Output {
 
     /// Sends one frame; `Ok(false)` when a ring was full (counted by the producer).
     pub fn send(&mut self, frame: &[u8], ts_ns: u64) -> Result<bool, String> {
+        self.send_to(frame, ts_ns).map(|r| r.is_ok())
+    }
+
+    /// Sends one frame; `Ok(Err(ring))` when ring `ring` was full (counted by the producer).
+    pub fn send_to(&mut self, frame: &[u8], ts_ns: u64) -> Result<Result<(), usize>, String> {
         match self {
-            Output::Shm(p) => match p.push_hashed(frame) {
-                Ok(_) => Ok(true),
-                Err(PushError::Full { .. }) => Ok(false),
+            Output::Shm { producer, stamp } => match if *stamp {
+                producer.push_hashed_stamped(frame, monotonic_ns())
+            } else {
+                producer.push_hashed(frame)
+            } {
+                Ok(_) => Ok(Ok(())),
+                Err(PushError::Full { ring }) => Ok(Err(ring)),
                 Err(e) => Err(e.to_string()),
             },
             Output::Pcap(w, path) => {
@@ -77,16 +96,38 @@ impl Output {
                 w.write_all(&rec)
                     .and_then(|_| w.write_all(frame))
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(true)
+                Ok(Ok(()))
             }
         }
     }
 
     /// Frames refused by full rings so far.
     pub fn full(&self) -> u64 {
+        self.full_per_ring().iter().sum()
+    }
+
+    /// Rings (1 for a file).
+    pub fn rings(&self) -> usize {
         match self {
-            Output::Shm(p) => (0..p.region().rings()).map(|r| p.full_count(r)).sum(),
-            Output::Pcap(..) => 0,
+            Output::Shm { producer, .. } => producer.region().rings(),
+            Output::Pcap(..) => 1,
+        }
+    }
+
+    /// Push attempts refused by each full ring so far (empty for a file).
+    pub fn full_per_ring(&self) -> Vec<u64> {
+        match self {
+            Output::Shm { producer: p, .. } => {
+                (0..p.region().rings()).map(|r| p.full_count(r)).collect()
+            }
+            Output::Pcap(..) => Vec::new(),
+        }
+    }
+
+    /// Stamp shm slots with the push time (default on; no effect on a file).
+    pub fn set_stamp(&mut self, on: bool) {
+        if let Output::Shm { stamp, .. } = self {
+            *stamp = on;
         }
     }
 
@@ -101,7 +142,7 @@ impl Output {
     /// The file behind the output.
     pub fn path(&self) -> &Path {
         match self {
-            Output::Shm(p) => p.region().path(),
+            Output::Shm { producer, .. } => producer.region().path(),
             Output::Pcap(_, path) => path,
         }
     }

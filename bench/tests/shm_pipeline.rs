@@ -77,6 +77,7 @@ fn generator_to_shm_to_two_workers_to_streamhash() {
         drain_timeout: 3600 * 1_000_000_000,
         watch: false,
         cores: 1, // the region's ring count decides
+        latency_sample: 0,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();

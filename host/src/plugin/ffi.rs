@@ -96,6 +96,25 @@ pub struct CallCtx<'c, 'a> {
     pub name: &'c str,
 }
 
+thread_local! {
+    /// The `ctx` of the plugin callback running on this thread (null outside callbacks).
+    static CURRENT: std::cell::Cell<*mut c_void> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marks `ctx` as the running callback's context on this thread until the guard drops.
+pub fn enter(ctx: *mut c_void) -> CallGuard {
+    CallGuard(CURRENT.with(|c| c.replace(ctx)))
+}
+
+/// Restores the previous context (callbacks nest when a filter runs inside a dispatch).
+pub struct CallGuard(*mut c_void);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
 /// The table handed to plugins.
 pub static HOST_API: HostApi = HostApi {
     ppeek,
@@ -126,6 +145,8 @@ pub static HOST_API: HostApi = HostApi {
 };
 
 const EINVAL: i64 = 22;
+/// A context that is not the running callback's (SPEC §4: EACCES).
+const EACCES: i64 = 13;
 
 fn errno(e: Errno) -> i64 {
     -i64::from(e.code())
@@ -133,7 +154,10 @@ fn errno(e: Errno) -> i64 {
 
 /// Runs a host function for the plugin; a host bug must not unwind into the plugin.
 fn with<R>(ctx: *mut c_void, fail: R, f: impl FnOnce(&mut CallCtx<'_, '_>) -> R) -> R {
-    if ctx.is_null() {
+    // Only the context of the callback running on this thread is valid: a pointer kept after
+    // the callback returned, or used from another thread, is refused (EACCES) instead of
+    // dereferenced.
+    if ctx.is_null() || CURRENT.with(|c| c.get()) != ctx {
         return fail;
     }
     // SAFETY: the host only ever passes a `CallCtx` it built for the running callback as
@@ -250,7 +274,7 @@ unsafe extern "C" fn ppeek(
     len: usize,
     off: u64,
 ) -> i64 {
-    with(ctx, -EINVAL, |c| {
+    with(ctx, -EACCES, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -277,7 +301,7 @@ unsafe extern "C" fn peek(
     len: usize,
     lost: *mut u64,
 ) -> i64 {
-    with(ctx, -EINVAL, |c| {
+    with(ctx, -EACCES, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -313,7 +337,7 @@ unsafe extern "C" fn ppeek_slices(
     len: usize,
     out: *mut FfiSlices,
 ) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return -e.code(),
@@ -346,7 +370,7 @@ unsafe extern "C" fn fragments(
     out: *mut FfiFragment,
     cap: usize,
 ) -> i64 {
-    with(ctx, -EINVAL, |c| {
+    with(ctx, -EACCES, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -384,7 +408,7 @@ unsafe extern "C" fn buffer_info(
     s: u8,
     out: *mut FfiBufferInfo,
 ) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return -e.code(),
@@ -409,7 +433,7 @@ unsafe extern "C" fn buffer_info(
 }
 
 unsafe extern "C" fn tcp_state(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         match side(s).and_then(|side| c.cx.tcp_state(FlowHandle(flow), side)) {
             Ok(st) => st as i32,
             Err(e) => -e.code(),
@@ -418,63 +442,71 @@ unsafe extern "C" fn tcp_state(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
 }
 
 unsafe extern "C" fn addresses(ctx: *mut c_void, flow: u64, out: *mut FfiAddrs) -> i32 {
-    with(ctx, -22, |c| match c.cx.addresses(FlowHandle(flow)) {
-        Ok((a, b)) => put(
-            out,
-            FfiAddrs {
-                client: ffi_addr(a),
-                server: ffi_addr(b),
-            },
-        ),
-        Err(e) => -e.code(),
+    with(ctx, -EACCES as i32, |c| {
+        match c.cx.addresses(FlowHandle(flow)) {
+            Ok((a, b)) => put(
+                out,
+                FfiAddrs {
+                    client: ffi_addr(a),
+                    server: ffi_addr(b),
+                },
+            ),
+            Err(e) => -e.code(),
+        }
     })
 }
 
 unsafe extern "C" fn last_packet(ctx: *mut c_void, flow: u64, out: *mut FfiLastPacket) -> i32 {
-    with(ctx, -22, |c| match c.cx.last_packet(FlowHandle(flow)) {
-        Ok(p) => put(
-            out,
-            FfiLastPacket {
-                ts: p.ts,
-                seq: p.seq,
-                ack: p.ack,
-                offset: p.offset,
-                payload_len: p.payload_len,
-                window: p.window,
-                flags: p.flags.0,
-                sender: p.sender.map_or(2, |s| s as u8),
-            },
-        ),
-        Err(e) => -e.code(),
+    with(ctx, -EACCES as i32, |c| {
+        match c.cx.last_packet(FlowHandle(flow)) {
+            Ok(p) => put(
+                out,
+                FfiLastPacket {
+                    ts: p.ts,
+                    seq: p.seq,
+                    ack: p.ack,
+                    offset: p.offset,
+                    payload_len: p.payload_len,
+                    window: p.window,
+                    flags: p.flags.0,
+                    sender: p.sender.map_or(2, |s| s as u8),
+                },
+            ),
+            Err(e) => -e.code(),
+        }
     })
 }
 
 unsafe extern "C" fn flow_times(ctx: *mut c_void, flow: u64, out: *mut FfiFlowTimes) -> i32 {
-    with(ctx, -22, |c| match c.cx.flow_times(FlowHandle(flow)) {
-        Ok(t) => put(
-            out,
-            FfiFlowTimes {
-                start: t.start,
-                last: t.last,
-                serial: t.serial,
-            },
-        ),
-        Err(e) => -e.code(),
+    with(ctx, -EACCES as i32, |c| {
+        match c.cx.flow_times(FlowHandle(flow)) {
+            Ok(t) => put(
+                out,
+                FfiFlowTimes {
+                    start: t.start,
+                    last: t.last,
+                    serial: t.serial,
+                },
+            ),
+            Err(e) => -e.code(),
+        }
     })
 }
 
 unsafe extern "C" fn is_partial(ctx: *mut c_void, flow: u64) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         c.cx.is_partial(FlowHandle(flow))
             .map_or_else(|e| -e.code(), i32::from)
     })
 }
 
 unsafe extern "C" fn end_reason(ctx: *mut c_void, flow: u64) -> i32 {
-    with(ctx, -22, |c| match c.cx.end_reason(FlowHandle(flow)) {
-        Ok(Some(r)) => r as i32,
-        Ok(None) => -1,
-        Err(e) => -e.code(),
+    with(ctx, -EACCES as i32, |c| {
+        match c.cx.end_reason(FlowHandle(flow)) {
+            Ok(Some(r)) => r as i32,
+            Ok(None) => -1,
+            Err(e) => -e.code(),
+        }
     })
 }
 
@@ -483,13 +515,13 @@ fn status(r: Result<(), Errno>) -> i32 {
 }
 
 unsafe extern "C" fn set_buffer_capacity(ctx: *mut c_void, flow: u64, s: u8, capacity: u32) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         status(side(s).and_then(|side| c.cx.set_buffer_capacity(FlowHandle(flow), side, capacity)))
     })
 }
 
 unsafe extern "C" fn set_overlap_policy(ctx: *mut c_void, flow: u64, s: u8, policy: u8) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let policy = match policy {
             0 => OverlapPolicy::First,
             1 => OverlapPolicy::Last,
@@ -500,7 +532,7 @@ unsafe extern "C" fn set_overlap_policy(ctx: *mut c_void, flow: u64, s: u8, poli
 }
 
 unsafe extern "C" fn stop_monitoring(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let which = if s == 2 {
             Ok(EventSide::Both)
         } else {
@@ -511,30 +543,34 @@ unsafe extern "C" fn stop_monitoring(ctx: *mut c_void, flow: u64, s: u8) -> i32 
 }
 
 unsafe extern "C" fn user_value(ctx: *mut c_void, flow: u64, out: *mut u64) -> i32 {
-    with(ctx, -22, |c| match c.cx.user_value(FlowHandle(flow)) {
-        Ok(v) => put(out, v),
-        Err(e) => -e.code(),
+    with(ctx, -EACCES as i32, |c| {
+        match c.cx.user_value(FlowHandle(flow)) {
+            Ok(v) => put(out, v),
+            Err(e) => -e.code(),
+        }
     })
 }
 
 unsafe extern "C" fn set_user_value(ctx: *mut c_void, flow: u64, value: u64) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         status(c.cx.set_user_value(FlowHandle(flow), value))
     })
 }
 
 unsafe extern "C" fn set_timer(ctx: *mut c_void, flow: u64, after: u64, tag: u64) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         status(c.cx.set_timer(FlowHandle(flow), after, tag))
     })
 }
 
 unsafe extern "C" fn set_core_timer(ctx: *mut c_void, after: u64, tag: u64) -> i32 {
-    with(ctx, -22, |c| status(c.cx.set_core_timer(after, tag)))
+    with(ctx, -EACCES as i32, |c| {
+        status(c.cx.set_core_timer(after, tag))
+    })
 }
 
 unsafe extern "C" fn subscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let r = event_kind(event)
             .and_then(|e| hook(h).and_then(|h| c.cx.subscribe(FlowHandle(flow), e, h)));
         status(r)
@@ -542,7 +578,7 @@ unsafe extern "C" fn subscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -
 }
 
 unsafe extern "C" fn unsubscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let r = event_kind(event)
             .and_then(|e| hook(h).and_then(|h| c.cx.unsubscribe(FlowHandle(flow), e, h)));
         status(r)
@@ -550,7 +586,7 @@ unsafe extern "C" fn unsubscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8)
 }
 
 unsafe extern "C" fn raise(ctx: *mut c_void, flow: u64, s: u8, event: u32) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         let which = if s == 2 {
             Ok(EventSide::Both)
         } else {
@@ -575,7 +611,7 @@ unsafe extern "C" fn core_id(ctx: *mut c_void) -> u32 {
 const MAX_RECORD: usize = 1 << 20;
 
 unsafe extern "C" fn emit(ctx: *mut c_void, record: *const u8, len: usize) -> i32 {
-    with(ctx, -22, |c| {
+    with(ctx, -EACCES as i32, |c| {
         if record.is_null() || len > MAX_RECORD {
             return -22;
         }
@@ -606,4 +642,36 @@ unsafe extern "C" fn log(ctx: *mut c_void, level: u8, msg: *const u8, len: usize
             String::from_utf8_lossy(bytes)
         );
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A context pointer kept after its callback, or used from another thread, is refused
+    /// with EACCES and never dereferenced (the pointers here point at nothing).
+    #[test]
+    fn stale_or_foreign_context_is_refused() {
+        let stale = 0x10 as *mut c_void;
+        let mut buf = [0u8; 4];
+        // SAFETY: the host functions check the context before using any pointer.
+        let r = unsafe { (HOST_API.ppeek)(stale, 0, 0, buf.as_mut_ptr(), buf.len(), 0) };
+        assert_eq!(r, -13);
+        // The same pointer is the running callback's on this thread, not on another one.
+        let ctx = 0x20 as *mut c_void;
+        let _running = enter(ctx);
+        let addr = ctx as usize;
+        let from_other = std::thread::spawn(move || {
+            let mut b = [0u8; 4];
+            // SAFETY: as above.
+            unsafe { (HOST_API.ppeek)(addr as *mut c_void, 0, 0, b.as_mut_ptr(), b.len(), 0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(from_other, -13);
+        // SAFETY: as above.
+        assert_eq!(unsafe { (HOST_API.set_user_value)(stale, 0, 1) }, -13);
+        // SAFETY: as above.
+        assert_eq!(unsafe { (HOST_API.emit)(stale, b"x".as_ptr(), 1) }, -13);
+    }
 }

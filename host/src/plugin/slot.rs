@@ -198,7 +198,10 @@ impl PluginSlot {
             ctx: (&mut call as *mut CallCtx<'_, '_>).cast::<c_void>(),
             api: &HOST_API,
         };
-        let r = f(obj, &mut host);
+        let r = {
+            let _running = ffi::enter(host.ctx);
+            f(obj, &mut host)
+        };
         self.stats.events += 1;
         self.stats.records += self.sink.records - before;
         if r == status::PANICKED {
@@ -355,6 +358,7 @@ unsafe extern "C" fn setup_define_event(
                 api: &HOST_API,
             };
             let fev = ffi::to_ffi(ev);
+            let _running = ffi::enter(host.ctx);
             // SAFETY: the plugin's filter is called with live pointers for this call only.
             unsafe { f(&mut host, &fev, arg) == 1 }
         }),
