@@ -137,3 +137,45 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn avg_probe(keys: &[FlowKey], bits: u32) -> f64 {
+        let mask = (1usize << bits) - 1;
+        let mut table = vec![false; 1 << bits];
+        let mut total = 0usize;
+        for k in keys {
+            let mut i = k.hash() as usize & mask;
+            let mut n = 1;
+            while table[i] {
+                i = (i + 1) & mask;
+                n += 1;
+            }
+            table[i] = true;
+            total += n;
+        }
+        total as f64 / keys.len() as f64
+    }
+
+    #[test]
+    fn generator_like_keys_probe_briefly() {
+        let mut keys = Vec::new();
+        for index in 0u32..10_000 {
+            let c = Ipv4Addr::from(0x0a00_0000 | index);
+            let s = Ipv4Addr::from(0xac10_0000 | (index % 64));
+            let cport = 1024 + (index.wrapping_mul(7) % 64000) as u16;
+            let (k, _) = FlowKey::new(
+                Addr::from_ip(c.into()),
+                cport,
+                Addr::from_ip(s.into()),
+                80 + (index % 4) as u16,
+            );
+            keys.push(k);
+        }
+        let avg = avg_probe(&keys, 15);
+        assert!(avg < 2.0, "average probe length {avg}");
+    }
+}

@@ -376,6 +376,9 @@ unsafe fn atomic_u32<'a>(ptr: *mut u8) -> &'a AtomicU32 {
     unsafe { &*(ptr as *const AtomicU32) }
 }
 
+/// Slots handed out per batch before they are given back to the producer.
+pub const MAX_BATCH: usize = 256;
+
 /// One validated RX ring: its constant fields cached, its `head` owned by this side.
 #[derive(Debug)]
 pub struct RxRing {
@@ -589,7 +592,10 @@ impl RxRing {
         let mut i = self.head;
         let mut n = 0usize;
         let mut result = Ok(());
-        while i != tail {
+        // At most MAX_BATCH slots before they go back: a consumer that held the whole ring
+        // would make the producer wait for it, and the two would take turns instead of
+        // running side by side.
+        while i != tail && n < MAX_BATCH {
             match self.frame(i) {
                 Ok(frame) => f(frame, i),
                 Err(e) => {
