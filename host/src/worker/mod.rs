@@ -126,6 +126,48 @@ pub struct WorkerSpec {
     pub latency_sample: u64,
 }
 
+/// What every worker starts with: this core's plugin instances and its engine.
+fn start_core(spec: &WorkerSpec) -> Result<(crate::plugin::PluginHost, Engine), String> {
+    let (host, monitors) = spec
+        .plugins
+        .host(spec.core as u32)
+        .map_err(|e| e.to_string())?;
+    let cfg = Config {
+        core: spec.core as u8,
+        ..spec.engine.clone()
+    };
+    Ok((host, Engine::new(cfg, monitors)))
+}
+
+/// What every worker ends with: open flows end (`Shutdown` when stopped, `Eof` when the
+/// input ended), the plugins shut down, their logs are flushed, and the report is made.
+fn end_core(
+    spec: &WorkerSpec,
+    mut engine: Engine,
+    mut host: crate::plugin::PluginHost,
+    source_error: Option<String>,
+    latency: Option<hdrhistogram::Histogram<u64>>,
+) -> CoreReport {
+    let reason = if spec.stop.load(Ordering::Relaxed) {
+        EndReason::Shutdown
+    } else {
+        EndReason::Eof
+    };
+    engine.finish(reason);
+    host.shutdown(&mut engine);
+    host.flush();
+    publish(&spec.counters, engine.stats());
+    CoreReport {
+        core: spec.core,
+        stats: engine.stats().clone(),
+        plugins: host.stats(),
+        load_failures: host.failures.clone(),
+        reload_latencies: host.reload_latencies.clone(),
+        source_error,
+        latency,
+    }
+}
+
 fn publish(counters: &CoreCounters, s: &Stats) {
     counters.packets.store(s.packets, Ordering::Relaxed);
     counters.bytes.store(s.bytes, Ordering::Relaxed);
@@ -139,15 +181,7 @@ pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String
         pin_to_cpu(spec.core);
     }
     let capture = CaptureFile::open(&shard.path).map_err(|e| e.to_string())?;
-    let (mut host, monitors) = spec
-        .plugins
-        .host(spec.core as u32)
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        core: spec.core as u8,
-        ..spec.engine
-    };
-    let mut engine = Engine::new(cfg, monitors);
+    let (mut host, mut engine) = start_core(&spec)?;
     // Looping shifts each pass after the previous one; a single pass needs no extra read.
     let shift_per_loop = if shard.loops > 1 {
         let (first, last) = time_span(&capture);
@@ -199,24 +233,7 @@ pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String
         engine.end_batch();
         host.poll(&mut engine);
     }
-    let reason = if spec.stop.load(Ordering::Relaxed) {
-        EndReason::Shutdown
-    } else {
-        EndReason::Eof
-    };
-    engine.finish(reason);
-    host.shutdown(&mut engine);
-    host.flush();
-    publish(&spec.counters, engine.stats());
-    Ok(CoreReport {
-        core: spec.core,
-        stats: engine.stats().clone(),
-        plugins: host.stats(),
-        load_failures: host.failures.clone(),
-        reload_latencies: host.reload_latencies.clone(),
-        source_error,
-        latency: None,
-    })
+    Ok(end_core(&spec, engine, host, source_error, None))
 }
 
 /// Wall-clock time in ns (live ports run on arrival time; read once per batch).
@@ -240,15 +257,7 @@ pub fn run_afpacket(spec: WorkerSpec, ifname: &str, group: u16) -> Result<CoreRe
     let mut sock =
         AfPacketSocket::open(ifname, fanout, RingConfig::default()).map_err(|e| e.to_string())?;
     let link = sock.link_type();
-    let (mut host, monitors) = spec
-        .plugins
-        .host(spec.core as u32)
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        core: spec.core as u8,
-        ..spec.engine
-    };
-    let mut engine = Engine::new(cfg, monitors);
+    let (mut host, mut engine) = start_core(&spec)?;
     let mut last_stats = Instant::now();
     let mut source_error = None;
     while !spec.stop.load(Ordering::Relaxed) {
@@ -274,19 +283,7 @@ pub fn run_afpacket(spec: WorkerSpec, ifname: &str, group: u16) -> Result<CoreRe
             }
         }
     }
-    engine.finish(EndReason::Shutdown);
-    host.shutdown(&mut engine);
-    host.flush();
-    publish(&spec.counters, engine.stats());
-    Ok(CoreReport {
-        core: spec.core,
-        stats: engine.stats().clone(),
-        plugins: host.stats(),
-        load_failures: host.failures.clone(),
-        reload_latencies: host.reload_latencies.clone(),
-        source_error,
-        latency: None,
-    })
+    Ok(end_core(&spec, engine, host, source_error, None))
 }
 
 /// Runs one core on one ring of a shared-memory region (the netmap memory layout, filled by
@@ -296,15 +293,7 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
     if spec.pin {
         pin_to_cpu(spec.core);
     }
-    let (mut host, monitors) = spec
-        .plugins
-        .host(spec.core as u32)
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        core: spec.core as u8,
-        ..spec.engine
-    };
-    let mut engine = Engine::new(cfg, monitors);
+    let (mut host, mut engine) = start_core(&spec)?;
     let link = Some(crate::wire::LinkType::Ethernet);
     let mut source_error = None;
     let mut idle_spins = 0u32;
@@ -371,27 +360,10 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
                 .store(ring.region().full_count(), Ordering::Relaxed);
         }
     }
-    let reason = if spec.stop.load(Ordering::Relaxed) {
-        EndReason::Shutdown
-    } else {
-        EndReason::Eof
-    };
-    engine.finish(reason);
-    host.shutdown(&mut engine);
-    host.flush();
-    publish(&spec.counters, engine.stats());
     spec.counters
         .drops
         .store(ring.region().full_count(), Ordering::Relaxed);
-    Ok(CoreReport {
-        core: spec.core,
-        stats: engine.stats().clone(),
-        plugins: host.stats(),
-        load_failures: host.failures.clone(),
-        reload_latencies: host.reload_latencies.clone(),
-        source_error,
-        latency,
-    })
+    Ok(end_core(&spec, engine, host, source_error, latency))
 }
 
 /// Runs one core on a netmap port: `netmap:IF-K` (hardware ring K, one per core) or all
@@ -407,15 +379,7 @@ pub fn run_netmap(
     }
     let mut port = NetmapPort::open_spec(port).map_err(|e| e.to_string())?;
     let rings: Vec<usize> = port.rings().to_vec();
-    let (mut host, monitors) = spec
-        .plugins
-        .host(spec.core as u32)
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        core: spec.core as u8,
-        ..spec.engine
-    };
-    let mut engine = Engine::new(cfg, monitors);
+    let (mut host, mut engine) = start_core(&spec)?;
     let link = Some(crate::wire::LinkType::Ethernet);
     let mut source_error = None;
     while !spec.stop.load(Ordering::Relaxed) {
@@ -445,19 +409,7 @@ pub fn run_netmap(
         host.poll(&mut engine);
         publish(&spec.counters, engine.stats());
     }
-    engine.finish(EndReason::Shutdown);
-    host.shutdown(&mut engine);
-    host.flush();
-    publish(&spec.counters, engine.stats());
-    Ok(CoreReport {
-        core: spec.core,
-        stats: engine.stats().clone(),
-        plugins: host.stats(),
-        load_failures: host.failures.clone(),
-        reload_latencies: host.reload_latencies.clone(),
-        source_error,
-        latency: None,
-    })
+    Ok(end_core(&spec, engine, host, source_error, None))
 }
 
 fn time_span(capture: &CaptureFile) -> (u64, u64) {
