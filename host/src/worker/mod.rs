@@ -21,6 +21,10 @@ use crate::io::pcap::CaptureFile;
 use crate::plugin::{PluginSet, PluginStats};
 use crate::wire::{self, Decoded};
 
+/// Empty polls of a shm ring (about a millisecond of spinning) before an idle core starts
+/// napping 20 µs between polls.
+const IDLE_SPINS_BEFORE_NAP: u32 = 1 << 16;
+
 /// Packets handed to the engine between two safe points.
 pub const BATCH: usize = 32;
 
@@ -306,6 +310,18 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
     let mut countdown = sample;
     let mut latency = (sample > 0).then(latency_histogram);
     while !spec.stop.load(Ordering::Relaxed) {
+        // Idle: poll the ring's tail (one atomic load) and spin, as netmap's pkt-gen does;
+        // every 1024 empty polls the full path runs (timers, producer liveness), and after
+        // a long idle stretch the core naps between polls.
+        if idle_spins > 0 && idle_spins % 1024 != 0 && matches!(ring.available(), Ok(0)) {
+            idle_spins += 1;
+            if idle_spins > IDLE_SPINS_BEFORE_NAP {
+                std::thread::sleep(Duration::from_micros(20));
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
         if since_clock >= 256 {
             now = wall_ns();
             since_clock = 0;
@@ -334,8 +350,8 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
                 since_clock = 0;
                 engine.advance(now);
                 idle_spins += 1;
-                if idle_spins > 64 {
-                    std::thread::sleep(Duration::from_micros(50));
+                if idle_spins > IDLE_SPINS_BEFORE_NAP {
+                    std::thread::sleep(Duration::from_micros(20));
                 } else {
                     std::hint::spin_loop();
                 }
