@@ -65,9 +65,11 @@ fn fmt_ts(ns: u64) -> String {
     format!("{}.{:06}", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000)
 }
 
-fn fmt_addr(a: &SocketAddr) -> String {
-    // `SocketAddr` already prints IPv6 as `[addr]:port`.
-    a.to_string()
+/// Seconds with the capture's microsecond precision, written `secs.micros` (not float noise).
+fn ts_number(ns: u64) -> serde_json::Value {
+    fmt_ts(ns)
+        .parse()
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 impl StreamRecord {
@@ -80,10 +82,10 @@ impl StreamRecord {
             })
         };
         let mut v = serde_json::json!({
-            "client": fmt_addr(&self.client),
-            "server": fmt_addr(&self.server),
-            "start": serde_json::Number::from_f64(self.start as f64 / 1e9).map(serde_json::Value::Number),
-            "end": serde_json::Number::from_f64(self.end as f64 / 1e9).map(serde_json::Value::Number),
+            "client": self.client.to_string(),
+            "server": self.server.to_string(),
+            "start": ts_number(self.start),
+            "end": ts_number(self.end),
             "close": self.close,
             "c2s": dir(&self.c2s),
             "s2c": dir(&self.s2c),
@@ -91,9 +93,6 @@ impl StreamRecord {
         if self.partial {
             v["partial"] = serde_json::Value::Bool(true);
         }
-        // Timestamps keep microsecond precision as in the capture, not float noise.
-        v["start"] = serde_json::Value::Number(fmt_ts(self.start).parse().expect("decimal"));
-        v["end"] = serde_json::Value::Number(fmt_ts(self.end).parse().expect("decimal"));
         v.to_string()
     }
 }
@@ -366,8 +365,8 @@ pub fn write_report(out: &mut impl Write, report: &StreamsReport, json: bool) ->
         writeln!(
             out,
             "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  {}{}",
-            fmt_addr(&r.client),
-            fmt_addr(&r.server),
+            r.client.to_string(),
+            r.server.to_string(),
             r.close,
             r.c2s.bytes,
             r.s2c.bytes,

@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use crate::flow::{
-    BufferRequest, Cx, Detail, Event, EventKind, EventSide, Hook, Monitor, PeekError, Side,
-    Subscriptions,
+    BufferRequest, Cx, Detail, Event, EventKind, EventSide, Monitor, PeekError, Subscriptions,
 };
 
 /// A monitor that subscribes to every event at every hook it may use and records each
@@ -108,7 +107,6 @@ impl Monitor for EventLog {
         }
         line.push('}');
         self.lines.borrow_mut().push(line);
-        let _ = (Side::Client, Hook::None);
     }
 }
 

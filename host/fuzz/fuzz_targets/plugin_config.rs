@@ -132,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
     let config = String::from_utf8_lossy(config);
 
     let mut slot = PluginSlot::new(PLUGINS[which], 0, Sink::discard(), 1_000_000_000);
-    if slot.install(&lib, &config, 0).is_err() {
+    if slot.install(&lib, &config).is_err() {
         return;
     }
     let slot = Rc::new(RefCell::new(slot));

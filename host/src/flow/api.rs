@@ -557,16 +557,13 @@ impl<'a> Cx<'a> {
             Some(u) if u.filter.is_none() => {}
             _ => return Err(Errno::Inval),
         }
-        self.core.raised.push((
-            self.monitor as u32,
-            Event {
-                kind: event,
-                side,
-                hook: Hook::None,
-                flow: h,
-                detail: Detail::None,
-            },
-        ));
+        self.core.raised.push(Event {
+            kind: event,
+            side,
+            hook: Hook::None,
+            flow: h,
+            detail: Detail::None,
+        });
         Ok(())
     }
 }

@@ -144,7 +144,6 @@ pub static HOST_API: HostApi = HostApi {
     log,
 };
 
-const EINVAL: i64 = 22;
 /// A context that is not the running callback's (SPEC §4: EACCES).
 const EACCES: i64 = 13;
 
@@ -164,6 +163,19 @@ fn with<R>(ctx: *mut c_void, fail: R, f: impl FnOnce(&mut CallCtx<'_, '_>) -> R)
     // `ctx`, and the plugin may use it only during that callback (the API contract).
     let c = unsafe { &mut *ctx.cast::<CallCtx<'_, '_>>() };
     catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or(fail)
+}
+
+/// The plugin's output buffer `len` bytes at `buf` (empty when `len` is 0).
+fn out_buf<'a>(buf: *mut u8, len: usize) -> Result<&'a mut [u8], Errno> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if buf.is_null() {
+        return Err(Errno::Inval);
+    }
+    // SAFETY: the plugin passes `len` writable bytes at a non-null `buf`, valid for the call
+    // (API contract).
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf, len) })
 }
 
 fn side(s: u8) -> Result<Side, Errno> {
@@ -275,18 +287,9 @@ unsafe extern "C" fn ppeek(
     off: u64,
 ) -> i64 {
     with(ctx, -EACCES, |c| {
-        let side = match side(s) {
+        let (side, out) = match side(s).and_then(|side| Ok((side, out_buf(buf, len)?))) {
             Ok(v) => v,
             Err(e) => return errno(e),
-        };
-        if buf.is_null() && len > 0 {
-            return -EINVAL;
-        }
-        let out: &mut [u8] = if len == 0 {
-            &mut []
-        } else {
-            // SAFETY: the plugin passes `len` writable bytes at `buf` (API contract).
-            unsafe { std::slice::from_raw_parts_mut(buf, len) }
         };
         c.cx.ppeek(FlowHandle(flow), side, out, off)
             .map_or_else(errno, |n| n as i64)
@@ -302,18 +305,9 @@ unsafe extern "C" fn peek(
     lost: *mut u64,
 ) -> i64 {
     with(ctx, -EACCES, |c| {
-        let side = match side(s) {
+        let (side, out) = match side(s).and_then(|side| Ok((side, out_buf(buf, len)?))) {
             Ok(v) => v,
             Err(e) => return errno(e),
-        };
-        if buf.is_null() && len > 0 {
-            return -EINVAL;
-        }
-        let out: &mut [u8] = if len == 0 {
-            &mut []
-        } else {
-            // SAFETY: as in `ppeek`.
-            unsafe { std::slice::from_raw_parts_mut(buf, len) }
         };
         match c.cx.peek(FlowHandle(flow), side, out) {
             Ok(n) => n as i64,

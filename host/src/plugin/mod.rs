@@ -229,7 +229,7 @@ impl PluginSet {
                 lib: *lib,
                 config: config.clone(),
             };
-            if let Some(slot) = host.apply_new(update, 0)? {
+            if let Some(slot) = host.apply_new(update)? {
                 monitors.push(Box::new(SlotMonitor(slot)));
             }
         }
@@ -255,11 +255,7 @@ impl PluginHost {
     }
 
     /// Applies one update for a file with no slot yet; returns the new slot.
-    fn apply_new(
-        &mut self,
-        update: Update,
-        now: u64,
-    ) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
+    fn apply_new(&mut self, update: Update) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
         match update {
             Update::Loaded { file, lib, config } => {
                 let name = lib.name();
@@ -269,7 +265,7 @@ impl PluginHost {
                     source,
                 })?;
                 let mut slot = PluginSlot::new(&name, self.core, sink, self.drain_timeout);
-                if let Err(e) = slot.install(&lib, &config, now) {
+                if let Err(e) = slot.install(&lib, &config) {
                     self.fail(format!("{}: {e}", file.display()));
                     return Ok(None);
                 }
@@ -307,7 +303,6 @@ impl PluginHost {
 
     /// Applies one update now (tests drive reloads with this directly).
     pub fn apply(&mut self, update: Update, engine: &mut Engine) {
-        let now = engine.now();
         let file = match &update {
             Update::Loaded { file, .. }
             | Update::Failed { file, .. }
@@ -317,7 +312,7 @@ impl PluginHost {
         match (update, existing) {
             (Update::Loaded { lib, config, .. }, Some(i)) => {
                 let slot = Rc::clone(&self.entries[i].slot);
-                let installed = slot.borrow_mut().install(&lib, &config, now);
+                let installed = slot.borrow_mut().install(&lib, &config);
                 match installed {
                     Ok(_) => {
                         let idx = self.entries[i].monitor;
@@ -331,10 +326,10 @@ impl PluginHost {
             }
             (Update::Removed { .. }, Some(i)) => {
                 let slot = Rc::clone(&self.entries[i].slot);
-                slot.borrow_mut().remove(now);
+                slot.borrow_mut().remove();
                 engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
             }
-            (update @ Update::Loaded { .. }, None) => match self.apply_new(update, now) {
+            (update @ Update::Loaded { .. }, None) => match self.apply_new(update) {
                 Ok(Some(slot)) => {
                     let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
                     if let Some(e) = self.entries.last_mut() {

@@ -117,13 +117,8 @@ impl PluginSlot {
     }
 
     /// Makes this core's instance from `lib` and makes it the newest generation; older ones
-    /// start draining at `now`. Returns the constructor's error, leaving the slot as it was.
-    pub fn install(
-        &mut self,
-        lib: &Library,
-        config: &str,
-        now: u64,
-    ) -> Result<Subscriptions, String> {
+    /// drain from the next `arm`. Returns the constructor's error, leaving the slot as it was.
+    pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
         let made = (lib.module.new())(self.core, config.into());
         let obj = match made.into_result() {
             Ok(obj) => obj,
@@ -131,7 +126,8 @@ impl PluginSlot {
         };
         // SAFETY: `obj` was just made by this library's constructor.
         let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
-        self.start_draining(now);
+        // Older generations stop taking new flows; `arm` starts their drain clocks.
+        self.retire_idle = true;
         self.gens.push(Generation {
             obj: Some(obj),
             version: lib.version(),
@@ -146,14 +142,8 @@ impl PluginSlot {
     }
 
     /// The plugin file was removed: new flows no longer go to it; open ones drain.
-    pub fn remove(&mut self, now: u64) {
+    pub fn remove(&mut self) {
         self.newest = None;
-        self.start_draining(now);
-    }
-
-    /// Older generations stop taking new flows; their drain clock starts at the next
-    /// callback (the first packet time the slot sees after the change).
-    fn start_draining(&mut self, _now: u64) {
         self.retire_idle = true;
     }
 
@@ -165,11 +155,6 @@ impl PluginSlot {
         if self.next_drain != u64::MAX {
             let _ = cx.set_core_timer(self.next_drain.saturating_sub(cx.now()), DRAIN_TIMER);
         }
-    }
-
-    /// Whether nothing runs any more (removed and fully drained).
-    pub fn is_idle(&self) -> bool {
-        self.newest.is_none() && self.gens.iter().all(|g| g.obj.is_none())
     }
 
     /// The engine subscriptions for this slot: what the plugin asked for, plus `ConnEnd`

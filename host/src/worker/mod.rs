@@ -214,7 +214,7 @@ pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String
                 engine.observe_time(ts);
                 continue;
             }
-            engine.on_decoded(decoded, p.data, ts);
+            engine.on_decoded(&decoded, p.data, ts);
             in_batch += 1;
             if in_batch < BATCH {
                 continue;
