@@ -1010,3 +1010,127 @@ macro_rules! export_monitor {
         }
     };
 }
+
+/// Reads `key = <integer>` from a plugin's configuration text (`<name>.toml`): `#` comments,
+/// `_` digit separators and blank lines are allowed; other keys are ignored.
+pub fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim() != key {
+            continue;
+        }
+        let v: String = v.trim().chars().filter(|&c| c != '_').collect();
+        return v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{key}: expected an integer, found {v:?}"));
+    }
+    Ok(None)
+}
+
+/// Per-flow state of a monitor, found through the flow's user value (no hashing): the low
+/// 48 bits hold the slot index + 1; the high 16 bits are left to the monitor
+/// ([`FlowSlab::flags`], [`FlowSlab::set_flags`]). Freed slots are reused.
+pub struct FlowSlab<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<usize>,
+}
+
+const SLAB_INDEX: u64 = (1 << 48) - 1;
+
+impl<T> Default for FlowSlab<T> {
+    fn default() -> Self {
+        FlowSlab {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> FlowSlab<T> {
+    /// The flow's slot index, making its state with `make` on the flow's first use.
+    pub fn entry(
+        &mut self,
+        cx: &mut Cx<'_>,
+        flow: Flow,
+        make: impl FnOnce(&Cx<'_>) -> T,
+    ) -> Option<usize> {
+        let v = cx.user_value(flow).ok()?;
+        if v & SLAB_INDEX != 0 {
+            return usize::try_from((v & SLAB_INDEX) - 1).ok();
+        }
+        let state = make(cx);
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(state);
+                i
+            }
+            None => {
+                self.slots.push(Some(state));
+                self.slots.len() - 1
+            }
+        };
+        if cx
+            .set_user_value(flow, (v & !SLAB_INDEX) | (idx as u64 + 1))
+            .is_err()
+        {
+            self.release(idx);
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// Flows with state.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether no flow has state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The state in slot `idx`.
+    pub fn get_mut(&mut self, idx: usize) -> Option<&mut T> {
+        self.slots.get_mut(idx).and_then(Option::as_mut)
+    }
+
+    /// Takes the state out of slot `idx` and frees the slot.
+    pub fn release(&mut self, idx: usize) -> Option<T> {
+        let t = self.slots.get_mut(idx)?.take();
+        if t.is_some() {
+            self.free.push(idx);
+        }
+        t
+    }
+
+    /// The monitor's 16 flag bits of the flow's user value.
+    pub fn flags(&self, cx: &Cx<'_>, flow: Flow) -> u16 {
+        cx.user_value(flow).map_or(0, |v| (v >> 48) as u16)
+    }
+
+    /// Sets the monitor's 16 flag bits of the flow's user value.
+    pub fn set_flags(&self, cx: &mut Cx<'_>, flow: Flow, flags: u16) {
+        if let Ok(v) = cx.user_value(flow) {
+            let _ = cx.set_user_value(flow, (v & SLAB_INDEX) | (u64::from(flags) << 48));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_integers_and_says_what_is_wrong() {
+        let text = "# comment\nbuffer = 65_536 # bytes\nother=x\n\nmax_rows=7";
+        assert_eq!(config_u64(text, "buffer"), Ok(Some(65536)));
+        assert_eq!(config_u64(text, "max_rows"), Ok(Some(7)));
+        assert_eq!(config_u64(text, "missing"), Ok(None));
+        let err = config_u64(text, "other").unwrap_err();
+        assert!(err.contains("other") && err.contains("integer"), "{err}");
+    }
+}

@@ -746,70 +746,31 @@ impl Source for HostStream<'_, '_> {
     }
 }
 
-/// Set in a flow's user value once its first side has ended.
-const FIRST_SIDE_ENDED: u64 = 1 << 63;
+/// Flow flag: its first side has ended.
+const FIRST_SIDE_ENDED: u16 = 1;
 
 /// The monitor.
 pub struct HttpLog {
-    /// Per-flow state; a flow's user value is its index + 1.
-    flows: Vec<Option<HttpFlow>>,
-    free: Vec<usize>,
+    /// Per-flow state, found through the flow's user value.
+    flows: FlowSlab<HttpFlow>,
     limits: Limits,
     buffer: u32,
     scratch: Vec<u8>,
     out: Vec<String>,
 }
 
-/// Reads `key = <integer>` from TOML-ish text: `#` comments, `_` separators, blank lines.
-fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k.trim() != key {
-            continue;
-        }
-        let v: String = v.trim().chars().filter(|&c| c != '_').collect();
-        return v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{key}: expected an integer, found {v:?}"));
-    }
-    Ok(None)
-}
-
 impl HttpLog {
     fn entry(&mut self, cx: &mut Cx<'_>, flow: Flow) -> Option<usize> {
-        let v = cx.user_value(flow).ok()? & !FIRST_SIDE_ENDED;
-        if v != 0 {
-            return usize::try_from(v - 1).ok();
-        }
-        let name = match cx.addresses(flow) {
-            Ok((c, s)) => format!("{c}>{s}"),
-            Err(_) => "?".to_string(),
-        };
-        let f = HttpFlow::new(name);
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.flows[i] = Some(f);
-                i
-            }
-            None => {
-                self.flows.push(Some(f));
-                self.flows.len() - 1
-            }
-        };
-        if cx.set_user_value(flow, idx as u64 + 1).is_err() {
-            self.flows[idx] = None;
-            self.free.push(idx);
-            return None;
-        }
-        Some(idx)
+        self.flows.entry(cx, flow, |cx| {
+            HttpFlow::new(match cx.addresses(flow) {
+                Ok((c, s)) => format!("{c}>{s}"),
+                Err(_) => "?".to_string(),
+            })
+        })
     }
 
     fn parse(&mut self, cx: &mut Cx<'_>, flow: Flow, idx: usize) {
-        let Some(Some(f)) = self.flows.get_mut(idx) else {
+        let Some(f) = self.flows.get_mut(idx) else {
             return;
         };
         let now = cx.now();
@@ -856,8 +817,7 @@ impl Monitor for HttpLog {
             return Err("max_header and max_pending must be at least 1".into());
         }
         Ok(HttpLog {
-            flows: Vec::new(),
-            free: Vec::new(),
+            flows: FlowSlab::default(),
             limits: Limits {
                 max_header,
                 max_pending: usize::try_from(max_pending).unwrap_or(usize::MAX),
@@ -883,13 +843,12 @@ impl Monitor for HttpLog {
         if ev.kind != EventKind::ConnEnd {
             return;
         }
-        let v = cx.user_value(ev.flow).unwrap_or(0);
-        if v & FIRST_SIDE_ENDED == 0 {
-            let _ = cx.set_user_value(ev.flow, v | FIRST_SIDE_ENDED);
+        let flags = self.flows.flags(cx, ev.flow);
+        if flags & FIRST_SIDE_ENDED == 0 {
+            self.flows.set_flags(cx, ev.flow, flags | FIRST_SIDE_ENDED);
             return;
         }
-        if let Some(mut f) = self.flows.get_mut(idx).and_then(Option::take) {
-            self.free.push(idx);
+        if let Some(mut f) = self.flows.release(idx) {
             f.finish(&mut self.out);
             for line in self.out.drain(..) {
                 let _ = cx.emit(&line);

@@ -67,25 +67,6 @@ pub struct Midstat {
     line: String,
 }
 
-/// Reads `key = <integer>` from TOML-ish text: `#` comments, `_` separators, blank lines.
-fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k.trim() != key {
-            continue;
-        }
-        let v: String = v.trim().chars().filter(|&c| c != '_').collect();
-        return v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{key}: expected an integer, found {v:?}"));
-    }
-    Ok(None)
-}
-
 fn push_ts(out: &mut String, ns: u64) {
     let _ = write!(
         out,

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 /// Receive buffer per side unless configured.
 const DEFAULT_BUFFER: u32 = 1 << 18;
 
-/// Set in a flow's user value once its first side has ended.
-const FIRST_SIDE_ENDED: u64 = 1 << 63;
+/// Flow flag: its first side has ended.
+const FIRST_SIDE_ENDED: u16 = 1;
 
 /// What a reader of one direction has seen so far.
 struct Direction {
@@ -64,30 +64,10 @@ fn side_index(side: Side) -> usize {
 
 /// The monitor: hashes both directions of every flow.
 pub struct StreamHash {
-    /// Per-flow state; a flow's user value is its index + 1 (0: none yet).
-    live: Vec<Option<Live>>,
-    free: Vec<usize>,
+    /// Per-flow state, found through the flow's user value.
+    live: FlowSlab<Live>,
     scratch: Box<[u8]>,
     buffer: u32,
-}
-
-/// Reads `key = <integer>` from TOML-ish text: `#` comments, `_` separators, blank lines.
-fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k.trim() != key {
-            continue;
-        }
-        let v: String = v.trim().chars().filter(|&c| c != '_').collect();
-        return v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{key}: expected an integer, found {:?}", v));
-    }
-    Ok(None)
 }
 
 fn parse_config(text: &str) -> Result<u32, String> {
@@ -99,36 +79,9 @@ fn parse_config(text: &str) -> Result<u32, String> {
 }
 
 impl StreamHash {
-    /// The flow's slot, made on its first event.
-    fn entry(&mut self, cx: &mut Cx<'_>, flow: Flow) -> Option<usize> {
-        let v = cx.user_value(flow).ok()? & !FIRST_SIDE_ENDED;
-        if v != 0 {
-            return usize::try_from(v - 1).ok();
-        }
-        let live = Live {
-            dirs: [Direction::new(), Direction::new()],
-        };
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.live[i] = Some(live);
-                i
-            }
-            None => {
-                self.live.push(Some(live));
-                self.live.len() - 1
-            }
-        };
-        if cx.set_user_value(flow, idx as u64 + 1).is_err() {
-            self.live[idx] = None;
-            self.free.push(idx);
-            return None;
-        }
-        Some(idx)
-    }
-
     /// Hashes everything new in `side`'s buffer.
     fn drain(&mut self, cx: &mut Cx<'_>, flow: Flow, side: Side, idx: usize) {
-        let Some(Some(live)) = self.live.get_mut(idx) else {
+        let Some(live) = self.live.get_mut(idx) else {
             return;
         };
         let d = &mut live.dirs[side_index(side)];
@@ -149,15 +102,14 @@ impl StreamHash {
 
     /// Each side gets its own `ConnEnd`; the second one completes the record.
     fn finish_side(&mut self, cx: &mut Cx<'_>, flow: Flow, idx: usize, reason: Option<EndReason>) {
-        let v = cx.user_value(flow).unwrap_or(0);
-        if v & FIRST_SIDE_ENDED == 0 {
-            let _ = cx.set_user_value(flow, v | FIRST_SIDE_ENDED);
+        let flags = self.live.flags(cx, flow);
+        if flags & FIRST_SIDE_ENDED == 0 {
+            self.live.set_flags(cx, flow, flags | FIRST_SIDE_ENDED);
             return;
         }
-        let Some(live) = self.live.get_mut(idx).and_then(Option::take) else {
+        let Some(live) = self.live.release(idx) else {
             return;
         };
-        self.free.push(idx);
         let (Ok((client, server)), Ok((start, end, _serial)), Ok(partial)) =
             (cx.addresses(flow), cx.flow_times(flow), cx.is_partial(flow))
         else {
@@ -222,8 +174,7 @@ impl Monitor for StreamHash {
 
     fn new(_core: u32, config: &str) -> Result<Self, String> {
         Ok(StreamHash {
-            live: Vec::new(),
-            free: Vec::new(),
+            live: FlowSlab::default(),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             buffer: parse_config(config)?,
         })
@@ -240,7 +191,10 @@ impl Monitor for StreamHash {
         let Some(side) = ev.side else {
             return;
         };
-        let Some(idx) = self.entry(cx, ev.flow) else {
+        let make = |_: &Cx<'_>| Live {
+            dirs: [Direction::new(), Direction::new()],
+        };
+        let Some(idx) = self.live.entry(cx, ev.flow, make) else {
             return;
         };
         self.drain(cx, ev.flow, side, idx);
@@ -254,7 +208,7 @@ impl Monitor for StreamHash {
     }
 
     fn shutdown(&mut self, cx: &mut Cx<'_>) {
-        let open = self.live.iter().filter(|l| l.is_some()).count();
+        let open = self.live.len();
         if open > 0 {
             cx.log(
                 1,
