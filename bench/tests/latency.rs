@@ -68,6 +68,7 @@ fn opts(name: &str, plugins: &std::path::Path, sample: u64) -> RunOptions {
         watch: false,
         cores: 1,
         latency_sample: sample,
+        budget: Default::default(),
     }
 }
 

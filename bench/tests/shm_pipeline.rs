@@ -78,6 +78,7 @@ fn generator_to_shm_to_two_workers_to_streamhash() {
         watch: false,
         cores: 1, // the region's ring count decides
         latency_sample: 0,
+        budget: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();

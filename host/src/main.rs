@@ -129,6 +129,16 @@ enum Command {
         /// "latency_ns" (p50, p99, p99.9, max). 0: off.
         #[arg(long, default_value_t = 0)]
         latency_sample: u64,
+        /// Time budget of one plugin callback, in milliseconds (0: none). A watchdog thread
+        /// reports a callback running longer (naming the plugin and core) and counts it as
+        /// an overrun ("overruns" in --stats); a callback cannot be interrupted, so the core
+        /// waits for it either way.
+        #[arg(long, default_value_t = 10)]
+        plugin_budget_ms: u64,
+        /// What happens to a plugin whose callback ran past --plugin-budget-ms: warn (count
+        /// it and go on) or disable (turn that plugin off on that core, as after a panic).
+        #[arg(long, default_value = "warn")]
+        on_overrun: flowpeek::plugin::OverrunPolicy,
     },
     /// Print one JSON line per monitor callback, in mOS's vocabulary (as shared/mos-events).
     ///
@@ -175,6 +185,8 @@ fn main() -> ExitCode {
             cores,
             quiet,
             latency_sample,
+            plugin_budget_ms,
+            on_overrun,
         } => run(RunArgs {
             source,
             plugins,
@@ -191,6 +203,10 @@ fn main() -> ExitCode {
             cores,
             quiet,
             latency_sample,
+            budget: flowpeek::plugin::CallBudget {
+                limit: std::time::Duration::from_millis(plugin_budget_ms),
+                policy: on_overrun,
+            },
         }),
         Command::Events {
             capture,
@@ -319,6 +335,7 @@ struct RunArgs {
     cores: Option<usize>,
     quiet: bool,
     latency_sample: u64,
+    budget: flowpeek::plugin::CallBudget,
 }
 
 fn run(a: RunArgs) -> ExitCode {
@@ -341,6 +358,7 @@ fn run(a: RunArgs) -> ExitCode {
             .cores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         latency_sample: a.latency_sample,
+        budget: a.budget,
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = std::sync::Arc::clone(&stop);
@@ -408,8 +426,8 @@ fn run(a: RunArgs) -> ExitCode {
         }
         for (name, p) in &report.plugins {
             eprintln!(
-                "flowpeek:   {name}: {} events, {} records, {} failures, {} generations",
-                p.events, p.records, p.failures, p.generations
+                "flowpeek:   {name}: {} events, {} records, {} failures, {} overruns, {} generations",
+                p.events, p.records, p.failures, p.overruns, p.generations
             );
         }
     }

@@ -77,6 +77,8 @@ pub struct RunOptions {
     /// Shm sources: every Nth packet, record the producer-stamp-to-callback latency into a
     /// histogram (0: off).
     pub latency_sample: u64,
+    /// The time budget of one plugin callback, and the policy past it.
+    pub budget: crate::plugin::CallBudget,
 }
 
 /// Why a run failed before or while it ran.
@@ -175,7 +177,7 @@ impl RunReport {
                 (
                     name.clone(),
                     serde_json::json!({
-                        "events": p.events, "records": p.records, "failures": p.failures,
+                        "events": p.events, "records": p.records, "failures": p.failures, "overruns": p.overruns,
                         "generations": p.generations, "retired": p.retired, "drained_flows": p.drained_flows,
                     }),
                 )
@@ -214,12 +216,10 @@ pub fn run(
         // Open once here so that a bad file is reported before any thread starts.
         CaptureFile::open(path)?;
     }
-    let plugins = Arc::new(PluginSet::open(
-        &opts.plugins,
-        &opts.log_dir,
-        opts.drain_timeout,
-        opts.watch,
-    )?);
+    let plugins = Arc::new(
+        PluginSet::open(&opts.plugins, &opts.log_dir, opts.drain_timeout, opts.watch)?
+            .with_budget(opts.budget),
+    );
     // A shm region has one ring per worker: its ring count decides.
     let mut shm_rings: Vec<Option<crate::io::shm::ShmRing>> = match &opts.source {
         Source::Shm(name) => crate::io::shm::ShmRegion::open(name)?

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use flowpeek::flow::{Config, EndReason, Engine};
 use flowpeek::io::pcap::CaptureFile;
-use flowpeek::plugin::{load, PluginHost, Update};
+use flowpeek::plugin::{load, CallBudget, OverrunPolicy, PluginHost, Update};
 use flowpeek::run::{RunOptions, Source};
 use plugin_util::*;
 
@@ -41,6 +41,7 @@ fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
         watch: false,
         cores: 1,
         latency_sample: 0,
+        budget: Default::default(),
     }
 }
 
@@ -206,6 +207,62 @@ fn a_panicking_plugin_is_disabled_and_the_others_go_on() {
     // The tagger wrote nothing after its panic (packet 1000, early in the capture).
     let tags = records(&logs.join("tagger.jsonl"));
     assert!(tags.len() < 2000, "{} tagger records", tags.len());
+}
+
+/// A plugin that sleeps 300 ms on every 40,000th packet, under a 50 ms budget.
+fn slow_tagger_run(policy: OverrunPolicy) -> (flowpeek::run::RunReport, TempDir) {
+    let dir = TempDir::new("slow");
+    let logs = TempDir::new("slow-logs");
+    place(&tagger(&[]), dir.path(), "tagger.so");
+    std::fs::write(
+        dir.join("tagger.toml"),
+        "sleep_every = 40000\nsleep_ms = 300\n",
+    )
+    .unwrap();
+    place(&streamhash(), dir.path(), "streamhash.so");
+    let capture = corpus().join("gen/http-small.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions {
+        budget: CallBudget {
+            limit: Duration::from_millis(50),
+            policy,
+        },
+        ..run_opts(&capture, dir.path(), logs.path())
+    };
+    let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();
+    let s = &report.plugins["streamhash"];
+    assert_eq!(s.overruns, 0, "{s:?}");
+    assert_eq!(s.records, 9000, "the other plugin is complete");
+    assert_eq!(records(&logs.join("streamhash.jsonl")).len(), 9000);
+    (report, logs)
+}
+
+#[test]
+fn a_slow_callback_is_counted_under_warn() {
+    let (report, logs) = slow_tagger_run(OverrunPolicy::Warn);
+    let t = &report.plugins["tagger"];
+    // Every packet reaches the tagger (PktIn), plus its ConnStart/ConnEnd events.
+    assert!(t.events > report.stats.packets, "{t:?}");
+    let sleeps = report.stats.packets / 40_000;
+    assert!(sleeps >= 2, "{} packets", report.stats.packets);
+    assert_eq!(
+        t.overruns, sleeps,
+        "each 300 ms callback and nothing else: {t:?}"
+    );
+    assert_eq!(t.failures, 0);
+    assert_eq!(records(&logs.join("tagger.jsonl")).len(), 27_000);
+}
+
+#[test]
+fn a_slow_callback_disables_the_plugin_under_disable() {
+    let (report, logs) = slow_tagger_run(OverrunPolicy::Disable);
+    let t = &report.plugins["tagger"];
+    assert_eq!(t.overruns, 1, "disabled at the first: {t:?}");
+    // Nothing after packet 40,000 (of 92,755) reached it: under `warn` it gets ~120,000
+    // events (every packet, 9,000 starts, 18,000 side ends) and writes 27,000 records.
+    assert!(t.events < 60_000, "{t:?}");
+    let tags = records(&logs.join("tagger.jsonl"));
+    assert!(tags.len() < 13_500, "{} tagger records", tags.len());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@
 //!
 //! What a plugin can and cannot do to the host: a panic in any callback is caught by the SDK
 //! and disables that instance on that core (counted); bad handles and arguments get errno
-//! values. A plugin runs in-process: one that segfaults, aborts or corrupts memory takes the
+//! values; a callback that runs past the time budget is reported and counted, and disabled
+//! with `--on-overrun disable` ([`budget`]). A plugin runs in-process: one that segfaults, aborts or corrupts memory takes the
 //! host down with it; there is no isolation beyond the ABI checks.
 #![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
 
+pub mod budget;
 pub mod ffi;
 pub mod load;
 pub mod slot;
@@ -29,6 +31,8 @@ use std::time::{Duration, Instant};
 use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
 
 use crate::flow::{Engine, Monitor};
+pub use budget::{CallBudget, OverrunPolicy};
+use budget::{CoreBeat, Names, Watchdog};
 pub use load::{Library, LoadError};
 pub use slot::{PluginSlot, PluginStats, SlotMonitor};
 
@@ -129,6 +133,10 @@ pub struct PluginHost {
     drain_timeout: u64,
     entries: Vec<Entry>,
     rx: Receiver<(Update, Instant)>,
+    /// This core's heartbeat, the plugin-name table and the overrun policy (time budget).
+    beat: Arc<CoreBeat>,
+    names: Arc<Names>,
+    policy: OverrunPolicy,
     /// Keeps the watcher alive for a host opened on its own ([`PluginHost::open`]).
     _set: Option<Box<PluginSet>>,
     /// Messages about files that failed to load, in order.
@@ -148,6 +156,7 @@ pub struct PluginSet {
     initial: Vec<(PathBuf, Option<Library>, String)>,
     failures: Vec<String>,
     subscribers: Subscribers,
+    watchdog: Watchdog,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -197,8 +206,22 @@ impl PluginSet {
             initial,
             failures,
             subscribers,
+            watchdog: Watchdog::start(CallBudget::OFF),
             _watcher: watcher,
         })
+    }
+
+    /// Puts every callback under `budget`, kept by a watchdog thread (call before
+    /// [`PluginSet::host`]).
+    pub fn with_budget(mut self, budget: CallBudget) -> PluginSet {
+        self.watchdog = Watchdog::start(budget);
+        self
+    }
+
+    /// Callbacks the watchdog found past the budget so far, all cores (including one that
+    /// has not returned).
+    pub fn budget_overruns(&self) -> u64 {
+        self.watchdog.flagged()
     }
 
     /// The host of one core and the monitors to build its engine with, in load order.
@@ -213,6 +236,9 @@ impl PluginSet {
             drain_timeout: self.drain_timeout,
             entries: Vec::new(),
             rx,
+            beat: self.watchdog.beat(core),
+            names: Arc::clone(self.watchdog.names()),
+            policy: self.watchdog.budget().policy,
             _set: None,
             failures: if core == 0 {
                 self.failures.clone()
@@ -265,6 +291,7 @@ impl PluginHost {
                     source,
                 })?;
                 let mut slot = PluginSlot::new(&name, self.core, sink, self.drain_timeout);
+                slot.set_budget(Arc::clone(&self.beat), self.names.id(&name), self.policy);
                 if let Err(e) = slot.install(&lib, &config) {
                     self.fail(format!("{}: {e}", file.display()));
                     return Ok(None);

@@ -10,11 +10,13 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::c_void;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use flowpeek_plugin_api::abi::{
     status, FfiEvent, FfiFilterSlot, HostCx, MonitorObj, SetupCx, USER_EVENT_BASE,
 };
 
+use super::budget::{CoreBeat, OverrunPolicy};
 use super::ffi::{self, CallCtx, Sink, HOST_API};
 use super::load::Library;
 use crate::flow::{
@@ -31,6 +33,8 @@ pub struct PluginStats {
     pub records: u64,
     /// Callbacks that panicked (each disables its instance).
     pub failures: u64,
+    /// Callbacks that ran past the time budget (see [`super::budget`]).
+    pub overruns: u64,
     /// Generations installed (loads of the file).
     pub generations: u64,
     /// Generations retired.
@@ -45,6 +49,7 @@ impl PluginStats {
         self.events += o.events;
         self.records += o.records;
         self.failures += o.failures;
+        self.overruns += o.overruns;
         self.generations += o.generations;
         self.retired += o.retired;
         self.drained_flows += o.drained_flows;
@@ -82,6 +87,11 @@ pub struct PluginSlot {
     /// A generation stopped being the newest: retire it at the next callback if it owns no
     /// flow (installing has no engine context to retire with).
     retire_idle: bool,
+    /// The core's heartbeat for the callback time budget, this plugin's id in it, and the
+    /// policy for callbacks past the budget.
+    beat: Arc<CoreBeat>,
+    plugin_id: u32,
+    policy: OverrunPolicy,
     /// Counters.
     pub stats: PluginStats,
 }
@@ -98,8 +108,19 @@ impl PluginSlot {
             drain_timeout,
             next_drain: u64::MAX,
             retire_idle: false,
+            beat: Arc::new(CoreBeat::default()),
+            plugin_id: 0,
+            policy: OverrunPolicy::Warn,
             stats: PluginStats::default(),
         }
+    }
+
+    /// Puts the slot's callbacks under a watchdog's time budget: `beat` is the core's
+    /// heartbeat, `plugin_id` the plugin's id in the watchdog's name table.
+    pub fn set_budget(&mut self, beat: Arc<CoreBeat>, plugin_id: u32, policy: OverrunPolicy) {
+        self.beat = beat;
+        self.plugin_id = plugin_id;
+        self.policy = policy;
     }
 
     /// The plugin's name.
@@ -183,12 +204,24 @@ impl PluginSlot {
             ctx: (&mut call as *mut CallCtx<'_, '_>).cast::<c_void>(),
             api: &HOST_API,
         };
+        let token = self.beat.enter(self.plugin_id);
         let r = {
             let _running = ffi::enter(host.ctx);
             f(obj, &mut host)
         };
+        let over = self.beat.exit(token);
         self.stats.events += 1;
         self.stats.records += self.sink.records - before;
+        if over {
+            self.stats.overruns += 1;
+            if self.policy == OverrunPolicy::Disable && !gen.disabled {
+                gen.disabled = true;
+                eprintln!(
+                    "flowpeek: plugin {} ({}) ran past its time budget on core {}: disabled on this core (--on-overrun disable); the host and other plugins go on",
+                    self.name, gen.version, self.core
+                );
+            }
+        }
         if r == status::PANICKED {
             self.stats.failures += 1;
             gen.disabled = true;

@@ -6,7 +6,8 @@
 //! Features `api_new` / `api_old` make the root module declare API version 999 / 0.
 //!
 //! Configuration (`tagger.toml`): `fail = true` makes the constructor fail;
-//! `panic_every = N` makes `on_event` panic on every Nth `PktIn`.
+//! `panic_every = N` makes `on_event` panic on every Nth `PktIn`; `sleep_every = N` with
+//! `sleep_ms = M` makes it sleep M ms on every Nth `PktIn` (a slow callback).
 
 use flowpeek_plugin_api::sdk::*;
 
@@ -18,6 +19,8 @@ const TAG: &str = "v1";
 /// The monitor.
 pub struct Tagger {
     panic_every: u64,
+    sleep_every: u64,
+    sleep_ms: u64,
     packets: u64,
 }
 
@@ -52,8 +55,14 @@ impl Monitor for Tagger {
             Some(v) => v.parse().map_err(|_| format!("panic_every: {v:?}"))?,
             None => 0,
         };
+        let number = |key: &str| -> Result<u64, String> {
+            config_value(config, key)
+                .map_or(Ok(0), |v| v.parse().map_err(|_| format!("{key}: {v:?}")))
+        };
         Ok(Tagger {
             panic_every,
+            sleep_every: number("sleep_every")?,
+            sleep_ms: number("sleep_ms")?,
             packets: 0,
         })
     }
@@ -62,7 +71,7 @@ impl Monitor for Tagger {
         let s = Subscriptions::none()
             .with(EventKind::ConnStart, Hook::Snd)
             .with(EventKind::ConnEnd, Hook::Snd);
-        if self.panic_every > 0 {
+        if self.panic_every > 0 || self.sleep_every > 0 {
             s.with(EventKind::PktIn, Hook::Snd)
         } else {
             s
@@ -75,6 +84,9 @@ impl Monitor for Tagger {
                 self.packets += 1;
                 if self.panic_every > 0 && self.packets % self.panic_every == 0 {
                     panic!("tagger: configured to panic at packet {}", self.packets);
+                }
+                if self.sleep_every > 0 && self.packets % self.sleep_every == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
                 }
             }
             EventKind::ConnStart => {

@@ -1,0 +1,347 @@
+//! The per-callback time budget of plugins, kept by a watchdog thread.
+//!
+//! A plugin callback runs on the core's own thread and cannot be interrupted in-process, so
+//! the budget is enforced from outside without touching the packet path's clock: every core
+//! has a [`CoreBeat`], a cache line the core writes twice per callback (a sequence number
+//! that is odd while a plugin runs, and the plugin's id). A watchdog thread looks at every
+//! beat a few times per budget period; a callback it sees running, under the same sequence
+//! number, for longer than the budget is *flagged*: the watchdog says so on stderr (and
+//! again every few seconds while it does not return), and when the callback returns the
+//! core counts an overrun for the plugin and applies the policy:
+//!
+//! - [`OverrunPolicy::Warn`]: count and go on;
+//! - [`OverrunPolicy::Disable`]: disable the plugin's instance on that core, as after a
+//!   panic (its other flows get no more events; other plugins go on).
+//!
+//! The cost on the packet path is two relaxed stores and a load per callback, on a line
+//! that only the watchdog reads: no clock read, no lock, no syscall.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What happens to a plugin whose callback ran past the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverrunPolicy {
+    /// Count the overrun, say so on stderr, keep the plugin.
+    #[default]
+    Warn,
+    /// Count it and disable the plugin's instance on that core once the callback returns.
+    Disable,
+}
+
+impl FromStr for OverrunPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "warn" => Ok(OverrunPolicy::Warn),
+            "disable" => Ok(OverrunPolicy::Disable),
+            _ => Err(format!("{s:?}: the overrun policy is warn or disable")),
+        }
+    }
+}
+
+impl fmt::Display for OverrunPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverrunPolicy::Warn => "warn",
+            OverrunPolicy::Disable => "disable",
+        })
+    }
+}
+
+/// The budget: how long one callback may run, and what happens past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallBudget {
+    /// The longest a callback may run (zero: no budget, no watchdog).
+    pub limit: Duration,
+    /// What happens to a plugin that runs past it.
+    pub policy: OverrunPolicy,
+}
+
+impl Default for CallBudget {
+    fn default() -> Self {
+        CallBudget {
+            limit: Duration::from_millis(10),
+            policy: OverrunPolicy::Warn,
+        }
+    }
+}
+
+impl CallBudget {
+    /// No budget.
+    pub const OFF: CallBudget = CallBudget {
+        limit: Duration::ZERO,
+        policy: OverrunPolicy::Warn,
+    };
+}
+
+/// One core's heartbeat, written by the core around each plugin callback.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct CoreBeat {
+    /// Incremented when a callback starts and when it ends: odd while one runs.
+    seq: AtomicU64,
+    /// The id of the plugin running (valid while `seq` is odd).
+    plugin: AtomicU32,
+    /// The `seq` of the last call the watchdog found over budget.
+    flagged: AtomicU64,
+}
+
+impl CoreBeat {
+    /// A callback of plugin `plugin` starts; returns its token (0 when called inside another
+    /// callback, which the outer call covers).
+    #[inline]
+    pub fn enter(&self, plugin: u32) -> u64 {
+        // Only the core's thread writes `seq`.
+        let s = self.seq.load(Ordering::Relaxed);
+        if s & 1 == 1 {
+            return 0;
+        }
+        self.plugin.store(plugin, Ordering::Relaxed);
+        self.seq.store(s + 1, Ordering::Release);
+        s + 1
+    }
+
+    /// The callback with `token` returned; true if the watchdog found it over budget.
+    #[inline]
+    pub fn exit(&self, token: u64) -> bool {
+        if token == 0 {
+            return false;
+        }
+        self.seq.store(token + 1, Ordering::Release);
+        self.flagged.load(Ordering::Acquire) == token
+    }
+}
+
+/// Plugin names by id, shared by every core and the watchdog.
+#[derive(Debug, Default)]
+pub struct Names(Mutex<Vec<String>>);
+
+impl Names {
+    /// The id of `name` (the same on every core).
+    pub fn id(&self, name: &str) -> u32 {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = v.iter().position(|n| n == name) {
+            return i as u32;
+        }
+        v.push(name.to_string());
+        (v.len() - 1) as u32
+    }
+
+    fn name(&self, id: u32) -> String {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+/// The cores' beats and the thread that watches them.
+#[derive(Debug)]
+pub struct Watchdog {
+    budget: CallBudget,
+    names: Arc<Names>,
+    beats: Arc<Mutex<Vec<(u32, Arc<CoreBeat>)>>>,
+    /// Callbacks flagged over budget, all cores.
+    flagged: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often a flagged callback that has not returned is reported again.
+const REPEAT: Duration = Duration::from_secs(5);
+
+struct Seen {
+    seq: u64,
+    since: Instant,
+    said: Option<Instant>,
+}
+
+impl Watchdog {
+    /// Starts watching (no thread when the budget is off).
+    pub fn start(budget: CallBudget) -> Watchdog {
+        let names = Arc::new(Names::default());
+        let beats: Arc<Mutex<Vec<(u32, Arc<CoreBeat>)>>> = Arc::default();
+        let flagged = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = (!budget.limit.is_zero())
+            .then(|| {
+                let (names, beats, flagged, stop) = (
+                    Arc::clone(&names),
+                    Arc::clone(&beats),
+                    Arc::clone(&flagged),
+                    Arc::clone(&stop),
+                );
+                std::thread::Builder::new()
+                    .name("flowpeek-watchdog".into())
+                    .spawn(move || watch(budget, &names, &beats, &flagged, &stop))
+                    .map_err(|e| {
+                        eprintln!(
+                            "flowpeek: warning: the plugin watchdog did not start ({e}): callbacks have no time budget"
+                        )
+                    })
+                    .ok()
+            })
+            .flatten();
+        Watchdog {
+            budget,
+            names,
+            beats,
+            flagged,
+            stop,
+            thread,
+        }
+    }
+
+    /// The budget watched.
+    pub fn budget(&self) -> CallBudget {
+        self.budget
+    }
+
+    /// The plugin-name table.
+    pub fn names(&self) -> &Arc<Names> {
+        &self.names
+    }
+
+    /// A new beat for `core`, watched from now on.
+    pub fn beat(&self, core: u32) -> Arc<CoreBeat> {
+        let b = Arc::new(CoreBeat::default());
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((core, Arc::clone(&b)));
+        b
+    }
+
+    /// Callbacks flagged over budget so far (all cores, including any still running).
+    pub fn flagged(&self) -> u64 {
+        self.flagged.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(
+    budget: CallBudget,
+    names: &Names,
+    beats: &Mutex<Vec<(u32, Arc<CoreBeat>)>>,
+    flagged: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    // Look four times per budget period, within 0.25–100 ms.
+    let tick = (budget.limit / 4).clamp(Duration::from_micros(250), Duration::from_millis(100));
+    let mut seen: Vec<Seen> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(tick);
+        let now = Instant::now();
+        let beats = beats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        seen.resize_with(beats.len(), || Seen {
+            seq: 0,
+            since: now,
+            said: None,
+        });
+        for ((core, beat), s) in beats.iter().zip(seen.iter_mut()) {
+            let seq = beat.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                continue;
+            }
+            if seq != s.seq {
+                *s = Seen {
+                    seq,
+                    since: now,
+                    said: None,
+                };
+                continue;
+            }
+            let ran = now - s.since;
+            if ran < budget.limit {
+                continue;
+            }
+            let name = names.name(beat.plugin.load(Ordering::Relaxed));
+            match s.said {
+                None => {
+                    beat.flagged.store(seq, Ordering::Release);
+                    flagged.fetch_add(1, Ordering::Relaxed);
+                    s.said = Some(now);
+                    let then = match budget.policy {
+                        OverrunPolicy::Warn => "counted (--on-overrun warn)",
+                        OverrunPolicy::Disable => {
+                            "it will be disabled on this core when the callback returns (--on-overrun disable)"
+                        }
+                    };
+                    eprintln!(
+                        "flowpeek: plugin {name} on core {core}: one callback has run for over {} ms, past the budget (--plugin-budget-ms {}); {then}",
+                        ran.as_millis(),
+                        budget.limit.as_millis()
+                    );
+                }
+                Some(t) if now - t >= REPEAT => {
+                    s.said = Some(now);
+                    eprintln!(
+                        "flowpeek: plugin {name} on core {core} is still in one callback after {} s: core {core} processes no packets until it returns; a callback cannot be interrupted in-process: stop flowpeek and remove or fix the plugin",
+                        ran.as_secs()
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_call_is_flagged_and_a_short_one_is_not() {
+        let dog = Watchdog::start(CallBudget {
+            limit: Duration::from_millis(5),
+            policy: OverrunPolicy::Warn,
+        });
+        let id = dog.names().id("slowpoke");
+        assert_eq!(dog.names().id("slowpoke"), id);
+        let beat = dog.beat(0);
+        let t = beat.enter(id);
+        assert_eq!(
+            beat.enter(id),
+            0,
+            "a nested call is covered by the outer one"
+        );
+        assert!(!beat.exit(0));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(beat.exit(t), "a 200 ms call past a 5 ms budget is flagged");
+        assert_eq!(dog.flagged(), 1);
+        let t = beat.enter(id);
+        assert!(!beat.exit(t), "an instant call is not flagged");
+        assert_eq!(dog.flagged(), 1);
+    }
+
+    #[test]
+    fn no_budget_no_thread() {
+        let dog = Watchdog::start(CallBudget::OFF);
+        assert!(dog.thread.is_none());
+        let beat = dog.beat(0);
+        let t = beat.enter(0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!beat.exit(t));
+    }
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!("warn".parse(), Ok(OverrunPolicy::Warn));
+        assert_eq!("disable".parse(), Ok(OverrunPolicy::Disable));
+        assert!("kill".parse::<OverrunPolicy>().is_err());
+    }
+}
