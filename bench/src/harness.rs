@@ -46,10 +46,12 @@ pub struct RunArgs {
     /// flowpeek worker cores (= shm rings).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
-    /// Plugin directory (default: a temporary directory with the bundled no-op plugin,
-    /// copied from target/release/libnoop.so).
+    /// What the consumer loads: noop (the default: the bundled no-op PktIn plugin),
+    /// streamhash (SHA-256 + CRC-32 of every byte both ways), streamhash-crc32,
+    /// streamhash-xxh3 (the same reading with cheaper hashes), none, or a plugin directory.
+    /// Bundled plugins are copied from the binaries' directory (lib<name>.so).
     #[arg(long, conflicts_with = "no_plugins")]
-    pub plugins: Option<PathBuf>,
+    pub plugins: Option<Plugins>,
     /// No plugins: the engine-only path.
     #[arg(long)]
     pub no_plugins: bool,
@@ -143,18 +145,59 @@ impl std::str::FromStr for Sizes {
 pub enum Plugins {
     /// None: the engine-only path.
     None,
-    /// The bundled no-op plugin (a PktIn monitor that does nothing).
-    Noop,
+    /// One bundled plugin with a configuration (see [`BUNDLED`]).
+    Bundled(&'static Bundled),
     /// A directory.
     Dir(PathBuf),
 }
 
+/// A bundled plugin set-up `run` and `sweep` know by name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bundled {
+    /// The name on the command line.
+    pub label: &'static str,
+    /// The plugin (lib<plugin>.so in the binaries' directory).
+    pub plugin: &'static str,
+    /// Its `<plugin>.toml`.
+    pub config: &'static str,
+}
+
+/// The bundled set-ups: the no-op PktIn monitor, and streamhash reading every byte of both
+/// directions with its three hashes.
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        label: "noop",
+        plugin: "noop",
+        config: "",
+    },
+    Bundled {
+        label: "streamhash",
+        plugin: "streamhash",
+        config: "buffer = 65536\n",
+    },
+    Bundled {
+        label: "streamhash-crc32",
+        plugin: "streamhash",
+        config: "buffer = 65536\nhash = \"crc32\"\n",
+    },
+    Bundled {
+        label: "streamhash-xxh3",
+        plugin: "streamhash",
+        config: "buffer = 65536\nhash = \"xxh3\"\n",
+    },
+];
+
 impl Plugins {
-    /// "none", "noop" or the directory.
+    /// The no-op plugin.
+    pub fn noop() -> Plugins {
+        Plugins::Bundled(&BUNDLED[0])
+    }
+
+    /// "none", a bundled set-up's name, or the directory.
     pub fn label(&self) -> String {
         match self {
             Plugins::None => "none".into(),
-            Plugins::Noop => "noop".into(),
+            Plugins::Bundled(b) => b.label.into(),
             Plugins::Dir(d) => d.display().to_string(),
         }
     }
@@ -163,11 +206,23 @@ impl Plugins {
 impl std::str::FromStr for Plugins {
     type Err = String;
     fn from_str(s: &str) -> Result<Plugins, String> {
-        Ok(match s {
-            "none" => Plugins::None,
-            "noop" => Plugins::Noop,
-            dir => Plugins::Dir(dir.into()),
-        })
+        if s == "none" {
+            return Ok(Plugins::None);
+        }
+        if let Some(b) = BUNDLED.iter().find(|b| b.label == s) {
+            return Ok(Plugins::Bundled(b));
+        }
+        if std::path::Path::new(s).is_dir() {
+            return Ok(Plugins::Dir(s.into()));
+        }
+        Err(format!(
+            "{s:?} is neither a directory nor one of: none, {}",
+            BUNDLED
+                .iter()
+                .map(|b| b.label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 }
 
@@ -408,7 +463,7 @@ impl Drop for TempDir {
 pub struct Env {
     /// Where `flowpeek`, `flowpeek-bench` and libnoop.so are.
     pub bin_dir: PathBuf,
-    noop: TempDir,
+    bundled: TempDir,
     empty: TempDir,
     work: TempDir,
     /// CPUs this process may use.
@@ -483,17 +538,17 @@ impl Env {
             }
         }
         let io = |e: std::io::Error| format!("temporary directory: {e}");
-        let noop = TempDir::new("noop").map_err(io)?;
+        let bundled = TempDir::new("bundled").map_err(io)?;
         let empty = TempDir::new("empty").map_err(io)?;
         let work = TempDir::new("work").map_err(io)?;
-        for d in [noop.path(), empty.path()] {
+        for d in [bundled.path(), empty.path()] {
             use std::os::unix::fs::PermissionsExt;
             // The plugin host refuses group- or world-writable directories.
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
         }
         Ok(Env {
             bin_dir,
-            noop,
+            bundled,
             empty,
             work,
             cpus: allowed_cpus(),
@@ -508,18 +563,25 @@ impl Env {
         Ok(match p {
             Plugins::None => self.empty.path().to_path_buf(),
             Plugins::Dir(d) => d.clone(),
-            Plugins::Noop => {
-                let dst = self.noop.path().join("noop.so");
+            Plugins::Bundled(b) => {
+                let dir = self.bundled.path().join(b.label);
+                let dst = dir.join(format!("{}.so", b.plugin));
                 if !dst.exists() {
-                    let src = self.bin_dir.join("libnoop.so");
+                    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+                    std::fs::create_dir_all(&dir).map_err(io)?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                        .map_err(io)?;
+                    std::fs::write(dir.join(format!("{}.toml", b.plugin)), b.config).map_err(io)?;
+                    let src = self.bin_dir.join(format!("lib{}.so", b.plugin));
                     std::fs::copy(&src, &dst).map_err(|e| {
                         format!(
-                            "{}: {e}; build it (cargo build --release -p noop) or pass --plugins DIR",
+                            "{}: {e}; build it (cargo build --release --workspace) or pass --plugins DIR",
                             src.display()
                         )
                     })?;
                 }
-                self.noop.path().to_path_buf()
+                dir
             }
         })
     }
@@ -1008,9 +1070,9 @@ pub fn run_main(a: RunArgs) -> ExitCode {
         flows: a.flows,
         cores: a.cores.max(1),
         plugins: match (&a.plugins, a.no_plugins) {
-            (Some(d), _) => Plugins::Dir(d.clone()),
+            (Some(p), _) => p.clone(),
             (None, true) => Plugins::None,
-            (None, false) => Plugins::Noop,
+            (None, false) => Plugins::noop(),
         },
         consumer: if a.null {
             Consumer::Null

@@ -30,7 +30,7 @@ pub struct SweepArgs {
     /// Worker cores.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub cores: Vec<usize>,
-    /// Plugin sets: none, noop, or a directory.
+    /// Plugin sets: none, noop, streamhash, streamhash-crc32, streamhash-xxh3, or a directory.
     #[arg(long, value_delimiter = ',', default_value = "none,noop")]
     pub plugins: Vec<Plugins>,
     /// Seconds per point.
@@ -436,7 +436,7 @@ pub fn sweep(a: &SweepArgs, env: &mut Env) -> Result<Vec<Row>, String> {
             vec![Sizes::Fixed(64), Sizes::Fixed(1514)],
             vec![1000],
             vec![1],
-            vec![Plugins::Noop],
+            vec![Plugins::noop()],
             0.3,
             vec![0.5],
         )

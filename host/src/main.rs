@@ -62,6 +62,10 @@ enum Command {
         /// Do not track connections whose SYN was not captured (they become orphans).
         #[arg(long)]
         no_midstream: bool,
+        /// Compute only the CRC-32 of each direction, not SHA-256 (the "sha256" field is
+        /// left out): the work other reassemblers do in scripts/compare.
+        #[arg(long)]
+        no_sha256: bool,
     },
     /// Run monitor plugins over a packet source, with hot reload.
     ///
@@ -245,8 +249,10 @@ fn main() -> ExitCode {
             timeout,
             verify_checksums,
             no_midstream,
+            no_sha256,
         } => {
             let opts = StreamsOptions {
+                sha256: !no_sha256,
                 engine: Config {
                     max_flows,
                     tcp_timeout: timeout.saturating_mul(1_000_000_000),

@@ -28,7 +28,7 @@ pub const BATCH: usize = 32;
 pub struct DirectionRecord {
     /// Bytes delivered in order.
     pub bytes: u64,
-    /// SHA-256 of those bytes, lower-case hex.
+    /// SHA-256 of those bytes, lower-case hex (empty when not computed: `--no-sha256`).
     pub sha256: String,
     /// CRC-32 (IEEE) of those bytes, to compare with other reassemblers' reports.
     pub crc32: u32,
@@ -76,10 +76,14 @@ impl StreamRecord {
     /// The record as one JSON object (no trailing newline).
     pub fn to_json(&self) -> String {
         let dir = |d: &DirectionRecord| {
-            serde_json::json!({
-                "bytes": d.bytes, "sha256": d.sha256, "crc32": format!("{:08x}", d.crc32),
+            let mut v = serde_json::json!({
+                "bytes": d.bytes, "crc32": format!("{:08x}", d.crc32),
                 "missing": d.missing, "overlap": d.overlap,
-            })
+            });
+            if !d.sha256.is_empty() {
+                v["sha256"] = d.sha256.as_str().into();
+            }
+            v
         };
         let mut v = serde_json::json!({
             "client": self.client.to_string(),
@@ -98,16 +102,16 @@ impl StreamRecord {
 }
 
 struct Direction {
-    sha: Sha256,
+    sha: Option<Box<Sha256>>,
     crc: crc32fast::Hasher,
     bytes: u64,
     lost: u64,
 }
 
 impl Direction {
-    fn new() -> Direction {
+    fn new(sha256: bool) -> Direction {
         Direction {
-            sha: Sha256::new(),
+            sha: sha256.then(|| Box::new(Sha256::new())),
             crc: crc32fast::Hasher::new(),
             bytes: 0,
             lost: 0,
@@ -129,6 +133,7 @@ pub struct StreamHasher {
     scratch: Box<[u8]>,
     done: Rc<RefCell<Vec<StreamRecord>>>,
     buffer: u32,
+    sha256: bool,
 }
 
 impl StreamHasher {
@@ -141,7 +146,14 @@ impl StreamHasher {
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             done,
             buffer,
+            sha256: true,
         }
+    }
+
+    /// Whether to compute SHA-256 as well as CRC-32 (on by default).
+    pub fn with_sha256(mut self, on: bool) -> StreamHasher {
+        self.sha256 = on;
+        self
     }
 
     fn entry(&mut self, cx: &mut Cx<'_>, h: FlowHandle) -> Option<usize> {
@@ -150,7 +162,7 @@ impl StreamHasher {
             return Some(v as usize - 1);
         }
         let live = Live {
-            dirs: [Direction::new(), Direction::new()],
+            dirs: [Direction::new(self.sha256), Direction::new(self.sha256)],
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -175,7 +187,9 @@ impl StreamHasher {
             match cx.peek(h, side, &mut self.scratch) {
                 Ok(0) => break,
                 Ok(n) => {
-                    d.sha.update(&self.scratch[..n]);
+                    if let Some(sha) = &mut d.sha {
+                        sha.update(&self.scratch[..n]);
+                    }
                     d.crc.update(&self.scratch[..n]);
                     d.bytes += n as u64;
                 }
@@ -234,7 +248,7 @@ impl StreamHasher {
             let overlap = info(s).map_or(0, |i| i.overlap);
             DirectionRecord {
                 bytes: d.bytes,
-                sha256: hex(&d.sha.finalize()),
+                sha256: d.sha.map_or_else(String::new, |sha| hex(&sha.finalize())),
                 crc32: d.crc.finalize(),
                 missing: d.lost,
                 overlap,
@@ -279,6 +293,8 @@ pub struct StreamsOptions {
     pub engine: Config,
     /// Receive buffer per side (bytes).
     pub buffer: u32,
+    /// Compute SHA-256 as well as CRC-32.
+    pub sha256: bool,
 }
 
 /// The result of a `streams` run.
@@ -304,7 +320,7 @@ pub fn run(
     let started = Instant::now();
     let capture = CaptureFile::open(path)?;
     let done = Rc::new(RefCell::new(Vec::new()));
-    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done));
+    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done)).with_sha256(opts.sha256);
     // The hasher asks for the configured capacity, so freed buffers are pooled and reused
     // instead of allocated (and zeroed) for every connection.
     let cfg = Config {
@@ -372,7 +388,7 @@ pub fn write_report(out: &mut impl Write, report: &StreamsReport, json: bool) ->
             r.s2c.bytes,
             r.c2s.missing + r.s2c.missing,
             r.c2s.overlap + r.s2c.overlap,
-            &r.c2s.sha256[..16],
+            r.c2s.sha256.get(..16).unwrap_or("-"),
             if r.partial { "  (partial)" } else { "" }
         )?;
     }

@@ -92,3 +92,34 @@ fn bad_source_syntax_and_missing_shm_region() {
     assert_eq!(code, 2);
     assert!(err.contains("flowpeek-no-such-region"), "{err}");
 }
+
+#[test]
+fn streams_without_sha256_keeps_every_other_field() {
+    let capture = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo.pcapng");
+    let json = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+            .args(["streams", "--json"])
+            .args(extra)
+            .arg(capture)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let full = json(&[]);
+    let crc_only = json(&["--no-sha256"]);
+    assert!(!full.is_empty());
+    assert_eq!(full.len(), crc_only.len());
+    for (mut f, c) in full.into_iter().zip(crc_only) {
+        for dir in ["c2s", "s2c"] {
+            assert_eq!(f[dir]["sha256"].as_str().map(str::len), Some(64));
+            assert!(c[dir].get("sha256").is_none(), "{c}");
+            f[dir].as_object_mut().unwrap().remove("sha256");
+        }
+        assert_eq!(f, c);
+    }
+}

@@ -22,6 +22,7 @@ fn corpus() -> PathBuf {
 
 fn streams_options() -> StreamsOptions {
     StreamsOptions {
+        sha256: true,
         engine: Config {
             max_flows: 1 << 20,
             tcp_timeout: 3600 * 1_000_000_000,

@@ -1031,6 +1031,44 @@ pub fn config_u64(text: &str, key: &str) -> Result<Option<u64>, String> {
     Ok(None)
 }
 
+/// Reads `key = <string>` (quoted or bare) from a plugin's configuration text, like
+/// [`config_u64`].
+pub fn config_str<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Checks that a plugin's configuration text sets only `known` keys, and that every
+/// non-blank, non-comment line is `key = value`: the error names the line and the keys the
+/// plugin knows (a misspelt key must not be ignored silently).
+pub fn config_keys(text: &str, known: &[&str]) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            return Err(format!("line {}: {line:?} is not `key = value`", n + 1));
+        };
+        let k = k.trim();
+        if !known.contains(&k) {
+            return Err(format!(
+                "line {}: unknown key {k:?}; this plugin knows {}",
+                n + 1,
+                if known.is_empty() {
+                    "no key".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Per-flow state of a monitor, found through the flow's user value (no hashing): the low
 /// 48 bits hold the slot index + 1; the high 16 bits are left to the monitor
 /// ([`FlowSlab::flags`], [`FlowSlab::set_flags`]). Freed slots are reused.

@@ -1,6 +1,9 @@
 //! The receive buffer of one side: a window `[head, head + capacity)` of the stream.
 //!
-//! Bytes live in a ring indexed by `offset % capacity`; what is stored is a sorted list of
+//! Bytes live in a ring indexed by `offset % storage`, where the storage starts small
+//! ([`INITIAL_STORAGE`]) and doubles, up to the capacity, when a write needs more room
+//! than it has (most connections are short: a 256 KiB window costs them 4 KiB of memory and
+//! no page faults); what is stored is a sorted list of
 //! disjoint fragments `[start, end)` in a fixed array, so a flood of tiny out-of-order
 //! segments cannot grow it (the engine counts what the bound drops). The buffer knows
 //! nothing about events: the engine decides when the head may advance and tells monitors.
@@ -8,6 +11,9 @@
 /// At most this many disjoint fragments per side; a segment that would need one more is
 /// dropped and counted.
 pub const MAX_FRAGMENTS: usize = 32;
+
+/// The storage a new buffer starts with (less if its capacity is smaller).
+pub(crate) const INITIAL_STORAGE: usize = 4096;
 
 /// Which copy wins when a segment overlaps bytes already stored (SPEC §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +49,10 @@ struct Fragment {
 /// retransmitted) can be *skipped*: `contig` then moves past it while the bytes before the
 /// gap stay readable. Readers learn of the skipped bytes from `peek` (`Lost`).
 pub(crate) struct RecvBuffer {
+    /// The ring: `offset % data.len()`; grows up to `cap`.
     data: Box<[u8]>,
+    /// The window's size.
+    cap: u64,
     head: u64,
     contig: u64,
     frags: [Fragment; MAX_FRAGMENTS],
@@ -53,8 +62,10 @@ pub(crate) struct RecvBuffer {
 impl RecvBuffer {
     /// An empty buffer of `capacity` bytes (at least 1) whose window starts at `head`.
     pub(crate) fn new(capacity: usize, head: u64) -> RecvBuffer {
+        let cap = capacity.max(1);
         RecvBuffer {
-            data: vec![0u8; capacity.max(1)].into_boxed_slice(),
+            data: vec![0u8; cap.min(INITIAL_STORAGE)].into_boxed_slice(),
+            cap: cap as u64,
             head,
             contig: head,
             frags: [Fragment::default(); MAX_FRAGMENTS],
@@ -71,7 +82,44 @@ impl RecvBuffer {
 
     #[inline]
     pub(crate) fn capacity(&self) -> u64 {
-        self.data.len() as u64
+        self.cap
+    }
+
+    /// Bytes of memory the ring holds now (at most the capacity).
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Makes the ring big enough for every stored byte and `[head, end)`: doubles it (at
+    /// least), up to the capacity, moving the stored fragments to their new positions.
+    #[inline]
+    fn make_room(&mut self, end: u64) {
+        let need = end.max(self.last_end()) - self.head;
+        if need > self.data.len() as u64 {
+            self.grow(need);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, need: u64) {
+        let len = need
+            .max(2 * self.data.len() as u64)
+            .next_power_of_two()
+            .min(self.cap) as usize;
+        let old = std::mem::replace(&mut self.data, vec![0u8; len].into_boxed_slice());
+        let old_len = old.len() as u64;
+        for f in &self.frags[..self.nfrags] {
+            let mut off = f.start;
+            while off < f.end {
+                let pos = (off % old_len) as usize;
+                let n = ((f.end - off) as usize).min(old.len() - pos);
+                let to = (off % len as u64) as usize;
+                let m = n.min(len - to);
+                self.data[to..to + m].copy_from_slice(&old[pos..pos + m]);
+                off += m as u64;
+            }
+        }
     }
 
     /// The oldest offset the window can hold.
@@ -196,6 +244,7 @@ impl RecvBuffer {
         if bytes.is_empty() {
             return WriteOutcome::default();
         }
+        self.make_room(end);
         // Fragments [lo, hi) touch or overlap the new segment.
         let lo = self.frags[..self.nfrags].partition_point(|f| f.end < off);
         let hi = self.frags[..self.nfrags].partition_point(|f| f.start <= end);
@@ -279,6 +328,44 @@ impl RecvBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pattern(off: u64) -> u8 {
+        (off.wrapping_mul(0x9e37_79b9) >> 13) as u8
+    }
+
+    #[test]
+    fn storage_grows_on_demand_and_keeps_every_stored_byte() {
+        let cap = 1 << 16;
+        // The head sits just before a multiple of the initial storage, so fragments wrap
+        // in the small ring before it grows.
+        let head = 10 * INITIAL_STORAGE as u64 - 100;
+        let mut b = RecvBuffer::new(cap, head);
+        assert_eq!(b.storage(), INITIAL_STORAGE);
+        let seg = |off: u64, len: u64| -> Vec<u8> { (off..off + len).map(pattern).collect() };
+        // In order within the first 4 KiB (wrapping in the small ring), then a fragment far
+        // ahead that needs 16 KiB, then one that needs the whole window.
+        b.write(head, &seg(head, 3000), OverlapPolicy::First);
+        assert_eq!(b.storage(), INITIAL_STORAGE);
+        b.write(head + 9000, &seg(head + 9000, 5000), OverlapPolicy::First);
+        assert_eq!(b.storage(), 16384);
+        b.write(
+            head + 60_000,
+            &seg(head + 60_000, 5536),
+            OverlapPolicy::First,
+        );
+        assert_eq!(b.storage(), cap);
+        for (start, len) in [(head, 3000u64), (head + 9000, 5000), (head + 60_000, 5536)] {
+            let mut out = vec![0u8; len as usize];
+            assert_eq!(b.read(start, &mut out), Some(len as usize));
+            assert_eq!(out, seg(start, len), "fragment at {start}");
+        }
+        // A short stream never grows: 4 KiB, not 64.
+        let mut small = RecvBuffer::new(cap, 0);
+        small.write(0, &seg(0, 1000), OverlapPolicy::First);
+        assert_eq!(small.storage(), INITIAL_STORAGE);
+        // Capacity smaller than the initial storage.
+        assert_eq!(RecvBuffer::new(100, 0).storage(), 100);
+    }
 
     fn frags(b: &RecvBuffer) -> Vec<(u64, u64)> {
         b.fragments().collect()

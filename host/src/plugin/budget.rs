@@ -140,12 +140,15 @@ impl Names {
     }
 }
 
+/// Every core's beat, with its core number.
+type Beats = Mutex<Vec<(u32, Arc<CoreBeat>)>>;
+
 /// The cores' beats and the thread that watches them.
 #[derive(Debug)]
 pub struct Watchdog {
     budget: CallBudget,
     names: Arc<Names>,
-    beats: Arc<Mutex<Vec<(u32, Arc<CoreBeat>)>>>,
+    beats: Arc<Beats>,
     /// Callbacks flagged over budget, all cores.
     flagged: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -165,7 +168,7 @@ impl Watchdog {
     /// Starts watching (no thread when the budget is off).
     pub fn start(budget: CallBudget) -> Watchdog {
         let names = Arc::new(Names::default());
-        let beats: Arc<Mutex<Vec<(u32, Arc<CoreBeat>)>>> = Arc::default();
+        let beats: Arc<Beats> = Arc::default();
         let flagged = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = (!budget.limit.is_zero())
@@ -236,7 +239,7 @@ impl Drop for Watchdog {
 fn watch(
     budget: CallBudget,
     names: &Names,
-    beats: &Mutex<Vec<(u32, Arc<CoreBeat>)>>,
+    beats: &Beats,
     flagged: &AtomicU64,
     stop: &AtomicBool,
 ) {

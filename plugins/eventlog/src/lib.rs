@@ -110,7 +110,8 @@ impl Monitor for EventLog {
     const NAME: &'static str = "eventlog";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn new(_core: u32, _config: &str) -> Result<Self, String> {
+    fn new(_core: u32, config: &str) -> Result<Self, String> {
+        config_keys(config, &[])?;
         Ok(EventLog {
             line: String::with_capacity(256),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),

@@ -810,6 +810,7 @@ impl Monitor for HttpLog {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn new(_core: u32, config: &str) -> Result<Self, String> {
+        config_keys(config, &["buffer", "max_header", "max_pending"])?;
         let buffer = config_u64(config, "buffer")?.unwrap_or(64 * 1024);
         let max_header = config_u64(config, "max_header")?.unwrap_or(16 * 1024);
         let max_pending = config_u64(config, "max_pending")?.unwrap_or(64);

@@ -181,6 +181,7 @@ impl Monitor for Midstat {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn new(core: u32, config: &str) -> Result<Self, String> {
+        config_keys(config, &["max_rows", "interval_ms"])?;
         let max_rows = config_u64(config, "max_rows")?.unwrap_or(1000);
         let interval_ms = config_u64(config, "interval_ms")?.unwrap_or(1000);
         if interval_ms == 0 {

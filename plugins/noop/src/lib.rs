@@ -1,7 +1,7 @@
 //! `noop`: subscribes to `PktIn` at the sender's hook and counts, nothing more. It measures
 //! what the plugin boundary costs per packet; at shutdown it emits the count.
 
-use flowpeek_plugin_api::sdk::{Cx, Event, EventKind, Hook, Monitor, Subscriptions};
+use flowpeek_plugin_api::sdk::{config_keys, Cx, Event, EventKind, Hook, Monitor, Subscriptions};
 
 /// Counts packets.
 pub struct Noop {
@@ -12,7 +12,8 @@ impl Monitor for Noop {
     const NAME: &'static str = "noop";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    fn new(_core: u32, _config: &str) -> Result<Self, String> {
+    fn new(_core: u32, config: &str) -> Result<Self, String> {
+        config_keys(config, &[])?;
         Ok(Noop { packets: 0 })
     }
 
