@@ -3,9 +3,12 @@
 //! Everything runs on prebuilt in-memory Ethernet/IPv4/TCP frames, on one core, with time
 //! passed to the engine as a counter (1 ns per packet; the engine never reads a clock).
 //!
-//! - `pkts_64b/{10k,1M}_flows/{no_monitor,nop_pktin_snd,newdata_peek}`: 64-byte frames
-//!   (14 + 20 + 20 header bytes + 10 payload bytes) round-robin over established flows,
-//!   both directions, `end_batch()` every 32 packets. Throughput in packets.
+//! - `pkts_64b/{10k,1M}_flows/{no_monitor,nop_pktin_snd,plugin_noop,newdata_peek}`: 64-byte
+//!   frames (14 + 20 + 20 header bytes + 10 payload bytes) round-robin over established
+//!   flows, both directions, `end_batch()` every 32 packets. Throughput in packets.
+//!   `plugin_noop` is the bundled no-op plugin (target/release/libnoop.so, loaded through the
+//!   plugin host: the whole FFI path; skipped with a message when it is not built:
+//!   `cargo build --release -p flowpeek-plugin-noop`).
 //! - `reassembly_1460b/{in_order,ooo_pairs}`: 1460-byte segments on 16 flows (client to
 //!   server) read by a consuming `NewData` monitor (`peek` into a 64 KiB scratch).
 //!   Throughput in payload bytes.
@@ -416,7 +419,29 @@ impl Monitor for Checker {
 enum Variant {
     NoMonitor,
     NopPktIn,
+    PluginNoop,
     NewDataPeek,
+}
+
+/// The bundled no-op plugin's library, if built.
+fn noop_library() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/libnoop.so");
+    p.exists().then_some(p)
+}
+
+/// A plugin host with the no-op plugin, for one core (kept alive with the engine).
+fn noop_plugin_host() -> (flowpeek::plugin::PluginHost, Vec<Box<dyn Monitor>>) {
+    use std::os::unix::fs::PermissionsExt;
+    let lib = noop_library().expect("checked by the caller");
+    let dir = std::env::temp_dir().join(format!("flowpeek-bench-noop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(lib, dir.join("noop.so")).unwrap();
+    let r =
+        flowpeek::plugin::PluginHost::open(&dir, &dir.join("logs"), 0, u64::MAX, false).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
 impl Variant {
@@ -424,6 +449,7 @@ impl Variant {
         match self {
             Variant::NoMonitor => "no_monitor",
             Variant::NopPktIn => "nop_pktin_snd",
+            Variant::PluginNoop => "plugin_noop",
             Variant::NewDataPeek => "newdata_peek",
         }
     }
@@ -431,6 +457,7 @@ impl Variant {
         match self {
             Variant::NoMonitor => vec![],
             Variant::NopPktIn => vec![Box::new(Nop)],
+            Variant::PluginNoop => unreachable!("built with its host"),
             Variant::NewDataPeek => vec![Box::new(Peeker::new(c))],
         }
     }
@@ -444,6 +471,7 @@ struct Setup {
     count: u64,
     c: Rc<Counters>,
     data_pkts: u64,
+    _plugins: Option<flowpeek::plugin::PluginHost>,
 }
 
 impl Setup {
@@ -461,6 +489,7 @@ impl Setup {
             count: 0,
             c,
             data_pkts: 0,
+            _plugins: None,
         };
         handshakes(&mut s.engine, flows, &mut s.ts, &mut s.count);
         assert_eq!(s.engine.stats().flows_live, flows.len() as u64);
@@ -549,20 +578,31 @@ fn bench_64b(c: &mut Criterion, nflows: usize, label: &str, chunk: usize) {
     let mut g = c.benchmark_group("pkts_64b");
     g.sample_size(10);
     g.throughput(Throughput::Elements(chunk as u64));
-    for v in [Variant::NoMonitor, Variant::NopPktIn, Variant::NewDataPeek] {
+    for v in [
+        Variant::NoMonitor,
+        Variant::NopPktIn,
+        Variant::PluginNoop,
+        Variant::NewDataPeek,
+    ] {
+        if v == Variant::PluginNoop && noop_library().is_none() {
+            eprintln!("pkts_64b/{label}/plugin_noop skipped: build the plugin first (cargo build --release -p flowpeek-plugin-noop)");
+            continue;
+        }
         // Built on first use, so that a filtered-out benchmark costs no setup.
         let mut setup: Option<Setup> = None;
         g.bench_function(format!("{label}/{}", v.name()), |b| {
             let s = setup.get_or_insert_with(|| {
                 let counters = Rc::new(Counters::default());
                 let ring = ring_64b(&flows, chunk);
-                Setup::new(
-                    cfg_64b(nflows),
-                    v.monitors(&counters),
-                    counters,
-                    &flows,
-                    ring,
-                )
+                let (host, monitors) = if v == Variant::PluginNoop {
+                    let (h, m) = noop_plugin_host();
+                    (Some(h), m)
+                } else {
+                    (None, v.monitors(&counters))
+                };
+                let mut s = Setup::new(cfg_64b(nflows), monitors, counters, &flows, ring);
+                s._plugins = host;
+                s
             });
             b.iter_custom(|iters| s.measure(iters));
         });
