@@ -17,30 +17,56 @@ mod plugin_util;
 
 #[test]
 fn generator_to_shm_to_two_workers_to_streamhash() {
-    let dir = plugin_util::TempDir::new("shm-pipeline");
-    let logs = plugin_util::TempDir::new("shm-pipeline-logs");
+    let cfg = GenConfig {
+        flows: 300,
+        sizes: imix(),
+        conn_packets: 16,
+        seed: 5,
+        loss: 0.01,
+        reorder: 0.01,
+        retransmit: 0.01,
+        checksums: false,
+    };
+    let expected = pipeline("two", cfg, 2, 100_000, 65536);
+    assert!(expected > 1000, "{expected} connections");
+}
+
+/// 70,000 concurrent connections on one worker: past `PREFETCH_MIN_FLOWS`, so the worker
+/// takes the lookahead path (`rx_batch_lookahead` with the engine's prefetch hints).
+#[test]
+fn seventy_thousand_flows_on_one_worker_take_the_lookahead_path() {
+    let cfg = GenConfig {
+        flows: 70_000,
+        sizes: imix(),
+        conn_packets: 4,
+        seed: 9,
+        loss: 0.0,
+        reorder: 0.0,
+        retransmit: 0.0,
+        checksums: false,
+    };
+    assert!(cfg.flows as usize > flowpeek::flow::PREFETCH_MIN_FLOWS);
+    let expected = pipeline("lookahead", cfg, 1, 1_200_000, 4096);
+    assert!(expected >= 70_000, "{expected} connections");
+}
+
+/// Generator → `rings` shm rings → `flowpeek run` with streamhash: every packet once, and
+/// every connection the generator finished hashes to what it sent. Returns how many.
+fn pipeline(tag: &str, cfg: GenConfig, rings: usize, packets: u64, buffer: u32) -> usize {
+    let dir = plugin_util::TempDir::new(&format!("shm-pipeline-{tag}"));
+    let logs = plugin_util::TempDir::new(&format!("shm-pipeline-{tag}-logs"));
     plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
-    std::fs::write(dir.join("streamhash.toml"), "buffer = 65536\n").unwrap();
-    let name = format!("flowpeek-test-pipeline-{}", std::process::id());
+    std::fs::write(dir.join("streamhash.toml"), format!("buffer = {buffer}\n")).unwrap();
+    let name = format!("flowpeek-test-pipeline-{tag}-{}", std::process::id());
     let (ready_tx, ready_rx) = mpsc::channel();
     let spec = OutputSpec::Shm(name.clone());
     let producer = std::thread::spawn(move || {
-        let mut out = Output::open(&spec, 2, 1024).unwrap();
+        let mut out = Output::open(&spec, rings as u32, 1024).unwrap();
         ready_tx.send(()).unwrap();
-        let cfg = GenConfig {
-            flows: 300,
-            sizes: imix(),
-            conn_packets: 16,
-            seed: 5,
-            loss: 0.01,
-            reorder: 0.01,
-            retransmit: 0.01,
-            checksums: false,
-        };
         let mut gen = Generator::new(cfg);
         gen.record = true;
         let mut frame = vec![0u8; 2048];
-        for _ in 0..100_000 {
+        for _ in 0..packets {
             let n = gen.next(&mut frame);
             // A full ring: wait for the consumer (never drop: the streams are checked).
             while !out.send(&frame[..n], 0).unwrap() {
@@ -83,8 +109,9 @@ fn generator_to_shm_to_two_workers_to_streamhash() {
     let stop = Arc::new(AtomicBool::new(false));
     let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();
     let expected = producer.join().unwrap();
-    assert_eq!(report.per_core.len(), 2, "one worker per ring");
-    assert_eq!(report.stats.packets, 100_000, "every packet, exactly once");
+    assert_eq!(report.per_core.len(), rings, "one worker per ring");
+    assert_eq!(report.stats.packets, packets, "every packet, exactly once");
+    assert_eq!(report.stats.buffer_memory_refusals, 0, "{:?}", report.stats);
     assert!(report.per_core.iter().all(|c| c.packets > 0));
     let got: HashMap<(String, String), (String, String)> =
         plugin_util::records(&logs.join("streamhash.jsonl"))
@@ -102,8 +129,8 @@ fn generator_to_shm_to_two_workers_to_streamhash() {
                 )
             })
             .collect();
-    assert!(expected.len() > 1000, "{} connections", expected.len());
     for (key, want) in &expected {
         assert_eq!(got.get(key), Some(want), "{key:?}");
     }
+    expected.len()
 }

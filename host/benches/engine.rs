@@ -34,6 +34,7 @@ use flowpeek::flow::{
     BufferRequest, Config, Cx, EndReason, Engine, Event, EventKind, EventSide, Hook, Monitor,
     PeekError, Subscriptions,
 };
+use flowpeek::io::ring::{LOOKAHEAD_FAR, LOOKAHEAD_NEAR, LOOKAHEAD_NEXT};
 use flowpeek::wire::{LinkType, TcpFlags};
 
 const HDR: usize = 14 + 20 + 20;
@@ -227,8 +228,33 @@ impl Ring {
     fn run_chunk(&self, engine: &mut Engine, ts: &mut u64, count: &mut u64) {
         let start = self.pos * self.stride;
         let end = start + self.chunk * self.stride;
-        for f in self.frames[start..end].chunks_exact(self.stride) {
-            feed(engine, &f[..self.len], ts, count);
+        if !engine.prefetch_wanted() {
+            for f in self.frames[start..end].chunks_exact(self.stride) {
+                feed(engine, &f[..self.len], ts, count);
+            }
+            return;
+        }
+        // A big table: the lookahead of the shm/netmap workers (RxRing::rx_batch_lookahead).
+        let frame = |k: usize| {
+            let at = start + k * self.stride;
+            &self.frames[at..at + self.len]
+        };
+        let (far, near, next) = (
+            LOOKAHEAD_FAR as usize,
+            LOOKAHEAD_NEAR as usize,
+            LOOKAHEAD_NEXT as usize,
+        );
+        for k in 0..self.chunk {
+            if k + far < self.chunk {
+                engine.prefetch_index(LINK, frame(k + far));
+            }
+            if k + near < self.chunk {
+                engine.prefetch_flow(LINK, frame(k + near));
+            }
+            if k + next < self.chunk {
+                engine.prefetch_buffers(LINK, frame(k + next));
+            }
+            feed(engine, frame(k), ts, count);
         }
     }
 

@@ -116,14 +116,14 @@ enum Command {
         max_flows: u32,
         /// Receive-buffer memory per core, in MiB: a side that would exceed it gets no buffer
         /// (counted as buffer_memory_refusals in --stats).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
         buffer_memory: u64,
         /// Do not watch the plugin directory (no hot reload).
         #[arg(long)]
         no_watch: bool,
         /// Worker threads, one per core, each pinned, flows sharded by a symmetric hash
         /// (default: every core of this machine).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_cores)]
         cores: Option<usize>,
         /// No per-second status on stderr.
         #[arg(long)]
@@ -344,7 +344,35 @@ struct RunArgs {
     budget: flowpeek::plugin::CallBudget,
 }
 
+/// Most worker threads `--cores` accepts.
+const MAX_CORES: usize = 1024;
+
+/// The CPUs this process may run on.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `--cores`: 1 to [`MAX_CORES`]; more than the CPUs runs, with a warning from `run`.
+fn parse_cores(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n == 0 || n > MAX_CORES {
+        let cpus = cpus();
+        return Err(format!(
+            "{n} worker threads; use 1 to {cpus} (this machine has {cpus} CPUs), or leave --cores out to use them all"
+        ));
+    }
+    Ok(n)
+}
+
 fn run(a: RunArgs) -> ExitCode {
+    if let Some(n) = a.cores.filter(|&n| n > cpus()) {
+        eprintln!(
+            "flowpeek: warning: --cores {n} is more than the {} CPUs this process may run on: workers share CPUs (pinned modulo {}), which costs throughput; use --cores {} or fewer",
+            cpus(),
+            cpus(),
+            cpus()
+        );
+    }
     let opts = flowpeek::run::RunOptions {
         source: a.source,
         plugins: a.plugins,
@@ -360,9 +388,7 @@ fn run(a: RunArgs) -> ExitCode {
         loops: a.loops,
         drain_timeout: a.drain_timeout.saturating_mul(1_000_000_000),
         watch: !a.no_watch,
-        cores: a
-            .cores
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        cores: a.cores.unwrap_or_else(cpus),
         latency_sample: a.latency_sample,
         budget: a.budget,
     };

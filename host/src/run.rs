@@ -278,11 +278,14 @@ pub fn run(
                             None => Err("no shm ring for this core".into()),
                         },
                     })
-                    .expect("spawning a worker thread")
             })
             .collect();
+        if handles.iter().any(Result::is_err) {
+            // The workers that did start stop at once; the error is reported below.
+            stop.store(true, Ordering::Relaxed);
+        }
         let mut last = Instant::now();
-        while handles.iter().any(|h| !h.is_finished()) {
+        while handles.iter().flatten().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(50));
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
@@ -301,9 +304,13 @@ pub fn run(
         }
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("the worker thread panicked".into()))
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err("the worker thread panicked".into())),
+                Err(e) => Err(format!(
+                    "cannot start its worker thread ({e}): use fewer --cores, or raise the process's thread limit (ulimit -u)"
+                )),
             })
             .collect()
     });

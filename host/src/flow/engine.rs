@@ -18,6 +18,61 @@ use super::types::*;
 use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 const NIL: u32 = u32::MAX;
+
+/// Flow slots from which [`Engine::prefetch_wanted`] says yes: 64k flows of state are
+/// tens of MiB, past the caches; below, looking ahead would only cost time.
+pub const PREFETCH_MIN_FLOWS: usize = 1 << 16;
+
+/// The symmetric flow hash of a plain IPv4 TCP frame (Ethernet without VLAN tags, or raw
+/// IP), read straight from fixed offsets; `None` for anything else. A hint only: the frame
+/// is decoded properly when it is processed.
+#[inline]
+fn quick_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
+    let ip = match link? {
+        LinkType::Ethernet => {
+            if frame.get(12..14)? != [0x08, 0x00] {
+                return None;
+            }
+            frame.get(14..)?
+        }
+        LinkType::RawIp => frame,
+        _ => return None,
+    };
+    let vihl = *ip.first()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 {
+        return None;
+    }
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(ip.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (src, dst, ports) = (word(12)?, word(16)?, word(ihl)?);
+    let v4 = |a: u32| Addr([0, 0xffff_0000_0000 | u64::from(a)]);
+    let (key, _) = FlowKey::new(v4(src), (ports >> 16) as u16, v4(dst), ports as u16);
+    Some(key.hash())
+}
+
+/// Asks the CPU to start loading the `len` bytes at `r` into the cache (a hint: never
+/// faults, changes nothing).
+#[inline(always)]
+pub(crate) fn prefetch<T: ?Sized>(r: &T, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = (r as *const T).cast::<i8>();
+        let mut off = 0;
+        while off < len {
+            // SAFETY: `p + off` lies inside the object `r` refers to (off < len, its size);
+            // a prefetch reads nothing architecturally and cannot fault.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off));
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (r, len);
+}
 /// Entries of the smallest flow index.
 const MIN_INDEX: usize = 1024;
 const NANOS: u64 = 1_000_000_000;
@@ -566,6 +621,60 @@ impl Engine {
     pub fn on_frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
         let decoded = link.map(|l| wire::decode(l, frame));
         self.on_decoded(&decoded, frame, ts);
+    }
+
+    /// Whether looking ahead pays: the flow table is past the caches' reach (at least
+    /// [`PREFETCH_MIN_FLOWS`] slots). Workers check it once per batch and then call
+    /// [`Engine::prefetch_index`] and [`Engine::prefetch_flow`] for frames a few places ahead
+    /// of the one they process, so that the cache misses of several packets overlap.
+    #[inline]
+    pub fn prefetch_wanted(&self) -> bool {
+        self.core.flows.len() >= PREFETCH_MIN_FLOWS
+    }
+
+    /// Lookahead, far: starts loading the index entry of `frame`'s flow into the cache.
+    /// Only plain IPv4 TCP frames (Ethernet without tags, or raw IP) are recognised; for
+    /// anything else this does nothing. Changes nothing the engine does.
+    #[inline]
+    pub fn prefetch_index(&self, link: Option<LinkType>, frame: &[u8]) {
+        if let Some(hash) = quick_hash(link, frame) {
+            prefetch(&self.core.index[hash as usize & self.core.index_mask], 8);
+        }
+    }
+
+    /// Lookahead, near (after [`Engine::prefetch_index`] for the same frame, a few frames
+    /// earlier): finds the flow's slot by the index entry's tag alone (no key comparison,
+    /// which would wait for the flow) and starts loading the flow's state and its
+    /// per-monitor state.
+    #[inline]
+    pub fn prefetch_flow(&self, link: Option<LinkType>, frame: &[u8]) {
+        let Some(slot) = quick_hash(link, frame).and_then(|h| self.core.slot_hint(h)) else {
+            return;
+        };
+        let core = &self.core;
+        if let Some(f) = core.flows.get(slot) {
+            prefetch(f, std::mem::size_of::<Flow>());
+        }
+        let n = core.nmon;
+        if let Some(m) = core.mon_flows.get(slot * n..slot * n + n) {
+            prefetch(m, std::mem::size_of_val(m));
+        }
+    }
+
+    /// Lookahead, next (after [`Engine::prefetch_flow`]): the flow is (likely) in the
+    /// cache; starts loading its receive buffers where the next in-order write goes.
+    #[inline]
+    pub fn prefetch_buffers(&self, link: Option<LinkType>, frame: &[u8]) {
+        let Some(slot) = quick_hash(link, frame).and_then(|h| self.core.slot_hint(h)) else {
+            return;
+        };
+        if let Some(f) = self.core.flows.get(slot) {
+            for side in &f.sides {
+                if let Some(b) = &side.buf {
+                    b.prefetch_next_write();
+                }
+            }
+        }
     }
 
     /// Processes a frame already decoded (`None`: an unsupported link type), counting it.
@@ -1663,6 +1772,25 @@ impl Core {
             Some(f) if f.live && (f.gen & 0x3f_ffff) == h.gen() => Ok(slot),
             _ => Err(Errno::Badf),
         }
+    }
+
+    /// The slot of the first index entry whose tag matches `hash` (a guess for
+    /// prefetching: the key is not compared).
+    #[inline]
+    fn slot_hint(&self, hash: u64) -> Option<usize> {
+        let tag = hash >> 32;
+        let mut i = hash as usize & self.index_mask;
+        for _ in 0..4 {
+            let e = self.index[i];
+            if e == 0 {
+                return None;
+            }
+            if e >> 32 == tag {
+                return Some((e as u32 - 1) as usize);
+            }
+            i = (i + 1) & self.index_mask;
+        }
+        None
     }
 
     #[inline]

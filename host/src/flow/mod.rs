@@ -21,7 +21,9 @@ mod types;
 
 pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
-pub use engine::{Config, Engine, Filter, ForeignFilter, LastPacket, Setup, Stats, UserFilter};
+pub use engine::{
+    Config, Engine, Filter, ForeignFilter, LastPacket, Setup, Stats, UserFilter, PREFETCH_MIN_FLOWS,
+};
 pub use key::symmetric_hash;
 pub use monitor::{BufferRequest, Monitor, Subscriptions};
 pub use types::*;

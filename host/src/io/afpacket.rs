@@ -203,7 +203,7 @@ pub enum AfPacketError {
         ifname: String,
     },
     /// The process may not open packet sockets.
-    #[error("{ifname}: permission denied while {op}: live capture needs CAP_NET_RAW; run as root, or grant it to the binary once with `sudo setcap cap_net_raw+ep $(command -v flowpeek)`")]
+    #[error("{ifname}: no permission for live capture: {op} failed ({source}); AF_PACKET capture needs the CAP_NET_RAW capability, which this process does not have; {fix}")]
     PermissionDenied {
         /// The interface.
         ifname: String,
@@ -211,6 +211,8 @@ pub enum AfPacketError {
         op: &'static str,
         /// The underlying error.
         source: io::Error,
+        /// What to do (it differs for a process running as root and one that is not).
+        fix: &'static str,
     },
     /// The ring configuration is not one the kernel accepts.
     #[error("{ifname}: invalid ring configuration: {detail}")]
@@ -256,6 +258,20 @@ pub enum AfPacketError {
         /// What to try, or empty.
         hint: &'static str,
     },
+}
+
+/// What to do about a missing `CAP_NET_RAW`: a process running as root without it had the
+/// capability taken away (a container, a systemd unit, `capsh`); any other needs root or a
+/// file capability on the binary.
+fn permission_fix() -> &'static str {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        "this process runs as root but CAP_NET_RAW was removed from its capabilities (by a container runtime, a systemd unit or capsh/setpriv): give it back, e.g. `docker run --cap-add NET_RAW`, or CapabilityBoundingSet=/AmbientCapabilities=CAP_NET_RAW in the unit"
+    } else {
+        "run flowpeek as root (sudo), or grant the capability to the binary once: `sudo setcap cap_net_raw+ep $(command -v flowpeek)`"
+    }
 }
 
 /// A packet socket bound to one interface, with its receive ring mapped.
@@ -318,6 +334,7 @@ impl AfPacketSocket {
                     ifname: name(),
                     op,
                     source,
+                    fix: permission_fix(),
                 }
             } else {
                 AfPacketError::Io {
@@ -359,6 +376,7 @@ impl AfPacketSocket {
                     ifname: name(),
                     op: "setting up the receive ring",
                     source,
+                    fix: permission_fix(),
                 },
                 Some(libc::EINVAL) => AfPacketError::BadRing {
                     ifname: name(),

@@ -379,6 +379,39 @@ unsafe fn atomic_u32<'a>(ptr: *mut u8) -> &'a AtomicU32 {
 /// Slots handed out per batch before they are given back to the producer.
 pub const MAX_BATCH: usize = 256;
 
+/// How far ahead [`RxRing::rx_batch_lookahead`] shows frames: [`Step::Far`] (start loading
+/// the flow's index entry), [`Step::Near`] (start loading the flow) and [`Step::Next`]
+/// (start loading its buffers).
+pub const LOOKAHEAD_FAR: u32 = 6;
+/// See [`LOOKAHEAD_FAR`].
+pub const LOOKAHEAD_NEAR: u32 = 3;
+/// See [`LOOKAHEAD_FAR`].
+pub const LOOKAHEAD_NEXT: u32 = 1;
+
+/// What [`RxRing::rx_batch_lookahead`] hands over.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// A frame [`LOOKAHEAD_FAR`] places ahead (a hint; it comes again).
+    Far(&'a [u8]),
+    /// A frame [`LOOKAHEAD_NEAR`] places ahead (a hint; it comes again).
+    Near(&'a [u8]),
+    /// The frame [`LOOKAHEAD_NEXT`] place ahead (a hint; it comes again).
+    Next(&'a [u8]),
+    /// The frame to process now, with its slot index.
+    Frame(&'a [u8], u32),
+}
+
+impl<'a> Step<'a> {
+    #[inline(always)]
+    fn hint(distance: u32, frame: &'a [u8]) -> Step<'a> {
+        match distance {
+            LOOKAHEAD_FAR => Step::Far(frame),
+            LOOKAHEAD_NEAR => Step::Near(frame),
+            _ => Step::Next(frame),
+        }
+    }
+}
+
 /// One validated RX ring: its constant fields cached, its `head` owned by this side.
 #[derive(Debug)]
 pub struct RxRing {
@@ -615,6 +648,50 @@ impl RxRing {
         result.map(|()| n)
     }
 
+    /// As [`rx_batch_indexed`](Self::rx_batch_indexed), with lookahead: before frame `k`
+    /// is handed over as [`Step::Frame`], frame `k + FAR` is shown as [`Step::Far`] and frame
+    /// `k + NEAR` as [`Step::Near`] (when the batch has them), so that the consumer can
+    /// start loading their state into the cache while it works on frame `k`.
+    #[inline]
+    pub fn rx_batch_lookahead(&mut self, mut f: impl FnMut(Step<'_>)) -> Result<usize, RingError> {
+        let tail = self.tail()?;
+        let n = self.num_slots;
+        let avail = ((tail + n - self.head) % n).min(MAX_BATCH as u32);
+        let at = |k: u32| (self.head + k) % n;
+        // The first frames have no earlier frame to be hinted from: hint them now.
+        for d in [LOOKAHEAD_FAR, LOOKAHEAD_NEAR, LOOKAHEAD_NEXT] {
+            for k in 0..avail.min(d) {
+                if let Ok(fr) = self.frame(at(k)) {
+                    f(Step::hint(d, fr));
+                }
+            }
+        }
+        let mut done = 0u32;
+        let mut result = Ok(());
+        while done < avail {
+            for d in [LOOKAHEAD_FAR, LOOKAHEAD_NEAR, LOOKAHEAD_NEXT] {
+                if done + d < avail {
+                    if let Ok(fr) = self.frame(at(done + d)) {
+                        f(Step::hint(d, fr));
+                    }
+                }
+            }
+            let i = at(done);
+            match self.frame(i) {
+                Ok(frame) => f(Step::Frame(frame, i)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            done += 1;
+        }
+        if done > 0 {
+            self.release(at(done));
+        }
+        result.map(|()| done as usize)
+    }
+
     /// Gives slots up to (not including) `to` back: `cur = head = to`, release ordering.
     #[inline(always)]
     fn release(&mut self, to: u32) {
@@ -848,6 +925,56 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..next).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lookahead_shows_frames_ahead_and_hands_each_over_once() {
+        // 11 slots, batches of up to 10 frames, round after round across the wrap.
+        let mut img = Image::new(1, 11, 64);
+        let mut next = 0u32;
+        let mut frames = Vec::new();
+        for round in 0..9u32 {
+            let k = 1 + (round * 3) % 10;
+            for _ in 0..k {
+                img.produce(0, &next.to_le_bytes());
+                next += 1;
+            }
+            let mut mem = img.mem(HostRings::FromIf).unwrap();
+            let mut steps = Vec::new();
+            let n = mem
+                .ring_mut(0)
+                .unwrap()
+                .rx_batch_lookahead(|s| {
+                    steps.push(match s {
+                        Step::Far(f) => ('F', u32::from_le_bytes(f.try_into().unwrap())),
+                        Step::Near(f) => ('N', u32::from_le_bytes(f.try_into().unwrap())),
+                        Step::Next(f) => ('X', u32::from_le_bytes(f.try_into().unwrap())),
+                        Step::Frame(f, _) => ('P', u32::from_le_bytes(f.try_into().unwrap())),
+                    })
+                })
+                .unwrap();
+            assert_eq!(n, k as usize);
+            let processed: Vec<u32> = steps.iter().filter(|s| s.0 == 'P').map(|s| s.1).collect();
+            let first = next - k;
+            assert_eq!(processed, (first..next).collect::<Vec<_>>());
+            frames.extend(processed);
+            // Every frame was hinted (far and near) before it was processed.
+            for p in first..next {
+                let at = steps.iter().position(|s| *s == ('P', p)).unwrap();
+                for kind in ['F', 'N', 'X'] {
+                    let hint = steps.iter().position(|s| *s == (kind, p));
+                    assert!(hint.is_some_and(|h| h < at), "{kind} {p}: {steps:?}");
+                }
+            }
+            // The lookahead is bounded: a hint is never more than FAR frames early.
+            for (i, s) in steps.iter().enumerate() {
+                if s.0 != 'P' {
+                    let done = steps[..i].iter().filter(|x| x.0 == 'P').count() as u32;
+                    assert!(s.1 - first <= done + LOOKAHEAD_FAR, "{steps:?}");
+                }
+            }
+        }
+        assert_eq!(frames, (0..next).collect::<Vec<_>>());
     }
 
     #[test]

@@ -42,6 +42,10 @@
 //! leaves its file behind; remove it by hand. (A crashed producer that is still a zombie of
 //! its parent counts as alive until reaped; a recycled pid can hide a crash.)
 //!
+//! The producer reserves the file's blocks (`fallocate`) before mapping it, so a /dev/shm too
+//! small for the region is [`ShmError::NoSpace`] at creation, not a `SIGBUS` when a page of
+//! the sparse file is first touched.
+//!
 //! One consumer per ring: two consumers of one ring would both hand out its frames.
 //! Truncating the file while it is mapped kills the mapping processes with `SIGBUS`.
 
@@ -148,6 +152,20 @@ pub enum ShmError {
         op: &'static str,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The filesystem behind /dev/shm cannot hold the region (`ENOSPC` while reserving it).
+    #[error("{}: {SHM_DIR} has no room for this shm region: it needs {}, {} free (of {}); free space in {SHM_DIR} (a crashed producer leaves its region behind: ls -la {SHM_DIR}), make the region smaller (flowpeek-bench gen: fewer --rings or --slots), or make {SHM_DIR} bigger (as root: mount -o remount,size={} {SHM_DIR})",
+        .path.display(), human_size(*.needed), .free.map_or_else(|| "unknown".into(), human_size),
+        .size.map_or_else(|| "unknown size".into(), human_size), remount_size(*.needed, *.free, *.size))]
+    NoSpace {
+        /// The region's file.
+        path: PathBuf,
+        /// Bytes the region needs.
+        needed: u64,
+        /// Bytes free in /dev/shm for this user, if known.
+        free: Option<u64>,
+        /// Size of the /dev/shm filesystem, if known.
+        size: Option<u64>,
     },
     /// The file is not a flowpeek shm region.
     #[error("{}: not a flowpeek shm region (magic {found:?}, expected \"FLOWPEEK-SHM\"); check the name", .path.display())]
@@ -291,6 +309,75 @@ fn region_path(name: &str) -> Result<PathBuf, ShmError> {
     }
 }
 
+/// `bytes` for a message: KiB below 1 MiB, then MiB, then GiB (one decimal).
+fn human_size(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else if bytes >= MIB {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+/// A `size=` for `mount -o remount` that fits the region: what is in use now plus the
+/// region, rounded up to whole MiB (`2G` when the current use is unknown).
+fn remount_size(needed: u64, free: Option<u64>, size: Option<u64>) -> String {
+    match (free, size) {
+        (Some(free), Some(size)) => {
+            let want = size.saturating_sub(free).saturating_add(needed);
+            format!("{}M", want.div_ceil(1 << 20).max(1))
+        }
+        _ => "2G".into(),
+    }
+}
+
+/// Free bytes (for an unprivileged user) and total bytes of the filesystem holding `file`.
+fn fs_space(file: &File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid `statvfs` (integers only).
+    #[allow(unsafe_code)]
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open for the duration of the call; `st` is valid and exclusive.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((
+        (st.f_bavail as u64).saturating_mul(frsize),
+        (st.f_blocks as u64).saturating_mul(frsize),
+    ))
+}
+
+/// Sizes `file` to `len` bytes and reserves its blocks (`fallocate`), so that a full
+/// /dev/shm is an error here instead of `SIGBUS` when a page is first touched. Where the
+/// filesystem cannot reserve (`EOPNOTSUPP`), the file is sized sparsely as before.
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        // SAFETY: fallocate on an fd we own, mode 0 (allocate and extend); no memory is
+        // passed.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // tmpfs gives up with EINTR when a signal is pending: try again.
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return file.set_len(len),
+            _ => return Err(e),
+        }
+    }
+}
+
 fn io_err(path: &Path, op: &'static str, source: std::io::Error) -> ShmError {
     match source.kind() {
         std::io::ErrorKind::NotFound => ShmError::NotFound {
@@ -370,8 +457,20 @@ impl ShmRegion {
         layout: ImageLayout,
         pid: u32,
     ) -> Result<Self, ShmError> {
-        file.set_len(layout.total_len as u64)
-            .map_err(|e| io_err(tmp, "sizing the region file", e))?;
+        let needed = layout.total_len as u64;
+        reserve(file, needed).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                let space = fs_space(file);
+                ShmError::NoSpace {
+                    path: path.to_owned(),
+                    needed,
+                    free: space.map(|s| s.0),
+                    size: space.map(|s| s.1),
+                }
+            } else {
+                io_err(tmp, "reserving room for the region file", e)
+            }
+        })?;
         // SAFETY: the file was just created by us with O_EXCL under a private name and mode
         // 0600; nobody else maps or truncates it before it is published.
         #[allow(unsafe_code)]
@@ -879,6 +978,23 @@ impl ShmRing {
     #[inline]
     pub fn rx_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize, ShmError> {
         self.rx_batch_indexed(|frame, _| f(frame))
+    }
+
+    /// As [`rx_batch`](Self::rx_batch), with lookahead ([`RxRing::rx_batch_lookahead`]).
+    #[inline]
+    pub fn rx_batch_lookahead(
+        &mut self,
+        mut f: impl FnMut(ring::Step<'_>),
+    ) -> Result<usize, ShmError> {
+        let n = self
+            .ring
+            .rx_batch_lookahead(&mut f)
+            .map_err(|source| self.ring_err(source))?;
+        if n > 0 || self.region.producer_status() == ProducerStatus::Running {
+            return Ok(n);
+        }
+        // The producer is gone: the plain path drains what is left and says so.
+        self.rx_batch_indexed(|frame, i| f(ring::Step::Frame(frame, i)))
     }
 
     /// As [`rx_batch`](Self::rx_batch), also passing each slot's `ptr` field: the stamp of

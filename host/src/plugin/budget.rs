@@ -236,13 +236,7 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch(
-    budget: CallBudget,
-    names: &Names,
-    beats: &Beats,
-    flagged: &AtomicU64,
-    stop: &AtomicBool,
-) {
+fn watch(budget: CallBudget, names: &Names, beats: &Beats, flagged: &AtomicU64, stop: &AtomicBool) {
     // Look four times per budget period, within 0.25–100 ms.
     let tick = (budget.limit / 4).clamp(Duration::from_micros(250), Duration::from_millis(100));
     let mut seen: Vec<Seen> = Vec::new();

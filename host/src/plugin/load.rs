@@ -38,7 +38,7 @@ impl fmt::Debug for Library {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("{path}: cannot read it ({source}); check the path and permissions")]
+    #[error("{path}: cannot read it ({source}); check the path, and that the user running flowpeek may read it (and search its directory)")]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -46,12 +46,14 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// World-writable file or directory, or a file owned by another user.
-    #[error("{path}: refused: {why}; fix it with chmod/chown (anyone who can write it could run code inside flowpeek)")]
+    #[error("{path}: refused: {why} (anyone who can change it could run code inside flowpeek); fix: {fix}")]
     Unsafe {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         why: String,
+        /// The command or step that fixes it.
+        fix: String,
     },
     /// dlopen failed.
     #[error("{path}: not a loadable library ({detail}); build the plugin as a cdylib (crate-type = [\"cdylib\"])")]
@@ -107,25 +109,36 @@ pub fn check_ownership(path: &Path) -> Result<(), LoadError> {
         path: path.into(),
         source,
     })?;
-    let unsafe_err = |why: String| {
+    let unsafe_err = |why: String, fix: String| {
         Err(LoadError::Unsafe {
             path: path.into(),
             why,
+            fix,
         })
     };
     if !meta.is_file() {
-        return unsafe_err("not a regular file".into());
+        return unsafe_err(
+            "not a regular file".into(),
+            "put the plugin's library (the cdylib's .so file) there, or move this out of the plugin directory".into(),
+        );
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return unsafe_err(format!(
-            "owned by uid {}, not by this user (uid {me})",
-            meta.uid()
-        ));
+        return unsafe_err(
+            format!("owned by uid {}, not by this user (uid {me})", meta.uid()),
+            format!(
+                "chown {me} {} (or run flowpeek as uid {})",
+                path.display(),
+                meta.uid()
+            ),
+        );
     }
     if meta.permissions().mode() & 0o002 != 0 {
-        return unsafe_err("the file is world-writable".into());
+        return unsafe_err(
+            "the file is world-writable".into(),
+            format!("chmod o-w {}", path.display()),
+        );
     }
     if let Some(dir) = path.parent() {
         let dmeta = std::fs::metadata(dir).map_err(|source| LoadError::Unreadable {
@@ -133,7 +146,10 @@ pub fn check_ownership(path: &Path) -> Result<(), LoadError> {
             source,
         })?;
         if dmeta.permissions().mode() & 0o002 != 0 {
-            return unsafe_err(format!("its directory {} is world-writable", dir.display()));
+            return unsafe_err(
+                format!("its directory {} is world-writable", dir.display()),
+                format!("chmod o-w {}", dir.display()),
+            );
         }
     }
     Ok(())

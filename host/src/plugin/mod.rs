@@ -65,9 +65,7 @@ pub enum Update {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// Missing or unreadable directory.
-    #[error(
-        "plugin directory {dir}: {source}; create it or point --plugins at an existing directory"
-    )]
+    #[error("plugin directory {dir}: {source}; {}", dir_fix(.source))]
     Dir {
         /// The directory.
         dir: PathBuf,
@@ -90,6 +88,16 @@ pub enum HostError {
         /// The cause.
         detail: String,
     },
+}
+
+/// What to do about a plugin directory that cannot be listed.
+fn dir_fix(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the user running flowpeek cannot list it: give that user read and search permission on it and its parents (chmod u+rx, or chown it to that user)"
+        }
+        _ => "create it or point --plugins at an existing directory",
+    }
 }
 
 /// Whether `path` looks like a plugin library.

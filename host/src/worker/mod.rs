@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::flow::{symmetric_hash, Config, EndReason, Engine, Stats};
 use crate::io::pcap::CaptureFile;
+use crate::io::ring::Step;
 use crate::plugin::{PluginSet, PluginStats};
 use crate::wire::{self, Decoded};
 
@@ -326,7 +327,15 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
             now = wall_ns();
             since_clock = 0;
         }
-        let got = if sample == 0 {
+        let got = if sample == 0 && engine.prefetch_wanted() {
+            // A big flow table: overlap the cache misses of the next few packets.
+            ring.rx_batch_lookahead(|step| match step {
+                Step::Far(f) => engine.prefetch_index(link, f),
+                Step::Near(f) => engine.prefetch_flow(link, f),
+                Step::Next(f) => engine.prefetch_buffers(link, f),
+                Step::Frame(f, _) => engine.on_frame(link, f, now),
+            })
+        } else if sample == 0 {
             ring.rx_batch(|frame| engine.on_frame(link, frame, now))
         } else {
             ring.rx_batch_stamped(|frame, stamp| {
