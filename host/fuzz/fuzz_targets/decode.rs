@@ -1,10 +1,11 @@
 //! Fuzz `flowpeek::wire::decode`: the first byte picks the link type, the rest is the
 //! frame. Decoded TCP segments also go through both checksum functions, and the
 //! invariants the flow engine relies on are asserted.
-#![no_main]
+// Built by cargo-fuzz: a libFuzzer target. Included by host/tests/fuzz_regressions.rs (built
+// with cfg(test)): `run` alone, replayed over host/fuzz/regressions/decode/.
+#![cfg_attr(not(test), no_main)]
 
 use flowpeek::wire::{decode, ipv4_header_checksum_ok, tcp_checksum_ok, Decoded, LinkType};
-use libfuzzer_sys::fuzz_target;
 
 const LINKS: [LinkType; 5] = [
     LinkType::Ethernet,
@@ -14,7 +15,12 @@ const LINKS: [LinkType; 5] = [
     LinkType::Null,
 ];
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(not(test))]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));
+
+/// The target's body: the fuzz target and the regression test (`host/tests/fuzz_regressions.rs`)
+/// call it.
+pub fn run(data: &[u8]) {
     let Some((&pick, frame)) = data.split_first() else {
         return;
     };
@@ -43,4 +49,4 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
-});
+}

@@ -7,17 +7,18 @@
 //! address and the byte's sequence number only (raw frames are rewritten to obey it too),
 //! so whatever `ppeek`/`peek` return can be checked against the sequence number it sits at,
 //! whatever the overlap policy.
-#![no_main]
+// Built by cargo-fuzz: a libFuzzer target. Included by host/tests/fuzz_regressions.rs (built
+// with cfg(test)): `run` alone, replayed over host/fuzz/regressions/engine/.
+#![cfg_attr(not(test), no_main)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use flowpeek::flow::{
-    BufferRequest, Config, Cx, Detail, EndReason, Engine, Errno, Event, EventKind, EventSide,
-    Hook, Monitor, OverlapPolicy, PeekError, Side, Subscriptions, TcpState,
+    BufferRequest, Config, Cx, Detail, EndReason, Engine, Errno, Event, EventKind, EventSide, Hook,
+    Monitor, OverlapPolicy, PeekError, Side, Subscriptions, TcpState,
 };
 use flowpeek::wire::{decode, Decoded, LinkType};
-use libfuzzer_sys::fuzz_target;
 
 const CAPACITY: u32 = 512;
 const MS: u64 = 1_000_000;
@@ -163,7 +164,12 @@ fn rewrite_raw(link: LinkType, frame: &mut [u8]) {
         Ok(Decoded::Tcp(seg)) => {
             let start = seg.payload.as_ptr() as usize - frame.as_ptr() as usize;
             let data_seq = seg.seq.wrapping_add(u32::from(seg.flags.0 & 0x02 != 0));
-            Some((start, seg.payload.len(), salt(&SocketAddr::new(seg.src, seg.src_port)), data_seq))
+            Some((
+                start,
+                seg.payload.len(),
+                salt(&SocketAddr::new(seg.src, seg.src_port)),
+                data_seq,
+            ))
         }
         _ => None,
     };
@@ -215,7 +221,9 @@ struct Checker {
 }
 
 fn side_sender_salt(cx: &Cx<'_>, ev: &Event, side: Side) -> u32 {
-    let (cli, svr) = cx.addresses(ev.flow).unwrap_or_else(|e| panic!("addresses: {e} on {ev:?}"));
+    let (cli, svr) = cx
+        .addresses(ev.flow)
+        .unwrap_or_else(|e| panic!("addresses: {e} on {ev:?}"));
     // The Server side's buffer holds the client's bytes, and vice versa.
     salt(if side == Side::Server { &cli } else { &svr })
 }
@@ -230,12 +238,30 @@ impl Checker {
         assert_eq!(bi.capacity, CAPACITY, "capacity {bi:?} {ev:?}");
         assert!(bi.head <= bi.contig_end, "head > contig_end: {bi:?} {ev:?}");
         assert!(bi.head <= bi.last_end, "head > last_end: {bi:?} {ev:?}");
-        assert!(bi.cursor <= bi.contig_end, "cursor > contig_end: {bi:?} {ev:?}");
+        assert!(
+            bi.cursor <= bi.contig_end,
+            "cursor > contig_end: {bi:?} {ev:?}"
+        );
         let t = self.flows.entry(h.0).or_default();
         let st = &mut t.sides[side.index()];
-        assert!(bi.head >= st.head, "head went back {} -> {}: {bi:?} {ev:?}", st.head, bi.head);
-        assert!(bi.contig_end >= st.contig, "contig_end went back {} -> {}: {bi:?} {ev:?}", st.contig, bi.contig_end);
-        assert!(bi.cursor >= st.cursor, "cursor went back {} -> {}: {bi:?} {ev:?}", st.cursor, bi.cursor);
+        assert!(
+            bi.head >= st.head,
+            "head went back {} -> {}: {bi:?} {ev:?}",
+            st.head,
+            bi.head
+        );
+        assert!(
+            bi.contig_end >= st.contig,
+            "contig_end went back {} -> {}: {bi:?} {ev:?}",
+            st.contig,
+            bi.contig_end
+        );
+        assert!(
+            bi.cursor >= st.cursor,
+            "cursor went back {} -> {}: {bi:?} {ev:?}",
+            st.cursor,
+            bi.cursor
+        );
         st.head = bi.head;
         st.contig = bi.contig_end;
         st.cursor = bi.cursor;
@@ -249,20 +275,36 @@ impl Checker {
         let mut prev_end: Option<u64> = None;
         for &(start, len) in &frags {
             assert!(len > 0, "empty fragment {frags:?} {bi:?} {ev:?}");
-            assert!(start >= bi.head, "fragment before head {frags:?} {bi:?} {ev:?}");
-            assert!(start + len <= bi.head + u64::from(bi.capacity), "fragment beyond window {frags:?} {bi:?} {ev:?}");
+            assert!(
+                start >= bi.head,
+                "fragment before head {frags:?} {bi:?} {ev:?}"
+            );
+            assert!(
+                start + len <= bi.head + u64::from(bi.capacity),
+                "fragment beyond window {frags:?} {bi:?} {ev:?}"
+            );
             if let Some(p) = prev_end {
-                assert!(start > p, "fragments unsorted/overlapping/touching {frags:?} {bi:?} {ev:?}");
+                assert!(
+                    start > p,
+                    "fragments unsorted/overlapping/touching {frags:?} {bi:?} {ev:?}"
+                );
             }
             prev_end = Some(start + len);
         }
-        assert_eq!(prev_end.unwrap_or(bi.head), bi.last_end, "last_end {frags:?} {bi:?} {ev:?}");
+        assert_eq!(
+            prev_end.unwrap_or(bi.head),
+            bi.last_end,
+            "last_end {frags:?} {bi:?} {ev:?}"
+        );
         if frags.is_empty() && bi.contig_end == bi.head {
             return;
         }
         match st.base {
             None => st.base = Some(bi.seq_base),
-            Some(b) => assert_eq!(b, bi.seq_base, "seq_base moved with data stored {bi:?} {ev:?}"),
+            Some(b) => assert_eq!(
+                b, bi.seq_base,
+                "seq_base moved with data stored {bi:?} {ev:?}"
+            ),
         }
 
         // ppeek: every stored byte is pat(sender, seq_base + offset); a read stops at the
@@ -275,7 +317,10 @@ impl Checker {
                 let want = (start + len - off) as usize;
                 match cx.ppeek(h, side, &mut buf, off) {
                     Ok(n) => {
-                        assert_eq!(n, want, "ppeek({off}) length; frags {frags:?} {bi:?} {ev:?}");
+                        assert_eq!(
+                            n, want,
+                            "ppeek({off}) length; frags {frags:?} {bi:?} {ev:?}"
+                        );
                         self.counts.ppeek_bytes += n as u64;
                         for (i, &b) in buf[..n].iter().enumerate() {
                             let seq = bi.seq_base.wrapping_add((off + i as u64) as u32);
@@ -289,8 +334,14 @@ impl Checker {
                     }
                     Err(e) => panic!("ppeek({side:?}, {off}) = {e}; frags {frags:?} {bi:?} {ev:?}"),
                 }
-                let (a, b) = cx.ppeek_slices(h, side, off, 1000).unwrap_or_else(|e| panic!("ppeek_slices {e} {ev:?}"));
-                assert_eq!(a.len() + b.len(), want, "ppeek_slices({off}) length {frags:?} {bi:?} {ev:?}");
+                let (a, b) = cx
+                    .ppeek_slices(h, side, off, 1000)
+                    .unwrap_or_else(|e| panic!("ppeek_slices {e} {ev:?}"));
+                assert_eq!(
+                    a.len() + b.len(),
+                    want,
+                    "ppeek_slices({off}) length {frags:?} {bi:?} {ev:?}"
+                );
                 assert_eq!(a, &buf[..a.len()]);
                 assert_eq!(b, &buf[a.len()..want]);
             }
@@ -305,7 +356,11 @@ impl Checker {
         }
         for off in holes {
             let r = cx.ppeek(h, side, &mut buf, off);
-            assert_eq!(r, Err(Errno::NoData), "ppeek at unstored offset {off}; frags {frags:?} {bi:?} {ev:?}");
+            assert_eq!(
+                r,
+                Err(Errno::NoData),
+                "ppeek at unstored offset {off}; frags {frags:?} {bi:?} {ev:?}"
+            );
         }
         self.scratch = buf;
     }
@@ -320,12 +375,19 @@ impl Checker {
             let before = cx.buffer_info(h, side).unwrap();
             match cx.peek(h, side, &mut buf) {
                 Ok(0) => {
-                    assert_eq!(before.cursor, before.contig_end, "peek returned 0 before contig_end {before:?} {ev:?}");
+                    assert_eq!(
+                        before.cursor, before.contig_end,
+                        "peek returned 0 before contig_end {before:?} {ev:?}"
+                    );
                     return;
                 }
                 Ok(n) => {
                     let after = cx.buffer_info(h, side).unwrap();
-                    assert_eq!(after.cursor, before.cursor + n as u64, "peek cursor {before:?} {after:?}");
+                    assert_eq!(
+                        after.cursor,
+                        before.cursor + n as u64,
+                        "peek cursor {before:?} {after:?}"
+                    );
                     assert_eq!(after.contig_end, before.contig_end);
                     assert_eq!(after.head, before.head);
                     self.counts.peek_bytes += n as u64;
@@ -339,8 +401,15 @@ impl Checker {
                     let after = cx.buffer_info(h, side).unwrap();
                     assert!(n > 0, "Lost(0) {before:?} {ev:?}");
                     self.counts.lost += 1;
-                    assert_eq!(after.cursor, before.cursor + n, "Lost({n}) moved the cursor wrongly {before:?} {after:?} {ev:?}");
-                    assert_eq!((after.head, after.contig_end, after.last_end), (before.head, before.contig_end, before.last_end));
+                    assert_eq!(
+                        after.cursor,
+                        before.cursor + n,
+                        "Lost({n}) moved the cursor wrongly {before:?} {after:?} {ev:?}"
+                    );
+                    assert_eq!(
+                        (after.head, after.contig_end, after.last_end),
+                        (before.head, before.contig_end, before.last_end)
+                    );
                 }
                 Err(e) => panic!("peek({side:?}) = {e} on NewData {before:?} {ev:?}"),
             }
@@ -377,8 +446,13 @@ impl Monitor for Checker {
         self.counts.events += 1;
         self.counts.conn_ends += u64::from(ev.kind == EventKind::ConnEnd);
         self.counts.new_data += u64::from(ev.kind == EventKind::NewData);
-        assert!(!self.dead.contains(&h.0), "event for a flow after its last ConnEnd: {ev:?}");
-        let EventSide::One(side) = ev.side else { panic!("flow event for both sides: {ev:?}") };
+        assert!(
+            !self.dead.contains(&h.0),
+            "event for a flow after its last ConnEnd: {ev:?}"
+        );
+        let EventSide::One(side) = ev.side else {
+            panic!("flow event for both sides: {ev:?}")
+        };
         let t = self.flows.entry(h.0).or_default();
         let any_end = t.ended.iter().flatten().any(|&e| e);
         if ev.kind == EventKind::ConnEnd {
@@ -387,13 +461,20 @@ impl Monitor for Checker {
                 Hook::Snd => 1,
                 Hook::None => panic!("ConnEnd at Hook::None: {ev:?}"),
             };
-            assert!(!t.ended[side.index()][hi], "ConnEnd twice for (flow, side, hook): {ev:?}");
+            assert!(
+                !t.ended[side.index()][hi],
+                "ConnEnd twice for (flow, side, hook): {ev:?}"
+            );
             t.ended[side.index()][hi] = true;
-            assert!(matches!(ev.detail, Detail::End(r) if r != EndReason::Stopped), "{ev:?}");
+            assert!(
+                matches!(ev.detail, Detail::End(r) if r != EndReason::Stopped),
+                "{ev:?}"
+            );
         } else if any_end {
             // Once destruction started, only the CLOSED transitions and ConnEnds follow.
             assert!(
-                ev.kind == EventKind::TcpStateChange && ev.detail == Detail::State(TcpState::Closed),
+                ev.kind == EventKind::TcpStateChange
+                    && ev.detail == Detail::State(TcpState::Closed),
                 "event after a ConnEnd of the flow: {ev:?}"
             );
         }
@@ -434,11 +515,17 @@ fn endpoint(host: u8, port: u8, v6: bool) -> SocketAddr {
     SocketAddr::new(ip, PORTS[usize::from(port % 3)])
 }
 
-fn run(data: &[u8]) {
+/// The target's body: the fuzz target and the regression test (`host/tests/fuzz_regressions.rs`)
+/// call it.
+pub fn run(data: &[u8]) {
     let mut rd = Rd(data);
     let c = rd.u8();
     let tw_interval = [0, MS, 500 * MS, 3 * SEC][usize::from(c & 3)];
-    let overlap = if c & 4 == 0 { OverlapPolicy::First } else { OverlapPolicy::Last };
+    let overlap = if c & 4 == 0 {
+        OverlapPolicy::First
+    } else {
+        OverlapPolicy::Last
+    };
     let midstream = c & 8 == 0;
     let cfg = Config {
         max_flows: 4,
@@ -484,13 +571,13 @@ fn run(data: &[u8]) {
                 let m = rd.u8();
                 let fl = rd.u8();
                 let flags = match fl % 10 {
-                    0 => 0x02,        // SYN
-                    1 => 0x12,        // SYN/ACK
-                    2..=5 => 0x18,    // PSH/ACK
-                    6 => 0x11,        // FIN/ACK
+                    0 => 0x02,               // SYN
+                    1 => 0x12,               // SYN/ACK
+                    2..=5 => 0x18,           // PSH/ACK
+                    6 => 0x11,               // FIN/ACK
                     7 => 0x04 | (fl & 0x10), // RST (/ACK)
-                    8 => 0x10,        // ACK
-                    _ => rd.u8(),     // anything
+                    8 => 0x10,               // ACK
+                    _ => rd.u8(),            // anything
                 };
                 let d = dirs.get(&(src, dst)).copied().unwrap_or_default();
                 let rev = dirs.get(&(dst, src)).copied().unwrap_or_default();
@@ -503,17 +590,34 @@ fn run(data: &[u8]) {
                 };
                 let ack = match (m >> 3) & 3 {
                     0 | 1 => rev.next,
-                    2 => rev.next.wrapping_add(u32::from(rd.u16()).wrapping_sub(0x8000)),
+                    2 => rev
+                        .next
+                        .wrapping_add(u32::from(rd.u16()).wrapping_sub(0x8000)),
                     _ => rd.u32(),
                 };
                 let _ = d.ack;
                 let window = if m & 0x20 != 0 { rd.u16() } else { 65535 };
                 let wscale = (flags & 0x02 != 0 && m & 0x40 != 0).then(|| rd.u8() % 16);
-                let payload_len = if m & 0x80 != 0 { 0 } else { usize::from(rd.u8()) % 201 };
-                let seg = Seg { src, dst, seq, ack, flags, window, wscale, payload_len };
+                let payload_len = if m & 0x80 != 0 {
+                    0
+                } else {
+                    usize::from(rd.u8()) % 201
+                };
+                let seg = Seg {
+                    src,
+                    dst,
+                    seq,
+                    ack,
+                    flags,
+                    window,
+                    wscale,
+                    payload_len,
+                };
                 build(&seg, &mut frame);
                 let data_seq = seq.wrapping_add(u32::from(flags & 0x02 != 0));
-                let end = data_seq.wrapping_add(payload_len as u32).wrapping_add(u32::from(flags & 0x01 != 0));
+                let end = data_seq
+                    .wrapping_add(payload_len as u32)
+                    .wrapping_add(u32::from(flags & 0x01 != 0));
                 let e = dirs.entry((src, dst)).or_default();
                 if (end.wrapping_sub(e.next) as i32) > 0 || m & 7 == 7 {
                     e.next = end;
@@ -543,4 +647,5 @@ fn run(data: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| run(data));
+#[cfg(not(test))]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));

@@ -11,7 +11,9 @@
 //! are the client's payload of one TCP connection to port 80, and the server answers with
 //! the same bytes reversed in 3 segments. A constructor error is fine; a panic (in the host,
 //! or a plugin panic that reaches the host) or an abort is a bug.
-#![no_main]
+// Built by cargo-fuzz: a libFuzzer target. Included by host/tests/fuzz_regressions.rs (built
+// with cfg(test)): `run` alone, replayed over host/fuzz/regressions/plugin_config/.
+#![cfg_attr(not(test), no_main)]
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -22,18 +24,25 @@ use flowpeek::flow::{Config, EndReason, Engine, Monitor};
 use flowpeek::plugin::ffi::Sink;
 use flowpeek::plugin::{load, Library, PluginSlot, SlotMonitor};
 use flowpeek::wire::LinkType;
-use libfuzzer_sys::fuzz_target;
 
-const PLUGINS: [&str; 5] = ["httplog", "streamhash", "midstat", "eventlog", "noop"];
+/// The bundled plugins, in the order byte 0 picks them.
+pub const PLUGINS: [&str; 5] = ["httplog", "streamhash", "midstat", "eventlog", "noop"];
 
-fn libs() -> &'static Vec<Option<Library>> {
+/// Where the plugin libraries are loaded from, if set before the first input (the regression
+/// test sets it); otherwise `$FLOWPEEK_FUZZ_PLUGIN_DIR`, otherwise `../../target/debug`.
+pub static PLUGIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// The plugins of `PLUGINS`, loaded once (`None`: not loaded, the reason is printed).
+pub fn libs() -> &'static Vec<Option<Library>> {
     static L: OnceLock<Vec<Option<Library>>> = OnceLock::new();
     L.get_or_init(|| {
-        let dir = std::env::var_os("FLOWPEEK_FUZZ_PLUGIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
-            });
+        let dir = PLUGIN_DIR.get().cloned().unwrap_or_else(|| {
+            std::env::var_os("FLOWPEEK_FUZZ_PLUGIN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+                })
+        });
         let v: Vec<Option<Library>> = PLUGINS
             .iter()
             .map(|p| {
@@ -112,7 +121,12 @@ const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 const FIN: u8 = 0x01;
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(not(test))]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));
+
+/// The target's body: the fuzz target and the regression test (`host/tests/fuzz_regressions.rs`)
+/// call it.
+pub fn run(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
@@ -198,4 +212,4 @@ fuzz_target!(|data: &[u8]| {
         "{} callback panicked: {st:?}",
         PLUGINS[which]
     );
-});
+}

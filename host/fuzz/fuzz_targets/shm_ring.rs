@@ -14,13 +14,14 @@
 //!
 //! Every frame handed out must lie inside the image; any read outside it is a heap overflow
 //! that ASan reports. Errors are expected; panics are bugs.
-#![no_main]
+// Built by cargo-fuzz: a libFuzzer target. Included by host/tests/fuzz_regressions.rs (built
+// with cfg(test)): `run` alone, replayed over host/fuzz/regressions/shm_ring/.
+#![cfg_attr(not(test), no_main)]
 
 use std::sync::OnceLock;
 
 use flowpeek::io::ring::{HostRings, NetmapMem};
 use flowpeek::io::shm::ShmRegion;
-use libfuzzer_sys::fuzz_target;
 
 /// (image bytes, netmap_if offset)
 fn template() -> &'static (Vec<u8>, usize) {
@@ -120,7 +121,12 @@ fn walk(mem: &mut NetmapMem, img: &mut Image, patches: &mut std::slice::ChunksEx
 
 const HOSTS: [HostRings; 3] = [HostRings::FromIf, HostRings::Legacy, HostRings::Auto];
 
-fuzz_target!(|data: &[u8]| {
+#[cfg(not(test))]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));
+
+/// The target's body: the fuzz target and the regression test (`host/tests/fuzz_regressions.rs`)
+/// call it.
+pub fn run(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
@@ -186,4 +192,4 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-});
+}
