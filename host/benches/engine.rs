@@ -34,7 +34,7 @@ use flowpeek::flow::{
     BufferRequest, Config, Cx, EndReason, Engine, Event, EventKind, EventSide, Hook, Monitor,
     PeekError, Subscriptions,
 };
-use flowpeek::io::ring::{LOOKAHEAD_FAR, LOOKAHEAD_NEAR, LOOKAHEAD_NEXT};
+use flowpeek::io::ring::{LOOKAHEAD_FAR, LOOKAHEAD_NEAR};
 use flowpeek::wire::{LinkType, TcpFlags};
 
 const HDR: usize = 14 + 20 + 20;
@@ -239,20 +239,13 @@ impl Ring {
             let at = start + k * self.stride;
             &self.frames[at..at + self.len]
         };
-        let (far, near, next) = (
-            LOOKAHEAD_FAR as usize,
-            LOOKAHEAD_NEAR as usize,
-            LOOKAHEAD_NEXT as usize,
-        );
+        let (far, near) = (LOOKAHEAD_FAR as usize, LOOKAHEAD_NEAR as usize);
         for k in 0..self.chunk {
             if k + far < self.chunk {
                 engine.prefetch_index(LINK, frame(k + far));
             }
             if k + near < self.chunk {
                 engine.prefetch_flow(LINK, frame(k + near));
-            }
-            if k + next < self.chunk {
-                engine.prefetch_buffers(LINK, frame(k + next));
             }
             feed(engine, frame(k), ts, count);
         }

@@ -122,17 +122,6 @@ impl RecvBuffer {
         }
     }
 
-    /// Starts loading what the next in-order write touches: this header, the last
-    /// fragment and the ring line at the contiguous end (a hint, see `Engine::prefetch_*`).
-    #[inline]
-    pub(crate) fn prefetch_next_write(&self) {
-        super::engine::prefetch(self, 64);
-        let frag = &self.frags[self.nfrags.saturating_sub(1)];
-        super::engine::prefetch(frag, 16);
-        let pos = (self.contig % self.data.len() as u64) as usize;
-        super::engine::prefetch(&self.data[pos], 1);
-    }
-
     /// The oldest offset the window can hold.
     #[inline]
     pub(crate) fn head(&self) -> u64 {

@@ -661,22 +661,6 @@ impl Engine {
         }
     }
 
-    /// Lookahead, next (after [`Engine::prefetch_flow`]): the flow is (likely) in the
-    /// cache; starts loading its receive buffers where the next in-order write goes.
-    #[inline]
-    pub fn prefetch_buffers(&self, link: Option<LinkType>, frame: &[u8]) {
-        let Some(slot) = quick_hash(link, frame).and_then(|h| self.core.slot_hint(h)) else {
-            return;
-        };
-        if let Some(f) = self.core.flows.get(slot) {
-            for side in &f.sides {
-                if let Some(b) = &side.buf {
-                    b.prefetch_next_write();
-                }
-            }
-        }
-    }
-
     /// Processes a frame already decoded (`None`: an unsupported link type), counting it.
     /// The decoded frame is borrowed: moving it by value cost 5 Mpps (the engine bench).
     #[inline]

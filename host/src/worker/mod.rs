@@ -332,7 +332,6 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
             ring.rx_batch_lookahead(|step| match step {
                 Step::Far(f) => engine.prefetch_index(link, f),
                 Step::Near(f) => engine.prefetch_flow(link, f),
-                Step::Next(f) => engine.prefetch_buffers(link, f),
                 Step::Frame(f, _) => engine.on_frame(link, f, now),
             })
         } else if sample == 0 {
