@@ -682,6 +682,8 @@ pub fn run_point(env: &mut Env, point: &Point) -> Result<Measurement, String> {
         .arg(point.duration.to_string())
         .arg("--rate")
         .arg(point.rate.to_string())
+        .arg("--wait-consumer")
+        .arg("30")
         .arg("--json")
         .stdout(Stdio::piped());
     match point.sizes {

@@ -118,6 +118,15 @@ struct GenArgs {
     /// Print a JSON summary on stdout at the end (sent, bytes, seconds, per-ring full counts).
     #[arg(long)]
     json: bool,
+    /// shm: send nothing until a consumer polls every ring (at most this many seconds,
+    /// then give up with an error), so that its start-up does not count as ring-full
+    /// frames. 0: start at once.
+    #[arg(long, default_value_t = 0.0)]
+    wait_consumer: f64,
+    /// shm: frames per ring handed to the consumer at once (the ring's tail is published
+    /// every N frames, and before each --rate wait), like pkt-gen's -b burst.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
 }
 
 fn main() -> ExitCode {
@@ -174,6 +183,8 @@ fn gen_main(a: GenArgs) -> ExitCode {
         quiet,
         no_stamp,
         json,
+        wait_consumer,
+        batch,
     } = a;
     if count.is_none() && duration.is_none() && matches!(out, OutputSpec::Pcap(_)) {
         eprintln!("flowpeek-bench: a pcap output needs --count or --duration");
@@ -199,6 +210,13 @@ fn gen_main(a: GenArgs) -> ExitCode {
         }
     };
     output.set_stamp(!no_stamp);
+    if wait_consumer > 0.0 && !output.wait_for_consumer(Duration::from_secs_f64(wait_consumer)) {
+        eprintln!(
+            "flowpeek-bench: no consumer polled every ring of {} within {wait_consumer} s (--wait-consumer): start flowpeek run --source shm:… (or flowpeek-bench null) on it",
+            output.path().display()
+        );
+        return ExitCode::from(1);
+    }
     // Per ring: frames that found their ring full at least once (a NIC would have dropped
     // them; here the same frame waits and goes again, so streams stay verifiable).
     let mut full_frames = vec![0u64; output.rings()];
@@ -219,8 +237,12 @@ fn gen_main(a: GenArgs) -> ExitCode {
     } else {
         u64::MAX
     };
+    // Frames go to the consumer in batches of up to --batch per ring, as a driver's txsync
+    // would hand them over; with --rate, each paced burst is flushed before the wait.
+    output.set_publish_every(batch);
     while sent < limit {
         if rate > 0 && sent % pace_every == 0 && pending.is_none() {
+            output.flush();
             pace(started, sent, rate);
         }
         // Clock reads every 1024 packets, not per packet (and every 65536 refusals while a

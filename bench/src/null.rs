@@ -51,6 +51,7 @@ pub fn consume(name: &str, latency_sample: u64) -> Result<NullReport, String> {
                     if n > 1 {
                         pin_to_cpu(k);
                     }
+                    ring.attach();
                     let (mut packets, mut bytes) = (0u64, 0u64);
                     let mut hist = (latency_sample > 0).then(latency_histogram);
                     let mut countdown = latency_sample;

@@ -124,6 +124,15 @@ impl Output {
         }
     }
 
+    /// shm: waits until a consumer polls every ring (see `ShmProducer::wait_for_consumer`);
+    /// false after `timeout`. A pcap output has nobody to wait for.
+    pub fn wait_for_consumer(&self, timeout: std::time::Duration) -> bool {
+        match self {
+            Output::Shm { producer, .. } => producer.wait_for_consumer(timeout),
+            Output::Pcap(..) => true,
+        }
+    }
+
     /// Stamp shm slots with the push time (default on; no effect on a file).
     pub fn set_stamp(&mut self, on: bool) {
         if let Output::Shm { stamp, .. } = self {
@@ -133,10 +142,26 @@ impl Output {
 
     /// Flushes a file output.
     pub fn finish(&mut self) -> Result<(), String> {
-        if let Output::Pcap(w, path) = self {
-            w.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+        match self {
+            Output::Pcap(w, path) => w.flush().map_err(|e| format!("{}: {e}", path.display()))?,
+            Output::Shm { producer, .. } => producer.flush(),
         }
         Ok(())
+    }
+
+    /// shm: publish each ring's frames in batches of `n` (see
+    /// `ShmProducer::set_publish_every`); [`flush`](Self::flush) shows the rest.
+    pub fn set_publish_every(&mut self, n: u32) {
+        if let Output::Shm { producer, .. } = self {
+            producer.set_publish_every(n);
+        }
+    }
+
+    /// shm: publishes every frame written so far.
+    pub fn flush(&mut self) {
+        if let Output::Shm { producer, .. } = self {
+            producer.flush();
+        }
     }
 
     /// The file behind the output.

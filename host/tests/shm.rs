@@ -392,6 +392,38 @@ mod refused {
     }
 
     #[test]
+    fn batched_publish_shows_frames_per_batch_on_full_and_on_flush() {
+        let name = unique("batch");
+        let mut p = ShmRegion::create(&name, 1, 8, 64).unwrap();
+        p.set_publish_every(3);
+        let mut c = ShmRegion::open(&name).unwrap();
+        p.push(0, &[1; 8]).unwrap();
+        p.push(0, &[2; 8]).unwrap();
+        assert_eq!(
+            c.rx_batch(0, |_| {}).unwrap(),
+            0,
+            "two frames: not a batch yet"
+        );
+        p.push(0, &[3; 8]).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(c.rx_batch(0, |f| got.push(f[0])).unwrap(), 3);
+        assert_eq!(got, [1, 2, 3]);
+        p.push(0, &[4; 8]).unwrap();
+        p.flush();
+        assert_eq!(c.rx_batch(0, |f| assert_eq!(f, &[4; 8])).unwrap(), 1);
+        // A ring found full publishes what it holds, so the consumer can free it.
+        for k in 0..7u8 {
+            p.push(0, &[k; 8]).unwrap();
+        }
+        assert_eq!(p.push(0, &[9; 8]), Err(PushError::Full { ring: 0 }));
+        assert_eq!(c.rx_batch(0, |_| {}).unwrap(), 7);
+        // Dropping the producer publishes the rest before closing.
+        p.push(0, &[5; 8]).unwrap();
+        drop(p);
+        assert_eq!(c.rx_batch(0, |f| assert_eq!(f, &[5; 8])).unwrap(), 1);
+    }
+
+    #[test]
     fn push_errors() {
         let name = unique("push");
         let mut p = ShmRegion::create(&name, 1, 4, 64).unwrap();

@@ -129,6 +129,10 @@ for cap in "${CAPTURES[@]}"; do
     res=$(timed fp-streams "$DIR/flowpeek-streams.out" "$RUNS" "$FLOWPEEK" streams --json "$cap")
     record flowpeek-streams "" "$res"
 
+    say "$name: flowpeek streams --no-sha256 (CRC-32 only: the work the C and Go tools do)"
+    res=$(timed fp-streams-crc "$DIR/flowpeek-streams-crc.out" "$RUNS" "$FLOWPEEK" streams --json --no-sha256 "$cap")
+    record flowpeek-streams-crc32 "--no-sha256" "$res"
+
     say "$name: flowpeek run + streamhash (--cores 1)"
     res=$(timed fp-run "$DIR/flowpeek-run.out" "$RUNS" "$FLOWPEEK" run --source "pcap:$cap" \
         --plugins "$OUT/plugins" --log-dir @RUN@ --no-watch --quiet --cores 1 --timeout 3600)
@@ -158,7 +162,7 @@ for cap in "${CAPTURES[@]}"; do
     for ((i = 0; i < follow; i++)); do targs+=(-z "follow,tcp,raw,$i"); done
     res=$(timed tshark "$DIR/tshark.out" "$RUNS" tshark -r "$cap" -q "${targs[@]}")
     record tshark "$note" "$res"
-    rm -rf "$DIR/fp-streams" "$DIR/nids" "$DIR/gopacket" "$DIR/tshark"
+    rm -rf "$DIR/fp-streams" "$DIR/fp-streams-crc" "$DIR/nids" "$DIR/gopacket" "$DIR/tshark"
 done
 
 say "results: $OUT/results.json (outputs under $OUT/<capture>/)"

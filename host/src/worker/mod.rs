@@ -299,6 +299,7 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
         pin_to_cpu(spec.core);
     }
     let (mut host, mut engine) = start_core(&spec)?;
+    ring.attach();
     let link = Some(crate::wire::LinkType::Ethernet);
     let mut source_error = None;
     let mut idle_spins = 0u32;
@@ -357,6 +358,7 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
                 now = wall_ns();
                 since_clock = 0;
                 engine.advance(now);
+                host.poll(&mut engine);
                 idle_spins += 1;
                 if idle_spins > IDLE_SPINS_BEFORE_NAP {
                     std::thread::sleep(Duration::from_micros(20));
@@ -375,9 +377,11 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
                 break;
             }
         }
-        host.poll(&mut engine);
         batches += 1;
+        // The reload safe point and the counters, every 64 batches (a batch can be a
+        // handful of packets at moderate rates: per-batch work is per-packet work then).
         if batches % 64 == 0 {
+            host.poll(&mut engine);
             publish(&spec.counters, engine.stats());
             spec.counters
                 .drops
