@@ -80,15 +80,15 @@ us = lambda k: f"{lat[k] / 1e3:.1f}" if k in lat else "-"
 full = sum(c["drops"]["ring_full_frames"] for c in d["per_core"])
 ceiling = "%.2f" % (null / 1e6) if null else "-"
 tries_txt = ", ".join("%.2f" % (r["pps"] / 1e6) for r in runs)
-print("| `%s` | %.2f | %.2f | %.0f | %s / %s / %s / %s | %.1f MiB | %.0f | %s | %d | %s |" % (
-    args, d["pps"] / 1e6, d["bps"] / 1e9, d["cycles_per_packet"], us("p50"), us("p99"),
-    us("p999"), us("max"), d["rss_kib"] / 1024, d["mem_per_flow_bytes"], ceiling, full,
-    tries_txt))
+print("| `%s` | %.2f | %.2f | %.0f | %s / %s / %s / %s / %s / %s | %.1f MiB | %.0f | %s | %d | %s |" % (
+    args, d["pps"] / 1e6, d["bps"] / 1e9, d["cycles_per_packet"], us("p50"), us("p90"),
+    us("p95"), us("p99"), us("p999"), us("max"), d["rss_kib"] / 1024,
+    d["mem_per_flow_bytes"], ceiling, full, tries_txt))
 EOF
 }
 
 if want run; then
-    echo "| \`flowpeek-bench run\` arguments (+ \`--quiet --json\`) | Mpps | Gbit/s | cycles/pkt | latency p50 / p99 / p99.9 / max µs | peak RSS | bytes/flow | null ceiling Mpps | ring-full frames | all tries, Mpps |"
+    echo "| \`flowpeek-bench run\` arguments (+ \`--quiet --json\`) | Mpps | Gbit/s | cycles/pkt | latency p50 / p90 / p95 / p99 / p99.9 / max µs | peak RSS | bytes/flow | null ceiling Mpps | ring-full frames | all tries, Mpps |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     best 64-none --size 64 --flows 10000 --cores 1 --duration 5 --no-plugins
     best 64-noop --size 64 --flows 10000 --cores 1 --duration 5
@@ -109,7 +109,10 @@ if want run; then
     zl=$(python3 -c "import json; print(json.load(open('$OUT/zero-loss.json'))['zero_loss']['pps'])")
     half=$((zl / 2))
     echo "| zero-loss search: \`--size 64 --flows 10000 --cores 1 --duration 3 --slots 65536 --zero-loss\` | zero-loss rate $(python3 -c "print('%.2f' % ($zl / 1e6))") Mpps | | | | | | | | |"
+    steal0=$(awk '/^cpu /{print $9}' /proc/stat)
     best 64-noop-half-zl --size 64 --flows 10000 --cores 1 --duration 5 --slots 65536 --rate "$half" --no-null
+    steal1=$(awk '/^cpu /{print $9}' /proc/stat)
+    echo "| (steal time, /proc/stat, during the $TRIES latency tries: $(( (steal1 - steal0) * 10 )) ms: the hypervisor ran something else on these vCPUs) | | | | | | | | | |"
     echo
 fi
 

@@ -291,6 +291,10 @@ pub struct Latency {
     pub samples: u64,
     /// Median.
     pub p50: u64,
+    /// 90th percentile (0 when the consumer did not report it).
+    pub p90: u64,
+    /// 95th percentile (0 when the consumer did not report it).
+    pub p95: u64,
     /// 99th percentile.
     pub p99: u64,
     /// 99.9th percentile.
@@ -305,6 +309,8 @@ impl Latency {
         Some(Latency {
             samples: g("samples")?,
             p50: g("p50")?,
+            p90: g("p90").unwrap_or(0),
+            p95: g("p95").unwrap_or(0),
             p99: g("p99")?,
             p999: g("p999")?,
             max: g("max")?,
@@ -312,7 +318,8 @@ impl Latency {
     }
 
     fn to_json(self) -> Value {
-        json!({"samples": self.samples, "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max})
+        json!({"samples": self.samples, "p50": self.p50, "p90": self.p90, "p95": self.p95,
+               "p99": self.p99, "p999": self.p999, "max": self.max})
     }
 }
 

@@ -152,6 +152,8 @@ pub fn latency_json(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     serde_json::json!({
         "samples": h.len(),
         "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p95": h.value_at_quantile(0.95),
         "p99": h.value_at_quantile(0.99),
         "p999": h.value_at_quantile(0.999),
         "max": h.max(),

@@ -52,6 +52,32 @@ fn quick_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
     Some(key.hash())
 }
 
+/// Asks the kernel to back the allocation of `v` with transparent huge pages when it is
+/// big (at least 4 MiB): with `transparent_hugepage=madvise`, the common default, nothing
+/// is huge unless asked. A hint: failure (no THP, another OS) changes nothing.
+fn huge_pages<T>(v: &Vec<T>) {
+    const HUGE: usize = 2 << 20;
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes < 2 * HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // The 2 MiB-aligned part of the allocation.
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + bytes) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: [start, end) lies inside the vector's allocation, which stays mapped
+            // while `v` lives; MADV_HUGEPAGE changes how the pages are backed, not their
+            // contents, and fails harmlessly where THP is unavailable.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+}
+
 /// Asks the CPU to start loading the `len` bytes at `r` into the cache (a hint: never
 /// faults, changes nothing).
 #[inline(always)]
@@ -1800,6 +1826,7 @@ impl Core {
     fn grow_index(&mut self) {
         let len = self.index.len() * 2;
         self.index = vec![0; len];
+        huge_pages(&self.index);
         self.index_mask = len - 1;
         for slot in 0..self.flows.len() as u32 {
             if self.flows[slot as usize].live {
@@ -1852,9 +1879,18 @@ impl Core {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
+                let (flows_cap, mon_cap) = (self.flows.capacity(), self.mon_flows.capacity());
                 self.flows.push(Flow::empty(self.cfg.overlap));
                 self.mon_flows
                     .resize(self.flows.len() * self.nmon, MonFlow::default());
+                // A table that just grew (doubling: rare) asks for huge pages, so that a
+                // big table is not a TLB miss per packet.
+                if self.flows.capacity() != flows_cap {
+                    huge_pages(&self.flows);
+                }
+                if self.mon_flows.capacity() != mon_cap {
+                    huge_pages(&self.mon_flows);
+                }
                 if self.flows.len() * 2 > self.index.len() {
                     self.grow_index();
                 }
