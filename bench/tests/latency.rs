@@ -69,6 +69,7 @@ fn opts(name: &str, plugins: &std::path::Path, sample: u64) -> RunOptions {
         cores: 1,
         latency_sample: sample,
         budget: Default::default(),
+        latency_warmup: 0,
     }
 }
 

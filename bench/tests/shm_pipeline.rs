@@ -105,6 +105,7 @@ fn pipeline(tag: &str, cfg: GenConfig, rings: usize, packets: u64, buffer: u32) 
         cores: 1, // the region's ring count decides
         latency_sample: 0,
         budget: Default::default(),
+        latency_warmup: 0,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();

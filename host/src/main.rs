@@ -130,9 +130,13 @@ enum Command {
         quiet: bool,
         /// shm sources: every Nth packet, measure the time from the producer's stamp
         /// (flowpeek-bench gen) to the return of the last plugin callback; --stats gets
-        /// "latency_ns" (p50, p99, p99.9, max). 0: off.
+        /// "latency_ns" (p50, p90, p95, p99, p99.9, max). 0: off.
         #[arg(long, default_value_t = 0)]
         latency_sample: u64,
+        /// With --latency-sample: the first this many milliseconds of stamps are warm-up
+        /// (the flow table and buffers growing to the working set) and not recorded.
+        #[arg(long, default_value_t = 1000)]
+        latency_warmup_ms: u64,
         /// Time budget of one plugin callback, in milliseconds (0: none). A watchdog thread
         /// reports a callback running longer (naming the plugin and core) and counts it as
         /// an overrun ("overruns" in --stats); a callback cannot be interrupted, so the core
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             cores,
             quiet,
             latency_sample,
+            latency_warmup_ms,
             plugin_budget_ms,
             on_overrun,
         } => run(RunArgs {
@@ -207,6 +212,7 @@ fn main() -> ExitCode {
             cores,
             quiet,
             latency_sample,
+            latency_warmup: latency_warmup_ms.saturating_mul(1_000_000),
             budget: flowpeek::plugin::CallBudget {
                 limit: std::time::Duration::from_millis(plugin_budget_ms),
                 policy: on_overrun,
@@ -341,6 +347,7 @@ struct RunArgs {
     cores: Option<usize>,
     quiet: bool,
     latency_sample: u64,
+    latency_warmup: u64,
     budget: flowpeek::plugin::CallBudget,
 }
 
@@ -390,6 +397,7 @@ fn run(a: RunArgs) -> ExitCode {
         watch: !a.no_watch,
         cores: a.cores.unwrap_or_else(cpus),
         latency_sample: a.latency_sample,
+        latency_warmup: a.latency_warmup,
         budget: a.budget,
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -79,6 +79,9 @@ pub struct RunOptions {
     pub latency_sample: u64,
     /// The time budget of one plugin callback, and the policy past it.
     pub budget: crate::plugin::CallBudget,
+    /// Latency sampling: stamps within this many ns after the first one are warm-up and
+    /// not recorded.
+    pub latency_warmup: u64,
 }
 
 /// Why a run failed before or while it ran.
@@ -258,6 +261,7 @@ pub fn run(
                     counters: Arc::clone(&counters[core]),
                     pin: cores > 1,
                     latency_sample: opts.latency_sample,
+                    latency_warmup: opts.latency_warmup,
                 };
                 let source = opts.source.clone();
                 let shm_ring = shm_rings.get_mut(core).and_then(Option::take);

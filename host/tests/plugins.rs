@@ -42,6 +42,7 @@ fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
         cores: 1,
         latency_sample: 0,
         budget: Default::default(),
+        latency_warmup: 0,
     }
 }
 

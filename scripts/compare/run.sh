@@ -135,9 +135,10 @@ for cap in "${CAPTURES[@]}"; do
 
     say "$name: flowpeek run + streamhash (--cores 1)"
     res=$(timed fp-run "$DIR/flowpeek-run.out" "$RUNS" "$FLOWPEEK" run --source "pcap:$cap" \
-        --plugins "$OUT/plugins" --log-dir @RUN@ --no-watch --quiet --cores 1 --timeout 3600)
+        --plugins "$OUT/plugins" --log-dir @RUN@ --no-watch --quiet --cores 1 --timeout 3600 \
+        --buffer-memory 65536)
     cp "$DIR/fp-run/streamhash.jsonl" "$DIR/streamhash.jsonl" || die "flowpeek run wrote no streamhash.jsonl"
-    record flowpeek-run-streamhash "--timeout 3600" "$res"
+    record flowpeek-run-streamhash "--timeout 3600 --buffer-memory 65536" "$res"
 
     say "$name: libnids"
     res=$(timed nids "$DIR/libnids.out" "$RUNS" "$BIN/nidsflow" "$cap")

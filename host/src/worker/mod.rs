@@ -129,6 +129,8 @@ pub struct WorkerSpec {
     /// Shm sources: every Nth packet, record the time from the producer's stamp to the
     /// return of the engine's callback (0: off, no clock reads).
     pub latency_sample: u64,
+    /// Stamps within this many ns after the first are warm-up, not recorded.
+    pub latency_warmup: u64,
 }
 
 /// What every worker starts with: this core's plugin instances and its engine.
@@ -311,6 +313,7 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
     let sample = spec.latency_sample;
     let mut countdown = sample;
     let mut latency = (sample > 0).then(latency_histogram);
+    let mut warm_until = 0u64;
     while !spec.stop.load(Ordering::Relaxed) {
         // Idle: poll the ring's tail (one atomic load) and spin, as netmap's pkt-gen does;
         // every 1024 empty polls the full path runs (timers, producer liveness), and after
@@ -344,10 +347,17 @@ pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<Co
                 if countdown == 0 {
                     countdown = sample;
                     // After on_frame returned: every plugin callback for this packet ran.
+                    // The first `latency_warmup` ns of stamps are warm-up (the flow table,
+                    // index and buffers grow to the working set) and are not recorded.
                     if stamp != 0 {
-                        let t = crate::io::shm::monotonic_ns();
-                        if let Some(h) = latency.as_mut() {
-                            h.saturating_record(t.saturating_sub(stamp));
+                        if warm_until == 0 {
+                            warm_until = stamp.saturating_add(spec.latency_warmup);
+                        }
+                        if stamp >= warm_until {
+                            let t = crate::io::shm::monotonic_ns();
+                            if let Some(h) = latency.as_mut() {
+                                h.saturating_record(t.saturating_sub(stamp));
+                            }
                         }
                     }
                 }
