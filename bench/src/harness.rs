@@ -741,7 +741,10 @@ pub fn run_point(env: &mut Env, point: &Point) -> Result<Measurement, String> {
                 .arg("--cores")
                 .arg(point.cores.to_string())
                 .arg("--latency-sample")
-                .arg(point.latency_sample.to_string());
+                .arg(point.latency_sample.to_string())
+                // Warm-up left out of the histogram: a quarter of the run, at most 1 s.
+                .arg("--latency-warmup-ms")
+                .arg(((point.duration * 250.0) as u64).min(1000).to_string());
             c
         }
         Consumer::Null => {

@@ -2,7 +2,8 @@
 //!
 //! - [`gen`]: TCP connections built from one frame template, only the changing fields
 //!   rewritten per packet, payloads reproducible from each connection's seed.
-//! - [`out`]: where frames go: flowpeek's shared-memory rings (netmap layout) or a pcap file.
+//! - [`out`]: where frames go: flowpeek's shared-memory rings (netmap layout), a real netmap
+//!   port's TX rings, or a pcap file.
 //! - [`null`]: the null consumer (releases slots only): the ring's ceiling.
 //! - [`harness`]: `flowpeek-bench run`: generator and consumer as pinned processes, measured.
 //! - [`sweep`]: `flowpeek-bench sweep`: a grid of runs to CSV, JSON and SVG.

@@ -1,4 +1,5 @@
-//! `flowpeek-bench`: generate TCP traffic into flowpeek's shared-memory rings or a pcap file.
+//! `flowpeek-bench`: generate TCP traffic into flowpeek's shared-memory rings, a netmap port or
+//! a pcap file.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,10 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate TCP connections (handshake, data both ways, FIN close) into shm rings or a
-    /// pcap file. Frames are prebuilt; only changing fields are rewritten per packet.
+    /// Generate TCP connections (handshake, data both ways, FIN close) into shm rings, the TX
+    /// rings of a netmap port, or a pcap file. Frames are prebuilt; only changing fields are
+    /// rewritten per packet.
     ///
     /// Example: flowpeek-bench gen --out shm:fp --rings 2 --flows 10000 --size 64 --duration 5
+    ///          flowpeek-bench gen --out netmap:eth1 --flows 100000 --size 64 --duration 30
     #[command(verbatim_doc_comment)]
     Gen(GenArgs),
     /// A null consumer of shm rings: releases every slot and counts it (one thread per ring),
@@ -59,13 +62,24 @@ enum Command {
 /// `flowpeek-bench gen`.
 #[derive(Args)]
 struct GenArgs {
-    /// shm:NAME (netmap-layout rings in /dev/shm, created here) or pcap:FILE.
+    /// Where frames go: shm:NAME (netmap-layout rings in /dev/shm, created here),
+    /// pcap:FILE, or the TX rings of a real netmap port, as pkt-gen -f tx fills them:
+    /// netmap:IF (every hardware TX ring of IF, frames spread over them by the symmetric
+    /// flow hash), netmap:IF-K (TX ring K only), netmap:NAME{K / netmap:NAME}K (the master /
+    /// slave end of netmap pipe K) or valeB:P (port P of VALE switch B).
+    ///
+    /// netmap needs the kernel module (scripts/netmap-setup.sh): without /dev/netmap this
+    /// fails at once. Its TX rings are synced (NIOCTXSYNC) every --batch frames and when a
+    /// ring is full, and at the end until the port has sent everything (2 s at most). netmap
+    /// slots are never stamped (a NIC does not carry the slot's ptr field to the receiver);
+    /// --rings, --slots and --wait-consumer do not apply (the port has the rings its driver
+    /// gives it).
     #[arg(long)]
     out: OutputSpec,
-    /// Rings of the shm region (one per flowpeek worker).
+    /// Rings of the shm region (one per flowpeek worker); shm only.
     #[arg(long, default_value_t = 1)]
     rings: u32,
-    /// Slots per ring.
+    /// Slots per ring; shm only.
     #[arg(long, default_value_t = 4096)]
     slots: u32,
     /// Concurrent connections.
@@ -113,6 +127,7 @@ struct GenArgs {
     quiet: bool,
     /// Do not stamp shm slots with the push time (CLOCK_MONOTONIC ns in the slot's `ptr`
     /// field, read by `flowpeek run --latency-sample`); saves a clock read per packet.
+    /// pcap and netmap outputs are never stamped.
     #[arg(long)]
     no_stamp: bool,
     /// Print a JSON summary on stdout at the end (sent, bytes, seconds, per-ring full counts).
@@ -124,7 +139,8 @@ struct GenArgs {
     #[arg(long, default_value_t = 0.0)]
     wait_consumer: f64,
     /// shm: frames per ring handed to the consumer at once (the ring's tail is published
-    /// every N frames, and before each --rate wait), like pkt-gen's -b burst.
+    /// every N frames, and before each --rate wait), like pkt-gen's -b burst. netmap: frames
+    /// written between two NIOCTXSYNC calls (and a sync before each --rate wait), pkt-gen's -b.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: u32,
 }
@@ -213,7 +229,7 @@ fn gen_main(a: GenArgs) -> ExitCode {
     if wait_consumer > 0.0 && !output.wait_for_consumer(Duration::from_secs_f64(wait_consumer)) {
         eprintln!(
             "flowpeek-bench: no consumer polled every ring of {} within {wait_consumer} s (--wait-consumer): start flowpeek run --source shm:… (or flowpeek-bench null) on it",
-            output.path().display()
+            output.name()
         );
         return ExitCode::from(1);
     }
@@ -242,7 +258,10 @@ fn gen_main(a: GenArgs) -> ExitCode {
     output.set_publish_every(batch);
     while sent < limit {
         if rate > 0 && sent % pace_every == 0 && pending.is_none() {
-            output.flush();
+            if let Err(e) = output.flush() {
+                eprintln!("flowpeek-bench: {e}");
+                return ExitCode::from(1);
+            }
             pace(started, sent, rate);
         }
         // Clock reads every 1024 packets, not per packet (and every 65536 refusals while a
@@ -298,14 +317,14 @@ fn gen_main(a: GenArgs) -> ExitCode {
             "flowpeek-bench: sent {sent} packets, {bytes} bytes in {s:.3} s ({:.3} Mpps, {:.2} Gbit/s); {refused} refused by full rings; output {}",
             sent as f64 / s / 1e6,
             bytes as f64 * 8.0 / s / 1e9,
-            output.path().display()
+            output.name()
         );
     }
     if json {
         let v = serde_json::json!({
             "sent": sent, "bytes": bytes, "seconds": s, "refused": refused,
             "ring_full_events": output.full_per_ring(), "ring_full_frames": full_frames,
-            "stamped": !no_stamp,
+            "stamped": output.stamps(),
         });
         println!("{v}");
     }
