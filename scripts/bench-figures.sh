@@ -97,9 +97,9 @@ if want run; then
     for p in streamhash streamhash-crc32 streamhash-xxh3; do
         best "1514-$p" --size 1514 --flows 1000 --conn-packets 0 --cores 1 --duration 5 --plugins "$p"
     done
-    best 64-1M-none --size 64 --flows 1000000 --cores 1 --duration 8 --no-plugins --slots 65536
-    best 64-1M-noop --size 64 --flows 1000000 --cores 1 --duration 8 --slots 65536
-    best 64-10k-none-big-ring --size 64 --flows 10000 --cores 1 --duration 8 --no-plugins --slots 65536
+    best 64-1M-none --size 64 --flows 1000000 --cores 1 --duration 8 --no-plugins --latency-sample 0
+    best 64-1M-noop --size 64 --flows 1000000 --cores 1 --duration 8 --latency-sample 0
+    best 64-10k-none-unstamped --size 64 --flows 10000 --cores 1 --duration 8 --no-plugins --latency-sample 0
     # Zero-loss rate (no ring-full frame) with the no-op plugin, then the latency at half of it.
     # 65,536-slot rings: this VM's vCPUs are descheduled for 1-5 ms now and then (steal
     # time), which overflows 4,096 slots at any rate above 1-2 Mpps.
