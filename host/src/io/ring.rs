@@ -453,7 +453,7 @@ impl Region {
     ///
     /// As for [`NetmapMem::from_raw`].
     #[allow(unsafe_code)]
-    unsafe fn ring(&self, dir: &str, index: usize, ring_off: i128) -> Result<RingGeom, RingError> {
+    unsafe fn ring(&self, dir: &str, index: usize, ring_off: i128) -> Result<RingView, RingError> {
         let name = format!("{dir}ring {index} header");
         let off = self.check(&name, ring_off, RING_HEADER_LEN as u64)?;
         // SAFETY: the header is inside the region and 8-aligned (checked above); the caller
@@ -528,7 +528,8 @@ impl Region {
                 NonNull::new_unchecked(self.base.add(bufs_off as usize)),
             )
         };
-        Ok(RingGeom {
+        Ok(RingView {
+            index,
             ring,
             num_slots,
             buf_size,
@@ -540,8 +541,12 @@ impl Region {
     }
 }
 
-/// What [`Region::ring`] validated: the constant fields of a ring and where they point.
-struct RingGeom {
+/// What [`Region::ring`] validated: the constant fields of a ring and where they point,
+/// shared by [`RxRing`] and [`TxRing`].
+#[derive(Debug)]
+struct RingView {
+    /// The ring's index among the rings of its direction.
+    index: usize,
     /// The `netmap_ring` header.
     ring: NonNull<u8>,
     num_slots: u32,
@@ -553,6 +558,57 @@ struct RingGeom {
     /// `head` and `tail` when validated.
     head: u32,
     tail: u32,
+}
+
+impl RingView {
+    /// One of the header's `u32` ring fields (RING_HEAD/CUR/TAIL).
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn field(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: `offset` is one of RING_HEAD/CUR/TAIL, inside the validated 8-aligned header;
+        // the mapping outlives self (from_raw's contract).
+        unsafe { atomic_u32(self.ring.as_ptr().add(offset)) }
+    }
+
+    /// Slot `i` (< num_slots).
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn slot(&self, i: u32) -> *mut u8 {
+        debug_assert!(i < self.num_slots);
+        // SAFETY: i < num_slots and the slot array was checked to lie in the region.
+        unsafe { self.ring.as_ptr().add(RING_SLOTS + i as usize * SLOT_LEN) }
+    }
+
+    /// The buffer `buf_idx` names, checked to lie in the region (`what` names the field in
+    /// the error: "slot 3 buf_idx", "TX slot 3 buf_idx").
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn buffer(&self, buf_idx: u32, what: impl FnOnce() -> String) -> Result<*mut u8, RingError> {
+        if u64::from(buf_idx) >= self.nbufs {
+            return Err(corrupt(
+                self.index,
+                what(),
+                buf_idx.into(),
+                format!("must be < {} (buffers in the region)", self.nbufs),
+            ));
+        }
+        // SAFETY: buf_idx < nbufs, so start + buf_size <= the bytes after `bufs`.
+        Ok(unsafe {
+            self.bufs
+                .as_ptr()
+                .add(buf_idx as usize * self.buf_size as usize)
+        })
+    }
+
+    /// Slots from `from` to `to`, going round the ring.
+    #[inline(always)]
+    fn dist(&self, from: u32, to: u32) -> u32 {
+        if to >= from {
+            to - from
+        } else {
+            to + self.num_slots - from
+        }
+    }
 }
 
 /// An atomic view of the `u32` at `ptr`.
@@ -609,15 +665,7 @@ impl<'a> Step<'a> {
 /// One validated RX ring: its constant fields cached, its `head` owned by this side.
 #[derive(Debug)]
 pub struct RxRing {
-    index: usize,
-    /// The `netmap_ring` header.
-    ring: NonNull<u8>,
-    num_slots: u32,
-    buf_size: u32,
-    /// Start of buffer 0 (`ring + buf_ofs`).
-    bufs: NonNull<u8>,
-    /// How many whole buffers fit between `bufs` and the end of the region.
-    nbufs: u64,
+    v: RingView,
     /// Our copy of `head` (we are its only writer).
     head: u32,
 }
@@ -637,51 +685,35 @@ impl RxRing {
     #[allow(unsafe_code)]
     unsafe fn validate(region: Region, index: usize, ring_off: i128) -> Result<Self, RingError> {
         // SAFETY: forwarded from this function's contract.
-        let g = unsafe { region.ring("", index, ring_off)? };
-        Ok(RxRing {
-            index,
-            ring: g.ring,
-            num_slots: g.num_slots,
-            buf_size: g.buf_size,
-            bufs: g.bufs,
-            nbufs: g.nbufs,
-            head: g.head,
-        })
+        let v = unsafe { region.ring("", index, ring_off)? };
+        Ok(RxRing { head: v.head, v })
     }
 
     /// This ring's index among the RX rings.
     pub fn index(&self) -> usize {
-        self.index
+        self.v.index
     }
 
     /// Number of slots (`num_slots`).
     pub fn num_slots(&self) -> u32 {
-        self.num_slots
+        self.v.num_slots
     }
 
     /// Buffer size (`nr_buf_size`): the largest frame a slot can hold.
     pub fn buf_size(&self) -> u32 {
-        self.buf_size
-    }
-
-    #[allow(unsafe_code)]
-    #[inline(always)]
-    fn field(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: `offset` is one of RING_HEAD/CUR/TAIL, inside the validated 8-aligned header;
-        // the mapping outlives self (from_raw's contract).
-        unsafe { atomic_u32(self.ring.as_ptr().add(offset)) }
+        self.v.buf_size
     }
 
     /// Loads `tail` (acquire) and checks it.
     #[inline(always)]
     fn tail(&self) -> Result<u32, RingError> {
-        let tail = self.field(RING_TAIL).load(Ordering::Acquire);
-        if tail >= self.num_slots {
+        let tail = self.v.field(RING_TAIL).load(Ordering::Acquire);
+        if tail >= self.v.num_slots {
             return Err(corrupt(
-                self.index,
+                self.v.index,
                 "tail",
                 tail.into(),
-                format!("must be < num_slots = {}", self.num_slots),
+                format!("must be < num_slots = {}", self.v.num_slots),
             ));
         }
         Ok(tail)
@@ -690,11 +722,7 @@ impl RxRing {
     /// Number of frames waiting (slots in `[head, tail)`).
     pub fn available(&self) -> Result<u32, RingError> {
         let tail = self.tail()?;
-        Ok(if tail >= self.head {
-            tail - self.head
-        } else {
-            tail + self.num_slots - self.head
-        })
+        Ok(self.v.dist(self.head, tail))
     }
 
     /// Starts loading the first cache line of slot `i`'s frame (a hint: an invalid slot is
@@ -723,36 +751,22 @@ impl RxRing {
     fn frame(&self, i: u32) -> Result<&[u8], RingError> {
         // SAFETY: i < num_slots and the slot array was checked to lie in the region; the slot
         // is ours (in [head, tail)) so the other side does not write it now.
-        let slot = unsafe {
-            self.ring
-                .as_ptr()
-                .add(RING_SLOTS + i as usize * SLOT_LEN)
-                .cast::<netmap_slot>()
-                .read_volatile()
-        };
-        if u64::from(slot.buf_idx) >= self.nbufs {
+        let slot = unsafe { self.v.slot(i).cast::<netmap_slot>().read_volatile() };
+        let buf = self
+            .v
+            .buffer(slot.buf_idx, || format!("slot {i} buf_idx"))?;
+        if u32::from(slot.len) > self.v.buf_size {
             return Err(corrupt(
-                self.index,
-                format!("slot {i} buf_idx"),
-                slot.buf_idx.into(),
-                format!("must be < {} (buffers in the region)", self.nbufs),
-            ));
-        }
-        if u32::from(slot.len) > self.buf_size {
-            return Err(corrupt(
-                self.index,
+                self.v.index,
                 format!("slot {i} len"),
                 slot.len.into(),
-                format!("must be <= nr_buf_size = {}", self.buf_size),
+                format!("must be <= nr_buf_size = {}", self.v.buf_size),
             ));
         }
-        let start = slot.buf_idx as usize * self.buf_size as usize;
-        // SAFETY: buf_idx < nbufs, so start + buf_size <= the bytes after `bufs`, and
-        // len <= buf_size; the buffer belongs to a slot we own until we release it, which
-        // happens only after the borrow handed to the caller ends (see rx_batch).
-        Ok(unsafe {
-            std::slice::from_raw_parts(self.bufs.as_ptr().add(start), usize::from(slot.len))
-        })
+        // SAFETY: `buf` starts a buffer of buf_size bytes inside the region and len <=
+        // buf_size; the buffer belongs to a slot we own until we release it, which happens
+        // only after the borrow handed to the caller ends (see rx_batch).
+        Ok(unsafe { std::slice::from_raw_parts(buf, usize::from(slot.len)) })
     }
 
     /// Hands every frame available (slots `head..tail`) to `f` in ring order, then releases
@@ -775,16 +789,16 @@ impl RxRing {
         // The frames were just written by the producer on another core: start pulling each
         // one over FRAME_AHEAD frames before it is read (17.5 instead of 11.5 Mpps through
         // the no-op plugin at 64 bytes).
-        let avail = (tail + self.num_slots - self.head) % self.num_slots;
+        let avail = (tail + self.v.num_slots - self.head) % self.v.num_slots;
         for k in 0..avail.min(FRAME_AHEAD) {
-            self.prefetch_frame((self.head + k) % self.num_slots);
+            self.prefetch_frame((self.head + k) % self.v.num_slots);
         }
         // At most MAX_BATCH slots before they go back: a consumer that held the whole ring
         // would make the producer wait for it, and the two would take turns instead of
         // running side by side.
         while i != tail && n < MAX_BATCH {
             if (n as u32) + FRAME_AHEAD < avail {
-                self.prefetch_frame((i + FRAME_AHEAD) % self.num_slots);
+                self.prefetch_frame((i + FRAME_AHEAD) % self.v.num_slots);
             }
             match self.frame(i) {
                 Ok(frame) => f(frame, i),
@@ -795,7 +809,7 @@ impl RxRing {
             }
             n += 1;
             i += 1;
-            if i == self.num_slots {
+            if i == self.v.num_slots {
                 i = 0;
             }
         }
@@ -812,7 +826,7 @@ impl RxRing {
     #[inline]
     pub fn rx_batch_lookahead(&mut self, mut f: impl FnMut(Step<'_>)) -> Result<usize, RingError> {
         let tail = self.tail()?;
-        let n = self.num_slots;
+        let n = self.v.num_slots;
         let avail = ((tail + n - self.head) % n).min(MAX_BATCH as u32);
         let at = |k: u32| (self.head + k) % n;
         for k in 0..avail.min(LOOKAHEAD_FRAME) {
@@ -859,8 +873,8 @@ impl RxRing {
     #[inline(always)]
     fn release(&mut self, to: u32) {
         self.head = to;
-        self.field(RING_CUR).store(to, Ordering::Release);
-        self.field(RING_HEAD).store(to, Ordering::Release);
+        self.v.field(RING_CUR).store(to, Ordering::Release);
+        self.v.field(RING_HEAD).store(to, Ordering::Release);
     }
 }
 
@@ -871,15 +885,7 @@ impl RxRing {
 /// moves `head` up to `cur`, and the owner's `NIOCTXSYNC` (or `poll`) sends them.
 #[derive(Debug)]
 pub struct TxRing {
-    index: usize,
-    /// The `netmap_ring` header.
-    ring: NonNull<u8>,
-    num_slots: u32,
-    buf_size: u32,
-    /// Start of buffer 0 (`ring + buf_ofs`).
-    bufs: NonNull<u8>,
-    /// How many whole buffers fit between `bufs` and the end of the region.
-    nbufs: u64,
+    v: RingView,
     /// `head` as last published (we are its only writer).
     head: u32,
     /// The next slot to fill.
@@ -904,88 +910,56 @@ impl TxRing {
     #[allow(unsafe_code)]
     unsafe fn validate(region: Region, index: usize, ring_off: i128) -> Result<Self, RingError> {
         // SAFETY: forwarded from this function's contract.
-        let g = unsafe { region.ring("TX ", index, ring_off)? };
+        let v = unsafe { region.ring("TX ", index, ring_off)? };
         Ok(TxRing {
-            index,
-            ring: g.ring,
-            num_slots: g.num_slots,
-            buf_size: g.buf_size,
-            bufs: g.bufs,
-            nbufs: g.nbufs,
-            head: g.head,
-            cur: g.head,
-            tail: g.tail,
+            head: v.head,
+            cur: v.head,
+            tail: v.tail,
+            v,
         })
     }
 
     /// This ring's index among the TX rings.
     pub fn index(&self) -> usize {
-        self.index
+        self.v.index
     }
 
     /// Number of slots (`num_slots`).
     pub fn num_slots(&self) -> u32 {
-        self.num_slots
+        self.v.num_slots
     }
 
     /// Buffer size (`nr_buf_size`).
     pub fn buf_size(&self) -> u32 {
-        self.buf_size
+        self.v.buf_size
     }
 
     /// The largest frame a slot takes: `nr_buf_size`, at most 65535 (`len` is 16 bits).
     pub fn max_frame(&self) -> usize {
-        self.buf_size.min(u32::from(u16::MAX)) as usize
+        self.v.buf_size.min(u32::from(u16::MAX)) as usize
     }
 
     /// Frames written since the last [`publish`](Self::publish) (slots `[head, cur)`).
     pub fn pending(&self) -> u32 {
-        self.dist(self.head, self.cur)
-    }
-
-    /// Slots from `from` forward to `to`.
-    #[inline(always)]
-    fn dist(&self, from: u32, to: u32) -> u32 {
-        if to >= from {
-            to - from
-        } else {
-            to + self.num_slots - from
-        }
-    }
-
-    #[allow(unsafe_code)]
-    #[inline(always)]
-    fn field(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: `offset` is one of RING_HEAD/CUR/TAIL, inside the validated 8-aligned header;
-        // the mapping outlives self (from_raw's contract).
-        unsafe { atomic_u32(self.ring.as_ptr().add(offset)) }
-    }
-
-    /// Slot `i` (< num_slots).
-    #[allow(unsafe_code)]
-    #[inline(always)]
-    fn slot(&self, i: u32) -> *mut u8 {
-        debug_assert!(i < self.num_slots);
-        // SAFETY: i < num_slots and the slot array was checked to lie in the region.
-        unsafe { self.ring.as_ptr().add(RING_SLOTS + i as usize * SLOT_LEN) }
+        self.v.dist(self.head, self.cur)
     }
 
     /// Loads `tail` (acquire) and checks it: below `num_slots`, and not among the slots
     /// written since the last publish (the kernel cannot take back slots it was not given).
     #[inline]
     fn load_tail(&mut self) -> Result<u32, RingError> {
-        let tail = self.field(RING_TAIL).load(Ordering::Acquire);
-        if tail >= self.num_slots {
+        let tail = self.v.field(RING_TAIL).load(Ordering::Acquire);
+        if tail >= self.v.num_slots {
             return Err(corrupt(
-                self.index,
+                self.v.index,
                 "TX tail",
                 tail.into(),
-                format!("must be < num_slots = {}", self.num_slots),
+                format!("must be < num_slots = {}", self.v.num_slots),
             ));
         }
-        if self.dist(self.head, tail) < self.dist(self.head, self.cur) {
+        if self.v.dist(self.head, tail) < self.v.dist(self.head, self.cur) {
             return Err(corrupt(
-                self.index,
+                self.v.index,
                 "TX tail",
                 tail.into(),
                 format!(
@@ -1001,14 +975,14 @@ impl TxRing {
     /// Free slots (`[cur, tail)`), with a fresh load of `tail`.
     pub fn space(&mut self) -> Result<u32, RingError> {
         let tail = self.load_tail()?;
-        Ok(self.dist(self.cur, tail))
+        Ok(self.v.dist(self.cur, tail))
     }
 
     /// Slots the kernel still holds beyond the one it always keeps: frames published and not
     /// yet sent (netmap's `nm_tx_pending`). 0 once the port has sent everything published.
     pub fn in_flight(&mut self) -> Result<u32, RingError> {
         let tail = self.load_tail()?;
-        Ok(self.num_slots - 1 - self.dist(self.head, tail))
+        Ok(self.v.num_slots - 1 - self.v.dist(self.head, tail))
     }
 
     /// Writes `frame` into the buffer of slot `cur` (`len` = its length, `flags` = 0) and
@@ -1024,7 +998,7 @@ impl TxRing {
         let max = self.max_frame();
         if frame.len() > max {
             return Err(RingError::TooLarge {
-                ring: self.index,
+                ring: self.v.index,
                 len: frame.len(),
                 max,
             });
@@ -1033,29 +1007,19 @@ impl TxRing {
             return Ok(false);
         }
         let i = self.cur;
-        let slot = self.slot(i);
+        let slot = self.v.slot(i);
         // SAFETY: slot i is in the validated slot array, 8-aligned (the ring header is and
         // RING_SLOTS and SLOT_LEN are multiples of 8), so its 4-byte buf_idx is aligned; it
         // lies in [cur, tail), which belongs to this side.
         let buf_idx = unsafe { slot.add(SLOT_BUF_IDX).cast::<u32>().read_volatile() };
-        if u64::from(buf_idx) >= self.nbufs {
-            return Err(corrupt(
-                self.index,
-                format!("TX slot {i} buf_idx"),
-                buf_idx.into(),
-                format!("must be < {} (buffers in the region)", self.nbufs),
-            ));
-        }
-        let start = buf_idx as usize * self.buf_size as usize;
-        // SAFETY: buf_idx < nbufs, so start + buf_size <= the bytes after `bufs`.
-        let dst = unsafe { self.bufs.as_ptr().add(start) };
+        let dst = self.v.buffer(buf_idx, || format!("TX slot {i} buf_idx"))?;
         let (d, s) = (dst as usize, frame.as_ptr() as usize);
         if d < s + frame.len() && s < d + frame.len() {
             // Only a corrupt image can do this (the caller passed a frame lent from this
             // region, e.g. an RX buffer, and this slot names that same buffer); writing would
             // change the bytes of a live shared borrow.
             return Err(corrupt(
-                self.index,
+                self.v.index,
                 format!("TX slot {i} buf_idx"),
                 buf_idx.into(),
                 "must not name the buffer the frame is read from",
@@ -1072,7 +1036,7 @@ impl TxRing {
                 .write_volatile(frame.len() as u16);
             slot.add(SLOT_FLAGS).cast::<u16>().write_volatile(0);
         }
-        self.cur = if i + 1 == self.num_slots { 0 } else { i + 1 };
+        self.cur = if i + 1 == self.v.num_slots { 0 } else { i + 1 };
         Ok(true)
     }
 
@@ -1101,20 +1065,21 @@ impl TxRing {
             return 0;
         }
         let last = if self.cur == 0 {
-            self.num_slots - 1
+            self.v.num_slots - 1
         } else {
             self.cur - 1
         };
         // SAFETY: slot `last` (< num_slots) is in [head, cur): written by this side and not
         // yet given to the kernel; its flags (u16 at 6) are aligned.
         unsafe {
-            self.slot(last)
+            self.v
+                .slot(last)
                 .add(SLOT_FLAGS)
                 .cast::<u16>()
                 .write_volatile(NS_REPORT)
         };
-        self.field(RING_CUR).store(self.cur, Ordering::Release);
-        self.field(RING_HEAD).store(self.cur, Ordering::Release);
+        self.v.field(RING_CUR).store(self.cur, Ordering::Release);
+        self.v.field(RING_HEAD).store(self.cur, Ordering::Release);
         self.head = self.cur;
         n
     }
