@@ -388,6 +388,26 @@ impl Registered {
     }
 }
 
+/// The rings a port uses: ring K of `IF-K`, else every ring of `count` that `check` accepts
+/// (registered by this file descriptor); ring K must pass `check` too.
+fn chosen_rings(
+    spec: &PortSpec,
+    count: usize,
+    check: impl Fn(usize) -> Result<(), RingError>,
+) -> Result<Vec<usize>, NetmapError> {
+    match spec.ring {
+        Some(k) => {
+            let k = usize::from(k);
+            check(k).map_err(|source| NetmapError::Ring {
+                spec: spec.clone(),
+                source,
+            })?;
+            Ok(vec![k])
+        }
+        None => Ok((0..count).filter(|&i| check(i).is_ok()).collect()),
+    }
+}
+
 /// An open netmap port: the registered file descriptor, its mapping and its RX rings.
 #[derive(Debug)]
 pub struct NetmapPort {
@@ -406,18 +426,7 @@ impl NetmapPort {
     pub fn open_spec(spec: PortSpec) -> Result<Self, NetmapError> {
         let port = Registered::open(&spec, Use::Receive)?;
         let mem = &port.mem;
-        let rings = match spec.ring {
-            Some(k) => vec![usize::from(k)],
-            None => (0..mem.rx_rings())
-                .filter(|&i| mem.ring(i).is_ok())
-                .collect(),
-        };
-        for &r in &rings {
-            mem.ring(r).map_err(|source| NetmapError::Ring {
-                spec: spec.clone(),
-                source,
-            })?;
-        }
+        let rings = chosen_rings(&spec, mem.rx_rings(), |i| mem.ring(i).map(drop))?;
         Ok(NetmapPort { spec, rings, port })
     }
 
@@ -482,20 +491,12 @@ impl NetmapTxPort {
             spec: spec.clone(),
             source,
         };
-        let rings: Vec<usize> = match spec.ring {
-            Some(k) => vec![usize::from(k)],
-            None => (0..mem.tx_rings() as usize)
-                .filter(|&i| mem.tx_ring(i).is_ok())
-                .collect(),
-        };
+        let rings = chosen_rings(&spec, mem.tx_rings() as usize, |i| mem.tx_ring(i).map(drop))?;
         if rings.is_empty() {
             return Err(ring_err(RingError::NoSuchTxRing {
                 ring: 0,
                 rings: mem.tx_rings() as usize,
             }));
-        }
-        for &r in &rings {
-            mem.tx_ring(r).map_err(ring_err)?;
         }
         Ok(NetmapTxPort { spec, rings, port })
     }

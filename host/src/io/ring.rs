@@ -347,24 +347,22 @@ impl NetmapMem {
 
     /// The TX ring `ring`.
     pub fn tx_ring(&self, ring: usize) -> Result<&TxRing, RingError> {
-        match self.tx.get(ring) {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RingError::TxNotRegistered { ring }),
-            None => Err(RingError::NoSuchTxRing {
-                ring,
-                rings: self.tx.len(),
-            }),
-        }
+        let rings = self.tx.len();
+        let slot = self
+            .tx
+            .get(ring)
+            .ok_or(RingError::NoSuchTxRing { ring, rings })?;
+        slot.as_ref().ok_or(RingError::TxNotRegistered { ring })
     }
 
     /// The TX ring `ring`, mutably.
     pub fn tx_ring_mut(&mut self, ring: usize) -> Result<&mut TxRing, RingError> {
         let rings = self.tx.len();
-        match self.tx.get_mut(ring) {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RingError::TxNotRegistered { ring }),
-            None => Err(RingError::NoSuchTxRing { ring, rings }),
-        }
+        let slot = self
+            .tx
+            .get_mut(ring)
+            .ok_or(RingError::NoSuchTxRing { ring, rings })?;
+        slot.as_mut().ok_or(RingError::TxNotRegistered { ring })
     }
 
     /// Takes the TX rings out of the view (one per sender thread); `None` for unregistered
@@ -375,24 +373,22 @@ impl NetmapMem {
 
     /// The RX ring `ring`.
     pub fn ring(&self, ring: usize) -> Result<&RxRing, RingError> {
-        match self.rx.get(ring) {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RingError::NotRegistered { ring }),
-            None => Err(RingError::NoSuchRing {
-                ring,
-                rings: self.rx.len(),
-            }),
-        }
+        let rings = self.rx.len();
+        let slot = self
+            .rx
+            .get(ring)
+            .ok_or(RingError::NoSuchRing { ring, rings })?;
+        slot.as_ref().ok_or(RingError::NotRegistered { ring })
     }
 
     /// The RX ring `ring`, mutably.
     pub fn ring_mut(&mut self, ring: usize) -> Result<&mut RxRing, RingError> {
         let rings = self.rx.len();
-        match self.rx.get_mut(ring) {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RingError::NotRegistered { ring }),
-            None => Err(RingError::NoSuchRing { ring, rings }),
-        }
+        let slot = self
+            .rx
+            .get_mut(ring)
+            .ok_or(RingError::NoSuchRing { ring, rings })?;
+        slot.as_mut().ok_or(RingError::NotRegistered { ring })
     }
 
     /// Takes the RX rings out of the view (one per worker); `None` for unregistered ones.

@@ -226,12 +226,6 @@ impl PluginSet {
         self
     }
 
-    /// Callbacks the watchdog found past the budget so far, all cores (including one that
-    /// has not returned).
-    pub fn budget_overruns(&self) -> u64 {
-        self.watchdog.flagged()
-    }
-
     /// The host of one core and the monitors to build its engine with, in load order.
     pub fn host(&self, core: u32) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
         let (tx, rx) = channel();
