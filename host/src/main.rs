@@ -141,7 +141,7 @@ enum Command {
         /// reports a callback running longer (naming the plugin and core) and counts it as
         /// an overrun ("overruns" in --stats); a callback cannot be interrupted, so the core
         /// waits for it either way.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = flowpeek::plugin::budget::DEFAULT_LIMIT_MS)]
         plugin_budget_ms: u64,
         /// What happens to a plugin whose callback ran past --plugin-budget-ms: warn (count
         /// it and go on) or disable (turn that plugin off on that core, as after a panic).

@@ -62,10 +62,13 @@ pub struct CallBudget {
     pub policy: OverrunPolicy,
 }
 
+/// The default budget of one callback, in milliseconds (`--plugin-budget-ms`).
+pub const DEFAULT_LIMIT_MS: u64 = 10;
+
 impl Default for CallBudget {
     fn default() -> Self {
         CallBudget {
-            limit: Duration::from_millis(10),
+            limit: Duration::from_millis(DEFAULT_LIMIT_MS),
             policy: OverrunPolicy::Warn,
         }
     }
