@@ -11,6 +11,8 @@
 //! - [`run`]: `flowpeek run`: a source, the engine and the plugins, with stats.
 //! - [`worker`]: one thread per core, pinned, sharded by the symmetric flow hash.
 //! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
+//! - [`sys`]: thread affinity, huge pages and prefetch hints: the only `unsafe` outside
+//!   `io` and `plugin`.
 //! - [`trace`]: the `flowpeek events` trace, one line per callback in mOS's vocabulary.
 #![deny(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod io;
 pub mod plugin;
 pub mod run;
 pub mod streams;
+pub mod sys;
 pub mod trace;
 pub mod wire;
 pub mod worker;

@@ -15,6 +15,7 @@ use super::key::{Addr, FlowKey};
 
 use super::monitor::{BufferRequest, Monitor, Subscriptions};
 use super::types::*;
+use crate::sys::{huge_pages, prefetch};
 use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 const NIL: u32 = u32::MAX;
@@ -52,53 +53,6 @@ fn quick_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
     Some(key.hash())
 }
 
-/// Asks the kernel to back the allocation of `v` with transparent huge pages when it is
-/// big (at least 4 MiB): with `transparent_hugepage=madvise`, the common default, nothing
-/// is huge unless asked. A hint: failure (no THP, another OS) changes nothing.
-fn huge_pages<T>(v: &Vec<T>) {
-    const HUGE: usize = 2 << 20;
-    let bytes = v.capacity() * std::mem::size_of::<T>();
-    if bytes < 2 * HUGE {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // The 2 MiB-aligned part of the allocation.
-        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (v.as_ptr() as usize + bytes) & !(HUGE - 1);
-        if end > start {
-            // SAFETY: [start, end) lies inside the vector's allocation, which stays mapped
-            // while `v` lives; MADV_HUGEPAGE changes how the pages are backed, not their
-            // contents, and fails harmlessly where THP is unavailable.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-}
-
-/// Asks the CPU to start loading the `len` bytes at `r` into the cache (a hint: never
-/// faults, changes nothing).
-#[inline(always)]
-pub(crate) fn prefetch<T: ?Sized>(r: &T, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let p = (r as *const T).cast::<i8>();
-        let mut off = 0;
-        while off < len {
-            // SAFETY: `p + off` lies inside the object `r` refers to (off < len, its size);
-            // a prefetch reads nothing architecturally and cannot fault.
-            #[allow(unsafe_code)]
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off));
-            }
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (r, len);
-}
 /// Entries of the smallest flow index.
 const MIN_INDEX: usize = 1024;
 const NANOS: u64 = 1_000_000_000;

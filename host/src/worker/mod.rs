@@ -8,7 +8,6 @@
 //!
 //! Must not: block on anything but its source, allocate or lock per packet. Counters are
 //! published once per batch with relaxed atomic stores.
-#![allow(unsafe_code)] // sched_setaffinity; the block says why it is sound
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,17 +97,7 @@ pub fn shard_of(decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>, cores:
     }
 }
 
-/// Pins the calling thread to CPU `cpu` (modulo the CPUs available); best effort.
-pub fn pin_to_cpu(cpu: usize) -> bool {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the call
-    // reads `size_of::<cpu_set_t>()` bytes of it and affects only this thread (pid 0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % n, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
+pub use crate::sys::pin_to_cpu;
 
 /// Everything a worker needs.
 pub struct WorkerSpec {
