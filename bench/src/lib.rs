@@ -6,10 +6,13 @@
 //!   port's TX rings, or a pcap file.
 //! - [`null`]: the null consumer (releases slots only): the ring's ceiling.
 //! - [`harness`]: `flowpeek-bench run`: generator and consumer as pinned processes, measured.
+//! - [`mangle`]: `flowpeek-bench mangle`: disorderly captures (reordering, duplicates, ACKs
+//!   and FINs ahead of data, late packets) made from clean ones.
 //! - [`sweep`]: `flowpeek-bench sweep`: a grid of runs to CSV, JSON and SVG.
 
 pub mod gen;
 pub mod harness;
+pub mod mangle;
 pub mod null;
 pub mod out;
 pub mod sweep;

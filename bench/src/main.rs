@@ -57,6 +57,43 @@ enum Command {
     /// Example: flowpeek-bench sweep --out-dir target/sweep --tiny
     #[command(verbatim_doc_comment)]
     Sweep(flowpeek_bench::sweep::SweepArgs),
+    /// Make a disorderly capture out of a clean one, as a SPAN port or a tap aggregator
+    /// does: shuffle inside windows, duplicate data, let ACKs or FINs overtake the data,
+    /// replay pieces of closed connections. Packet bytes are kept; timestamps stay sorted.
+    ///
+    /// Example: flowpeek-bench mangle clean.pcap --out reordered.pcap --window 8 --dup 0.04
+    ///          flowpeek-bench mangle clean.pcap --out ackfirst.pcap --ack-first --fin-first
+    #[command(verbatim_doc_comment)]
+    Mangle(MangleArgs),
+}
+
+/// `flowpeek-bench mangle`.
+#[derive(Args)]
+struct MangleArgs {
+    /// The clean capture (pcap or pcapng, one link type).
+    input: PathBuf,
+    /// Where to write the mangled capture (pcap, nanosecond timestamps).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shuffle the packets inside runs of 2..=N consecutive packets (both directions
+    /// mixed); 0 leaves the order alone.
+    #[arg(long, default_value_t = 0)]
+    window: usize,
+    /// Duplicate each data segment with this probability (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    /// Move every data segment behind the first ACK that covers it.
+    #[arg(long)]
+    ack_first: bool,
+    /// Move every FIN ahead of up to three data segments of its direction.
+    #[arg(long)]
+    fin_first: bool,
+    /// After each connection closed, replay copies of some of its data, FINs and last ACK.
+    #[arg(long)]
+    late: bool,
+    /// Seed of the random choices (same seed, same output).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// `flowpeek-bench gen`.
@@ -175,6 +212,42 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => flowpeek_bench::harness::run_main(a),
         Command::Sweep(a) => flowpeek_bench::sweep::sweep_main(a),
+        Command::Mangle(a) => mangle_main(a),
+    }
+}
+
+fn mangle_main(a: MangleArgs) -> ExitCode {
+    if !(0.0..=1.0).contains(&a.dup) {
+        eprintln!(
+            "flowpeek-bench mangle: --dup {} is not a probability (0..=1)",
+            a.dup
+        );
+        return ExitCode::from(2);
+    }
+    let cfg = flowpeek_bench::mangle::MangleConfig {
+        window: a.window,
+        dup: a.dup,
+        ack_first: a.ack_first,
+        fin_first: a.fin_first,
+        late: a.late,
+        seed: a.seed,
+    };
+    match flowpeek_bench::mangle::mangle_file(&a.input, &a.out, &cfg) {
+        Ok(r) => {
+            eprintln!(
+                "mangle: {} packets in, {} out ({} moved, {} copies added) -> {}",
+                r.packets_in,
+                r.packets_out,
+                r.moved,
+                r.copies,
+                a.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowpeek-bench mangle: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
