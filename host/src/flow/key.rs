@@ -183,7 +183,7 @@ mod tests {
         let mut vlan = f.clone();
         vlan[12..14].copy_from_slice(&[0x81, 0x00]);
         assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &vlan), None);
-        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &f[..40]), None);
+        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &f[..37]), None);
     }
 
     #[test]

@@ -427,13 +427,13 @@ mod tests {
         assert_eq!(e.stats().bytes_missing, 5);
         e.end_batch();
         assert_eq!(count(&log, EventKind::NewData), 1);
-        // An ACK beyond what was sent (a gap never to be seen either) skips only up to it.
+        // An ACK past everything stored: the bytes up to it were lost too.
         e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 6);
         let (info, _) = server_stream(&mut e);
-        assert_eq!(
-            info.contig_end, 11,
-            "no fragment past the contiguous end: nothing to skip"
-        );
+        assert_eq!((info.contig_end, info.missing), (20, 5 + 9));
+        // One that acknowledges nothing new skips nothing.
+        e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 7);
+        assert_eq!(e.stats().bytes_missing, 14);
     }
 
     #[test]
@@ -467,7 +467,7 @@ mod tests {
             "before the start"
         );
         r.rx_next = 5;
-        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 2000), 995);
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 2000), 1000);
         assert_eq!(
             r.rx_base, 1000,
             "a late SYN does not move a stream with bytes"
