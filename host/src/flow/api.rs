@@ -1,11 +1,20 @@
 //! The read API a monitor uses from inside a callback (SPEC §4): `ppeek`, `peek`, buffer
 //! and flow information, and the setters. Errors map one-to-one to mOS's errno values.
+//!
+//! Owns: [`Cx`], which borrows the engine's parts it needs (the flow table, the dispatch
+//! state, the timers, the counters) for one callback, and checks every handle it is given.
+//! Must not: deliver events or change TCP state; what a callback asks for (raised events,
+//! stops, timers) is queued for the engine to do after it.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use super::buffer::OverlapPolicy;
-use super::engine::{Core, LastPacket, Timer, UserEvent};
+use super::dispatch::{Dispatch, UserEvent, FILTER};
+use super::stats::Stats;
+use super::table::{FlowIdx, FlowTable, LastPacket};
+use super::tcp::SideState;
+use super::timers::Timers;
 use super::types::*;
 
 /// Why a read or setter failed: each maps to one errno value (SPEC §4).
@@ -128,23 +137,35 @@ pub struct FlowTimes {
 
 /// A monitor's view of the engine during one callback.
 pub struct Cx<'a> {
-    core: &'a mut Core,
+    table: &'a mut FlowTable,
+    dispatch: &'a mut Dispatch,
+    timers: &'a mut Timers,
+    stats: &'a mut Stats,
+    now: u64,
     monitor: usize,
     packet: Option<&'a [u8]>,
     user_events: &'a [UserEvent],
 }
 
-const FILTER: usize = usize::MAX;
-
 impl<'a> Cx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn new(
-        core: &'a mut Core,
+        table: &'a mut FlowTable,
+        dispatch: &'a mut Dispatch,
+        timers: &'a mut Timers,
+        stats: &'a mut Stats,
+        now: u64,
         monitor: usize,
         packet: Option<&'a [u8]>,
         user_events: &'a [UserEvent],
     ) -> Cx<'a> {
         Cx {
-            core,
+            table,
+            dispatch,
+            timers,
+            stats,
+            now,
             monitor,
             packet,
             user_events,
@@ -153,18 +174,34 @@ impl<'a> Cx<'a> {
 
     /// The engine's clock (ns): capture time offline, arrival time live.
     pub fn now(&self) -> u64 {
-        self.core.now
+        self.now
     }
 
     /// This engine's core number.
     pub fn core_id(&self) -> u8 {
-        self.core.cfg.core
+        self.table.core()
     }
 
-    fn flow(&self, h: FlowHandle) -> Result<u32, Errno> {
-        let slot = self.core.resolve(h)?;
+    /// The live flow a handle names, checking core and generation.
+    fn resolve(&self, h: FlowHandle) -> Result<FlowIdx, Errno> {
+        if h.core() != self.table.core() {
+            return Err(Errno::Acces);
+        }
+        if !h.is_flow() {
+            return Err(Errno::SocktNoSupport);
+        }
+        let slot = FlowIdx::new(h.slot());
+        match self.table.get(slot) {
+            Some(f) if f.live && (f.gen & 0x3f_ffff) == h.gen() => Ok(slot),
+            _ => Err(Errno::Badf),
+        }
+    }
+
+    /// The flow a handle names, if this monitor may read it.
+    fn flow(&self, h: FlowHandle) -> Result<FlowIdx, Errno> {
+        let slot = self.resolve(h)?;
         if self.monitor != FILTER {
-            let mf = &self.core.mon_flows[slot as usize * self.core.nmon + self.monitor];
+            let mf = self.table.mon(slot, self.monitor);
             if mf.ended || mf.stopped == 0b11 {
                 return Err(Errno::Perm);
             }
@@ -172,13 +209,9 @@ impl<'a> Cx<'a> {
         Ok(slot)
     }
 
-    fn side_state(
-        &self,
-        h: FlowHandle,
-        side: Side,
-    ) -> Result<(u32, &super::engine::SideState), Errno> {
+    fn side_state(&self, h: FlowHandle, side: Side) -> Result<(FlowIdx, &SideState), Errno> {
         let slot = self.flow(h)?;
-        Ok((slot, &self.core.flows[slot as usize].sides[side.index()]))
+        Ok((slot, &self.table.flow(slot).sides[side.index()]))
     }
 
     /// Copies stored bytes of `side` from offset `off` into `buf` (mOS `mtcp_ppeek`): up to
@@ -239,16 +272,15 @@ impl<'a> Cx<'a> {
             return Err(Errno::Acces.into());
         }
         let slot = self.flow(h)?;
-        let core = &mut *self.core;
-        let s = &core.flows[slot as usize].sides[side.index()];
+        let (f, mf) = self.table.flow_and_mon(slot, self.monitor);
+        let s = &f.sides[side.index()];
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval.into());
         }
         if !s.opened {
             return Err(Errno::NotConn.into());
         }
-        let idx = slot as usize * core.nmon + self.monitor;
-        let cursor_slot = &mut core.mon_flows[idx].cursor[side.index()];
+        let cursor_slot = &mut mf.cursor[side.index()];
         let cursor = *cursor_slot;
         let Some(b) = s.buf.as_ref() else {
             return Ok(0);
@@ -294,7 +326,7 @@ impl<'a> Cx<'a> {
         let cursor = if self.monitor == FILTER {
             0
         } else {
-            self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].cursor[side.index()]
+            self.table.mon(slot, self.monitor).cursor[side.index()]
         };
         let (head, last_end) = match &s.buf {
             Some(b) => (b.head(), b.last_end()),
@@ -320,11 +352,10 @@ impl<'a> Cx<'a> {
     /// The client's and the server's addresses. For an `Orphan`, the packet's source and
     /// destination.
     pub fn addresses(&self, h: FlowHandle) -> Result<(SocketAddr, SocketAddr), Errno> {
-        if !h.is_flow() && h.core() == self.core.cfg.core {
-            return self.core.cur_orphan_addrs.ok_or(Errno::Badf);
+        if !h.is_flow() && h.core() == self.table.core() {
+            return self.dispatch.orphan_addrs.ok_or(Errno::Badf);
         }
-        let slot = self.flow(h)?;
-        let f = &self.core.flows[slot as usize];
+        let f = self.table.flow(self.flow(h)?);
         Ok((
             f.key.endpoint(f.client_is_lo),
             f.key.endpoint(!f.client_is_lo),
@@ -333,12 +364,12 @@ impl<'a> Cx<'a> {
 
     /// Whether the flow was picked up mid-stream (its SYN was not seen).
     pub fn is_partial(&self, h: FlowHandle) -> Result<bool, Errno> {
-        Ok(self.core.flows[self.flow(h)? as usize].partial)
+        Ok(self.table.flow(self.flow(h)?).partial)
     }
 
     /// The flow's first and latest packet times.
     pub fn flow_times(&self, h: FlowHandle) -> Result<FlowTimes, Errno> {
-        let f = &self.core.flows[self.flow(h)? as usize];
+        let f = self.table.flow(self.flow(h)?);
         Ok(FlowTimes {
             start: f.start_ts,
             last: f.last_ts,
@@ -348,7 +379,7 @@ impl<'a> Cx<'a> {
 
     /// Why the flow ended (inside `ConnEnd` callbacks), or `None` while it is open.
     pub fn end_reason(&self, h: FlowHandle) -> Result<Option<EndReason>, Errno> {
-        let f = &self.core.flows[self.flow(h)? as usize];
+        let f = self.table.flow(self.flow(h)?);
         Ok(if f.sides.iter().any(|s| s.destroyed) {
             f.end_reason
         } else {
@@ -358,10 +389,10 @@ impl<'a> Cx<'a> {
 
     /// Metadata of the flow's last packet (for an `Orphan` handle: the orphan packet).
     pub fn last_packet(&self, h: FlowHandle) -> Result<LastPacket, Errno> {
-        if !h.is_flow() && h.core() == self.core.cfg.core {
-            return Ok(self.core.cur_orphan);
+        if !h.is_flow() && h.core() == self.table.core() {
+            return Ok(self.dispatch.orphan);
         }
-        let f = &self.core.flows[self.flow(h)? as usize];
+        let f = self.table.flow(self.flow(h)?);
         if f.last.sender.is_none() {
             return Err(Errno::NoData);
         }
@@ -383,13 +414,12 @@ impl<'a> Cx<'a> {
         capacity: u32,
     ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
-        let core = &mut *self.core;
-        let s = &mut core.flows[slot as usize].sides[side.index()];
+        let s = &mut self.table.flow_mut(slot).sides[side.index()];
         s.capacity = capacity;
         let Some(old) = s.buf.take() else {
             return Ok(());
         };
-        core.stats.buffer_bytes -= old.capacity();
+        self.stats.buffer_bytes -= old.capacity();
         if capacity == 0 {
             s.rx_next = old.contig_end();
             return Ok(());
@@ -399,8 +429,8 @@ impl<'a> Cx<'a> {
             .head()
             .max(old.last_end().saturating_sub(u64::from(capacity)))
             .min(contig);
-        let Some(mut new) = core.alloc_buffer(capacity, head) else {
-            let s = &mut core.flows[slot as usize].sides[side.index()];
+        let Some(mut new) = self.table.alloc_buffer(capacity, head, self.stats) else {
+            let s = &mut self.table.flow_mut(slot).sides[side.index()];
             s.capacity = 0;
             s.rx_next = contig;
             return Err(Errno::NoSpc);
@@ -419,7 +449,7 @@ impl<'a> Cx<'a> {
                 off += got as u64;
             }
         }
-        core.flows[slot as usize].sides[side.index()].buf = Some(new);
+        self.table.flow_mut(slot).sides[side.index()].buf = Some(new);
         Ok(())
     }
 
@@ -431,7 +461,7 @@ impl<'a> Cx<'a> {
         policy: OverlapPolicy,
     ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
-        self.core.flows[slot as usize].sides[side.index()].overlap = policy;
+        self.table.flow_mut(slot).sides[side.index()].overlap = policy;
         Ok(())
     }
 
@@ -442,34 +472,36 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        let mf = &mut self.core.mon_flows[slot as usize * self.core.nmon + self.monitor];
+        let mf = self.table.mon_mut(slot, self.monitor);
         mf.stopped |= match side {
             EventSide::One(s) => 1 << s.index(),
             EventSide::Both => 0b11,
         };
         if mf.stopped == 0b11 {
-            self.core.stopped.push((self.monitor as u32, slot, h.gen()));
+            self.dispatch
+                .stopped
+                .push((self.monitor as u32, slot, h.gen()));
         }
         Ok(())
     }
 
     /// The plugin host's private tag for (this monitor, flow).
     pub(crate) fn host_tag(&self, h: FlowHandle) -> Result<u32, Errno> {
-        let slot = self.core.resolve(h)?;
-        Ok(self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host)
+        let slot = self.resolve(h)?;
+        Ok(self.table.mon(slot, self.monitor).host)
     }
 
     /// The host tag of the flow an event of this engine names (no handle checks: the
     /// engine made the handle and the flow is live during its events).
     #[inline]
     pub(crate) fn event_host_tag(&self, ev: &Event) -> u32 {
-        let idx = ev.flow.slot() as usize * self.core.nmon + self.monitor;
-        self.core.mon_flows.get(idx).map_or(0, |m| m.host)
+        let slot = FlowIdx::new(ev.flow.slot());
+        self.table.mon_get(slot, self.monitor).map_or(0, |m| m.host)
     }
 
     pub(crate) fn set_host_tag(&mut self, h: FlowHandle, tag: u32) -> Result<(), Errno> {
-        let slot = self.core.resolve(h)?;
-        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].host = tag;
+        let slot = self.resolve(h)?;
+        self.table.mon_mut(slot, self.monitor).host = tag;
         Ok(())
     }
 
@@ -479,7 +511,7 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        Ok(self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].user)
+        Ok(self.table.mon(slot, self.monitor).user)
     }
 
     /// Sets this monitor's value for the flow.
@@ -488,7 +520,7 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].user = value;
+        self.table.mon_mut(slot, self.monitor).user = value;
         Ok(())
     }
 
@@ -498,8 +530,8 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].mask |= event.bit(hook);
-        self.core.any_mask |= event.bit(hook);
+        self.table.mon_mut(slot, self.monitor).mask |= event.bit(hook);
+        self.dispatch.any_mask |= event.bit(hook);
         Ok(())
     }
 
@@ -514,7 +546,7 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        self.core.mon_flows[slot as usize * self.core.nmon + self.monitor].mask &= !event.bit(hook);
+        self.table.mon_mut(slot, self.monitor).mask &= !event.bit(hook);
         Ok(())
     }
 
@@ -527,22 +559,16 @@ impl<'a> Cx<'a> {
 
     /// A one-shot timer for this core: `on_timer(None, tag)` runs `after` ns from now.
     pub fn set_core_timer(&mut self, after: u64, tag: u64) -> Result<(), Errno> {
-        self.push_timer(u32::MAX, 0, after, tag)
+        self.push_timer(FlowIdx::NIL, 0, after, tag)
     }
 
-    fn push_timer(&mut self, slot: u32, gen: u32, after: u64, tag: u64) -> Result<(), Errno> {
+    fn push_timer(&mut self, slot: FlowIdx, gen: u32, after: u64, tag: u64) -> Result<(), Errno> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
-        self.core.timer_seq += 1;
-        self.core.timers.push(std::cmp::Reverse(Timer {
-            deadline: self.core.now.saturating_add(after),
-            seq: self.core.timer_seq,
-            monitor: self.monitor as u32,
-            slot,
-            gen,
-            tag,
-        }));
+        let deadline = self.now.saturating_add(after);
+        self.timers
+            .push(deadline, self.monitor as u32, slot, gen, tag);
         Ok(())
     }
 
@@ -557,7 +583,7 @@ impl<'a> Cx<'a> {
             Some(u) if u.filter.is_none() => {}
             _ => return Err(Errno::Inval),
         }
-        self.core.raised.push(Event {
+        self.dispatch.raised.push(Event {
             kind: event,
             side,
             hook: Hook::None,

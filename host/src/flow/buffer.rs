@@ -7,6 +7,10 @@
 //! disjoint fragments `[start, end)` in a fixed array, so a flood of tiny out-of-order
 //! segments cannot grow it (the engine counts what the bound drops). The buffer knows
 //! nothing about events: the engine decides when the head may advance and tells monitors.
+//!
+//! Also here: the [`BufferPool`], which hands out buffers within the engine's
+//! `buffer_memory` budget and keeps freed ones for reuse. Must not: know about flows,
+//! sides or events (callers say how many bytes are in use).
 
 /// At most this many disjoint fragments per side; a segment that would need one more is
 /// dropped and counted.
@@ -325,6 +329,102 @@ impl RecvBuffer {
     }
 }
 
+/// Bytes of freed buffers kept for reuse, at most (and never beyond `buffer_memory`).
+const POOL_BYTES: u64 = 64 << 20;
+
+/// Freed receive buffers by capacity, reused before allocating. Buffers in use plus
+/// buffers pooled never exceed the budget (`buffer_memory`); the bytes in use are the
+/// caller's counter (`Stats::buffer_bytes`), passed in.
+pub(crate) struct BufferPool {
+    // The boxes move between sides and this pool without copying the buffers.
+    #[allow(clippy::vec_box)]
+    by_cap: Vec<(u64, Vec<Box<RecvBuffer>>)>,
+    /// Bytes pooled.
+    bytes: u64,
+    /// The budget: bytes in use plus bytes pooled, at most.
+    limit: u64,
+}
+
+impl BufferPool {
+    /// An empty pool for a budget of `limit` bytes.
+    pub(crate) fn new(limit: u64) -> BufferPool {
+        BufferPool {
+            by_cap: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// A buffer of `cap` bytes whose window starts at `head`, counted into `in_use`;
+    /// `None` when the budget is exhausted. A pooled buffer of that size is reused.
+    pub(crate) fn alloc(
+        &mut self,
+        cap: u32,
+        head: u64,
+        in_use: &mut u64,
+    ) -> Option<Box<RecvBuffer>> {
+        let cap64 = u64::from(cap);
+        if *in_use + cap64 > self.limit {
+            return None;
+        }
+        *in_use += cap64;
+        if let Some(mut b) = self.take(cap64) {
+            b.reset(head);
+            return Some(b);
+        }
+        // A new buffer: pooled ones of other sizes make room first.
+        if *in_use + self.bytes > self.limit {
+            self.clear();
+        }
+        Some(Box::new(RecvBuffer::new(cap as usize, head)))
+    }
+
+    /// Returns a buffer that was counted into `in_use`: uncounts it and keeps it if the
+    /// pool and the budget allow.
+    pub(crate) fn free(&mut self, b: Box<RecvBuffer>, in_use: &mut u64) {
+        *in_use -= b.capacity();
+        self.recycle(b, *in_use);
+    }
+
+    /// Keeps `b` if the pool and the budget (`limit` minus `in_use`) allow.
+    pub(crate) fn recycle(&mut self, b: Box<RecvBuffer>, in_use: u64) {
+        let cap = b.capacity();
+        if self.bytes + cap > POOL_BYTES.min(self.limit.saturating_sub(in_use)) {
+            return;
+        }
+        let i = match self.by_cap.iter().position(|(c, _)| *c == cap) {
+            Some(i) => i,
+            None => {
+                self.by_cap.push((cap, Vec::new()));
+                self.by_cap.len() - 1
+            }
+        };
+        self.by_cap[i].1.push(b);
+        self.bytes += cap;
+    }
+
+    fn take(&mut self, cap: u64) -> Option<Box<RecvBuffer>> {
+        let b = self
+            .by_cap
+            .iter_mut()
+            .find(|(c, _)| *c == cap)
+            .and_then(|(_, v)| v.pop())?;
+        self.bytes -= cap;
+        Some(b)
+    }
+
+    fn clear(&mut self) {
+        self.by_cap.clear();
+        self.bytes = 0;
+    }
+
+    /// Bytes pooled (not in use).
+    #[cfg(test)]
+    pub(crate) fn pooled(&self) -> u64 {
+        self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +579,73 @@ mod tests {
         b.write(40, b"dd", OverlapPolicy::First);
         b.write(12, &[b'-'; 20], OverlapPolicy::First);
         assert_eq!(frags(&b), vec![(10, 22), (40, 2)]);
+    }
+
+    #[test]
+    fn pool_stays_within_the_budget() {
+        let mut pool = BufferPool::new(10_000);
+        let mut in_use = 0;
+        let a = pool.alloc(4000, 0, &mut in_use).expect("fits");
+        let b = pool.alloc(4000, 0, &mut in_use).expect("fits");
+        assert_eq!(in_use, 8000);
+        // A third would pass the budget.
+        assert!(pool.alloc(4000, 0, &mut in_use).is_none());
+        assert_eq!(in_use, 8000);
+        pool.free(a, &mut in_use);
+        assert_eq!((in_use, pool.pooled()), (4000, 4000));
+        pool.free(b, &mut in_use);
+        assert_eq!((in_use, pool.pooled()), (0, 8000));
+        // Pooled bytes count against the budget too: reuse, not a new allocation.
+        let _c = pool.alloc(4000, 0, &mut in_use).expect("reused");
+        assert_eq!((in_use, pool.pooled()), (4000, 4000));
+        assert!(in_use + pool.pooled() <= 10_000);
+    }
+
+    #[test]
+    fn pool_keeps_at_most_pool_bytes() {
+        let mut pool = BufferPool::new(1 << 30);
+        let mut in_use = 0;
+        let cap = 4u32 << 20;
+        let n = POOL_BYTES / u64::from(cap) + 1;
+        let bufs: Vec<_> = (0..n)
+            .map(|_| pool.alloc(cap, 0, &mut in_use).unwrap())
+            .collect();
+        for b in bufs {
+            pool.free(b, &mut in_use);
+        }
+        assert_eq!(in_use, 0);
+        assert_eq!(pool.pooled(), POOL_BYTES, "the last one was dropped");
+    }
+
+    #[test]
+    fn pool_reuses_a_buffer_of_the_same_size_reset() {
+        let mut pool = BufferPool::new(1 << 20);
+        let mut in_use = 0;
+        let mut a = pool.alloc(1000, 0, &mut in_use).unwrap();
+        a.write(0, b"hello", OverlapPolicy::First);
+        let addr = &*a as *const RecvBuffer;
+        pool.free(a, &mut in_use);
+        let b = pool.alloc(1000, 500, &mut in_use).unwrap();
+        assert_eq!(&*b as *const RecvBuffer, addr, "the pooled box comes back");
+        assert_eq!(
+            (b.head(), b.contig_end(), b.fragments().count()),
+            (500, 500, 0)
+        );
+        assert_eq!(pool.pooled(), 0);
+        // Another size is a new buffer; the pool of other sizes gives way when needed.
+        let c = pool.alloc(2000, 0, &mut in_use).unwrap();
+        assert_eq!(c.capacity(), 2000);
+        assert_eq!(in_use, 3000);
+    }
+
+    #[test]
+    fn new_buffer_clears_pooled_ones_that_would_pass_the_budget() {
+        let mut pool = BufferPool::new(3000);
+        let mut in_use = 0;
+        let a = pool.alloc(1000, 0, &mut in_use).unwrap();
+        pool.free(a, &mut in_use);
+        assert_eq!(pool.pooled(), 1000);
+        let _b = pool.alloc(2500, 0, &mut in_use).unwrap();
+        assert_eq!(pool.pooled(), 0, "in use + pooled would be 3500 > 3000");
     }
 }

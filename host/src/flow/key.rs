@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use crate::wire::LinkType;
+
 /// An IPv4 or IPv6 endpoint address packed into 16 bytes (IPv4 is v4-mapped), as two
 /// words (high, low) so that a key needs 8-byte alignment only and fits a cache line with
 /// the flow's other hot fields.
@@ -102,6 +104,36 @@ pub fn symmetric_hash(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> u64 {
         .hash()
 }
 
+/// The symmetric flow hash of a plain IPv4 TCP frame (Ethernet without VLAN tags, or raw
+/// IP), read straight from fixed offsets; `None` for anything else. A hint only (lookahead
+/// prefetching, sharding a frame before it is decoded): the frame is decoded properly when
+/// it is processed. Equal to [`symmetric_hash`] of the frame's 4-tuple when `Some`.
+#[inline]
+pub fn quick_frame_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
+    let ip = match link? {
+        LinkType::Ethernet => {
+            if frame.get(12..14)? != [0x08, 0x00] {
+                return None;
+            }
+            frame.get(14..)?
+        }
+        LinkType::RawIp => frame,
+        _ => return None,
+    };
+    let vihl = *ip.first()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 {
+        return None;
+    }
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(ip.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (src, dst, ports) = (word(12)?, word(16)?, word(ihl)?);
+    let v4 = |a: u32| Addr([0, 0xffff_0000_0000 | u64::from(a)]);
+    let (key, _) = FlowKey::new(v4(src), (ports >> 16) as u16, v4(dst), ports as u16);
+    Some(key.hash())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +154,36 @@ mod tests {
             symmetric_hash(a, 1234, b, 80),
             symmetric_hash(a, 1235, b, 80)
         );
+    }
+
+    #[test]
+    fn quick_frame_hash_matches_the_decoded_hash() {
+        // Ethernet + IPv4 (IHL 5) + TCP 10.0.0.1:40000 -> 10.0.0.2:80.
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        f[14 + 16..14 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let want = symmetric_hash(a, 40000, b, 80);
+        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &f), Some(want));
+        assert_eq!(
+            quick_frame_hash(Some(LinkType::RawIp), &f[14..]),
+            Some(want)
+        );
+        assert_eq!(quick_frame_hash(None, &f), None);
+        // UDP, a VLAN tag, a truncated header: no hint.
+        let mut udp = f.clone();
+        udp[14 + 9] = 17;
+        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &udp), None);
+        let mut vlan = f.clone();
+        vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &vlan), None);
+        assert_eq!(quick_frame_hash(Some(LinkType::Ethernet), &f[..37]), None);
     }
 
     #[test]

@@ -11,19 +11,42 @@
 //!
 //! Driving it: call [`Engine::on_frame`] (or [`Engine::on_segment`]) for each packet of a
 //! batch, then [`Engine::end_batch`]; at the end, [`Engine::finish`].
+//!
+//! One file per concept, in the order a packet meets them:
+//! - `key.rs`: the symmetric flow key and hash, and the quick hash of a raw frame.
+//! - `engine.rs`: [`Engine`], the orchestration of the parts below per packet and batch.
+//! - `table.rs`: flow slots (`FlowIdx`), the hash index, the idle (LRU) and TIME_WAIT lists.
+//! - `tcp.rs`: each side's emulated TCP state machine, RST window checks.
+//! - `reassembly.rs`: the receive path: offsets, overlaps, skipped gaps, `NewData` marks.
+//! - `buffer.rs`: one side's receive buffer, and the pool bounded by `buffer_memory`.
+//! - `dispatch.rs`: event order, subscriptions, user-defined events and [`Filter`]s.
+//! - `timers.rs`: monitors' timers, idle and TIME_WAIT expiry, the next deadline.
+//! - `api.rs`: [`Cx`], the read API of a callback; `monitor.rs`: [`Monitor`], [`Setup`].
+//! - `config.rs`: [`Config`]; `stats.rs`: [`Stats`]; `types.rs`: the event vocabulary.
 
 mod api;
 mod buffer;
+mod config;
+mod dispatch;
 mod engine;
 mod key;
 mod monitor;
+mod reassembly;
+mod stats;
+mod table;
+mod tcp;
+#[cfg(test)]
+mod testing;
+mod timers;
 mod types;
 
 pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
-pub use engine::{
-    Config, Engine, Filter, ForeignFilter, LastPacket, Setup, Stats, UserFilter, PREFETCH_MIN_FLOWS,
-};
-pub use key::symmetric_hash;
-pub use monitor::{BufferRequest, Monitor, Subscriptions};
+pub use config::Config;
+pub use dispatch::{Filter, ForeignFilter, UserFilter};
+pub use engine::Engine;
+pub use key::{quick_frame_hash, symmetric_hash};
+pub use monitor::{BufferRequest, Monitor, Setup, Subscriptions};
+pub use stats::Stats;
+pub use table::{LastPacket, PREFETCH_MIN_FLOWS};
 pub use types::*;

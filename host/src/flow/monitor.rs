@@ -1,7 +1,11 @@
-//! What a monitor is to the engine: its subscriptions and its callbacks.
+//! What a monitor is to the engine: its subscriptions, its callbacks ([`Monitor`]) and
+//! what it may do when it is installed ([`Setup`]).
+//!
+//! Owns: the [`Monitor`] trait, [`Subscriptions`], [`BufferRequest`] and [`Setup`]. Must
+//! not: hold engine state; a monitor reaches the engine only through its `Cx` or `Setup`.
 
-use super::api::Cx;
-use super::engine::Setup;
+use super::api::{Cx, Errno};
+use super::dispatch::{define_user_event, Filter, UserEvent};
 use super::types::{Event, EventKind, FlowHandle, Hook};
 
 /// How much receive buffer a monitor wants for one side of every flow.
@@ -92,5 +96,33 @@ pub trait Monitor {
     /// `flow` is `None` for core timers.
     fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
         let _ = (cx, flow, tag);
+    }
+}
+
+/// What a monitor may do when it is installed, before its first event: define user events
+/// and subscribe to them ([`Monitor::setup`]).
+pub struct Setup<'a> {
+    user_events: &'a mut Vec<UserEvent>,
+    subs: &'a mut Subscriptions,
+}
+
+impl<'a> Setup<'a> {
+    pub(crate) fn new(user_events: &'a mut Vec<UserEvent>, subs: &'a mut Subscriptions) -> Self {
+        Setup { user_events, subs }
+    }
+
+    /// Defines a user event (see [`Engine::define_event`](super::Engine::define_event)).
+    pub fn define_event(
+        &mut self,
+        base: EventKind,
+        filter: Option<Filter>,
+        arg: u64,
+    ) -> Result<EventKind, Errno> {
+        define_user_event(self.user_events, base, filter, arg)
+    }
+
+    /// Subscribes this monitor to `(event, hook)` for all flows.
+    pub fn subscribe(&mut self, event: EventKind, hook: Hook) {
+        self.subs.mask |= event.bit(hook);
     }
 }

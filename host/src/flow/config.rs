@@ -1,0 +1,68 @@
+//! Engine settings ([`Config`]); `Default` gives mOS's defaults.
+//!
+//! Owns: the values an engine is built with, read-only afterwards. Must not: hold state
+//! that changes while traffic flows (that is the table's, the timers', the stats').
+
+use super::buffer::OverlapPolicy;
+
+/// Nanoseconds per second (timestamps are ns).
+pub(crate) const NANOS: u64 = 1_000_000_000;
+
+/// Engine settings. `Default` gives mOS's defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This engine's core number (stamped into flow handles).
+    pub core: u8,
+    /// Flow-table capacity; the least recently active flow is evicted beyond it.
+    pub max_flows: u32,
+    /// Receive-buffer capacity per side when a monitor asks for the default (bytes).
+    pub buffer_capacity: u32,
+    /// Upper bound on all receive-buffer bytes of this engine.
+    pub buffer_memory: u64,
+    /// Idle timeout (ns): a flow with no packet for this long expires (`Timeout`).
+    pub tcp_timeout: u64,
+    /// How long a flow stays in TIME_WAIT once both sides closed (ns); 0 destroys at once.
+    pub tw_interval: u64,
+    /// Default overlap policy of every side.
+    pub overlap: OverlapPolicy,
+    /// Drop packets whose TCP checksum is wrong (off for captures, which carry offloaded
+    /// checksums).
+    pub verify_checksums: bool,
+    /// Track connections whose SYN was not seen (marked partial). Off: such packets are
+    /// `Orphan`s, as in mOS.
+    pub midstream: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            core: 0,
+            max_flows: 100_000,
+            buffer_capacity: 8192,
+            buffer_memory: 1 << 30,
+            tcp_timeout: 30 * NANOS,
+            tw_interval: 0,
+            overlap: OverlapPolicy::First,
+            verify_checksums: false,
+            midstream: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_mos_defaults() {
+        let c = Config::default();
+        assert_eq!(c.max_flows, 100_000);
+        assert_eq!(c.buffer_capacity, 8192);
+        assert_eq!(c.buffer_memory, 1 << 30);
+        assert_eq!(c.tcp_timeout, 30 * NANOS);
+        assert_eq!(c.tw_interval, 0);
+        assert_eq!(c.overlap, OverlapPolicy::First);
+        assert!(!c.verify_checksums);
+        assert!(c.midstream);
+    }
+}

@@ -1,0 +1,482 @@
+//! Delivering events to monitors: the order (SPEC §2.1), per-flow subscriptions,
+//! user-defined events with their filters (SPEC §2.2), events raised from callbacks and
+//! the `ConnEnd` owed to a monitor that stopped watching a flow.
+//!
+//! Owns: [`Dispatch`], the state a callback may change through its `Cx` (subscription
+//! masks, the raised-event and stopped queues, the orphan packet being delivered), the
+//! user-event table ([`UserEvent`], [`Filter`]) and the delivery methods of the engine
+//! (`emit`, `dispatch`, `call`). Must not: change TCP state or buffers; it only decides
+//! who is called, in which order, and what they are told.
+
+use std::net::SocketAddr;
+
+use super::api::{Cx, Errno};
+use super::engine::Engine;
+use super::monitor::{BufferRequest, Subscriptions};
+use super::table::{FlowIdx, LastPacket};
+use super::types::*;
+
+/// Why an event is being dispatched: decides the monitor order (SPEC §2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Load order: client-sent packets, and events not driven by a packet.
+    Load,
+    /// Reverse load order: server-sent packets.
+    Reverse,
+}
+
+/// A filter implemented outside this crate (called with the context, the base event, `arg`).
+pub type ForeignFilter = dyn Fn(&mut Cx<'_>, &Event, u64) -> bool;
+
+/// A filter of a user-defined event: runs when the base event fires; `true` raises it.
+pub type UserFilter = fn(&mut Cx<'_>, &Event, u64) -> bool;
+
+/// The filter of a user-defined event.
+pub enum Filter {
+    /// A Rust function of this process.
+    Native(UserFilter),
+    /// A filter living elsewhere (a plugin); `key` identifies it so that defining the same
+    /// (base, filter, arg) twice gives the same event.
+    Foreign {
+        /// Identity of the filter (e.g. its address in the plugin).
+        key: usize,
+        /// Calls it.
+        call: Box<ForeignFilter>,
+    },
+}
+
+impl Filter {
+    fn key(&self) -> usize {
+        match self {
+            Filter::Native(f) => *f as usize,
+            Filter::Foreign { key, .. } => *key,
+        }
+    }
+}
+
+/// A user-defined event: a base event and a filter (SPEC §2.2).
+pub(crate) struct UserEvent {
+    pub(crate) base: EventKind,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) arg: u64,
+}
+
+/// Defines (or finds: same base, filter and arg) a user event in `events`.
+pub(crate) fn define_user_event(
+    events: &mut Vec<UserEvent>,
+    base: EventKind,
+    filter: Option<Filter>,
+    arg: u64,
+) -> Result<EventKind, Errno> {
+    if let EventKind::User(parent) = base {
+        if usize::from(parent.0) >= events.len() {
+            return Err(Errno::Inval);
+        }
+    }
+    let key = filter.as_ref().map(Filter::key);
+    let same =
+        |u: &UserEvent| u.base == base && u.arg == arg && u.filter.as_ref().map(Filter::key) == key;
+    if let Some(i) = events.iter().position(same) {
+        return Ok(EventKind::User(UserEventId(i as u8)));
+    }
+    if events.len() >= MAX_USER_EVENTS {
+        return Err(Errno::NoSpc);
+    }
+    events.push(UserEvent { base, filter, arg });
+    Ok(EventKind::User(UserEventId((events.len() - 1) as u8)))
+}
+
+/// The subscription bits of `kind` and of every user event derived from it, transitively.
+fn descendant_mask(events: &[UserEvent], kind: EventKind) -> u64 {
+    let mut mask = kind.bit(Hook::None);
+    for (i, u) in events.iter().enumerate() {
+        if u.base == kind {
+            mask |= descendant_mask(events, EventKind::User(UserEventId(i as u8)));
+        }
+    }
+    mask
+}
+
+/// What dispatching keeps between callbacks, and what a callback may change.
+pub(crate) struct Dispatch {
+    /// Each monitor's subscriptions for future flows.
+    pub(crate) subs: Vec<Subscriptions>,
+    /// Every bit any monitor subscribed to, for any flow: events nobody wants are not built.
+    pub(crate) any_mask: u64,
+    /// Events raised from callbacks, delivered after the current one.
+    pub(crate) raised: Vec<Event>,
+    /// (monitor, slot, generation) that stopped a flow inside a callback and are owed
+    /// their `ConnEnd`.
+    pub(crate) stopped: Vec<(u32, FlowIdx, u32)>,
+    /// `after_callback` is delivering queued events (see there).
+    delivering: bool,
+    /// The orphan packet being delivered (`last_packet` of an `Orphan` handle).
+    pub(crate) orphan: LastPacket,
+    pub(crate) orphan_addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Dispatch {
+    /// The state for monitors subscribed to `subs`.
+    pub(crate) fn new(subs: Vec<Subscriptions>) -> Dispatch {
+        let any_mask = subs.iter().fold(0, |a, s| a | s.mask);
+        Dispatch {
+            subs,
+            any_mask,
+            raised: Vec::new(),
+            stopped: Vec::new(),
+            delivering: false,
+            orphan: LastPacket::default(),
+            orphan_addrs: None,
+        }
+    }
+
+    /// Whether any monitor subscribed to `bit` (for some flow).
+    #[inline]
+    pub(crate) fn wanted(&self, bit: u64) -> bool {
+        self.any_mask & bit != 0
+    }
+
+    /// The receive-buffer capacity of each side of a new flow: the largest any monitor
+    /// asked for (`default` for [`BufferRequest::Default`]).
+    pub(crate) fn wanted_capacity(&self, default: u32) -> [u32; 2] {
+        let mut caps = [0u32; 2];
+        for s in &self.subs {
+            for (i, req) in s.buffers.iter().enumerate() {
+                let c = match *req {
+                    BufferRequest::Off => 0,
+                    BufferRequest::Default => default,
+                    BufferRequest::AtLeast(n) => n,
+                };
+                caps[i] = caps[i].max(c);
+            }
+        }
+        caps
+    }
+
+    /// The subscription masks a new flow starts with, one per monitor.
+    #[inline]
+    pub(crate) fn masks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.subs.iter().map(|s| s.mask)
+    }
+}
+
+impl Engine {
+    /// The monitors' numbers in `order`.
+    pub(crate) fn order_of(&self, order: Order) -> impl Iterator<Item = usize> {
+        let n = self.monitors.len();
+        (0..n).map(move |i| match order {
+            Order::Load => i,
+            Order::Reverse => n - 1 - i,
+        })
+    }
+
+    /// Dispatches one event of a flow to every monitor subscribed to it for this flow.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn emit(
+        &mut self,
+        slot: FlowIdx,
+        kind: EventKind,
+        side: EventSide,
+        hook: Hook,
+        detail: Detail,
+        order: Order,
+        pkt: Option<&[u8]>,
+    ) {
+        let bit = kind.bit(hook);
+        if !self.core.dispatch.wanted(bit) {
+            return;
+        }
+        let ev = Event {
+            kind,
+            side,
+            hook,
+            flow: self.core.table.handle(slot),
+            detail,
+        };
+        self.dispatch(slot, &ev, order, pkt);
+    }
+
+    /// Delivers `ev` to the monitors watching it on this flow, then the user events
+    /// derived from it whose filters accept it.
+    pub(crate) fn dispatch(&mut self, slot: FlowIdx, ev: &Event, order: Order, pkt: Option<&[u8]>) {
+        let bit = ev.kind.bit(ev.hook);
+        let side_bit = match ev.side {
+            EventSide::One(s) => 1u8 << s.index(),
+            EventSide::Both => 0,
+        };
+        for m in self.order_of(order) {
+            let mf = self.core.table.mon(slot, m);
+            if mf.ended || mf.stopped & side_bit != 0 || mf.mask & bit == 0 {
+                continue;
+            }
+            self.call(m, ev, pkt);
+        }
+        // User-defined events derived from this one.
+        if self.user_events.is_empty() {
+            return;
+        }
+        for u in 0..self.user_events.len() {
+            let ue = &self.user_events[u];
+            if ue.base != ev.kind || ue.filter.is_none() {
+                continue;
+            }
+            let uk = EventKind::User(UserEventId(u as u8));
+            if !self
+                .core
+                .dispatch
+                .wanted(descendant_mask(&self.user_events, uk))
+            {
+                continue;
+            }
+            let fired = {
+                let ue = &self.user_events[u];
+                let mut cx = self.core.cx(FILTER, pkt, &self.user_events);
+                match &ue.filter {
+                    Some(Filter::Native(f)) => f(&mut cx, ev, ue.arg),
+                    Some(Filter::Foreign { call, .. }) => call(&mut cx, ev, ue.arg),
+                    None => false,
+                }
+            };
+            if fired {
+                let child = Event { kind: uk, ..*ev };
+                self.dispatch(slot, &child, order, pkt);
+            }
+        }
+    }
+
+    /// Calls monitor `m` with `ev`, then delivers what the callback asked for.
+    pub(crate) fn call(&mut self, m: usize, ev: &Event, pkt: Option<&[u8]>) {
+        self.core.stats.events += 1;
+        let mut cx = self.core.cx(m, pkt, &self.user_events);
+        self.monitors[m].on_event(&mut cx, ev);
+        self.after_callback();
+    }
+
+    /// Delivers what a callback asked for: raised user events and stop-monitoring ends.
+    pub(crate) fn after_callback(&mut self) {
+        // Raised events are delivered by the outermost callback's loop, not by nesting: a
+        // monitor that raises an event from every delivery of it cannot exhaust the stack.
+        if self.core.dispatch.delivering {
+            return;
+        }
+        self.core.dispatch.delivering = true;
+        self.deliver_queued();
+        self.core.dispatch.delivering = false;
+    }
+
+    fn deliver_queued(&mut self) {
+        while let Some(ev) = self.core.dispatch.raised.pop() {
+            let slot = FlowIdx::new(ev.flow.slot());
+            if self.core.table.is_live(slot, ev.flow.gen()) {
+                self.dispatch(slot, &ev, Order::Load, None);
+            }
+        }
+        while let Some((m, slot, gen)) = self.core.dispatch.stopped.pop() {
+            if !self.core.table.is_live(slot, gen) {
+                continue;
+            }
+            let handle = FlowHandle::flow(self.core.table.core(), slot.raw(), gen);
+            let m = m as usize;
+            // The handle stays readable during its own ConnEnd.
+            let mf = self.core.table.mon_mut(slot, m);
+            let mask = mf.mask;
+            mf.stopped = 0;
+            mf.ended = true;
+            for side in Side::BOTH {
+                for hook in [Hook::Rcv, Hook::Snd] {
+                    if mask & EventKind::ConnEnd.bit(hook) == 0 {
+                        continue;
+                    }
+                    let ev = Event {
+                        kind: EventKind::ConnEnd,
+                        side: EventSide::One(side),
+                        hook,
+                        flow: handle,
+                        detail: Detail::End(EndReason::Stopped),
+                    };
+                    self.core.stats.events += 1;
+                    self.core.table.mon_mut(slot, m).ended = false;
+                    let mut cx = self.core.cx(m, None, &self.user_events);
+                    self.monitors[m].on_event(&mut cx, &ev);
+                    self.core.table.mon_mut(slot, m).ended = true;
+                }
+            }
+            self.core.table.mon_mut(slot, m).ended = true;
+        }
+    }
+}
+
+/// The monitor number of a filter's context: it reads, but has no per-flow state.
+pub(crate) const FILTER: usize = usize::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::config::Config;
+    use crate::flow::monitor::Monitor;
+    use crate::flow::testing::{seg, Log, Recorder};
+    use crate::wire::TcpFlags;
+
+    const SYN: u8 = TcpFlags::SYN;
+    const ACK: u8 = TcpFlags::ACK;
+
+    fn engine(names: &[&'static str], log: &Log) -> Engine {
+        let mons: Vec<Box<dyn Monitor>> = names
+            .iter()
+            .map(|n| Box::new(Recorder::new(n, log)) as Box<dyn Monitor>)
+            .collect();
+        Engine::new(Config::default(), mons)
+    }
+
+    /// The monitors that got `kind` at `hook`, in call order.
+    fn who(log: &Log, kind: EventKind, hook: Hook) -> Vec<&'static str> {
+        let v: Vec<_> = log
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.kind == kind && e.hook == hook)
+            .map(|(n, _)| *n)
+            .collect();
+        log.borrow_mut().clear();
+        v
+    }
+
+    #[test]
+    fn client_packets_go_in_load_order_server_packets_in_reverse() {
+        let log = Log::default();
+        let mut e = engine(&["a", "b", "c"], &log);
+        e.on_segment(&seg(true, SYN, 100, 0, &[]), &[], 1);
+        assert_eq!(who(&log, EventKind::PktIn, Hook::Snd), ["a", "b", "c"]);
+        e.on_segment(&seg(false, SYN | ACK, 500, 101, &[]), &[], 2);
+        assert_eq!(who(&log, EventKind::PktIn, Hook::Snd), ["c", "b", "a"]);
+        // Events not driven by a packet (the end of the flow) go in load order.
+        e.finish(EndReason::Eof);
+        assert_eq!(
+            who(&log, EventKind::ConnEnd, Hook::Rcv),
+            ["a", "b", "c", "a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn sender_hook_then_receiver_hook_per_packet() {
+        let log = Log::default();
+        let mut e = engine(&["a"], &log);
+        e.on_segment(&seg(true, SYN, 100, 0, &[]), &[], 1);
+        let seen: Vec<(EventKind, Hook)> = log
+            .borrow()
+            .iter()
+            .map(|(_, ev)| (ev.kind, ev.hook))
+            .collect();
+        use EventKind::*;
+        assert_eq!(
+            seen,
+            [
+                (PktIn, Hook::Snd),
+                (ConnStart, Hook::Snd),
+                (TcpStateChange, Hook::Snd),
+                (PktIn, Hook::Rcv),
+                (ConnStart, Hook::Rcv),
+                (TcpStateChange, Hook::Rcv),
+            ]
+        );
+    }
+
+    fn on_syn(_: &mut Cx<'_>, ev: &Event, _: u64) -> bool {
+        ev.hook == Hook::Rcv
+    }
+
+    #[test]
+    fn user_event_follows_its_base_event_when_the_filter_says_so() {
+        let log = Log::default();
+        let mut e = engine(&["a", "b"], &log);
+        let ue = e
+            .define_event(EventKind::ConnStart, Some(on_syn), 0)
+            .unwrap();
+        e.subscribe(1, ue, Hook::None);
+        e.on_segment(&seg(true, SYN, 100, 0, &[]), &[], 1);
+        let kinds: Vec<(&str, EventKind)> = log
+            .borrow()
+            .iter()
+            .filter(|(_, ev)| matches!(ev.kind, EventKind::ConnStart | EventKind::User(_)))
+            .map(|(n, ev)| (*n, ev.kind))
+            .collect();
+        // Snd: filter says no. Rcv: the base event to everyone, then the derived one.
+        use EventKind::ConnStart as CS;
+        assert_eq!(
+            kinds,
+            [("a", CS), ("b", CS), ("a", CS), ("b", CS), ("b", ue)]
+        );
+    }
+
+    #[test]
+    fn raised_event_comes_right_after_the_callback() {
+        let log = Log::default();
+        let mut e = engine(&["a", "b"], &log);
+        let ue = e.define_event(EventKind::PktIn, None, 0).unwrap();
+        e.subscribe(1, ue, Hook::None);
+        let mut first = Recorder::new("a", &log);
+        first.then = Some(Box::new(move |cx: &mut Cx<'_>, ev: &Event| {
+            if ev.kind == EventKind::PktIn && ev.hook == Hook::Snd {
+                cx.raise(ev.flow, EventSide::Both, ue).unwrap();
+            }
+        }));
+        e.monitors_mut()[0] = Box::new(first);
+        e.on_segment(&seg(true, SYN, 100, 0, &[]), &[], 1);
+        let order: Vec<(&str, EventKind, Hook)> = log
+            .borrow()
+            .iter()
+            .take(3)
+            .map(|(n, ev)| (*n, ev.kind, ev.hook))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("a", EventKind::PktIn, Hook::Snd),
+                ("b", ue, Hook::None),
+                ("b", EventKind::PktIn, Hook::Snd),
+            ]
+        );
+    }
+
+    #[test]
+    fn user_events_are_deduplicated_and_bounded() {
+        let mut events = Vec::new();
+        let a = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            1,
+        );
+        let b = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            1,
+        );
+        assert_eq!(a, b);
+        let c = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            2,
+        );
+        assert_ne!(a, c);
+        assert_eq!(
+            define_user_event(&mut events, EventKind::User(UserEventId(9)), None, 0),
+            Err(Errno::Inval),
+            "a parent that does not exist"
+        );
+        let child = define_user_event(&mut events, a.unwrap(), None, 0).unwrap();
+        let mask = descendant_mask(&events, EventKind::NewData);
+        assert_ne!(mask & child.bit(Hook::None), 0, "grandchildren count");
+        assert_eq!(mask & EventKind::Timeout.bit(Hook::None), 0);
+        while events.len() < MAX_USER_EVENTS {
+            let n = events.len() as u64;
+            define_user_event(&mut events, EventKind::Timeout, None, n).unwrap();
+        }
+        assert_eq!(
+            define_user_event(&mut events, EventKind::Timeout, None, 999),
+            Err(Errno::NoSpc)
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! The receive path of one side: where a segment's payload lands in the receiver's stream
+//! (offsets across the 2^32 wrap, trimming, the window), retransmissions and overlaps,
+//! gaps the receiver acknowledged (lost to the capture) and the `NewData` marks that
+//! coalesce new contiguous data into one event per side and batch.
+//!
+//! Owns: `receive_data`, `discard_to`, `ack_skip`, `skip_gap`, `NewData` delivery and
+//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]) or decide the
+//! order of monitors ([`super::dispatch`]); it tells dispatch which events happened.
+
+use super::dispatch::Order;
+use super::engine::Engine;
+use super::table::{FlowIdx, FlowTable};
+use super::tcp::SideState;
+use super::types::*;
+use crate::wire::TcpFlags;
+
+/// The sides whose contiguous data grew in this batch and owe a `NewData`.
+pub(crate) struct NewDataMarks {
+    list: Vec<(FlowIdx, u32, Side)>,
+}
+
+impl NewDataMarks {
+    pub(crate) fn new() -> NewDataMarks {
+        NewDataMarks {
+            list: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Marks `side` of flow `slot` as owed a `NewData` at the end of the batch (once).
+    pub(crate) fn mark(&mut self, table: &mut FlowTable, slot: FlowIdx, side: Side) {
+        let f = table.flow_mut(slot);
+        let s = &mut f.sides[side.index()];
+        if !s.newdata_pending {
+            s.newdata_pending = true;
+            self.list.push((slot, f.gen, side));
+        }
+    }
+}
+
+/// Sets where the stream `r` receives starts (the first segment seen, or a SYN before
+/// any byte of it) and returns the stream offset of `data_seq` (0 if before the start).
+#[inline]
+pub(crate) fn stream_offset(r: &mut SideState, flags: TcpFlags, data_seq: u32) -> u64 {
+    // A SYN defines the stream's start, unless bytes of it were already seen.
+    let rebase = flags.syn() && r.buf.is_none() && r.rx_next == 0;
+    if !r.rx_base_known || (rebase && !flags.rst()) {
+        r.rx_base = data_seq;
+        r.rx_base_known = true;
+    }
+    r.offset_of(data_seq).max(0) as u64
+}
+
+impl Engine {
+    /// Stores a segment's payload in the receiver's buffer, with the `Rexmit` and `Error`
+    /// events it causes; marks new contiguous data for `NewData`.
+    pub(crate) fn receive_data(
+        &mut self,
+        slot: FlowIdx,
+        receiver: Side,
+        seq: u32,
+        payload: &[u8],
+        order: Order,
+        pkt: Option<&[u8]>,
+    ) {
+        let one = EventSide::One(receiver);
+        let core = &mut self.core;
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+        let off = side.offset_of(seq);
+        let contig = side.contig();
+        let end = off + payload.len() as i64;
+        if end <= 0 {
+            side.overlap_bytes += payload.len() as u64;
+            self.emit(
+                slot,
+                EventKind::Rexmit,
+                one,
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
+            return;
+        }
+        // Bytes before offset 0 (or before the window) are old: trim them.
+        let (mut off, mut bytes) = if off < 0 {
+            (0u64, &payload[(-off) as usize..])
+        } else {
+            (off as u64, payload)
+        };
+        if side.capacity == 0 {
+            // No buffer: track offsets only.
+            if off <= side.rx_next {
+                let e = off + bytes.len() as u64;
+                if e <= side.rx_next {
+                    side.overlap_bytes += bytes.len() as u64;
+                }
+                side.rx_next = side.rx_next.max(e);
+            }
+            return;
+        }
+        if side.buf.is_none() {
+            let cap = side.capacity;
+            let head = contig.min(off);
+            match core.table.alloc_buffer(cap, head, &mut core.stats) {
+                Some(b) => core.table.flow_mut(slot).sides[receiver.index()].buf = Some(b),
+                None => {
+                    core.stats.buffer_memory_refusals += 1;
+                    let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+                    side.capacity = 0;
+                    self.error(slot, receiver, ErrorKind::OutOfBufferMemory, order, pkt);
+                    return;
+                }
+            }
+        }
+        let core = &mut self.core;
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+        let buf = side.buf.as_ref().expect("created above");
+        let (head, cap) = (buf.head(), buf.capacity());
+        if off < head {
+            let skip = (head - off).min(bytes.len() as u64);
+            side.overlap_bytes += skip;
+            bytes = &bytes[skip as usize..];
+            off = head;
+        }
+        let seg_end = off + bytes.len() as u64;
+        let overlapped = buf.stored_within(off, seg_end) > 0
+            || seg_end <= contig
+            || (payload.len() != bytes.len());
+        if overlapped {
+            self.emit(
+                slot,
+                EventKind::Rexmit,
+                one,
+                Hook::Rcv,
+                Detail::None,
+                order,
+                pkt,
+            );
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        // The window may advance up to the contiguous end; what lies beyond is dropped.
+        let core = &mut self.core;
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+        let contig = side.contig();
+        let limit = contig + cap;
+        if off >= limit {
+            core.stats.bytes_beyond_window += bytes.len() as u64;
+            self.error(slot, receiver, ErrorKind::BeyondWindow, order, pkt);
+            return;
+        }
+        let mut clipped = false;
+        if seg_end > limit {
+            core.stats.bytes_beyond_window += seg_end - limit;
+            bytes = &bytes[..(limit - off) as usize];
+            clipped = true;
+        }
+        let seg_end = off + bytes.len() as u64;
+        if seg_end > head + cap {
+            self.discard_to(slot, receiver, seg_end - cap, order);
+        }
+        if clipped {
+            self.error(slot, receiver, ErrorKind::BeyondWindow, order, pkt);
+        }
+        let core = &mut self.core;
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+        let policy = side.overlap;
+        let before = side.contig();
+        let out = side
+            .buf
+            .as_mut()
+            .expect("created above")
+            .write(off, bytes, policy);
+        side.overlap_bytes += out.overlap;
+        if out.fragment_limit {
+            core.stats.fragment_limit_drops += 1;
+            self.error(slot, receiver, ErrorKind::FragmentLimit, order, pkt);
+            return;
+        }
+        let core = &mut self.core;
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
+        let after = side.contig();
+        side.rx_next = after;
+        if after > before {
+            core.marks.mark(&mut core.table, slot, receiver);
+        }
+    }
+
+    /// An `Error` event for the receiving side (SPEC §2: hook None).
+    fn error(
+        &mut self,
+        slot: FlowIdx,
+        side: Side,
+        kind: ErrorKind,
+        order: Order,
+        pkt: Option<&[u8]>,
+    ) {
+        self.emit(
+            slot,
+            EventKind::Error,
+            EventSide::One(side),
+            Hook::None,
+            Detail::Error(kind),
+            order,
+            pkt,
+        );
+    }
+
+    /// Moves a side's window head to `new_head` (at most the contiguous end): delivers a
+    /// pending `NewData` first, then `Error` to each monitor that would lose unread bytes.
+    fn discard_to(&mut self, slot: FlowIdx, side: Side, new_head: u64, order: Order) {
+        let gen = self.core.table.flow(slot).gen;
+        self.deliver_newdata(slot, side);
+        if !self.core.table.is_live(slot, gen) {
+            return;
+        }
+        for m in self.order_of(order) {
+            let mf = *self.core.table.mon(slot, m);
+            let watching = !mf.ended && mf.stopped & (1 << side.index()) == 0;
+            if watching
+                && mf.mask & EventKind::NewData.bit(Hook::None) != 0
+                && mf.cursor[side.index()] < new_head
+            {
+                let ev = Event {
+                    kind: EventKind::Error,
+                    side: EventSide::One(side),
+                    hook: Hook::None,
+                    flow: FlowHandle::flow(self.core.table.core(), slot.raw(), gen),
+                    detail: Detail::Error(ErrorKind::Overrun),
+                };
+                if mf.mask & EventKind::Error.bit(Hook::None) != 0 {
+                    self.call(m, &ev, None);
+                }
+            }
+        }
+        if let Some(b) = self.core.table.flow_mut(slot).sides[side.index()]
+            .buf
+            .as_mut()
+        {
+            b.advance_head(new_head);
+        }
+    }
+
+    /// The receiver's ACK says the peer got bytes this side never saw: skip the gap.
+    pub(crate) fn ack_skip(&mut self, slot: FlowIdx, side: Side, ack: u32) {
+        let f = self.core.table.flow(slot);
+        let s = &f.sides[side.index()];
+        let Some(buf) = s.buf.as_ref() else { return };
+        if !s.rx_base_known {
+            return;
+        }
+        let mut ack_off = s.offset_of(ack);
+        // The FIN's sequence number carries no byte.
+        if let Some(fin) = f.sides[side.peer().index()].tx_fin {
+            ack_off = ack_off.min(s.offset_of(fin));
+        }
+        let contig = buf.contig_end() as i64;
+        if ack_off <= contig || ack_off - contig > (1 << 30) {
+            return;
+        }
+        // Every gap below the acknowledged offset is lost to the capture.
+        loop {
+            let s = &self.core.table.flow(slot).sides[side.index()];
+            let Some(buf) = s.buf.as_ref() else { return };
+            let contig = buf.contig_end();
+            if contig >= ack_off as u64 {
+                return;
+            }
+            let target = match buf.first_gap_end() {
+                Some(next) => next.min(ack_off as u64),
+                None => ack_off as u64,
+            };
+            self.skip_gap(slot, side, target);
+        }
+    }
+
+    /// Declares `[contig_end, to)` missing: the next fragment (if it starts at `to`) becomes
+    /// contiguous. Pending data is delivered first.
+    pub(crate) fn skip_gap(&mut self, slot: FlowIdx, side: Side, to: u64) {
+        let core = &mut self.core;
+        let s = &mut core.table.flow_mut(slot).sides[side.index()];
+        let Some(buf) = s.buf.as_mut() else { return };
+        let contig = buf.contig_end();
+        if to <= contig {
+            return;
+        }
+        buf.skip_to(to);
+        s.missing += to - contig;
+        core.stats.bytes_missing += to - contig;
+        s.rx_next = s.contig();
+        // Readers learn about the skipped bytes through `peek` (`Lost`); data after the gap
+        // is new contiguous data.
+        core.marks.mark(&mut core.table, slot, side);
+    }
+
+    /// Delivers a side's pending `NewData` now (before a discard or the flow's end).
+    pub(crate) fn deliver_newdata(&mut self, slot: FlowIdx, side: Side) {
+        let s = &mut self.core.table.flow_mut(slot).sides[side.index()];
+        if !s.newdata_pending {
+            return;
+        }
+        s.newdata_pending = false;
+        let contig = s.contig();
+        if contig <= s.newdata_mark {
+            return;
+        }
+        s.newdata_mark = contig;
+        self.emit(
+            slot,
+            EventKind::NewData,
+            EventSide::One(side),
+            Hook::None,
+            Detail::None,
+            Order::Load,
+            None,
+        );
+    }
+
+    /// Delivers the `NewData` of every side marked in this batch (marks made while
+    /// delivering are delivered too).
+    pub(crate) fn flush_pending(&mut self) {
+        let mut i = 0;
+        while i < self.core.marks.list.len() {
+            let (slot, gen, side) = self.core.marks.list[i];
+            i += 1;
+            if self.core.table.is_live(slot, gen) {
+                self.deliver_newdata(slot, side);
+            }
+        }
+        self.core.marks.list.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::config::Config;
+    use crate::flow::monitor::Monitor;
+    use crate::flow::testing::{seg, Log, Recorder};
+
+    const SYN: u8 = TcpFlags::SYN;
+    const ACK: u8 = TcpFlags::ACK;
+
+    /// An engine with one recording monitor and an open connection: client ISN 100,
+    /// server ISN 500, so the client's byte `n` has sequence number `101 + n`.
+    fn open(cfg: Config) -> (Engine, Log) {
+        let log = Log::default();
+        let mons: Vec<Box<dyn Monitor>> = vec![Box::new(Recorder::new("m", &log))];
+        let mut e = Engine::new(cfg, mons);
+        e.on_segment(&seg(true, SYN, 100, 0, &[]), &[], 1);
+        e.on_segment(&seg(false, SYN | ACK, 500, 101, &[]), &[], 2);
+        e.on_segment(&seg(true, ACK, 101, 501, &[]), &[], 3);
+        e.end_batch();
+        log.borrow_mut().clear();
+        (e, log)
+    }
+
+    fn client_data(e: &mut Engine, at: u32, bytes: &[u8]) {
+        e.on_segment(&seg(true, ACK, 101 + at, 501, bytes), &[], 4);
+    }
+
+    fn count(log: &Log, kind: EventKind) -> usize {
+        log.borrow()
+            .iter()
+            .filter(|(_, ev)| ev.kind == kind)
+            .count()
+    }
+
+    /// The server side's (client→server bytes) positions and stored bytes.
+    fn server_stream(e: &mut Engine) -> (crate::flow::BufferInfo, Vec<u8>) {
+        e.with_cx(0, |cx| {
+            let h = FlowHandle::flow(0, 0, 0);
+            let info = cx.buffer_info(h, Side::Server).unwrap();
+            let mut out = vec![0u8; 64];
+            let n = cx.ppeek(h, Side::Server, &mut out, info.head).unwrap_or(0);
+            out.truncate(n);
+            (info, out)
+        })
+    }
+
+    #[test]
+    fn out_of_order_data_merges_and_newdata_is_coalesced() {
+        let (mut e, log) = open(Config::default());
+        client_data(&mut e, 5, b"world");
+        let (info, _) = server_stream(&mut e);
+        assert_eq!((info.contig_end, info.last_end), (0, 10));
+        client_data(&mut e, 0, b"hello");
+        client_data(&mut e, 10, b"!");
+        assert_eq!(
+            count(&log, EventKind::NewData),
+            0,
+            "not before the batch ends"
+        );
+        e.end_batch();
+        assert_eq!(count(&log, EventKind::NewData), 1, "one per side and batch");
+        let (info, bytes) = server_stream(&mut e);
+        assert_eq!(info.contig_end, 11);
+        assert_eq!(bytes, b"helloworld!");
+    }
+
+    #[test]
+    fn retransmission_and_overlap_are_rexmit_and_first_copy_wins() {
+        let (mut e, log) = open(Config::default());
+        client_data(&mut e, 0, b"abcdef");
+        assert_eq!(count(&log, EventKind::Rexmit), 0);
+        client_data(&mut e, 0, b"abc");
+        assert_eq!(count(&log, EventKind::Rexmit), 1, "a full retransmission");
+        client_data(&mut e, 4, b"XXyy");
+        assert_eq!(count(&log, EventKind::Rexmit), 2, "a partial overlap");
+        let (info, bytes) = server_stream(&mut e);
+        assert_eq!(bytes, b"abcdefyy");
+        assert_eq!(info.overlap, 3 + 2);
+    }
+
+    #[test]
+    fn acknowledged_gap_is_skipped_and_counted_missing() {
+        let (mut e, log) = open(Config::default());
+        client_data(&mut e, 0, b"abc");
+        client_data(&mut e, 8, b"xyz");
+        e.end_batch();
+        log.borrow_mut().clear();
+        // The server acknowledges everything: bytes 3..8 were lost to the capture.
+        e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 5);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!((info.contig_end, info.missing), (11, 5));
+        assert_eq!(e.stats().bytes_missing, 5);
+        e.end_batch();
+        assert_eq!(count(&log, EventKind::NewData), 1);
+        // An ACK past everything stored: the bytes up to it were lost too.
+        e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 6);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!((info.contig_end, info.missing), (20, 5 + 9));
+        // One that acknowledges nothing new skips nothing.
+        e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 7);
+        assert_eq!(e.stats().bytes_missing, 14);
+    }
+
+    #[test]
+    fn data_beyond_the_window_is_dropped_with_an_error() {
+        let cfg = Config {
+            buffer_capacity: 16,
+            ..Config::default()
+        };
+        let (mut e, log) = open(cfg);
+        client_data(&mut e, 20, b"far");
+        assert_eq!(count(&log, EventKind::Error), 1);
+        assert_eq!(e.stats().bytes_beyond_window, 3);
+        client_data(&mut e, 10, b"0123456789");
+        assert_eq!(
+            count(&log, EventKind::Error),
+            2,
+            "clipped at the window's end"
+        );
+        assert_eq!(e.stats().bytes_beyond_window, 3 + 4);
+    }
+
+    #[test]
+    fn stream_starts_at_the_syn_unless_bytes_came_first() {
+        let mut r = SideState::new(TcpState::Listen, 0, Default::default());
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 1000), 0);
+        assert_eq!((r.rx_base, r.rx_base_known), (1000, true));
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 1010), 10);
+        assert_eq!(
+            stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 990),
+            0,
+            "before the start"
+        );
+        r.rx_next = 5;
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 2000), 1000);
+        assert_eq!(
+            r.rx_base, 1000,
+            "a late SYN does not move a stream with bytes"
+        );
+    }
+}
