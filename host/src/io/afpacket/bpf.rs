@@ -366,4 +366,54 @@ mod tests {
         }
         assert!(counts[0] >= 4 && counts[1] >= 4, "{counts:?}");
     }
+
+    /// The program computes `shard::fanout_hash`, packet by packet: both protocols, ports or
+    /// not, fragments, extension headers, other ethertypes, and every truncation.
+    #[test]
+    fn program_computes_the_shard_modules_fanout_hash() {
+        use crate::io::shard::fanout_hash;
+        let prog = symmetric_fanout_program();
+        let mut seed = 0x0bad_cafe_f00d_1234u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        for _ in 0..300 {
+            let (s, d) = ((rnd() as u32).to_be_bytes(), (rnd() as u32).to_be_bytes());
+            let (sp, dp) = (rnd() as u16, rnd() as u16);
+            let mut s6 = [0u8; 16];
+            let mut d6 = [0u8; 16];
+            s6.iter_mut()
+                .chain(d6.iter_mut())
+                .for_each(|b| *b = rnd() as u8);
+            let frag = [0u16, 0x2000, 0x0010, 0x4000][(rnd() % 4) as usize];
+            let mut packets = Vec::new();
+            for proto in [6u8, 17, 132, 1, 0] {
+                packets.push((0x0800, ipv4(s, d, proto, sp, dp, frag)));
+                packets.push((0x86dd, ipv6(s6, d6, proto, sp, dp)));
+            }
+            // IPv4 with options: the ports sit after IHL * 4 bytes.
+            let mut opts = ipv4(s, d, 6, sp, dp, 0);
+            opts[0] = 0x46;
+            opts.splice(20..20, [1u8, 1, 1, 0]);
+            packets.push((0x0800, opts));
+            packets.push((0x0806, vec![0u8; 28]));
+            for (proto, p) in packets {
+                for cut in 0..=p.len() {
+                    let net = &p[..cut];
+                    assert_eq!(
+                        run(&prog, proto, net),
+                        fanout_hash(proto, net),
+                        "ethertype {proto:#x}, {cut} of {} bytes: {net:02x?}",
+                        p.len()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+    }
 }

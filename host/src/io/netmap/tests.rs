@@ -588,3 +588,51 @@ fn buffer_at_end_of_region_is_in_bounds() {
     let mut mem = img.mem(HostRings::FromIf).unwrap();
     assert_eq!(mem.rx_batch(0, |f| assert_eq!(f.len(), 64)).unwrap(), 1);
 }
+
+#[test]
+fn corrupt_errors_name_the_netmap_if_or_the_ring_and_its_direction() {
+    let mut img = Image::with_tx(2, 1, 8, 128);
+    let nifp = img.layout.if_offset;
+    img.set_u32(nifp + IF_TX_RINGS, 5000);
+    let e = img.mem(HostRings::FromIf).unwrap_err();
+    assert!(
+        matches!(&e, RingError::Corrupt { ring: RingId::If, field, .. } if field == "ni_tx_rings"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("corrupt netmap_if: ni_tx_rings = 5000 is out of range (at most 1024)"),
+        "{e}"
+    );
+
+    let mut img = Image::with_tx(2, 1, 8, 128);
+    let t1 = img.layout.tx_ring_offsets[1];
+    img.set_u32(t1 + RING_HEAD, 9);
+    let e = img.mem(HostRings::FromIf).unwrap_err();
+    assert!(
+        matches!(&e, RingError::Corrupt { ring, field, value: 9, .. }
+            if *ring == RingId::tx(1) && field == "head"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().starts_with(
+            "corrupt netmap ring 1: TX head = 9 is out of range (must be < num_slots = 8)"
+        ),
+        "{e}"
+    );
+
+    let mut img = Image::new(1, 8, 128);
+    let r0 = img.layout.ring_offsets[0];
+    let mut mem = img.mem(HostRings::FromIf).unwrap();
+    img.set_u32(r0 + RING_TAIL, 77);
+    let e = mem.rx_batch(0, |_| {}).unwrap_err();
+    assert!(
+        matches!(&e, RingError::Corrupt { ring, .. } if *ring == RingId::rx(0)),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("corrupt netmap ring 0: tail = 77"),
+        "{e}"
+    );
+}
