@@ -99,9 +99,9 @@ pub struct RunOptions {
 /// Why a run failed before or while it ran.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The source (checked before any worker starts).
+    /// The source (checked before any worker starts; boxed, as in [`WorkerError`]).
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(Box<SourceError>),
     /// The plugin directory.
     #[error(transparent)]
     Plugins(#[from] HostError),
@@ -113,6 +113,12 @@ pub enum RunError {
         /// What went wrong.
         source: WorkerError,
     },
+}
+
+impl From<SourceError> for RunError {
+    fn from(e: SourceError) -> RunError {
+        RunError::Source(Box::new(e))
+    }
 }
 
 /// A worker's counters at one moment (the status line).

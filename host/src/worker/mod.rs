@@ -85,9 +85,10 @@ pub struct CoreReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
-    /// Its source could not be opened.
+    /// Its source could not be opened (boxed: source errors are large, and a `Result` is
+    /// only as small as its error).
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(Box<SourceError>),
     /// Its plugin instances could not be made.
     #[error(transparent)]
     Plugins(#[from] HostError),
@@ -100,6 +101,12 @@ pub enum WorkerError {
     /// The thread could not be started.
     #[error("cannot start its worker thread ({0}): use fewer --cores, or raise the process's thread limit (ulimit -u)")]
     Spawn(#[source] std::io::Error),
+}
+
+impl From<SourceError> for WorkerError {
+    fn from(e: SourceError) -> WorkerError {
+        WorkerError::Source(Box::new(e))
+    }
 }
 
 /// The largest latency a histogram holds (10 s, in ns); larger samples count as this.
