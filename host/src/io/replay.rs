@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::pcap::{CaptureError, CaptureFile, Packets};
 use super::shard::decoded_shard;
 use super::source::{Batch, Idle, Sink, Source, SourceError};
-use crate::wire::{self, LinkType};
+use crate::wire;
 
 /// One core's replay of a capture.
 pub struct PcapReplay<'a> {
@@ -85,11 +85,6 @@ impl<'a> PcapReplay<'a> {
 impl Source for PcapReplay<'_> {
     const IDLE: Idle = Idle::Never;
     const WALL_CLOCK: bool = false;
-
-    /// Per record (pcapng interfaces differ); frames go to [`Sink::decoded`].
-    fn link(&self) -> Option<LinkType> {
-        None
-    }
 
     /// Up to `batch` frames of this core's shard (and the other cores' frames in between,
     /// as time only); fewer at the end of a pass. After the last pass: the damaged record

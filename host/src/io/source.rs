@@ -2,7 +2,7 @@
 //! later) gives the per-core loop of [`crate::worker`], and what the loop gives back.
 //!
 //! A [`Source`] hands over one batch at a time ([`Source::next_batch`]): it lends each frame
-//! to a [`Sink`] with its timestamp and releases the batch's slots (or blocks, or file
+//! to a [`Sink`] with its link type and timestamp and releases the batch's slots (or blocks, or file
 //! position) before it returns, so a frame never outlives the call. Its constants say how the
 //! loop waits when it is idle ([`Idle`]), whether the loop's clock stamps the frames, and how
 //! many batches go between two reload safe points. A source that can see frames ahead (the
@@ -75,20 +75,23 @@ pub trait Sink {
     fn lookahead(&self) -> bool;
 
     /// A frame [`crate::io::netmap::LOOKAHEAD_FAR`] places ahead: a hint, it comes again.
-    fn far(&mut self, frame: &[u8]);
+    fn far(&mut self, link: Option<LinkType>, frame: &[u8]);
 
     /// A frame [`crate::io::netmap::LOOKAHEAD_NEAR`] places ahead: a hint, it comes again.
-    fn near(&mut self, frame: &[u8]);
+    fn near(&mut self, link: Option<LinkType>, frame: &[u8]);
 
-    /// The frame to process now, captured at `ts` (ns since the Unix epoch).
-    fn frame(&mut self, frame: &[u8], ts: u64);
+    /// The frame to process now, of link type `link` (`None`: one flowpeek does not decode),
+    /// captured at `ts` (ns since the Unix epoch). The link type is passed with each frame so
+    /// that a source whose link type is a constant (the rings: Ethernet) lets the decoder's
+    /// choice be made at compile time.
+    fn frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64);
 
     /// As [`frame`](Self::frame), with the producer's stamp of the slot (CLOCK_MONOTONIC ns,
     /// 0 when the producer does not stamp); only called when [`Sink::STAMPS`] is set.
     #[inline]
-    fn stamped(&mut self, frame: &[u8], ts: u64, stamp: u64) {
+    fn stamped(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64, stamp: u64) {
         let _ = stamp;
-        self.frame(frame, ts);
+        self.frame(link, frame, ts);
     }
 
     /// A frame the source has already decoded (to pick its core): processed as is, so it is
@@ -121,9 +124,6 @@ pub trait Source {
     /// an empty batch is always a safe point. Above 1 where a batch can be a handful of
     /// packets, so that per-batch work does not become per-packet work.
     const SAFE_POINT_EVERY: u64 = 1;
-
-    /// The link type of the frames handed to [`Sink::frame`] and [`Sink::stamped`].
-    fn link(&self) -> Option<LinkType>;
 
     /// Called once, on the worker's thread, when the loop is about to poll.
     #[inline]

@@ -208,7 +208,6 @@ pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerErr
 /// Runs one core over `source` until it ends or `spec.stop` is set; returns what it did.
 pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, WorkerError> {
     let (mut host, engine) = start_core(&spec)?;
-    let link = source.link();
     source.start();
     if S::STAMPS && spec.latency_sample > 0 {
         let meter = Latency {
@@ -218,12 +217,12 @@ pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, Wor
             warm_until: 0,
             histogram: latency_histogram(),
         };
-        let mut feed = Feed::new(engine, link, meter);
+        let mut feed = Feed::new(engine, meter);
         let error = drive(&spec, &mut source, &mut feed, &mut host);
         let latency = Some(feed.meter.histogram);
         Ok(end_core(&spec, feed.engine, host, error, latency))
     } else {
-        let mut feed = Feed::new(engine, link, NoMeter);
+        let mut feed = Feed::new(engine, NoMeter);
         let error = drive(&spec, &mut source, &mut feed, &mut host);
         Ok(end_core(&spec, feed.engine, host, error, None))
     }
@@ -317,7 +316,6 @@ fn nap(idle_spins: u32) {
 /// What a source's frames go into: the engine, and what is measured on the way.
 struct Feed<M> {
     engine: Engine,
-    link: Option<LinkType>,
     meter: M,
     /// Lookahead hints handed to the engine (test builds: the proof that a source looks
     /// ahead).
@@ -326,10 +324,9 @@ struct Feed<M> {
 }
 
 impl<M: Meter> Feed<M> {
-    fn new(engine: Engine, link: Option<LinkType>, meter: M) -> Self {
+    fn new(engine: Engine, meter: M) -> Self {
         Feed {
             engine,
-            link,
             meter,
             #[cfg(test)]
             hints: 0,
@@ -348,31 +345,31 @@ impl<M: Meter> Sink for Feed<M> {
     }
 
     #[inline]
-    fn far(&mut self, frame: &[u8]) {
+    fn far(&mut self, link: Option<LinkType>, frame: &[u8]) {
         #[cfg(test)]
         {
             self.hints += 1;
         }
-        self.engine.prefetch_index(self.link, frame);
+        self.engine.prefetch_index(link, frame);
     }
 
     #[inline]
-    fn near(&mut self, frame: &[u8]) {
+    fn near(&mut self, link: Option<LinkType>, frame: &[u8]) {
         #[cfg(test)]
         {
             self.hints += 1;
         }
-        self.engine.prefetch_flow(self.link, frame);
+        self.engine.prefetch_flow(link, frame);
     }
 
     #[inline]
-    fn frame(&mut self, frame: &[u8], ts: u64) {
-        self.engine.on_frame(self.link, frame, ts);
+    fn frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
+        self.engine.on_frame(link, frame, ts);
     }
 
     #[inline]
-    fn stamped(&mut self, frame: &[u8], ts: u64, stamp: u64) {
-        self.engine.on_frame(self.link, frame, ts);
+    fn stamped(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64, stamp: u64) {
+        self.engine.on_frame(link, frame, ts);
         // After on_frame returned: every plugin callback for this packet ran.
         self.meter.after_frame(stamp);
     }

@@ -36,10 +36,6 @@ impl Source for KernelImage {
     const STAMPS: bool = <NetmapPort as Source>::STAMPS;
     const SAFE_POINT_EVERY: u64 = <NetmapPort as Source>::SAFE_POINT_EVERY;
 
-    fn link(&self) -> Option<LinkType> {
-        Some(LinkType::Ethernet)
-    }
-
     fn wait(&mut self, _timeout: Duration) -> Result<(), SourceError> {
         if self.mem.ring(0).unwrap().available().unwrap() > 0 {
             return Ok(());
@@ -56,7 +52,7 @@ impl Source for KernelImage {
     }
 
     fn next_batch<K: Sink>(&mut self, now: u64, sink: &mut K) -> Result<Batch, SourceError> {
-        match self.mem.feed(&[0], now, sink) {
+        match self.mem.feed(&[0], Some(LinkType::Ethernet), now, sink) {
             Ok(0) => Ok(Batch::Empty),
             Ok(n) => Ok(Batch::Frames(n)),
             Err(e) => panic!("the image is well formed: {e}"),
@@ -113,7 +109,7 @@ fn run_image(flows: u32) -> (u64, u64) {
     };
     let mut src = KernelImage::new((0..flows).map(syn).collect(), stop);
     let (mut host, engine) = start_core(&spec).unwrap();
-    let mut feed = Feed::new(engine, src.link(), NoMeter);
+    let mut feed = Feed::new(engine, NoMeter);
     let error = drive(&spec, &mut src, &mut feed, &mut host);
     assert!(error.is_none(), "{error:?}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -396,11 +396,6 @@ impl Source for AfPacketSocket {
     const IDLE: Idle = Idle::Blocks;
     const WALL_CLOCK: bool = false;
 
-    #[inline]
-    fn link(&self) -> Option<LinkType> {
-        self.link
-    }
-
     fn wait(&mut self, timeout: Duration) -> Result<(), SourceError> {
         match self.wait_ready(timeout) {
             Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(self.receive_err(e)),
@@ -411,7 +406,8 @@ impl Source for AfPacketSocket {
     /// The frames of every filled block, with the kernel's timestamps.
     #[inline]
     fn next_batch<K: Sink>(&mut self, _now: u64, sink: &mut K) -> Result<Batch, SourceError> {
-        match self.deliver_ready(&mut |frame, ts| sink.frame(frame, ts)) {
+        let link = self.link;
+        match self.deliver_ready(&mut |frame, ts| sink.frame(link, frame, ts)) {
             0 => Ok(Batch::Empty),
             n => Ok(Batch::Frames(n)),
         }

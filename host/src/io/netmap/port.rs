@@ -465,11 +465,6 @@ impl Source for NetmapPort {
     const SAFE_POINT_EVERY: u64 = 64;
 
     #[inline]
-    fn link(&self) -> Option<LinkType> {
-        Some(LinkType::Ethernet)
-    }
-
-    #[inline]
     fn wait(&mut self, timeout: Duration) -> Result<(), SourceError> {
         self.poll(timeout)?;
         Ok(())
@@ -479,7 +474,11 @@ impl Source for NetmapPort {
     /// sync or poll.
     #[inline]
     fn next_batch<K: Sink>(&mut self, now: u64, sink: &mut K) -> Result<Batch, SourceError> {
-        match self.port.mem.feed(&self.rings, now, sink) {
+        match self
+            .port
+            .mem
+            .feed(&self.rings, Some(LinkType::Ethernet), now, sink)
+        {
             Ok(0) => Ok(Batch::Empty),
             Ok(n) => Ok(Batch::Frames(n)),
             Err(source) => Err(NetmapError::Ring {

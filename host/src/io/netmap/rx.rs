@@ -14,6 +14,7 @@ use netmap_sys::netmap::netmap_slot;
 use super::layout::*;
 use super::region::{corrupt, Direction, Region, RingError, RingView};
 use crate::io::source::Sink;
+use crate::wire::LinkType;
 
 /// Slots handed out per batch before they are given back to the producer.
 pub const MAX_BATCH: usize = 256;
@@ -264,21 +265,27 @@ impl RxRing {
         result.map(|()| done as usize)
     }
 
-    /// Hands every frame available to `sink`, stamped `now`, and releases the slots: with
+    /// Hands every frame available to `sink` as a frame of link type `link` stamped `now`,
+    /// and releases the slots: with
     /// lookahead ([`rx_batch_lookahead`](Self::rx_batch_lookahead)) when
     /// [`Sink::lookahead`] says so for this batch, else plainly
     /// ([`rx_batch_indexed`](Self::rx_batch_indexed)). The one walk of the shm and netmap
     /// sources: what a benchmark measures on shm is what runs on a netmap port.
     #[inline]
-    pub fn feed<K: Sink>(&mut self, now: u64, sink: &mut K) -> Result<usize, RingError> {
+    pub fn feed<K: Sink>(
+        &mut self,
+        link: Option<LinkType>,
+        now: u64,
+        sink: &mut K,
+    ) -> Result<usize, RingError> {
         if sink.lookahead() {
             self.rx_batch_lookahead(|step| match step {
-                Step::Far(f) => sink.far(f),
-                Step::Near(f) => sink.near(f),
-                Step::Frame(f, _) => sink.frame(f, now),
+                Step::Far(f) => sink.far(link, f),
+                Step::Near(f) => sink.near(link, f),
+                Step::Frame(f, _) => sink.frame(link, f, now),
             })
         } else {
-            self.rx_batch_indexed(|f, _| sink.frame(f, now))
+            self.rx_batch_indexed(|f, _| sink.frame(link, f, now))
         }
     }
 
@@ -292,18 +299,20 @@ impl RxRing {
 }
 
 impl super::NetmapMem {
-    /// [`RxRing::feed`] on each of `rings` in turn; returns the frames handed over. Stops at
+    /// [`RxRing::feed`] on each of `rings` in turn (frames of link type `link`); returns the
+    /// frames handed over. Stops at
     /// the first corrupt ring (the frames before it were handed over and released).
     #[inline]
     pub fn feed<K: Sink>(
         &mut self,
         rings: &[usize],
+        link: Option<LinkType>,
         now: u64,
         sink: &mut K,
     ) -> Result<usize, RingError> {
         let mut got = 0;
         for &r in rings {
-            got += self.ring_mut(r)?.feed(now, sink)?;
+            got += self.ring_mut(r)?.feed(link, now, sink)?;
         }
         Ok(got)
     }

@@ -190,11 +190,6 @@ impl Source for ShmRing {
     // per-packet work then.
     const SAFE_POINT_EVERY: u64 = 64;
 
-    #[inline]
-    fn link(&self) -> Option<LinkType> {
-        Some(LinkType::Ethernet)
-    }
-
     /// Tells the producer this ring is polled ([`ShmRing::attach`]).
     fn start(&mut self) {
         self.attach();
@@ -208,11 +203,13 @@ impl Source for ShmRing {
 
     #[inline]
     fn next_batch<K: Sink>(&mut self, now: u64, sink: &mut K) -> Result<Batch, SourceError> {
+        // Frames of a shm region are Ethernet frames.
+        let link = Some(LinkType::Ethernet);
         let got = if K::STAMPS {
-            self.rx_batch_stamped(|frame, stamp| sink.stamped(frame, now, stamp))
+            self.rx_batch_stamped(|frame, stamp| sink.stamped(link, frame, now, stamp))
         } else {
-            match self.ring.feed(now, sink) {
-                Ok(n) => self.after(n, |ring| ring.feed(now, sink)),
+            match self.ring.feed(link, now, sink) {
+                Ok(n) => self.after(n, |ring| ring.feed(link, now, sink)),
                 Err(source) => Err(self.ring_err(source)),
             }
         };

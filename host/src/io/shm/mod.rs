@@ -13,7 +13,7 @@
 //! [`ShmConsumer::into_rings`] splits a consumer into one [`ShmRing`] per worker thread, and
 //! each [`ShmRing`] is a [`crate::io::Source`].
 //!
-//! The files: [`region`] (the header, creating and opening a region), [`fs`] (the file's
+//! The files: [`region`] (the header, creating and opening a region), `fs` (the file's
 //! name, its room in /dev/shm), [`producer`] and [`consumer`].
 //!
 //! Must not: trust the file (the other process writes it), or make a system call per batch
