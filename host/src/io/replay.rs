@@ -90,7 +90,10 @@ impl Source for PcapReplay<'_> {
     /// as time only); fewer at the end of a pass. After the last pass: the damaged record
     /// met, if any, else the end.
     fn next_batch<K: Sink>(&mut self, _now: u64, sink: &mut K) -> Result<Batch, SourceError> {
-        if self.pace > 0 && self.seen > 0 {
+        if self.seen == 0 {
+            // The pace counts from the first read, not from the opening (plugins load between).
+            self.started = Instant::now();
+        } else if self.pace > 0 {
             let due = Duration::from_secs_f64(self.seen as f64 / self.pace as f64);
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(wait);
