@@ -3,7 +3,7 @@
 //! was wrong, naming the ring by [`RingId`] and [`Direction`].
 //!
 //! Owns the checks that make every later access stay inside the region (the cached constant
-//! fields of [`RingView`]); must not hand out a pointer it did not bound.
+//! fields of `RingView`); must not hand out a pointer it did not bound.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
