@@ -62,9 +62,7 @@ pub fn close_name(reason: Option<EndReason>) -> &'static str {
         Some(EndReason::Rst) => "rst",
         Some(EndReason::Timeout) => "timeout",
         Some(EndReason::Evicted) => "evicted",
-        Some(
-            EndReason::Stopped | EndReason::Eof | EndReason::Shutdown | EndReason::Reloaded,
-        )
+        Some(EndReason::Stopped | EndReason::Eof | EndReason::Shutdown | EndReason::Reloaded)
         | None => "eof",
     }
 }

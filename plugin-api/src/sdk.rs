@@ -17,8 +17,8 @@ use crate::abi::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow(pub u64);
 
-pub use crate::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 use crate::codes::{BuiltinEvent, EventCode, MAX_USER_EVENTS};
+pub use crate::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 
 /// An event id: built-in or user-defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +67,13 @@ impl EventKind {
             EventKind::Orphan => BuiltinEvent::Orphan,
             EventKind::User(k) => return EventCode::User(k),
         })
+    }
+    /// The ABI's built-in event, or `None` for a user-defined one.
+    pub fn builtin(self) -> Option<BuiltinEvent> {
+        match self.abi() {
+            EventCode::Builtin(b) => Some(b),
+            EventCode::User(_) => None,
+        }
     }
     /// The event's number on the wire.
     pub fn code(self) -> u32 {

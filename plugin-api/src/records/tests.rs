@@ -34,7 +34,10 @@ fn flags_in_mos_order() {
 #[test]
 fn hex_and_close_names() {
     assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
-    let names: Vec<&str> = EndReason::ALL.iter().map(|&r| close_name(Some(r))).collect();
+    let names: Vec<&str> = EndReason::ALL
+        .iter()
+        .map(|&r| close_name(Some(r)))
+        .collect();
     assert_eq!(
         names,
         ["fin", "rst", "timeout", "evicted", "eof", "eof", "eof", "eof"]
@@ -101,11 +104,21 @@ fn line(
     out
 }
 
+/// (event, side, hook, detail, the line after the flow, what the probe was asked).
+type Case = (
+    Option<BuiltinEvent>,
+    Option<Side>,
+    Hook,
+    Detail,
+    &'static str,
+    &'static [&'static str],
+);
+
 #[test]
 fn event_lines_byte_for_byte() {
     use BuiltinEvent::*;
     const FLOW: &str = r#"{"flow":"10.0.0.1:40000>[2001:db8::2]:80","#;
-    let cases: [(Option<BuiltinEvent>, Option<Side>, Hook, Detail, &str, &[&str]); 9] = [
+    let cases: [Case; 9] = [
         (
             Some(PktIn),
             Some(Side::Client),
@@ -195,7 +208,13 @@ fn event_lines_byte_for_byte() {
         ..fixed()
     };
     assert_eq!(
-        line(Some(PktIn), Some(Side::Client), Hook::Snd, Detail::None, &mut p),
+        line(
+            Some(PktIn),
+            Some(Side::Client),
+            Hook::Snd,
+            Detail::None,
+            &mut p
+        ),
         r#"{"flow":"?","side":"cli","hook":"snd","event":"PKT_IN"}"#
     );
 }
