@@ -2,6 +2,9 @@
 //!
 //! Every callback runs inside `catch_unwind`: a panic is reported to the host (which disables
 //! that instance on that core and counts it), never unwound across the boundary.
+//!
+//! Sides, hooks, states, reasons and details are the ABI's own types ([`crate::codes`]);
+//! `EventKind` and `Errno` convert through its codes, so the SDK numbers nothing itself.
 
 use std::ffi::c_void;
 use std::fmt;
@@ -12,13 +15,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use abi_stable::std_types::{RResult, RStr, RString};
 
 use crate::abi::*;
+use crate::codes::{BuiltinEvent, EventCode, MAX_USER_EVENTS};
+pub use crate::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 
 /// A flow, for the duration of its life (mOS: the monitoring socket).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow(pub u64);
-
-use crate::codes::{BuiltinEvent, EventCode, MAX_USER_EVENTS};
-pub use crate::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 
 /// An event id: built-in or user-defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
