@@ -3,7 +3,9 @@
 //!
 //! The report is built the way any monitor would build it: a [`StreamHasher`] monitor
 //! subscribes to `NewData` and `ConnEnd` and reads each side with `peek` as data arrives,
-//! so streams of any length go through a bounded buffer.
+//! so streams of any length go through a bounded buffer. The JSON record is written by
+//! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
+//! two agree byte for byte by construction.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -12,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use flowpeek_plugin_api::records::{self, DirectionFields, StreamFields};
 use sha2::{Digest, Sha256};
 
 use crate::flow::{
@@ -61,43 +64,34 @@ pub struct StreamRecord {
     pub serial: u64,
 }
 
-fn fmt_ts(ns: u64) -> String {
-    format!("{}.{:06}", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000)
-}
-
-/// Seconds with the capture's microsecond precision, written `secs.micros` (not float noise).
-fn ts_number(ns: u64) -> serde_json::Value {
-    fmt_ts(ns)
-        .parse()
-        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+impl DirectionRecord {
+    fn fields(&self) -> DirectionFields<'_> {
+        DirectionFields {
+            bytes: self.bytes,
+            missing: self.missing,
+            overlap: self.overlap,
+            sha256: (!self.sha256.is_empty()).then_some(self.sha256.as_str()),
+            crc32: Some(self.crc32),
+            xxh3: None,
+        }
+    }
 }
 
 impl StreamRecord {
-    /// The record as one JSON object (no trailing newline).
+    /// The record as one JSON object (no trailing newline): see
+    /// [`StreamFields::to_json`].
     pub fn to_json(&self) -> String {
-        let dir = |d: &DirectionRecord| {
-            let mut v = serde_json::json!({
-                "bytes": d.bytes, "crc32": format!("{:08x}", d.crc32),
-                "missing": d.missing, "overlap": d.overlap,
-            });
-            if !d.sha256.is_empty() {
-                v["sha256"] = d.sha256.as_str().into();
-            }
-            v
-        };
-        let mut v = serde_json::json!({
-            "client": self.client.to_string(),
-            "server": self.server.to_string(),
-            "start": ts_number(self.start),
-            "end": ts_number(self.end),
-            "close": self.close,
-            "c2s": dir(&self.c2s),
-            "s2c": dir(&self.s2c),
-        });
-        if self.partial {
-            v["partial"] = serde_json::Value::Bool(true);
+        StreamFields {
+            client: self.client,
+            server: self.server,
+            start: self.start,
+            end: self.end,
+            close: self.close,
+            partial: self.partial,
+            c2s: self.c2s.fields(),
+            s2c: self.s2c.fields(),
         }
-        v.to_string()
+        .to_json()
     }
 }
 
@@ -248,7 +242,9 @@ impl StreamHasher {
             let overlap = info(s).map_or(0, |i| i.overlap);
             DirectionRecord {
                 bytes: d.bytes,
-                sha256: d.sha.map_or_else(String::new, |sha| hex(&sha.finalize())),
+                sha256: d
+                    .sha
+                    .map_or_else(String::new, |sha| records::hex(&sha.finalize())),
                 crc32: d.crc.finalize(),
                 missing: d.lost,
                 overlap,
@@ -260,13 +256,7 @@ impl StreamHasher {
             server,
             start: times.start,
             end: times.last,
-            close: match reason {
-                EndReason::Fin => "fin",
-                EndReason::Rst => "rst",
-                EndReason::Timeout => "timeout",
-                EndReason::Evicted => "evicted",
-                _ => "eof",
-            },
+            close: records::close_name(Some(reason)),
             partial,
             // The server side's buffer holds what the client sent.
             c2s: dir(svr, Side::Server),
@@ -274,16 +264,6 @@ impl StreamHasher {
             serial: times.serial,
         });
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Settings of a `streams` run.

@@ -1,12 +1,16 @@
 //! `flowpeek events`: one JSON line per callback, in mOS's vocabulary, so that a trace can
-//! be compared line by line with what mOS delivers (shared/mos-events).
+//! be compared line by line with what mOS delivers (shared/mos-events). The line is written
+//! by [`flowpeek_plugin_api::records::write_event_line`], the writer the eventlog plugin
+//! uses too, so that the two agree byte for byte by construction.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
+use flowpeek_plugin_api::records::{self, EventFields, EventProbe, PacketFields};
+
 use crate::flow::{
-    BufferRequest, Cx, Detail, Event, EventKind, EventSide, Monitor, PeekError, Subscriptions,
+    BufferRequest, Cx, Event, EventSide, FlowHandle, Monitor, PeekError, Side, Subscriptions,
 };
 
 /// A monitor that subscribes to every event at every hook it may use and records each
@@ -30,23 +34,40 @@ impl EventLog {
     }
 }
 
-/// Flags in mOS's print order: F S R P A U E C.
-pub fn flag_string(flags: u8) -> String {
-    const ORDER: [(u8, char); 8] = [
-        (0x01, 'F'),
-        (0x02, 'S'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, 'A'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'C'),
-    ];
-    ORDER
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|&(_, c)| c)
-        .collect()
+/// Answers the line's questions from the engine's context.
+struct Probe<'p, 'c, 'a> {
+    cx: &'p mut Cx<'a>,
+    flow: FlowHandle,
+    scratch: &'c mut [u8],
+}
+
+impl EventProbe for Probe<'_, '_, '_> {
+    fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)> {
+        self.cx.addresses(self.flow).ok()
+    }
+
+    fn new_data(&mut self, side: Side) -> u64 {
+        let contig = self
+            .cx
+            .buffer_info(self.flow, side)
+            .map(|i| i.contig_end)
+            .unwrap_or(0);
+        loop {
+            match self.cx.peek(self.flow, side, self.scratch) {
+                Ok(0) | Err(PeekError::Errno(_)) => break,
+                Ok(_) | Err(PeekError::Lost(_)) => {}
+            }
+        }
+        contig
+    }
+
+    fn last_packet(&mut self) -> Option<PacketFields> {
+        self.cx.last_packet(self.flow).ok().map(|p| PacketFields {
+            seq: p.seq,
+            flags: p.flags.0,
+            len: p.payload_len,
+        })
+    }
 }
 
 impl Monitor for EventLog {
@@ -59,53 +80,22 @@ impl Monitor for EventLog {
     }
 
     fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
-        let flow = match cx.addresses(ev.flow) {
-            Ok((a, b)) => format!("{a}>{b}"),
-            Err(_) => "?".to_string(),
+        let fields = EventFields {
+            event: ev.kind.builtin(),
+            side: match ev.side {
+                EventSide::One(s) => Some(s),
+                EventSide::Both => None,
+            },
+            hook: ev.hook,
+            detail: ev.detail,
         };
-        let mut line = format!(
-            r#"{{"flow":"{flow}","side":"{}","hook":"{}","event":"{}""#,
-            ev.side.short_name(),
-            ev.hook.short_name(),
-            ev.kind.mos_name()
-        );
-        match (ev.kind, ev.detail, ev.side) {
-            (EventKind::TcpStateChange, Detail::State(st), _) => {
-                let _ = write!(line, r#","state":"{}""#, st.name());
-            }
-            (EventKind::NewData, _, EventSide::One(side)) => {
-                let contig = cx
-                    .buffer_info(ev.flow, side)
-                    .map(|i| i.contig_end)
-                    .unwrap_or(0);
-                let _ = write!(line, r#","contig":{}"#, contig as u32);
-                loop {
-                    match cx.peek(ev.flow, side, &mut self.scratch) {
-                        Ok(0) | Err(PeekError::Errno(_)) => break,
-                        Ok(_) | Err(PeekError::Lost(_)) => {}
-                    }
-                }
-            }
-            (EventKind::PktIn, _, _) => {
-                if let Ok(p) = cx.last_packet(ev.flow) {
-                    let _ = write!(
-                        line,
-                        r#","seq":{},"flags":"{}","len":{}"#,
-                        p.seq,
-                        flag_string(p.flags.0),
-                        p.payload_len
-                    );
-                }
-            }
-            (EventKind::ConnEnd, Detail::End(r), _) => {
-                let _ = write!(line, r#","reason":"{}""#, r.name());
-            }
-            (EventKind::Error, Detail::Error(e), _) => {
-                let _ = write!(line, r#","error":"{e:?}""#);
-            }
-            _ => {}
-        }
-        line.push('}');
+        let mut probe = Probe {
+            cx,
+            flow: ev.flow,
+            scratch: &mut self.scratch,
+        };
+        let mut line = String::new();
+        records::write_event_line(&mut line, &fields, &mut probe);
         self.lines.borrow_mut().push(line);
     }
 }

@@ -7,9 +7,9 @@
 //! opaque context and the table of the host's functions ([`HostApi`]), valid for the
 //! duration of that callback only.
 //!
-//! Conventions: sides are 0 (client), 1 (server), 2 (both); hooks 0 (Snd), 1 (Rcv), 2
-//! (none); events are numbered as [`EVENT_NAMES`], user-defined ones from [`USER_EVENT_BASE`];
-//! functions returning `i32`/`i64` return a negative errno on failure.
+//! Every number these types carry (sides, hooks, events, states, reasons, errno values, ...)
+//! is defined in [`crate::codes`], once; functions returning `i32`/`i64` return a negative
+//! [`Errno`](crate::codes::Errno) on failure.
 
 use std::ffi::c_void;
 
@@ -24,46 +24,45 @@ pub const API_VERSION: u32 = 1;
 /// The oldest interface version this host still loads.
 pub const MIN_API_VERSION: u32 = 1;
 
-/// The built-in events, in their numbering (mOS names).
-pub const EVENT_NAMES: [&str; 9] = [
-    "PKT_IN",
-    "CONN_START",
-    "CONN_NEW_DATA",
-    "REXMIT",
-    "TCP_STATE_CHANGE",
-    "ERROR",
-    "TIMEOUT",
-    "CONN_END",
-    "ORPHAN",
-];
-/// User-defined event `k` is numbered `USER_EVENT_BASE + k`.
-pub const USER_EVENT_BASE: u32 = 0x100;
+pub use crate::codes::USER_EVENT_BASE;
+use crate::codes::{BuiltinEvent, DetailKind};
 
-/// Detail kinds of [`FfiEvent::detail_kind`].
+/// The built-in events' mOS names, indexed by event number.
+pub const EVENT_NAMES: [&str; BuiltinEvent::ALL.len()] = {
+    let mut names = [""; BuiltinEvent::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[BuiltinEvent::ALL[i].code() as usize] = BuiltinEvent::ALL[i].mos_name();
+        i += 1;
+    }
+    names
+};
+
+/// Detail kinds of [`FfiEvent::detail_kind`] (the values of [`DetailKind`]).
 pub mod detail {
+    use super::DetailKind;
+
     /// No detail.
-    pub const NONE: u8 = 0;
-    /// `detail` is the new TCP state (0 CLOSED ... 10 TIME_WAIT, RFC 793 order).
-    pub const STATE: u8 = 1;
-    /// `detail` is the end reason (0 fin, 1 rst, 2 timeout, 3 evicted, 4 stopped, 5 eof,
-    /// 6 shutdown, 7 reloaded).
-    pub const END: u8 = 2;
-    /// `detail` is the error kind (0 beyond window, 1 overrun, 2 fragment limit, 3 out of
-    /// buffer memory).
-    pub const ERROR: u8 = 3;
+    pub const NONE: u8 = DetailKind::None.code();
+    /// `detail` is a [`TcpState`](crate::codes::TcpState).
+    pub const STATE: u8 = DetailKind::State.code();
+    /// `detail` is an [`EndReason`](crate::codes::EndReason).
+    pub const END: u8 = DetailKind::End.code();
+    /// `detail` is an [`ErrorKind`](crate::codes::ErrorKind).
+    pub const ERROR: u8 = DetailKind::Error.code();
 }
 
 /// One event, as the plugin receives it.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FfiEvent {
-    /// The event number.
+    /// The event number ([`EventCode`](crate::codes::EventCode)).
     pub kind: u32,
     /// The flow handle (meaningless for `ORPHAN`, where only the packet is known).
     pub flow: u64,
-    /// 0 client, 1 server, 2 both.
+    /// A [`Side`](crate::codes::Side), or [`SIDE_BOTH`](crate::codes::SIDE_BOTH).
     pub side: u8,
-    /// 0 Snd, 1 Rcv, 2 none.
+    /// A [`Hook`](crate::codes::Hook).
     pub hook: u8,
     /// What `detail` holds (see [`detail`]).
     pub detail_kind: u8,
@@ -75,10 +74,12 @@ pub struct FfiEvent {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FfiSubscriptions {
-    /// Built-in events: bit `3 * event + hook`; user events: bit `32 + k`.
+    /// Built-in events: [`BuiltinEvent::mask_bit`]; user events:
+    /// [`user_mask_bit`](crate::codes::user_mask_bit).
     pub mask: u64,
-    /// Receive buffer per side (client, server): 0 none, `u32::MAX` the configured
-    /// capacity, otherwise at least that many bytes.
+    /// Receive buffer per side (client, server): [`BUFFER_OFF`](crate::codes::BUFFER_OFF),
+    /// [`BUFFER_DEFAULT`](crate::codes::BUFFER_DEFAULT) (the configured capacity), otherwise
+    /// at least that many bytes.
     pub buffers: [u32; 2],
 }
 
@@ -101,7 +102,7 @@ pub struct FfiBufferInfo {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FfiAddr {
-    /// 4 or 6.
+    /// [`FAMILY_V4`](crate::codes::FAMILY_V4) or [`FAMILY_V6`](crate::codes::FAMILY_V6).
     pub family: u8,
     /// The address; IPv4 in the first four bytes.
     pub addr: [u8; 16],
@@ -131,7 +132,8 @@ pub struct FfiLastPacket {
     pub payload_len: u32,
     pub window: u16,
     pub flags: u8,
-    /// 0 client, 1 server, 2 unknown (orphan).
+    /// A [`Side`](crate::codes::Side), or [`SIDE_BOTH`](crate::codes::SIDE_BOTH) when
+    /// unknown (orphan).
     pub sender: u8,
 }
 
@@ -205,7 +207,7 @@ pub struct HostApi {
     ) -> i64,
     pub buffer_info:
         unsafe extern "C" fn(cx: *mut c_void, flow: u64, side: u8, out: *mut FfiBufferInfo) -> i32,
-    /// The state number (0 CLOSED ... 10 TIME_WAIT).
+    /// A [`TcpState`](crate::codes::TcpState) code.
     pub tcp_state: unsafe extern "C" fn(cx: *mut c_void, flow: u64, side: u8) -> i32,
     pub addresses: unsafe extern "C" fn(cx: *mut c_void, flow: u64, out: *mut FfiAddrs) -> i32,
     pub last_packet:
@@ -213,11 +215,12 @@ pub struct HostApi {
     pub flow_times: unsafe extern "C" fn(cx: *mut c_void, flow: u64, out: *mut FfiFlowTimes) -> i32,
     /// 1 partial, 0 not.
     pub is_partial: unsafe extern "C" fn(cx: *mut c_void, flow: u64) -> i32,
-    /// The end reason number, or -1 while the flow is open.
+    /// An [`EndReason`](crate::codes::EndReason) code, or
+    /// [`END_REASON_OPEN`](crate::codes::END_REASON_OPEN) while the flow is open.
     pub end_reason: unsafe extern "C" fn(cx: *mut c_void, flow: u64) -> i32,
     pub set_buffer_capacity:
         unsafe extern "C" fn(cx: *mut c_void, flow: u64, side: u8, capacity: u32) -> i32,
-    /// 0 first copy wins, 1 last.
+    /// `policy` is an [`Overlap`](crate::codes::Overlap) code.
     pub set_overlap_policy:
         unsafe extern "C" fn(cx: *mut c_void, flow: u64, side: u8, policy: u8) -> i32,
     pub stop_monitoring: unsafe extern "C" fn(cx: *mut c_void, flow: u64, side: u8) -> i32,
@@ -232,7 +235,7 @@ pub struct HostApi {
     pub core_id: unsafe extern "C" fn(cx: *mut c_void) -> u32,
     /// Appends one record (a line of JSON, by convention) to the plugin's log.
     pub emit: unsafe extern "C" fn(cx: *mut c_void, record: *const u8, len: usize) -> i32,
-    /// 0 error, 1 warning, 2 info, 3 debug.
+    /// `level` is a [`LogLevel`](crate::codes::LogLevel) code.
     pub log: unsafe extern "C" fn(cx: *mut c_void, level: u8, msg: *const u8, len: usize),
 }
 

@@ -29,6 +29,8 @@
 //! information calls and setters, user-defined events, timers, and a record sink (`emit`).
 
 pub mod abi;
+pub mod codes;
+pub mod records;
 pub mod sdk;
 
 #[doc(hidden)]

@@ -2,6 +2,9 @@
 //!
 //! Every callback runs inside `catch_unwind`: a panic is reported to the host (which disables
 //! that instance on that core and counts it), never unwound across the boundary.
+//!
+//! Sides, hooks, states, reasons and details are the ABI's own types ([`crate::codes`]);
+//! `EventKind` and `Errno` convert through its codes, so the SDK numbers nothing itself.
 
 use std::ffi::c_void;
 use std::fmt;
@@ -12,65 +15,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use abi_stable::std_types::{RResult, RStr, RString};
 
 use crate::abi::*;
+use crate::codes::{BuiltinEvent, EventCode, MAX_USER_EVENTS};
+pub use crate::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 
 /// A flow, for the duration of its life (mOS: the monitoring socket).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow(pub u64);
 
-/// One endpoint of a flow. The `Server` side's buffer holds what the client sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The host that sent the first SYN.
-    Client,
-    /// The other host.
-    Server,
-}
-
-impl Side {
-    /// The other side.
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Client => Side::Server,
-            Side::Server => Side::Client,
-        }
-    }
-    fn code(self) -> u8 {
-        self as u8
-    }
-    /// `cli` or `svr`.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Side::Client => "cli",
-            Side::Server => "svr",
-        }
-    }
-}
-
-/// When a callback runs relative to the emulated stacks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Hook {
-    /// After the sender's state was updated.
-    Snd,
-    /// After the receiver's state was updated.
-    Rcv,
-    /// Not tied to one stack (`NewData`, `Error`, `Timeout`, `Orphan`).
-    None,
-}
-
-impl Hook {
-    /// `snd`, `rcv` or `null` (mOS).
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Hook::Snd => "snd",
-            Hook::Rcv => "rcv",
-            Hook::None => "null",
-        }
-    }
-}
-
 /// An event id: built-in or user-defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)] // SPEC.md §2 describes each
+#[allow(missing_docs)] // SPEC.md §2 describes each; so does `codes::BuiltinEvent`
 pub enum EventKind {
     PktIn,
     ConnStart,
@@ -84,171 +38,84 @@ pub enum EventKind {
     User(u32),
 }
 
-impl EventKind {
-    /// The event's number on the wire.
-    pub fn code(self) -> u32 {
-        match self {
-            EventKind::User(k) => USER_EVENT_BASE + k,
-            other => other.builtin_index() as u32,
+impl From<BuiltinEvent> for EventKind {
+    fn from(b: BuiltinEvent) -> EventKind {
+        match b {
+            BuiltinEvent::PktIn => EventKind::PktIn,
+            BuiltinEvent::ConnStart => EventKind::ConnStart,
+            BuiltinEvent::NewData => EventKind::NewData,
+            BuiltinEvent::Rexmit => EventKind::Rexmit,
+            BuiltinEvent::TcpStateChange => EventKind::TcpStateChange,
+            BuiltinEvent::Error => EventKind::Error,
+            BuiltinEvent::Timeout => EventKind::Timeout,
+            BuiltinEvent::ConnEnd => EventKind::ConnEnd,
+            BuiltinEvent::Orphan => EventKind::Orphan,
         }
     }
-    fn builtin_index(self) -> usize {
-        match self {
-            EventKind::PktIn => 0,
-            EventKind::ConnStart => 1,
-            EventKind::NewData => 2,
-            EventKind::Rexmit => 3,
-            EventKind::TcpStateChange => 4,
-            EventKind::Error => 5,
-            EventKind::Timeout => 6,
-            EventKind::ConnEnd => 7,
-            EventKind::Orphan => 8,
-            EventKind::User(_) => usize::MAX,
+}
+
+impl EventKind {
+    /// The ABI's event, built-in or user event `k`.
+    pub fn abi(self) -> EventCode {
+        EventCode::Builtin(match self {
+            EventKind::PktIn => BuiltinEvent::PktIn,
+            EventKind::ConnStart => BuiltinEvent::ConnStart,
+            EventKind::NewData => BuiltinEvent::NewData,
+            EventKind::Rexmit => BuiltinEvent::Rexmit,
+            EventKind::TcpStateChange => BuiltinEvent::TcpStateChange,
+            EventKind::Error => BuiltinEvent::Error,
+            EventKind::Timeout => BuiltinEvent::Timeout,
+            EventKind::ConnEnd => BuiltinEvent::ConnEnd,
+            EventKind::Orphan => BuiltinEvent::Orphan,
+            EventKind::User(k) => return EventCode::User(k),
+        })
+    }
+    /// The ABI's built-in event, or `None` for a user-defined one.
+    pub fn builtin(self) -> Option<BuiltinEvent> {
+        match self.abi() {
+            EventCode::Builtin(b) => Some(b),
+            EventCode::User(_) => None,
         }
+    }
+    /// The event's number on the wire.
+    pub fn code(self) -> u32 {
+        self.abi().code()
     }
     /// Parses an event number.
     pub fn from_code(code: u32) -> Option<EventKind> {
-        use EventKind::*;
-        Some(match code {
-            0 => PktIn,
-            1 => ConnStart,
-            2 => NewData,
-            3 => Rexmit,
-            4 => TcpStateChange,
-            5 => Error,
-            6 => Timeout,
-            7 => ConnEnd,
-            8 => Orphan,
-            k if k >= USER_EVENT_BASE => User(k - USER_EVENT_BASE),
-            _ => return None,
+        Some(match EventCode::try_from(code).ok()? {
+            EventCode::Builtin(b) => b.into(),
+            EventCode::User(k) => EventKind::User(k),
         })
     }
     /// mOS's name (`PKT_IN`, ...); `USER` for user events.
     pub fn mos_name(self) -> &'static str {
-        EVENT_NAMES
-            .get(self.builtin_index())
-            .copied()
-            .unwrap_or("USER")
+        match self.abi() {
+            EventCode::Builtin(b) => b.mos_name(),
+            EventCode::User(_) => crate::codes::USER_EVENT_NAME,
+        }
     }
     fn bit(self, hook: Hook) -> u64 {
-        match self {
-            EventKind::User(k) => 1 << (32 + k.min(31)),
-            b => 1 << (b.builtin_index() * 3 + hook as usize),
+        match self.abi() {
+            EventCode::User(k) => crate::codes::user_mask_bit(k.min(MAX_USER_EVENTS - 1)),
+            EventCode::Builtin(b) => b.mask_bit(hook),
         }
     }
 }
 
-/// An emulated TCP state (RFC 793 names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum TcpState {
-    Closed,
-    Listen,
-    SynSent,
-    SynRcvd,
-    Established,
-    FinWait1,
-    FinWait2,
-    CloseWait,
-    Closing,
-    LastAck,
-    TimeWait,
-}
-
+// `from_code` is the SDK's older spelling of `TryFrom<u8>`, kept for existing plugins.
 impl TcpState {
-    const ALL: [TcpState; 11] = [
-        TcpState::Closed,
-        TcpState::Listen,
-        TcpState::SynSent,
-        TcpState::SynRcvd,
-        TcpState::Established,
-        TcpState::FinWait1,
-        TcpState::FinWait2,
-        TcpState::CloseWait,
-        TcpState::Closing,
-        TcpState::LastAck,
-        TcpState::TimeWait,
-    ];
-    /// From its number.
+    /// From its number (`TryFrom<u8>` says why not).
     pub fn from_code(code: u8) -> Option<TcpState> {
-        Self::ALL.get(usize::from(code)).copied()
+        TcpState::try_from(code).ok()
     }
-    /// The name mOS prints (`ESTABLISHED`, ...).
-    pub fn name(self) -> &'static str {
-        [
-            "CLOSED",
-            "LISTEN",
-            "SYN_SENT",
-            "SYN_RCVD",
-            "ESTABLISHED",
-            "FIN_WAIT_1",
-            "FIN_WAIT_2",
-            "CLOSE_WAIT",
-            "CLOSING",
-            "LAST_ACK",
-            "TIME_WAIT",
-        ][self as usize]
-    }
-}
-
-/// Why a flow ended for this monitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum EndReason {
-    Fin,
-    Rst,
-    Timeout,
-    Evicted,
-    Stopped,
-    Eof,
-    Shutdown,
-    Reloaded,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 8] = [
-        EndReason::Fin,
-        EndReason::Rst,
-        EndReason::Timeout,
-        EndReason::Evicted,
-        EndReason::Stopped,
-        EndReason::Eof,
-        EndReason::Shutdown,
-        EndReason::Reloaded,
-    ];
-    /// From its number.
+    /// From its number (`TryFrom<u8>` says why not).
     pub fn from_code(code: u8) -> Option<EndReason> {
-        Self::ALL.get(usize::from(code)).copied()
+        EndReason::try_from(code).ok()
     }
-    /// `fin`, `rst`, `timeout`, `evicted`, `stopped`, `eof`, `shutdown`, `reloaded`.
-    pub fn name(self) -> &'static str {
-        [
-            "fin", "rst", "timeout", "evicted", "stopped", "eof", "shutdown", "reloaded",
-        ][self as usize]
-    }
-}
-
-/// What an `Error` event reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum ErrorKind {
-    BeyondWindow,
-    Overrun,
-    FragmentLimit,
-    OutOfBufferMemory,
-}
-
-/// Extra information of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detail {
-    /// Nothing more.
-    None,
-    /// `TcpStateChange`: the side's new state.
-    State(TcpState),
-    /// `ConnEnd`: why.
-    End(EndReason),
-    /// `Error`: what.
-    Error(ErrorKind),
 }
 
 /// One event.
@@ -271,27 +138,10 @@ impl Event {
         Event {
             kind: EventKind::from_code(e.kind).unwrap_or(EventKind::User(e.kind)),
             flow: Flow(e.flow),
-            side: match e.side {
-                0 => Some(Side::Client),
-                1 => Some(Side::Server),
-                _ => None,
-            },
-            hook: match e.hook {
-                0 => Hook::Snd,
-                1 => Hook::Rcv,
-                _ => Hook::None,
-            },
-            detail: match e.detail_kind {
-                detail::STATE => TcpState::from_code(e.detail).map_or(Detail::None, Detail::State),
-                detail::END => EndReason::from_code(e.detail).map_or(Detail::None, Detail::End),
-                detail::ERROR => match e.detail {
-                    0 => Detail::Error(ErrorKind::BeyondWindow),
-                    1 => Detail::Error(ErrorKind::Overrun),
-                    2 => Detail::Error(ErrorKind::FragmentLimit),
-                    _ => Detail::Error(ErrorKind::OutOfBufferMemory),
-                },
-                _ => Detail::None,
-            },
+            // Lenient: a code this version cannot name reads as "both" / no hook / no detail.
+            side: Side::try_from(e.side).ok(),
+            hook: Hook::try_from(e.hook).unwrap_or(Hook::None),
+            detail: Detail::from_abi(e.detail_kind, e.detail),
         }
     }
 }
@@ -340,9 +190,9 @@ impl Subscriptions {
     #[must_use]
     pub fn buffers(mut self, b: Buffer) -> Subscriptions {
         let v = match b {
-            Buffer::Off => 0,
-            Buffer::Default => u32::MAX,
-            Buffer::AtLeast(n) => n.min(u32::MAX - 1),
+            Buffer::Off => crate::codes::BUFFER_OFF,
+            Buffer::Default => crate::codes::BUFFER_DEFAULT,
+            Buffer::AtLeast(n) => n.min(crate::codes::BUFFER_DEFAULT - 1),
         };
         self.0.buffers = [v, v];
         self
@@ -364,19 +214,26 @@ pub enum Errno {
     Other(i32),
 }
 
+impl From<crate::codes::Errno> for Errno {
+    fn from(e: crate::codes::Errno) -> Errno {
+        use crate::codes::Errno as E;
+        match e {
+            E::Acces => Errno::Acces,
+            E::Badf => Errno::Badf,
+            E::Inval => Errno::Inval,
+            E::SocktNoSupport => Errno::SocktNoSupport,
+            E::NotConn => Errno::NotConn,
+            E::NoData => Errno::NoData,
+            E::Perm => Errno::Perm,
+            E::NoSpc => Errno::NoSpc,
+        }
+    }
+}
+
 impl Errno {
     fn from_ret(r: i64) -> Errno {
-        match -r {
-            13 => Errno::Acces,
-            9 => Errno::Badf,
-            22 => Errno::Inval,
-            94 => Errno::SocktNoSupport,
-            107 => Errno::NotConn,
-            61 => Errno::NoData,
-            1 => Errno::Perm,
-            28 => Errno::NoSpc,
-            other => Errno::Other(other as i32),
-        }
+        let e = -r as i32;
+        crate::codes::Errno::try_from(e).map_or(Errno::Other(e), Errno::from)
     }
 }
 
@@ -447,11 +304,11 @@ pub struct Cx<'a> {
 }
 
 fn side_code(side: Option<Side>) -> u8 {
-    side.map_or(2, Side::code)
+    Side::code_of(side)
 }
 
 fn addr(a: &FfiAddr) -> SocketAddr {
-    let ip = if a.family == 6 {
+    let ip = if a.family == crate::codes::FAMILY_V6 {
         IpAddr::V6(Ipv6Addr::from(a.addr))
     } else {
         IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
@@ -628,11 +485,7 @@ impl<'a> Cx<'a> {
             payload_len: p.payload_len,
             window: p.window,
             flags: p.flags,
-            sender: match p.sender {
-                0 => Some(Side::Client),
-                1 => Some(Side::Server),
-                _ => None,
-            },
+            sender: Side::try_from(p.sender).ok(),
         })
     }
 
@@ -735,14 +588,14 @@ impl<'a> Cx<'a> {
     pub fn subscribe(&mut self, flow: Flow, event: EventKind, hook: Hook) -> Result<(), Errno> {
         let (api, cx) = self.api();
         // SAFETY: plain call.
-        Self::status(unsafe { (api.subscribe)(cx, flow.0, event.code(), hook as u8) })
+        Self::status(unsafe { (api.subscribe)(cx, flow.0, event.code(), hook.code()) })
     }
 
     /// Unsubscribes from `(event, hook)` for this flow only.
     pub fn unsubscribe(&mut self, flow: Flow, event: EventKind, hook: Hook) -> Result<(), Errno> {
         let (api, cx) = self.api();
         // SAFETY: plain call.
-        Self::status(unsafe { (api.unsubscribe)(cx, flow.0, event.code(), hook as u8) })
+        Self::status(unsafe { (api.unsubscribe)(cx, flow.0, event.code(), hook.code()) })
     }
 
     /// Raises a filterless user event for the flow, right after this callback.
@@ -773,7 +626,8 @@ impl<'a> Cx<'a> {
         Self::status(unsafe { (api.emit)(cx, record.as_ptr(), record.len()) })
     }
 
-    /// Writes a message to the host's log (0 error, 1 warning, 2 info, 3 debug).
+    /// Writes a message to the host's log; `level` is a [`LogLevel`](crate::codes::LogLevel) code (0 error,
+    /// 1 warning, 2 info, 3 debug).
     pub fn log(&self, level: u8, msg: &str) {
         let (api, cx) = self.api();
         // SAFETY: `msg` is valid for `len` bytes.
@@ -811,7 +665,7 @@ impl Setup<'_> {
         // SAFETY: as above.
         let s = unsafe { &*self.raw };
         // SAFETY: plain call.
-        Cx::status(unsafe { (s.subscribe)(s.ctx, event.code(), hook as u8) })
+        Cx::status(unsafe { (s.subscribe)(s.ctx, event.code(), hook.code()) })
     }
 }
 

@@ -1,46 +1,14 @@
-//! The vocabulary of the engine: sides, hooks, TCP states, events and their details.
+//! The vocabulary of the engine: sides, hooks, TCP states, events and their details, flow
+//! handles.
+//!
+//! The numbered part is the plugin ABI's ([`flowpeek_plugin_api::codes`]): sides, hooks,
+//! TCP states, end reasons, error kinds and details are its types, re-exported; the engine's
+//! `EventKind` converts to and from its event codes with exhaustive matches, so a change of
+//! the ABI's events fails to compile here instead of mis-delivering. Nothing here is
+//! numbered on its own.
 
-use std::fmt;
-
-/// One endpoint of a flow, seen as an emulated TCP stack (mOS `MOS_SIDE_CLI`/`_SVR`).
-///
-/// The receive buffer of a side holds the bytes that side *received*: the `Server` buffer
-/// holds the client's request bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The host that sent the first SYN without ACK (or, mid-stream, the guessed client).
-    Client = 0,
-    /// The other host.
-    Server = 1,
-}
-
-impl Side {
-    /// Both sides, client first.
-    pub const BOTH: [Side; 2] = [Side::Client, Side::Server];
-
-    /// The other endpoint.
-    #[inline]
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Client => Side::Server,
-            Side::Server => Side::Client,
-        }
-    }
-
-    /// 0 for the client, 1 for the server (mOS numbering).
-    #[inline]
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// mOS's short name: `cli` or `svr`.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Side::Client => "cli",
-            Side::Server => "svr",
-        }
-    }
-}
+use flowpeek_plugin_api::codes::{user_mask_bit, BuiltinEvent, EventCode, USER_EVENT_NAME};
+pub use flowpeek_plugin_api::codes::{Detail, EndReason, ErrorKind, Hook, Side, TcpState};
 
 /// The side an event concerns: one side, or both (mOS `MOS_SIDE_BOTH`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,123 +27,6 @@ impl EventSide {
             EventSide::Both => "both",
         }
     }
-}
-
-/// When a callback runs relative to the emulated stacks (SPEC §1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Hook {
-    /// After the sender's state was updated with the packet.
-    Snd = 0,
-    /// After the receiver's state was updated with the packet.
-    Rcv = 1,
-    /// Not tied to one stack update (`NewData`, `Error`, `Timeout`, `Orphan`).
-    None = 2,
-}
-
-impl Hook {
-    /// All hooks.
-    pub const ALL: [Hook; 3] = [Hook::Snd, Hook::Rcv, Hook::None];
-
-    /// mOS's short name: `snd`, `rcv` or `null`.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Hook::Snd => "snd",
-            Hook::Rcv => "rcv",
-            Hook::None => "null",
-        }
-    }
-}
-
-/// The emulated TCP state of one side (RFC 793 names, mOS `enum tcpstate`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(missing_docs)] // the RFC 793 names speak for themselves
-pub enum TcpState {
-    Closed = 0,
-    Listen,
-    SynSent,
-    SynRcvd,
-    Established,
-    FinWait1,
-    FinWait2,
-    CloseWait,
-    Closing,
-    LastAck,
-    TimeWait,
-}
-
-impl TcpState {
-    /// The name mOS prints, e.g. `ESTABLISHED`.
-    pub fn name(self) -> &'static str {
-        match self {
-            TcpState::Closed => "CLOSED",
-            TcpState::Listen => "LISTEN",
-            TcpState::SynSent => "SYN_SENT",
-            TcpState::SynRcvd => "SYN_RCVD",
-            TcpState::Established => "ESTABLISHED",
-            TcpState::FinWait1 => "FIN_WAIT_1",
-            TcpState::FinWait2 => "FIN_WAIT_2",
-            TcpState::CloseWait => "CLOSE_WAIT",
-            TcpState::Closing => "CLOSING",
-            TcpState::LastAck => "LAST_ACK",
-            TcpState::TimeWait => "TIME_WAIT",
-        }
-    }
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Why a side's state was destroyed (available to `ConnEnd` callbacks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EndReason {
-    /// Both sides closed with FIN (after TIME_WAIT, if one is configured).
-    Fin,
-    /// A valid RST from either side.
-    Rst,
-    /// Idle for `tcp_timeout`.
-    Timeout,
-    /// The flow table was full and this was the least recently active flow.
-    Evicted,
-    /// The monitor stopped tracking the flow (only that monitor sees this).
-    Stopped,
-    /// The capture ended with the flow still open.
-    Eof,
-    /// The host is shutting down.
-    Shutdown,
-    /// The monitor's plugin generation was retired while the flow was open.
-    Reloaded,
-}
-
-impl EndReason {
-    /// Lower-case name, as printed in records (`fin`, `rst`, `timeout`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            EndReason::Fin => "fin",
-            EndReason::Rst => "rst",
-            EndReason::Timeout => "timeout",
-            EndReason::Evicted => "evicted",
-            EndReason::Stopped => "stopped",
-            EndReason::Eof => "eof",
-            EndReason::Shutdown => "shutdown",
-            EndReason::Reloaded => "reloaded",
-        }
-    }
-}
-
-/// What went wrong, for `Error` events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// A segment (or its tail) lay beyond the receive window and was dropped.
-    BeyondWindow,
-    /// Storing a segment discarded bytes this monitor had not read with `peek` yet.
-    Overrun,
-    /// The side's fragment list was full; the segment was dropped.
-    FragmentLimit,
-    /// Buffer memory was exhausted (`buffer_memory`); the side stores no bytes.
-    OutOfBufferMemory,
 }
 
 /// The id of an event: one of the built-in events or a user-defined one (SPEC §2.2).
@@ -204,55 +55,89 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The built-in events, in bit order.
-    pub const BUILTIN: [EventKind; 9] = [
-        EventKind::PktIn,
-        EventKind::ConnStart,
-        EventKind::NewData,
-        EventKind::Rexmit,
-        EventKind::TcpStateChange,
-        EventKind::Error,
-        EventKind::Timeout,
-        EventKind::ConnEnd,
-        EventKind::Orphan,
-    ];
+    /// The built-in events, in code order.
+    pub const BUILTIN: [EventKind; BuiltinEvent::ALL.len()] = {
+        let mut out = [EventKind::PktIn; BuiltinEvent::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = EventKind::from_builtin(BuiltinEvent::ALL[i]);
+            i += 1;
+        }
+        out
+    };
+
+    /// The engine's name for a built-in event of the ABI.
+    #[inline]
+    pub const fn from_builtin(b: BuiltinEvent) -> EventKind {
+        match b {
+            BuiltinEvent::PktIn => EventKind::PktIn,
+            BuiltinEvent::ConnStart => EventKind::ConnStart,
+            BuiltinEvent::NewData => EventKind::NewData,
+            BuiltinEvent::Rexmit => EventKind::Rexmit,
+            BuiltinEvent::TcpStateChange => EventKind::TcpStateChange,
+            BuiltinEvent::Error => EventKind::Error,
+            BuiltinEvent::Timeout => EventKind::Timeout,
+            BuiltinEvent::ConnEnd => EventKind::ConnEnd,
+            BuiltinEvent::Orphan => EventKind::Orphan,
+        }
+    }
+
+    /// The ABI's event: built-in, or user event `k`.
+    #[inline]
+    pub const fn abi(self) -> EventCode {
+        EventCode::Builtin(match self {
+            EventKind::PktIn => BuiltinEvent::PktIn,
+            EventKind::ConnStart => BuiltinEvent::ConnStart,
+            EventKind::NewData => BuiltinEvent::NewData,
+            EventKind::Rexmit => BuiltinEvent::Rexmit,
+            EventKind::TcpStateChange => BuiltinEvent::TcpStateChange,
+            EventKind::Error => BuiltinEvent::Error,
+            EventKind::Timeout => BuiltinEvent::Timeout,
+            EventKind::ConnEnd => BuiltinEvent::ConnEnd,
+            EventKind::Orphan => BuiltinEvent::Orphan,
+            EventKind::User(id) => return EventCode::User(id.0 as u32),
+        })
+    }
+
+    /// The ABI's built-in event, or `None` for a user-defined one.
+    #[inline]
+    pub const fn builtin(self) -> Option<BuiltinEvent> {
+        match self.abi() {
+            EventCode::Builtin(b) => Some(b),
+            EventCode::User(_) => None,
+        }
+    }
+
+    /// The ABI's event number.
+    #[inline]
+    pub const fn code(self) -> u32 {
+        self.abi().code()
+    }
+
+    /// The engine's event for an ABI event number; `None` for a number that names no event
+    /// or a user event beyond the engine's ids.
+    #[inline]
+    pub fn from_code(code: u32) -> Option<EventKind> {
+        match EventCode::try_from(code).ok()? {
+            EventCode::Builtin(b) => Some(EventKind::from_builtin(b)),
+            EventCode::User(k) => u8::try_from(k)
+                .ok()
+                .map(|k| EventKind::User(UserEventId(k))),
+        }
+    }
 
     /// mOS's name (`PKT_IN`, `CONN_START`, ...); user events are `USER`.
     pub fn mos_name(self) -> &'static str {
-        match self {
-            EventKind::PktIn => "PKT_IN",
-            EventKind::ConnStart => "CONN_START",
-            EventKind::NewData => "CONN_NEW_DATA",
-            EventKind::Rexmit => "REXMIT",
-            EventKind::TcpStateChange => "TCP_STATE_CHANGE",
-            EventKind::Error => "ERROR",
-            EventKind::Timeout => "TIMEOUT",
-            EventKind::ConnEnd => "CONN_END",
-            EventKind::Orphan => "ORPHAN",
-            EventKind::User(_) => "USER",
-        }
+        self.builtin()
+            .map_or(USER_EVENT_NAME, BuiltinEvent::mos_name)
     }
 
     /// The subscription bit of this event at `hook`.
     #[inline]
     pub(crate) fn bit(self, hook: Hook) -> u64 {
-        match self {
-            EventKind::User(id) => 1u64 << (32 + u32::from(id.0)),
-            builtin => {
-                let n = match builtin {
-                    EventKind::PktIn => 0,
-                    EventKind::ConnStart => 1,
-                    EventKind::NewData => 2,
-                    EventKind::Rexmit => 3,
-                    EventKind::TcpStateChange => 4,
-                    EventKind::Error => 5,
-                    EventKind::Timeout => 6,
-                    EventKind::ConnEnd => 7,
-                    EventKind::Orphan => 8,
-                    EventKind::User(_) => unreachable!("handled above"),
-                };
-                1u64 << (n * 3 + hook as u32)
-            }
+        match self.abi() {
+            EventCode::Builtin(b) => b.mask_bit(hook),
+            EventCode::User(k) => user_mask_bit(k),
         }
     }
 }
@@ -261,21 +146,9 @@ impl EventKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserEventId(pub u8);
 
-/// How many user-defined events one engine holds.
-pub const MAX_USER_EVENTS: usize = 32;
-
-/// Extra information carried by some events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detail {
-    /// Nothing more.
-    None,
-    /// `TcpStateChange`: the side's new state.
-    State(TcpState),
-    /// `ConnEnd`: why the side ended.
-    End(EndReason),
-    /// `Error`: what went wrong.
-    Error(ErrorKind),
-}
+/// How many user-defined events one engine holds (as many as the ABI's subscription mask
+/// has bits for).
+pub const MAX_USER_EVENTS: usize = flowpeek_plugin_api::codes::MAX_USER_EVENTS as usize;
 
 /// A handle naming a flow for the duration of its life (mOS: the active socket id).
 ///
@@ -329,4 +202,38 @@ pub struct Event {
     pub flow: FlowHandle,
     /// Extra information.
     pub detail: Detail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's events are the ABI's, number for number, both ways.
+    #[test]
+    fn events_convert_through_the_abi_codes() {
+        for (i, k) in EventKind::BUILTIN.into_iter().enumerate() {
+            assert_eq!(k.code(), i as u32, "{k:?}");
+            assert_eq!(EventKind::from_code(k.code()), Some(k));
+            assert_eq!(k.builtin().map(BuiltinEvent::code), Some(i as u32));
+            assert_eq!(k.mos_name(), BuiltinEvent::ALL[i].mos_name());
+        }
+        let user = EventKind::User(UserEventId(3));
+        assert_eq!(user.code(), 0x103);
+        assert_eq!(EventKind::from_code(0x103), Some(user));
+        assert_eq!(user.mos_name(), "USER");
+        assert_eq!(user.builtin(), None);
+        assert_eq!(EventKind::from_code(9), None);
+        assert_eq!(EventKind::from_code(0x100 + 256), None);
+    }
+
+    /// Subscription bits: `3 * event + hook` for built-in events, `32 + k` for user events.
+    #[test]
+    fn subscription_bits_are_the_abi_mask() {
+        assert_eq!(EventKind::PktIn.bit(Hook::Rcv), 1 << 1);
+        assert_eq!(EventKind::ConnEnd.bit(Hook::Snd), 1 << 21);
+        assert_eq!(EventKind::Orphan.bit(Hook::None), 1 << 26);
+        assert_eq!(EventKind::User(UserEventId(0)).bit(Hook::None), 1 << 32);
+        let last = UserEventId(MAX_USER_EVENTS as u8 - 1);
+        assert_eq!(EventKind::User(last).bit(Hook::Snd), 1 << 63);
+    }
 }

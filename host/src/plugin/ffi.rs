@@ -3,6 +3,9 @@
 //!
 //! Every function takes the `ctx` pointer of the running callback ([`CallCtx`]), checks
 //! its arguments, and answers with a negative errno instead of trusting the plugin.
+//!
+//! Every number crossing the boundary is decoded and encoded with the ABI's own types
+//! ([`flowpeek_plugin_api::codes`]); nothing here is numbered on its own.
 
 use std::ffi::c_void;
 use std::io::Write;
@@ -10,10 +13,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use flowpeek_plugin_api::abi::*;
+use flowpeek_plugin_api::codes::{
+    self, LogLevel, Overlap, BUFFER_DEFAULT, BUFFER_OFF, END_REASON_OPEN, FAMILY_V4, FAMILY_V6,
+    SIDE_BOTH,
+};
 
 use crate::flow::{
-    BufferRequest, Cx, Detail, Errno, Event, EventKind, EventSide, FlowHandle, Hook, OverlapPolicy,
-    PeekError, Side, Subscriptions, UserEventId,
+    BufferRequest, Cx, Errno, Event, EventKind, EventSide, FlowHandle, Hook, OverlapPolicy,
+    PeekError, Side, Subscriptions,
 };
 
 /// Where one plugin's records go.
@@ -144,8 +151,13 @@ pub static HOST_API: HostApi = HostApi {
     log,
 };
 
-/// A context that is not the running callback's (SPEC §4: EACCES).
-const EACCES: i64 = 13;
+/// What a host function returns for a context that is not the running callback's
+/// (SPEC §4: EACCES).
+const NOT_OURS: i32 = codes::Errno::Acces.ret();
+/// [`NOT_OURS`] for the functions returning `i64`.
+const NOT_OURS_64: i64 = NOT_OURS as i64;
+/// What a host function returns for an invalid argument it checks itself.
+const INVAL: i32 = codes::Errno::Inval.ret();
 
 fn errno(e: Errno) -> i64 {
     -i64::from(e.code())
@@ -179,68 +191,45 @@ fn out_buf<'a>(buf: *mut u8, len: usize) -> Result<&'a mut [u8], Errno> {
 }
 
 fn side(s: u8) -> Result<Side, Errno> {
-    match s {
-        0 => Ok(Side::Client),
-        1 => Ok(Side::Server),
-        _ => Err(Errno::Inval),
+    Side::try_from(s).map_err(|_| Errno::Inval)
+}
+
+/// One side, or both ([`SIDE_BOTH`]).
+fn event_side(s: u8) -> Result<EventSide, Errno> {
+    match Side::from_code_or_both(s) {
+        Ok(Some(side)) => Ok(EventSide::One(side)),
+        Ok(None) => Ok(EventSide::Both),
+        Err(_) => Err(Errno::Inval),
     }
 }
 
 fn hook(h: u8) -> Result<Hook, Errno> {
-    match h {
-        0 => Ok(Hook::Snd),
-        1 => Ok(Hook::Rcv),
-        2 => Ok(Hook::None),
-        _ => Err(Errno::Inval),
-    }
+    Hook::try_from(h).map_err(|_| Errno::Inval)
 }
 
 /// The engine's event for an event number.
 pub fn event_kind(code: u32) -> Result<EventKind, Errno> {
-    if code >= USER_EVENT_BASE {
-        let k = u8::try_from(code - USER_EVENT_BASE).map_err(|_| Errno::Inval)?;
-        return Ok(EventKind::User(UserEventId(k)));
-    }
-    EventKind::BUILTIN
-        .get(code as usize)
-        .copied()
-        .ok_or(Errno::Inval)
+    EventKind::from_code(code).ok_or(Errno::Inval)
 }
 
 /// The event number of an engine event.
 #[inline]
 pub fn event_code(kind: EventKind) -> u32 {
-    match kind {
-        EventKind::PktIn => 0,
-        EventKind::ConnStart => 1,
-        EventKind::NewData => 2,
-        EventKind::Rexmit => 3,
-        EventKind::TcpStateChange => 4,
-        EventKind::Error => 5,
-        EventKind::Timeout => 6,
-        EventKind::ConnEnd => 7,
-        EventKind::Orphan => 8,
-        EventKind::User(id) => USER_EVENT_BASE + u32::from(id.0),
-    }
+    kind.code()
 }
 
 /// The `#[repr(C)]` form of an event.
 #[inline]
 pub fn to_ffi(ev: &Event) -> FfiEvent {
-    let (detail_kind, detail) = match ev.detail {
-        Detail::None => (detail::NONE, 0),
-        Detail::State(s) => (detail::STATE, s as u8),
-        Detail::End(r) => (detail::END, r as u8),
-        Detail::Error(e) => (detail::ERROR, e as u8),
-    };
+    let (detail_kind, detail) = ev.detail.to_abi();
     FfiEvent {
-        kind: event_code(ev.kind),
+        kind: ev.kind.code(),
         flow: ev.flow.0,
         side: match ev.side {
-            EventSide::One(s) => s as u8,
-            EventSide::Both => 2,
+            EventSide::One(s) => s.code(),
+            EventSide::Both => SIDE_BOTH,
         },
-        hook: ev.hook as u8,
+        hook: ev.hook.code(),
         detail_kind,
         detail,
     }
@@ -249,8 +238,8 @@ pub fn to_ffi(ev: &Event) -> FfiEvent {
 /// The engine's subscriptions for a plugin's.
 pub fn subscriptions(s: FfiSubscriptions) -> Subscriptions {
     let buffer = |v: u32| match v {
-        0 => BufferRequest::Off,
-        u32::MAX => BufferRequest::Default,
+        BUFFER_OFF => BufferRequest::Off,
+        BUFFER_DEFAULT => BufferRequest::Default,
         n => BufferRequest::AtLeast(n),
     };
     let mut out = Subscriptions::none();
@@ -264,11 +253,11 @@ fn ffi_addr(a: SocketAddr) -> FfiAddr {
     let family = match a.ip() {
         IpAddr::V4(v4) => {
             addr[..4].copy_from_slice(&v4.octets());
-            4
+            FAMILY_V4
         }
         IpAddr::V6(v6) => {
             addr = v6.octets();
-            6
+            FAMILY_V6
         }
     };
     FfiAddr {
@@ -286,7 +275,7 @@ unsafe extern "C" fn ppeek(
     len: usize,
     off: u64,
 ) -> i64 {
-    with(ctx, -EACCES, |c| {
+    with(ctx, NOT_OURS_64, |c| {
         let (side, out) = match side(s).and_then(|side| Ok((side, out_buf(buf, len)?))) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -304,7 +293,7 @@ unsafe extern "C" fn peek(
     len: usize,
     lost: *mut u64,
 ) -> i64 {
-    with(ctx, -EACCES, |c| {
+    with(ctx, NOT_OURS_64, |c| {
         let (side, out) = match side(s).and_then(|side| Ok((side, out_buf(buf, len)?))) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -331,13 +320,13 @@ unsafe extern "C" fn ppeek_slices(
     len: usize,
     out: *mut FfiSlices,
 ) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return -e.code(),
         };
         if out.is_null() {
-            return -22;
+            return INVAL;
         }
         match c.cx.ppeek_slices(FlowHandle(flow), side, off, len) {
             Ok((a, b)) => {
@@ -364,7 +353,7 @@ unsafe extern "C" fn fragments(
     out: *mut FfiFragment,
     cap: usize,
 ) -> i64 {
-    with(ctx, -EACCES, |c| {
+    with(ctx, NOT_OURS_64, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return errno(e),
@@ -389,7 +378,7 @@ unsafe extern "C" fn fragments(
 /// Writes `value` through a plugin's out-pointer, or fails with EINVAL when it is null.
 fn put<T>(out: *mut T, value: T) -> i32 {
     if out.is_null() {
-        return -22;
+        return INVAL;
     }
     // SAFETY: non-null out-pointers from the plugin are valid for writes (API contract).
     unsafe { *out = value };
@@ -402,7 +391,7 @@ unsafe extern "C" fn buffer_info(
     s: u8,
     out: *mut FfiBufferInfo,
 ) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         let side = match side(s) {
             Ok(v) => v,
             Err(e) => return -e.code(),
@@ -427,31 +416,29 @@ unsafe extern "C" fn buffer_info(
 }
 
 unsafe extern "C" fn tcp_state(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         match side(s).and_then(|side| c.cx.tcp_state(FlowHandle(flow), side)) {
-            Ok(st) => st as i32,
+            Ok(st) => i32::from(st.code()),
             Err(e) => -e.code(),
         }
     })
 }
 
 unsafe extern "C" fn addresses(ctx: *mut c_void, flow: u64, out: *mut FfiAddrs) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        match c.cx.addresses(FlowHandle(flow)) {
-            Ok((a, b)) => put(
-                out,
-                FfiAddrs {
-                    client: ffi_addr(a),
-                    server: ffi_addr(b),
-                },
-            ),
-            Err(e) => -e.code(),
-        }
+    with(ctx, NOT_OURS, |c| match c.cx.addresses(FlowHandle(flow)) {
+        Ok((a, b)) => put(
+            out,
+            FfiAddrs {
+                client: ffi_addr(a),
+                server: ffi_addr(b),
+            },
+        ),
+        Err(e) => -e.code(),
     })
 }
 
 unsafe extern "C" fn last_packet(ctx: *mut c_void, flow: u64, out: *mut FfiLastPacket) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         match c.cx.last_packet(FlowHandle(flow)) {
             Ok(p) => put(
                 out,
@@ -463,7 +450,7 @@ unsafe extern "C" fn last_packet(ctx: *mut c_void, flow: u64, out: *mut FfiLastP
                     payload_len: p.payload_len,
                     window: p.window,
                     flags: p.flags.0,
-                    sender: p.sender.map_or(2, |s| s as u8),
+                    sender: Side::code_of(p.sender),
                 },
             ),
             Err(e) => -e.code(),
@@ -472,35 +459,31 @@ unsafe extern "C" fn last_packet(ctx: *mut c_void, flow: u64, out: *mut FfiLastP
 }
 
 unsafe extern "C" fn flow_times(ctx: *mut c_void, flow: u64, out: *mut FfiFlowTimes) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        match c.cx.flow_times(FlowHandle(flow)) {
-            Ok(t) => put(
-                out,
-                FfiFlowTimes {
-                    start: t.start,
-                    last: t.last,
-                    serial: t.serial,
-                },
-            ),
-            Err(e) => -e.code(),
-        }
+    with(ctx, NOT_OURS, |c| match c.cx.flow_times(FlowHandle(flow)) {
+        Ok(t) => put(
+            out,
+            FfiFlowTimes {
+                start: t.start,
+                last: t.last,
+                serial: t.serial,
+            },
+        ),
+        Err(e) => -e.code(),
     })
 }
 
 unsafe extern "C" fn is_partial(ctx: *mut c_void, flow: u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         c.cx.is_partial(FlowHandle(flow))
             .map_or_else(|e| -e.code(), i32::from)
     })
 }
 
 unsafe extern "C" fn end_reason(ctx: *mut c_void, flow: u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        match c.cx.end_reason(FlowHandle(flow)) {
-            Ok(Some(r)) => r as i32,
-            Ok(None) => -1,
-            Err(e) => -e.code(),
-        }
+    with(ctx, NOT_OURS, |c| match c.cx.end_reason(FlowHandle(flow)) {
+        Ok(Some(r)) => i32::from(r.code()),
+        Ok(None) => END_REASON_OPEN,
+        Err(e) => -e.code(),
     })
 }
 
@@ -509,62 +492,53 @@ fn status(r: Result<(), Errno>) -> i32 {
 }
 
 unsafe extern "C" fn set_buffer_capacity(ctx: *mut c_void, flow: u64, s: u8, capacity: u32) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         status(side(s).and_then(|side| c.cx.set_buffer_capacity(FlowHandle(flow), side, capacity)))
     })
 }
 
 unsafe extern "C" fn set_overlap_policy(ctx: *mut c_void, flow: u64, s: u8, policy: u8) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        let policy = match policy {
-            0 => OverlapPolicy::First,
-            1 => OverlapPolicy::Last,
-            _ => return -22,
+    with(ctx, NOT_OURS, |c| {
+        let policy = match Overlap::try_from(policy) {
+            Ok(Overlap::First) => OverlapPolicy::First,
+            Ok(Overlap::Last) => OverlapPolicy::Last,
+            Err(_) => return INVAL,
         };
         status(side(s).and_then(|side| c.cx.set_overlap_policy(FlowHandle(flow), side, policy)))
     })
 }
 
 unsafe extern "C" fn stop_monitoring(ctx: *mut c_void, flow: u64, s: u8) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        let which = if s == 2 {
-            Ok(EventSide::Both)
-        } else {
-            side(s).map(EventSide::One)
-        };
-        status(which.and_then(|w| c.cx.stop_monitoring(FlowHandle(flow), w)))
+    with(ctx, NOT_OURS, |c| {
+        status(event_side(s).and_then(|w| c.cx.stop_monitoring(FlowHandle(flow), w)))
     })
 }
 
 unsafe extern "C" fn user_value(ctx: *mut c_void, flow: u64, out: *mut u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        match c.cx.user_value(FlowHandle(flow)) {
-            Ok(v) => put(out, v),
-            Err(e) => -e.code(),
-        }
+    with(ctx, NOT_OURS, |c| match c.cx.user_value(FlowHandle(flow)) {
+        Ok(v) => put(out, v),
+        Err(e) => -e.code(),
     })
 }
 
 unsafe extern "C" fn set_user_value(ctx: *mut c_void, flow: u64, value: u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         status(c.cx.set_user_value(FlowHandle(flow), value))
     })
 }
 
 unsafe extern "C" fn set_timer(ctx: *mut c_void, flow: u64, after: u64, tag: u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         status(c.cx.set_timer(FlowHandle(flow), after, tag))
     })
 }
 
 unsafe extern "C" fn set_core_timer(ctx: *mut c_void, after: u64, tag: u64) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        status(c.cx.set_core_timer(after, tag))
-    })
+    with(ctx, NOT_OURS, |c| status(c.cx.set_core_timer(after, tag)))
 }
 
 unsafe extern "C" fn subscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         let r = event_kind(event)
             .and_then(|e| hook(h).and_then(|h| c.cx.subscribe(FlowHandle(flow), e, h)));
         status(r)
@@ -572,7 +546,7 @@ unsafe extern "C" fn subscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -
 }
 
 unsafe extern "C" fn unsubscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         let r = event_kind(event)
             .and_then(|e| hook(h).and_then(|h| c.cx.unsubscribe(FlowHandle(flow), e, h)));
         status(r)
@@ -580,14 +554,9 @@ unsafe extern "C" fn unsubscribe(ctx: *mut c_void, flow: u64, event: u32, h: u8)
 }
 
 unsafe extern "C" fn raise(ctx: *mut c_void, flow: u64, s: u8, event: u32) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
-        let which = if s == 2 {
-            Ok(EventSide::Both)
-        } else {
-            side(s).map(EventSide::One)
-        };
-        let r =
-            which.and_then(|w| event_kind(event).and_then(|e| c.cx.raise(FlowHandle(flow), w, e)));
+    with(ctx, NOT_OURS, |c| {
+        let r = event_side(s)
+            .and_then(|w| event_kind(event).and_then(|e| c.cx.raise(FlowHandle(flow), w, e)));
         status(r)
     })
 }
@@ -605,14 +574,14 @@ unsafe extern "C" fn core_id(ctx: *mut c_void) -> u32 {
 const MAX_RECORD: usize = 1 << 20;
 
 unsafe extern "C" fn emit(ctx: *mut c_void, record: *const u8, len: usize) -> i32 {
-    with(ctx, -EACCES as i32, |c| {
+    with(ctx, NOT_OURS, |c| {
         if record.is_null() || len > MAX_RECORD {
-            return -22;
+            return INVAL;
         }
         // SAFETY: the plugin passes `len` readable bytes at `record` (API contract).
         let bytes = unsafe { std::slice::from_raw_parts(record, len) };
         if bytes.contains(&b'\n') {
-            return -22;
+            return INVAL;
         }
         c.sink.write(bytes);
         0
@@ -626,10 +595,7 @@ unsafe extern "C" fn log(ctx: *mut c_void, level: u8, msg: *const u8, len: usize
         }
         // SAFETY: as in `emit`.
         let bytes = unsafe { std::slice::from_raw_parts(msg, len.min(4096)) };
-        let level = ["error", "warning", "info", "debug"]
-            .get(usize::from(level))
-            .copied()
-            .unwrap_or("debug");
+        let level = LogLevel::try_from(level).map_or(LogLevel::Debug.name(), LogLevel::name);
         eprintln!(
             "flowpeek: plugin {}: {level}: {}",
             c.name,
@@ -641,6 +607,68 @@ unsafe extern "C" fn log(ctx: *mut c_void, level: u8, msg: *const u8, len: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine's errno values are the ABI's (until `flow::Errno` is the ABI's type).
+    #[test]
+    fn engine_errno_values_are_the_abi_values() {
+        use codes::Errno as E;
+        for e in [
+            Errno::Acces,
+            Errno::Badf,
+            Errno::Inval,
+            Errno::SocktNoSupport,
+            Errno::NotConn,
+            Errno::NoData,
+            Errno::Perm,
+            Errno::NoSpc,
+        ] {
+            let abi = match e {
+                Errno::Acces => E::Acces,
+                Errno::Badf => E::Badf,
+                Errno::Inval => E::Inval,
+                Errno::SocktNoSupport => E::SocktNoSupport,
+                Errno::NotConn => E::NotConn,
+                Errno::NoData => E::NoData,
+                Errno::Perm => E::Perm,
+                Errno::NoSpc => E::NoSpc,
+            };
+            assert_eq!((e.code(), e.name()), (abi.code(), abi.name()));
+        }
+    }
+
+    /// An engine event becomes the ABI's numbers.
+    #[test]
+    fn events_cross_with_the_abi_numbers() {
+        let ev = Event {
+            kind: EventKind::TcpStateChange,
+            side: EventSide::One(Side::Server),
+            hook: Hook::Rcv,
+            flow: FlowHandle(42),
+            detail: crate::flow::Detail::State(crate::flow::TcpState::Established),
+        };
+        let f = to_ffi(&ev);
+        assert_eq!(
+            (f.kind, f.flow, f.side, f.hook, f.detail_kind, f.detail),
+            (4, 42, 1, 1, detail::STATE, 4)
+        );
+        let orphan = Event {
+            kind: EventKind::Orphan,
+            side: EventSide::Both,
+            hook: Hook::None,
+            detail: crate::flow::Detail::None,
+            ..ev
+        };
+        let f = to_ffi(&orphan);
+        assert_eq!((f.kind, f.side, f.hook, f.detail_kind), (8, 2, 2, 0));
+        assert_eq!(
+            event_kind(0x101),
+            Ok(EventKind::User(crate::flow::UserEventId(1)))
+        );
+        assert_eq!(event_kind(9), Err(Errno::Inval));
+        assert_eq!(event_side(2), Ok(EventSide::Both));
+        assert_eq!(event_side(3), Err(Errno::Inval));
+        assert_eq!((NOT_OURS, NOT_OURS_64, INVAL), (-13, -13, -22));
+    }
 
     /// A context pointer kept after its callback, or used from another thread, is refused
     /// with EACCES and never dereferenced (the pointers here point at nothing).

@@ -12,9 +12,8 @@ use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use flowpeek_plugin_api::abi::{
-    status, FfiEvent, FfiFilterSlot, HostCx, MonitorObj, SetupCx, USER_EVENT_BASE,
-};
+use flowpeek_plugin_api::abi::{status, FfiEvent, FfiFilterSlot, HostCx, MonitorObj, SetupCx};
+use flowpeek_plugin_api::codes;
 
 use super::budget::{CoreBeat, OverrunPolicy};
 use super::ffi::{self, CallCtx, Sink, HOST_API};
@@ -360,7 +359,7 @@ unsafe extern "C" fn setup_define_event(
     // SAFETY: `ctx` is the SetupCtx built in `setup_newest` for this call.
     let c = unsafe { &mut *ctx.cast::<SetupCtx<'_, '_>>() };
     let Ok(base) = ffi::event_kind(base) else {
-        return -22;
+        return i64::from(codes::Errno::Inval.ret());
     };
     let filter = filter.filter.map(|f| Filter::Foreign {
         key: f as usize,
@@ -390,11 +389,8 @@ unsafe extern "C" fn setup_define_event(
 unsafe extern "C" fn setup_subscribe(ctx: *mut c_void, event: u32, hook: u8) -> i32 {
     // SAFETY: as in `setup_define_event`.
     let c = unsafe { &mut *ctx.cast::<SetupCtx<'_, '_>>() };
-    let hook = match hook {
-        0 => Hook::Snd,
-        1 => Hook::Rcv,
-        2 => Hook::None,
-        _ => return -22,
+    let Ok(hook) = Hook::try_from(hook) else {
+        return codes::Errno::Inval.ret();
     };
     match ffi::event_kind(event) {
         Ok(e) => {
@@ -487,5 +483,3 @@ impl Monitor for SlotMonitor {
         });
     }
 }
-
-const _: () = assert!(USER_EVENT_BASE > 8);

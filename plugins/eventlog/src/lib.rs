@@ -19,9 +19,12 @@
 //! Like mOS's reference probe it consumes the data: on each `CONN_NEW_DATA` it reads the side
 //! up to its contiguous end with `peek`, so `ERROR` means a window overrun, not a lazy reader.
 //! It subscribes to every built-in event at every hook and uses the host's default buffer.
+//! The line is written by `flowpeek_plugin_api::records::write_event_line`, the writer
+//! `flowpeek events` uses, so the two agree by construction.
 
-use std::fmt::Write as _;
+use std::net::SocketAddr;
 
+use flowpeek_plugin_api::records::{self, EventFields, EventProbe, PacketFields};
 use flowpeek_plugin_api::sdk::*;
 
 /// The monitor: formats each callback into one reused line.
@@ -30,79 +33,56 @@ pub struct EventLog {
     scratch: Box<[u8]>,
 }
 
-/// TCP flags in mOS's print order: F S R P A U E C.
-fn push_flags(out: &mut String, flags: u8) {
-    const ORDER: [(u8, char); 8] = [
-        (0x01, 'F'),
-        (0x02, 'S'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x10, 'A'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'C'),
-    ];
-    for (bit, c) in ORDER {
-        if flags & bit != 0 {
-            out.push(c);
-        }
-    }
+/// Answers the line's questions from the callback's context.
+struct Probe<'p, 'c, 'a> {
+    cx: &'p mut Cx<'a>,
+    flow: Flow,
+    scratch: &'c mut [u8],
 }
 
-fn side_name(side: Option<Side>) -> &'static str {
-    side.map_or("both", Side::short_name)
+impl EventProbe for Probe<'_, '_, '_> {
+    fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)> {
+        self.cx.addresses(self.flow).ok()
+    }
+
+    fn new_data(&mut self, side: Side) -> u64 {
+        let contig = self
+            .cx
+            .buffer_info(self.flow, side)
+            .map_or(0, |i| i.contig_end);
+        loop {
+            match self.cx.peek(self.flow, side, self.scratch) {
+                Ok(0) | Err(PeekError::Errno(_)) => break,
+                Ok(_) | Err(PeekError::Lost(_)) => {}
+            }
+        }
+        contig
+    }
+
+    fn last_packet(&mut self) -> Option<PacketFields> {
+        self.cx.last_packet(self.flow).ok().map(|p| PacketFields {
+            seq: p.seq,
+            flags: p.flags,
+            len: p.payload_len,
+        })
+    }
 }
 
 impl EventLog {
     /// Writes the line for `ev` into `self.line` (reading the data of a `NewData`).
     fn format(&mut self, cx: &mut Cx<'_>, ev: &Event) {
-        let line = &mut self.line;
-        line.clear();
-        line.push_str(r#"{"flow":""#);
-        match cx.addresses(ev.flow) {
-            Ok((a, b)) => {
-                let _ = write!(line, "{a}>{b}");
-            }
-            Err(_) => line.push('?'),
-        }
-        let _ = write!(
-            line,
-            r#"","side":"{}","hook":"{}","event":"{}""#,
-            side_name(ev.side),
-            ev.hook.short_name(),
-            ev.kind.mos_name()
-        );
-        match (ev.kind, ev.detail, ev.side) {
-            (EventKind::TcpStateChange, Detail::State(st), _) => {
-                let _ = write!(line, r#","state":"{}""#, st.name());
-            }
-            (EventKind::NewData, _, Some(side)) => {
-                let contig = cx.buffer_info(ev.flow, side).map_or(0, |i| i.contig_end);
-                // mOS prints a 32-bit sequence-space position.
-                let _ = write!(line, r#","contig":{}"#, contig as u32);
-                loop {
-                    match cx.peek(ev.flow, side, &mut self.scratch) {
-                        Ok(0) | Err(PeekError::Errno(_)) => break,
-                        Ok(_) | Err(PeekError::Lost(_)) => {}
-                    }
-                }
-            }
-            (EventKind::PktIn, _, _) => {
-                if let Ok(p) = cx.last_packet(ev.flow) {
-                    let _ = write!(line, r#","seq":{},"flags":""#, p.seq);
-                    push_flags(line, p.flags);
-                    let _ = write!(line, r#"","len":{}"#, p.payload_len);
-                }
-            }
-            (EventKind::ConnEnd, Detail::End(r), _) => {
-                let _ = write!(line, r#","reason":"{}""#, r.name());
-            }
-            (EventKind::Error, Detail::Error(e), _) => {
-                let _ = write!(line, r#","error":"{e:?}""#);
-            }
-            _ => {}
-        }
-        line.push('}');
+        let fields = EventFields {
+            event: ev.kind.builtin(),
+            side: ev.side,
+            hook: ev.hook,
+            detail: ev.detail,
+        };
+        let mut probe = Probe {
+            cx,
+            flow: ev.flow,
+            scratch: &mut self.scratch,
+        };
+        records::write_event_line(&mut self.line, &fields, &mut probe);
     }
 }
 
@@ -132,29 +112,4 @@ impl Monitor for EventLog {
 #[allow(missing_docs, unreachable_pub)]
 mod export {
     flowpeek_plugin_api::export_monitor!(crate::EventLog);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_in_mos_order() {
-        let mut s = String::new();
-        push_flags(&mut s, 0x12);
-        assert_eq!(s, "SA");
-        s.clear();
-        push_flags(&mut s, 0xff);
-        assert_eq!(s, "FSRPAUEC");
-        s.clear();
-        push_flags(&mut s, 0);
-        assert_eq!(s, "");
-    }
-
-    #[test]
-    fn sides() {
-        assert_eq!(side_name(None), "both");
-        assert_eq!(side_name(Some(Side::Client)), "cli");
-        assert_eq!(side_name(Some(Side::Server)), "svr");
-    }
 }

@@ -40,6 +40,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
+use flowpeek_plugin_api::records::push_ts;
 use flowpeek_plugin_api::sdk::*;
 
 /// The bytes of one direction: the host's receive buffer, or a test's vector.
@@ -555,15 +556,6 @@ fn push_opt_num(out: &mut String, n: Option<u64>) {
         }
         None => out.push_str("null"),
     }
-}
-
-fn push_ts(out: &mut String, ns: u64) {
-    let _ = write!(
-        out,
-        "{}.{:06}",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1000
-    );
 }
 
 /// The HTTP state of one connection.

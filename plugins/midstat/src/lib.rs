@@ -24,6 +24,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
+use flowpeek_plugin_api::records::push_ts;
 use flowpeek_plugin_api::sdk::*;
 
 /// The tag of the periodic core timer.
@@ -65,15 +66,6 @@ pub struct Midstat {
     /// Reused per report: live row indices in creation order, and the record's text.
     order: Vec<usize>,
     line: String,
-}
-
-fn push_ts(out: &mut String, ns: u64) {
-    let _ = write!(
-        out,
-        "{}.{:06}",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1000
-    );
 }
 
 impl Midstat {

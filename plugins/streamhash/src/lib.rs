@@ -1,7 +1,8 @@
 //! `streamhash`: what a reader of each direction of every TCP connection saw, as a plugin.
 //!
 //! For every connection it records one JSON line, identical to the line
-//! `flowpeek streams --json` prints for it (host/src/streams.rs):
+//! `flowpeek streams --json` prints for it (both are written by
+//! `flowpeek_plugin_api::records::StreamFields::to_json`):
 //!
 //! ```text
 //! {"c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
@@ -26,6 +27,7 @@
 //! the cheaper hashes still read every byte, for throughput runs where SHA-256 is the
 //! bottleneck. Unknown keys are refused.
 
+use flowpeek_plugin_api::records::{self, DirectionFields, StreamFields};
 use flowpeek_plugin_api::sdk::*;
 use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::Xxh3;
@@ -88,19 +90,25 @@ impl Direction {
         self.bytes += bytes.len() as u64;
     }
 
-    fn into_json(self, overlap: u64) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "bytes": self.bytes, "missing": self.lost, "overlap": overlap,
-        });
+    /// The record's fields; `sha256` receives the hex digest the fields borrow.
+    fn fields(self, overlap: u64, sha256: &mut String) -> DirectionFields<'_> {
+        let (mut crc32, mut xxh3) = (None, None);
         match self.digests {
             Digests::Sha256(sha, crc) => {
-                v["sha256"] = hex(&sha.finalize()).into();
-                v["crc32"] = format!("{:08x}", crc.finalize()).into();
+                *sha256 = records::hex(&sha.finalize());
+                crc32 = Some(crc.finalize());
             }
-            Digests::Crc32(crc) => v["crc32"] = format!("{:08x}", crc.finalize()).into(),
-            Digests::Xxh3(x) => v["xxh3"] = format!("{:016x}", x.digest()).into(),
+            Digests::Crc32(crc) => crc32 = Some(crc.finalize()),
+            Digests::Xxh3(x) => xxh3 = Some(x.digest()),
         }
-        v
+        DirectionFields {
+            bytes: self.bytes,
+            missing: self.lost,
+            overlap,
+            sha256: (!sha256.is_empty()).then_some(sha256.as_str()),
+            crc32,
+            xxh3,
+        }
     }
 }
 
@@ -178,49 +186,22 @@ impl StreamHash {
             return;
         };
         let overlap = |s: Side| cx.buffer_info(flow, s).map_or(0, |i| i.overlap);
-        let close = match reason {
-            Some(EndReason::Fin) => "fin",
-            Some(EndReason::Rst) => "rst",
-            Some(EndReason::Timeout) => "timeout",
-            Some(EndReason::Evicted) => "evicted",
-            _ => "eof",
-        };
         let (c2s_overlap, s2c_overlap) = (overlap(Side::Server), overlap(Side::Client));
         let [cli, svr] = live.dirs;
+        let (mut c2s_sha, mut s2c_sha) = (String::new(), String::new());
         // The server side's buffer holds what the client sent.
-        let mut v = serde_json::json!({
-            "client": client.to_string(),
-            "server": server.to_string(),
-            "close": close,
-            "c2s": svr.into_json(c2s_overlap),
-            "s2c": cli.into_json(s2c_overlap),
-        });
-        if partial {
-            v["partial"] = serde_json::Value::Bool(true);
-        }
-        // As the host does: microsecond precision from the capture, through serde_json's
-        // number parser, so the text is the same.
-        for (key, ns) in [("start", start), ("end", end)] {
-            if let Ok(n) = fmt_ts(ns).parse::<serde_json::Number>() {
-                v[key] = serde_json::Value::Number(n);
-            }
-        }
-        let _ = cx.emit(&v.to_string());
+        let record = StreamFields {
+            client,
+            server,
+            start,
+            end,
+            close: records::close_name(reason),
+            partial,
+            c2s: svr.fields(c2s_overlap, &mut c2s_sha),
+            s2c: cli.fields(s2c_overlap, &mut s2c_sha),
+        };
+        let _ = cx.emit(&record.to_json());
     }
-}
-
-fn fmt_ts(ns: u64) -> String {
-    format!("{}.{:06}", ns / 1_000_000_000, (ns % 1_000_000_000) / 1000)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
 }
 
 impl Monitor for StreamHash {
@@ -311,18 +292,5 @@ mod tests {
             "{e}"
         );
         assert!(parse_config("buffer 1").is_err());
-    }
-
-    #[test]
-    fn timestamps_format_like_the_host() {
-        let n: serde_json::Number = fmt_ts(1_500_000_123_456_789).parse().unwrap();
-        assert_eq!(n.to_string(), "1500000.123456");
-        let n: serde_json::Number = fmt_ts(2_000_000_000).parse().unwrap();
-        assert_eq!(n.to_string(), "2.0");
-    }
-
-    #[test]
-    fn hex_digits() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
     }
 }
