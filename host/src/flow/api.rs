@@ -17,64 +17,8 @@ use super::tcp::SideState;
 use super::timers::Timers;
 use super::types::*;
 
-/// Why a read or setter failed: each maps to one errno value (SPEC §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Errno {
-    /// `EACCES`: the context is not valid (another core's handle, or outside a callback).
-    Acces,
-    /// `EBADF`: the flow handle is not valid (never was, or its flow ended).
-    Badf,
-    /// `EINVAL`: buffer management is disabled for that side (or an argument is invalid).
-    Inval,
-    /// `ESOCKTNOSUPPORT`: the handle is not a flow handle (e.g. an `Orphan`'s).
-    SocktNoSupport,
-    /// `ENOTCONN`: the side's stream does not exist yet.
-    NotConn,
-    /// `ENODATA`: no stored byte at that offset.
-    NoData,
-    /// `EPERM`: the caller may not read this flow (it stopped monitoring it).
-    Perm,
-    /// `ENOSPC`: a fixed-size table is full (user-defined events).
-    NoSpc,
-}
-
-impl Errno {
-    /// The Linux errno value.
-    pub fn code(self) -> i32 {
-        match self {
-            Errno::Acces => 13,
-            Errno::Badf => 9,
-            Errno::Inval => 22,
-            Errno::SocktNoSupport => 94,
-            Errno::NotConn => 107,
-            Errno::NoData => 61,
-            Errno::Perm => 1,
-            Errno::NoSpc => 28,
-        }
-    }
-
-    /// The symbolic name, e.g. `ENODATA`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Errno::Acces => "EACCES",
-            Errno::Badf => "EBADF",
-            Errno::Inval => "EINVAL",
-            Errno::SocktNoSupport => "ESOCKTNOSUPPORT",
-            Errno::NotConn => "ENOTCONN",
-            Errno::NoData => "ENODATA",
-            Errno::Perm => "EPERM",
-            Errno::NoSpc => "ENOSPC",
-        }
-    }
-}
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name(), self.code())
-    }
-}
-
-impl std::error::Error for Errno {}
+/// Why a read or setter failed: each maps to one errno value (SPEC §4); the ABI's type.
+pub use flowpeek_plugin_api::codes::Errno;
 
 /// Why `peek` returned no bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

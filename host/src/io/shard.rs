@@ -48,9 +48,12 @@ pub fn frame_shard(link: LinkType, frame: &[u8], cores: usize) -> usize {
     if cores <= 1 {
         return 0;
     }
-    // MERGE: try `crate::flow::key::quick_frame_hash(Some(link), frame)` first (plain IPv4 TCP
-    // from fixed offsets, the same hash), and decode only when it says None.
-    decoded_shard(&Some(wire::decode(link, frame)), cores)
+    // Plain IPv4 TCP (the common case) hashes from fixed offsets, the same hash; anything
+    // else is decoded.
+    match crate::flow::quick_frame_hash(Some(link), frame) {
+        Some(hash) => shard_of(hash, cores),
+        None => decoded_shard(&Some(wire::decode(link, frame)), cores),
+    }
 }
 
 /// Golden-ratio multiplier of [`fanout_hash`]'s final mix.

@@ -608,34 +608,6 @@ unsafe extern "C" fn log(ctx: *mut c_void, level: u8, msg: *const u8, len: usize
 mod tests {
     use super::*;
 
-    /// The engine's errno values are the ABI's (until `flow::Errno` is the ABI's type).
-    #[test]
-    fn engine_errno_values_are_the_abi_values() {
-        use codes::Errno as E;
-        for e in [
-            Errno::Acces,
-            Errno::Badf,
-            Errno::Inval,
-            Errno::SocktNoSupport,
-            Errno::NotConn,
-            Errno::NoData,
-            Errno::Perm,
-            Errno::NoSpc,
-        ] {
-            let abi = match e {
-                Errno::Acces => E::Acces,
-                Errno::Badf => E::Badf,
-                Errno::Inval => E::Inval,
-                Errno::SocktNoSupport => E::SocktNoSupport,
-                Errno::NotConn => E::NotConn,
-                Errno::NoData => E::NoData,
-                Errno::Perm => E::Perm,
-                Errno::NoSpc => E::NoSpc,
-            };
-            assert_eq!((e.code(), e.name()), (abi.code(), abi.name()));
-        }
-    }
-
     /// An engine event becomes the ABI's numbers.
     #[test]
     fn events_cross_with_the_abi_numbers() {
