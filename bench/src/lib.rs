@@ -7,6 +7,11 @@
 //! - [`null`]: the null consumer (releases slots only): the ring's ceiling.
 //! - [`harness`]: `flowpeek-bench run`: generator and consumer as pinned processes, measured.
 //! - [`sweep`]: `flowpeek-bench sweep`: a grid of runs to CSV, JSON and SVG.
+//!
+//! `unsafe` policy: denied, except in [`harness`], which makes the libc calls the process
+//! harness needs (CPU affinity of the children, `wait4` for their resource usage, `kill`).
+//! Rings and captures go through flowpeek's own safe interfaces.
+#![deny(unsafe_code)]
 
 pub mod gen;
 pub mod harness;

@@ -19,6 +19,7 @@
 //! Like mOS's reference probe it consumes the data: on each `CONN_NEW_DATA` it reads the side
 //! up to its contiguous end with `peek`, so `ERROR` means a window overrun, not a lazy reader.
 //! It subscribes to every built-in event at every hook and uses the host's default buffer.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 
