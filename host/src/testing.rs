@@ -28,6 +28,7 @@ pub fn corpus_path() -> PathBuf {
 
 /// The corpus directory. Panics, naming `FLOWPEEK_CORPUS`, if it is not a directory: the
 /// tests that call it replay its captures and would prove nothing without them.
+#[track_caller]
 pub fn corpus_dir() -> PathBuf {
     let dir = corpus_path();
     assert!(
