@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures every figure of BENCHMARKS.md's "Figures" section on this machine and prints them
-# as markdown tables (raw JSON under target/bench-figures/). One command, about 15 minutes:
+# as markdown tables (raw JSON under target/bench-figures/, or $CARGO_TARGET_DIR's). One
+# command, about 15 minutes:
 #
 #   scripts/bench-figures.sh            # everything
 #   scripts/bench-figures.sh --quick    # one try per point instead of the best of 3
@@ -12,7 +13,8 @@
 # own null-consumer ceiling. Needs: cargo, python3; `compare` also installs libnids, Go,
 # tcpflow and tshark (scripts/compare/run.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
+cd "$FLOWPEEK_ROOT"
 TRIES=3
 ONLY=""
 while [ $# -gt 0 ]; do
@@ -23,14 +25,14 @@ while [ $# -gt 0 ]; do
         *) echo "bench-figures: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-OUT=target/bench-figures
+OUT=$FLOWPEEK_TARGET/bench-figures
 mkdir -p "$OUT"
 say() { echo "bench-figures: $*" >&2; }
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 say "building (release)"
 cargo build --release --workspace -q
-B=target/release/flowpeek-bench
+B=$FLOWPEEK_TARGET/release/flowpeek-bench
 echo "# flowpeek figures, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
 
@@ -117,13 +119,14 @@ if want run; then
 fi
 
 if want compare; then
-    CAP=target/bench-figures/gen-imix-4m.pcap
+    CAP=$OUT/gen-imix-4m.pcap
     if [ ! -f "$CAP" ]; then
         say "generating $CAP (4,000,000 IMIX packets, 10,000 concurrent connections, 1.3 GB)"
         "$B" gen --out "pcap:$CAP" --flows 10000 --imix --conn-packets 64 --count 4000000 --quiet
     fi
     say "offline comparison (scripts/compare/run.sh)"
-    CORPUS=$(cd .. && pwd)/shared/corpus
+    require_corpus bench-figures
+    CORPUS=$FLOWPEEK_CORPUS
     RUNS=$TRIES TSHARK_MAX_STREAMS=${TSHARK_MAX_STREAMS:-200} scripts/compare/run.sh "$CAP" \
         "$CORPUS/gen/http-bulk.pcap" "$CORPUS/gen/mixed.pcap"
 fi

@@ -4,23 +4,27 @@
 # with the peak RSS of /usr/bin/time -v (the max over the runs). Prints a table.
 #
 # Usage: scripts/bench-streams-vs-tcpflow.sh [CAPTURE...]
-#   default captures: /work/shared/corpus/gen/http-bulk.pcap and mixed.pcap
-# Environment: FLOWPEEK (binary, default target/release/flowpeek; build it first with
-#   `cargo build --release -p flowpeek`), TCPFLOW (default tcpflow), RUNS (3), CORE (0).
+#   default captures: gen/http-bulk.pcap and gen/mixed.pcap of the corpus (FLOWPEEK_CORPUS,
+#   else ../shared/corpus beside the clone)
+# Environment: FLOWPEEK (binary, default target/release/flowpeek under CARGO_TARGET_DIR if
+#   set; build it first with `cargo build --release -p flowpeek`), TCPFLOW (default
+#   tcpflow), RUNS (3), CORE (0).
 # tcpflow writes one file per flow direction: its output goes to a fresh temporary
 # directory per run (removed afterwards), so it pays file-creation and write costs that
 # flowpeek, which only hashes the bytes, does not: the table shows both, not a verdict.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-FLOWPEEK=${FLOWPEEK:-target/release/flowpeek}
+. "$(dirname "$0")/lib.sh"
+cd "$FLOWPEEK_ROOT"
+FLOWPEEK=${FLOWPEEK:-$FLOWPEEK_TARGET/release/flowpeek}
 TCPFLOW=${TCPFLOW:-tcpflow}
 RUNS=${RUNS:-3}
 CORE=${CORE:-0}
 if [ $# -gt 0 ]; then
     CAPTURES=("$@")
 else
-    CAPTURES=(/work/shared/corpus/gen/http-bulk.pcap /work/shared/corpus/gen/mixed.pcap)
+    require_corpus bench-streams-vs-tcpflow
+    CAPTURES=("$FLOWPEEK_CORPUS/gen/http-bulk.pcap" "$FLOWPEEK_CORPUS/gen/mixed.pcap")
 fi
 
 [ -x "$FLOWPEEK" ] || { echo "no $FLOWPEEK: run cargo build --release -p flowpeek" >&2; exit 1; }

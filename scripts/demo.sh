@@ -11,18 +11,20 @@
 #   scripts/demo.sh                 # 5 seconds, 2 rings/cores
 #   SECONDS_TO_RUN=20 CORES=1 scripts/demo.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
+cd "$FLOWPEEK_ROOT"
 secs=${SECONDS_TO_RUN:-5}
 cores=${CORES:-2}
 rate=${RATE:-300000}
-out=target/demo
+out=$FLOWPEEK_TARGET/demo
+rel=$FLOWPEEK_TARGET/release
 name="flowpeek-demo-$$"
 
 echo "demo: building (cargo build --release --workspace) ..."
 cargo build --release --workspace --quiet
 rm -rf "$out" && mkdir -p "$out/plugins" "$out/logs"
 chmod 755 "$out/plugins"
-for p in streamhash midstat noop; do cp "target/release/lib$p.so" "$out/plugins/$p.so"; done
+for p in streamhash midstat noop; do cp "$rel/lib$p.so" "$out/plugins/$p.so"; done
 # Connections are read as they arrive: 64 KiB holds what waits behind a gap.
 echo "buffer = 65536" > "$out/plugins/streamhash.toml"
 
@@ -30,14 +32,14 @@ cleanup() { rm -f "/dev/shm/$name"; }
 trap cleanup EXIT
 
 echo "demo: generator -> shm:$name ($cores rings, ${rate} packets/s, ${secs} s)"
-target/release/flowpeek-bench gen --out "shm:$name" --rings "$cores" --slots 8192 \
+"$rel/flowpeek-bench" gen --out "shm:$name" --rings "$cores" --slots 8192 \
     --flows 5000 --imix --conn-packets 24 --loss 0.01 --reorder 0.01 --retransmit 0.01 \
     --rate "$rate" --duration "$secs" --manifest "$out/manifest.jsonl" --quiet &
 gen=$!
 # The region exists as soon as the generator has created it.
 for _ in $(seq 100); do [ -e "/dev/shm/$name" ] && break; sleep 0.05; done
 
-target/release/flowpeek run --source "shm:$name" --plugins "$out/plugins" \
+"$rel/flowpeek" run --source "shm:$name" --plugins "$out/plugins" \
     --log-dir "$out/logs" --stats "$out/stats.json" --timeout 60
 wait "$gen"
 

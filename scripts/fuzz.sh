@@ -23,12 +23,14 @@ Each run starts from the checked-in inputs host/fuzz/regressions/<target>/ (seed
 fixed crashes, also replayed by 'cargo test --test fuzz_regressions') plus the git-ignored
 host/fuzz/corpus/<target>/, where libFuzzer adds the new inputs it finds, so later runs
 pick up where earlier ones stopped. Crash inputs go to host/fuzz/artifacts/<target>/; the
-libFuzzer output of each run is in host/fuzz/target/fuzz-logs/<target>.log.
+libFuzzer output of each run is in host/fuzz/target/fuzz-logs/<target>.log (the fuzz build
+goes to \$CARGO_TARGET_DIR/fuzz instead of host/fuzz/target when CARGO_TARGET_DIR is set).
 
 Needs: rustup's stable toolchain, a C++ compiler (libFuzzer is compiled from source; as
 root on Debian the script installs g++ if it is missing) and cargo-fuzz (installed with
 'cargo install cargo-fuzz --locked' if missing). plugin_config also builds the bundled
-plugins (debug, into target/plugin-tests, shared with the plugin tests).
+plugins (debug, into target/plugin-tests, shared with the plugin tests; target/ is
+\$CARGO_TARGET_DIR if set).
 
 Examples:
   scripts/fuzz.sh                        # all five targets, 20 s each (CI)
@@ -77,9 +79,17 @@ done
 [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "--seconds wants a positive whole number, not '$seconds'"
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL_TARGETS[@]}")
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
+root=$FLOWPEEK_ROOT
 fuzz=$root/host/fuzz
-logs=$fuzz/target/fuzz-logs
+# host/fuzz is its own workspace with its own target dir, unless CARGO_TARGET_DIR moves builds.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    fuzz_target=$FLOWPEEK_TARGET/fuzz
+else
+    fuzz_target=$fuzz/target
+fi
+plugin_dir=$FLOWPEEK_TARGET/plugin-tests
+logs=$fuzz_target/fuzz-logs
 triple=$(rustc -vV | sed -n 's/^host: //p')
 started=$(date +%s)
 
@@ -106,7 +116,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 mkdir -p "$logs"
 build() {
-    (cd "$fuzz" && cargo fuzz build --sanitizer "$sanitizer" --target-dir "$fuzz/target") \
+    (cd "$fuzz" && cargo fuzz build --sanitizer "$sanitizer" --target-dir "$fuzz_target") \
         >"$logs/build.log" 2>&1
 }
 t0=$(date +%s)
@@ -127,7 +137,7 @@ for t in "${targets[@]}"; do
     if [ "$t" = plugin_config ]; then
         say "building the bundled plugins plugin_config loads (cargo build, debug) ..."
         for p in httplog streamhash midstat eventlog noop; do
-            (cd "$root" && cargo build --quiet -p "flowpeek-plugin-$p" --target-dir "$root/target/plugin-tests") ||
+            (cd "$root" && cargo build --quiet -p "flowpeek-plugin-$p" --target-dir "$plugin_dir") ||
                 die "building flowpeek-plugin-$p failed"
         done
     fi
@@ -139,7 +149,7 @@ say "built in ${build_secs} s"
 failed=()
 printf 'fuzz: %-14s %12s %9s  %s\n' target executions exec/s result
 for t in "${targets[@]}"; do
-    bin=$fuzz/target/$triple/release/$t
+    bin=$fuzz_target/$triple/release/$t
     [ -x "$bin" ] || die "$bin was not built"
     mkdir -p "$fuzz/corpus/$t" "$fuzz/artifacts/$t"
     log=$logs/$t.log
@@ -147,7 +157,7 @@ for t in "${targets[@]}"; do
     if [ "$t" = plugin_config ]; then
         # The plugin libraries are never unloaded (on purpose): not leaks to report.
         env=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-            FLOWPEEK_FUZZ_PLUGIN_DIR="$root/target/plugin-tests/debug")
+            FLOWPEEK_FUZZ_PLUGIN_DIR="$plugin_dir/debug")
     fi
     rc=0
     # New inputs go to the first directory (corpus/), never into regressions/.
@@ -180,7 +190,7 @@ if [ ${#failed[@]} -gt 0 ]; then
         input=${f#* }
         pre="RUSTC_BOOTSTRAP=1"
         [ "$t" = plugin_config ] &&
-            pre="ASAN_OPTIONS=detect_leaks=0 FLOWPEEK_FUZZ_PLUGIN_DIR=$root/target/plugin-tests/debug $pre"
+            pre="ASAN_OPTIONS=detect_leaks=0 FLOWPEEK_FUZZ_PLUGIN_DIR=$plugin_dir/debug $pre"
         if [ -n "$input" ]; then
             echo "fuzz: CRASH in $t: $input" >&2
             echo "fuzz:   reproduce: (cd host/fuzz && $pre cargo fuzz run $t $input)" >&2

@@ -10,10 +10,13 @@
 #
 # Environment: DURATION (s, 600), RATE (packets/s, 200000), FLOWS (20000), RELOAD_EVERY (30),
 # SAMPLE_EVERY (10), OUT (work directory, default /tmp/flowpeek-soak-PID, kept),
-# SKIP_BUILD=1 (use the binaries and plugins already in target/release).
+# SKIP_BUILD=1 (use the binaries and plugins already in target/release, under
+# CARGO_TARGET_DIR if set).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
+cd "$FLOWPEEK_ROOT"
+rel=$FLOWPEEK_TARGET/release
 duration=${DURATION:-600}
 rate=${RATE:-200000}
 flows=${FLOWS:-20000}
@@ -32,7 +35,7 @@ rm -rf "$out" && mkdir -p "$out/plugins" "$out/logs" "$out/lib"
 chmod 755 "$out/plugins"
 # Private copies of the built plugins: a concurrent build of target/release must not make a
 # reload fail half-way.
-for p in streamhash noop; do cp "target/release/lib$p.so" "$out/lib/$p.so"; done
+for p in streamhash noop; do cp "$rel/lib$p.so" "$out/lib/$p.so"; done
 install_plugins() {
     # Copy under a name the host ignores, then rename over: the watcher sees a complete file.
     for p in streamhash noop; do
@@ -55,7 +58,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "soak: generator -> shm:$name (2 rings, imix, $flows flows, $rate packets/s, $duration s); work dir $out"
-cp target/release/flowpeek target/release/flowpeek-bench "$out/lib/"
+cp "$rel/flowpeek" "$rel/flowpeek-bench" "$out/lib/"
 "$out/lib/flowpeek-bench" gen --out "shm:$name" --rings 2 --slots 8192 --imix \
     --flows "$flows" --conn-packets 32 --rate "$rate" --duration "$duration" \
     --manifest "$out/manifest.jsonl" --quiet --json > "$out/gen.json" &

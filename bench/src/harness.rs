@@ -17,7 +17,10 @@
 //!   of the last plugin callback, every Nth packet, as p50/p99/p99.9/max;
 //! - memory per flow: the consumer's peak RSS (VmHWM) divided by the concurrent flows
 //!   (includes the fixed cost of the process: compare two flow counts for the marginal cost).
-#![allow(unsafe_code)] // sched_setaffinity in pre_exec, wait4: each block says why it is sound
+// The crate denies unsafe code; this module is the exception: sched_getaffinity, and
+// sched_setaffinity in pre_exec, wait4 and kill on the children (libc, no safe std
+// equivalent). Each block has its `// SAFETY:`.
+#![allow(unsafe_code)]
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

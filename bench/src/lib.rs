@@ -9,6 +9,11 @@
 //! - [`mangle`]: `flowpeek-bench mangle`: disorderly captures (reordering, duplicates, ACKs
 //!   and FINs ahead of data, late packets) made from clean ones.
 //! - [`sweep`]: `flowpeek-bench sweep`: a grid of runs to CSV, JSON and SVG.
+//!
+//! `unsafe` policy: denied, except in [`harness`], which makes the libc calls the process
+//! harness needs (CPU affinity of the children, `wait4` for their resource usage, `kill`).
+//! Rings and captures go through flowpeek's own safe interfaces.
+#![deny(unsafe_code)]
 
 pub mod gen;
 pub mod harness;

@@ -1,5 +1,6 @@
 //! `flowpeek-bench`: generate TCP traffic into flowpeek's shared-memory rings, a netmap port or
 //! a pcap file.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;

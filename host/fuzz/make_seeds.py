@@ -2,7 +2,8 @@
 """Writes the seed inputs of host/fuzz/regressions/<target>/ (seed-*; crash inputs kept as
 regression tests are named crash-* and never touched here).
 
-    python3 host/fuzz/make_seeds.py        # from the repository root; reads ../shared/corpus
+    python3 host/fuzz/make_seeds.py        # reads the corpus: FLOWPEEK_CORPUS, else
+                                           # ../shared/corpus beside the clone
 
 Deterministic: the same corpus gives the same files. Each target gets a few KB at most.
 """
@@ -11,7 +12,8 @@ import struct
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORPUS = os.path.join(ROOT, "..", "shared", "corpus")
+# As scripts/lib.sh and flowpeek::testing: a relative FLOWPEEK_CORPUS is taken from the root.
+CORPUS = os.path.join(ROOT, os.environ.get("FLOWPEEK_CORPUS") or os.path.join("..", "shared", "corpus"))
 OUT = os.path.join(ROOT, "host", "fuzz", "regressions")
 
 
@@ -359,6 +361,8 @@ def plugin_seeds():
 
 
 def main():
+    if not os.path.isdir(CORPUS):
+        sys.exit(f"make_seeds: no capture corpus at {CORPUS}: clone beside ../shared or set FLOWPEEK_CORPUS")
     clean()
     eth, null, raw, sll = [], [], [], []
     for rel in [

@@ -22,6 +22,9 @@ pub mod plugin;
 pub mod run;
 pub mod streams;
 pub mod sys;
+/// Test support (the corpus location), public only for the test crates.
+#[doc(hidden)]
+pub mod testing;
 pub mod trace;
 pub mod wire;
 pub mod worker;

@@ -1,4 +1,5 @@
 //! The `flowpeek` command.
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -10,14 +10,10 @@ use std::process::Command;
 use flowpeek::flow::Config;
 use flowpeek::streams::{self, StreamRecord, StreamsOptions};
 
+/// The shared corpus (`FLOWPEEK_CORPUS`, else `../shared/corpus` beside the clone); panics
+/// with the variable's name if it is missing. mOS's traces are read beside it (`../mos-events`).
 fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    assert!(
-        p.is_dir(),
-        "the shared corpus is expected at {} (see README)",
-        p.display()
-    );
-    p
+    flowpeek::testing::corpus_dir()
 }
 
 fn streams_options() -> StreamsOptions {

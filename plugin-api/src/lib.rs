@@ -27,10 +27,19 @@
 //!
 //! What a plugin sees is SPEC.md §2–4: the events, `ppeek`/`peek` with its errno values, the
 //! information calls and setters, user-defined events, timers, and a record sink (`emit`).
+//!
+//! `unsafe` policy: denied in the whole crate except [`sdk`], the one place that crosses the
+//! FFI boundary (it calls the host's function pointers, turns the host's raw pointers back
+//! into references for the duration of a callback, and exports the `extern "C"` glue).
+//! [`abi`] only declares `#[repr(C)]` types and function-pointer types and needs none.
+#![deny(unsafe_code)]
 
 pub mod abi;
 pub mod codes;
 pub mod records;
+// The FFI edge of a plugin: every block documents its `// SAFETY:` (clippy's
+// undocumented_unsafe_blocks is denied for the workspace).
+#[allow(unsafe_code)]
 pub mod sdk;
 
 #[doc(hidden)]

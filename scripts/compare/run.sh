@@ -6,13 +6,14 @@
 # (taskset -c $CORE).
 #
 # Usage: scripts/compare/run.sh [CAPTURE...]
-#   default: /work/shared/corpus/gen/{http-bulk,mixed,http-small}.pcap
+#   default: gen/{http-bulk,mixed,http-small}.pcap of the corpus (FLOWPEEK_CORPUS, else
+#   ../shared/corpus beside the clone)
 # Environment: RUNS (3), CORE (0), TSHARK_MAX_STREAMS (2000: tshark gets one
 #   `-z follow,tcp,raw,N` per stream in one invocation, which costs ~10 ms per stream, so
 #   beyond this it follows only the first N streams and the row says so), NO_INSTALL=1
 #   (do not apt-get install what is missing).
 # Output: a markdown table on stdout; target/compare/results.json; each tool's output
-# under target/compare/<capture>/.
+# under target/compare/<capture>/ (target/ is $CARGO_TARGET_DIR if set).
 #
 # Policy differences that show up as disagreement (not bugs of either side):
 #   libnids follows only connections whose handshake it saw and stops a direction at a
@@ -23,18 +24,20 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/../lib.sh"
+ROOT=$FLOWPEEK_ROOT
 cd "$ROOT"
 RUNS=${RUNS:-3}
 CORE=${CORE:-0}
 TSHARK_MAX_STREAMS=${TSHARK_MAX_STREAMS:-2000}
-OUT=$ROOT/target/compare
+OUT=$FLOWPEEK_TARGET/compare
 BIN=$OUT/bin
 if [ $# -gt 0 ]; then
     CAPTURES=("$@")
 else
-    CAPTURES=(/work/shared/corpus/gen/http-bulk.pcap /work/shared/corpus/gen/mixed.pcap
-        /work/shared/corpus/gen/http-small.pcap)
+    require_corpus compare
+    CAPTURES=("$FLOWPEEK_CORPUS/gen/http-bulk.pcap" "$FLOWPEEK_CORPUS/gen/mixed.pcap"
+        "$FLOWPEEK_CORPUS/gen/http-small.pcap")
 fi
 say() { echo "compare: $*" >&2; }
 die() { echo "compare: error: $*" >&2; exit 1; }
@@ -59,11 +62,11 @@ fi
 mkdir -p "$BIN"
 say "building flowpeek and the streamhash plugin (cargo --release)"
 cargo build --release -q -p flowpeek -p flowpeek-plugin-streamhash || die "cargo build failed"
-FLOWPEEK=$ROOT/target/release/flowpeek
+FLOWPEEK=$FLOWPEEK_TARGET/release/flowpeek
 [ -x "$FLOWPEEK" ] || die "no $FLOWPEEK"
-[ -f "$ROOT/target/release/libstreamhash.so" ] || die "no target/release/libstreamhash.so"
+[ -f "$FLOWPEEK_TARGET/release/libstreamhash.so" ] || die "no $FLOWPEEK_TARGET/release/libstreamhash.so"
 mkdir -p "$OUT/plugins"
-cp "$ROOT/target/release/libstreamhash.so" "$OUT/plugins/streamhash.so"
+cp "$FLOWPEEK_TARGET/release/libstreamhash.so" "$OUT/plugins/streamhash.so"
 say "building libnids/nidsflow"
 make -s -C "$HERE/libnids" OUT="$BIN" >&2 || die "building nidsflow failed"
 say "building gopacket/gopacketflow (GOPATH=/usr/share/gocode, GO111MODULE=off)"

@@ -756,8 +756,6 @@ fn helpers_do_not_overflow() {
 
 // ---- corpus -------------------------------------------------------------------------------
 
-const CORPUS: &str = "/work/shared/corpus";
-
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -818,15 +816,12 @@ fn framing_count(b: &[u8]) -> Option<u64> {
 /// count as an independent framing walk; prints link types seen and any errors.
 #[test]
 fn corpus_reads_without_panic() {
-    let root = Path::new(CORPUS);
-    if !root.is_dir() {
-        eprintln!("corpus: {CORPUS} not present, skipped");
-        return;
-    }
+    let dir = crate::testing::corpus_dir();
+    let root = dir.as_path();
     let mut files = Vec::new();
     walk(root, &mut files);
     files.sort();
-    assert!(!files.is_empty(), "no captures under {CORPUS}");
+    assert!(!files.is_empty(), "no captures under {}", root.display());
     let mut link_packets: BTreeMap<u32, u64> = BTreeMap::new();
     let mut link_files: BTreeMap<u32, u64> = BTreeMap::new();
     let mut formats: BTreeMap<&str, u64> = BTreeMap::new();

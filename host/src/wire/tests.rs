@@ -1211,22 +1211,15 @@ fn decode_capture(path: &std::path::Path, stats: &mut CorpusStats) {
     }
 }
 
-/// Decodes every packet of every capture in the shared corpus. Skipped (with a note) when
-/// the corpus is not present. The corpus lives in `shared/corpus` beside the clone; set
-/// `FLOWPEEK_CORPUS` to use another directory.
+/// Decodes every packet of every capture in the shared corpus (found by
+/// [`crate::testing::corpus_dir`]: `FLOWPEEK_CORPUS`, else `../shared/corpus` beside the
+/// clone); fails if it is missing or holds no capture.
 #[test]
 fn corpus_decodes_without_panic() {
-    let dir = std::env::var_os("FLOWPEEK_CORPUS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
-        });
+    let dir = crate::testing::corpus_dir();
     let mut files = Vec::new();
     corpus_files(&dir, &mut files);
-    if files.is_empty() {
-        eprintln!("no capture corpus at {}: skipping", dir.display());
-        return;
-    }
+    assert!(!files.is_empty(), "no captures under {}", dir.display());
     files.sort();
     let mut stats = CorpusStats::default();
     for path in &files {

@@ -20,14 +20,10 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The shared corpus (`FLOWPEEK_CORPUS`, else `../shared/corpus` beside the clone); panics
+/// with the variable's name if it is missing.
 pub fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    assert!(
-        p.is_dir(),
-        "the shared corpus is expected at {}",
-        p.display()
-    );
-    p
+    flowpeek::testing::corpus_dir()
 }
 
 pub fn demo() -> PathBuf {

@@ -21,6 +21,7 @@
 //! It subscribes to every built-in event at every hook and uses the host's default buffer.
 //! The line is written by `flowpeek_plugin_api::records::write_event_line`, the writer
 //! `flowpeek events` uses, so the two agree by construction.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 

@@ -36,6 +36,7 @@
 //!
 //! Configuration (`httplog.toml`): `buffer = 65536` (receive buffer per side; a head must fit),
 //! `max_header = 16384`, `max_pending = 64` (pipelined requests waiting for an answer).
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

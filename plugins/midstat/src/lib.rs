@@ -20,6 +20,7 @@
 //! It needs no receive buffer (`Buffer::Off`): the counts come from each packet's metadata.
 //!
 //! Configuration (`midstat.toml`): `max_rows = 1000`, `interval_ms = 1000`.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

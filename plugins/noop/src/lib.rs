@@ -1,5 +1,6 @@
 //! `noop`: subscribes to `PktIn` at the sender's hook and counts, nothing more. It measures
 //! what the plugin boundary costs per packet; at shutdown it emits the count.
+#![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::{config_keys, Cx, Event, EventKind, Hook, Monitor, Subscriptions};
 

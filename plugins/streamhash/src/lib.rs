@@ -26,6 +26,7 @@
 //! `sha256` field is left out) or `"xxh3"` (XXH3-64 only, in an `xxh3` field instead of both):
 //! the cheaper hashes still read every byte, for throughput runs where SHA-256 is the
 //! bottleneck. Unknown keys are refused.
+#![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::records::{self, DirectionFields, StreamFields};
 use flowpeek_plugin_api::sdk::*;

@@ -6,6 +6,7 @@
 //! ```
 //!
 //! `head` is the first line the client sent (up to 64 bytes), read with `ppeek`.
+#![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::*;
 

@@ -1,6 +1,7 @@
 //! `badabi`: a test plugin exporting, under abi_stable's root-module symbol, a root module
 //! with the same names as flowpeek's but another layout (an extra field before `name`).
 //! The host's layout check must refuse it.
+#![forbid(unsafe_code)]
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;

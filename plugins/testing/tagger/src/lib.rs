@@ -8,6 +8,7 @@
 //! Configuration (`tagger.toml`): `fail = true` makes the constructor fail;
 //! `panic_every = N` makes `on_event` panic on every Nth `PktIn`; `sleep_every = N` with
 //! `sleep_ms = M` makes it sleep M ms on every Nth `PktIn` (a slow callback).
+#![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::*;
 
