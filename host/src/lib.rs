@@ -6,7 +6,8 @@
 //! - [`wire`]: zero-copy, panic-free views of link, IP and TCP headers.
 //! - [`flow`]: the sans-I/O engine: flow table, both-sided TCP state, receive buffers,
 //!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
-//! - [`io`]: packet sources (capture files today).
+//! - [`io`]: packet sources behind one trait, `io::Source`: capture files, shm and netmap
+//!   rings (one ring walker), AF_PACKET; and the symmetric shard of a frame.
 //! - [`plugin`]: monitor plugins: loading, generations, hot reload, the host side of the ABI.
 //! - [`run`]: `flowpeek run`: a source, the engine and the plugins, with stats.
 //! - [`worker`]: one thread per core, pinned, sharded by the symmetric flow hash.

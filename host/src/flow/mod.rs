@@ -1,5 +1,5 @@
 //! The sans-I/O monitoring engine: flow table, both-sided TCP state, receive buffers,
-//! events and the `ppeek`/`peek` read API, with the semantics of shared/docs/SPEC.md.
+//! events and the `ppeek`/`peek` read API, with the semantics of docs/SPEC.md.
 //!
 //! Owns: the per-core flow table (fixed capacity, symmetric key, eviction of the least
 //! recently active flow), each side's emulated TCP state machine and receive buffer,
