@@ -1,9 +1,11 @@
 //! Monitor plugins: loading them from a directory, one instance per core, hot reload.
 //!
-//! Owns: the checks and private copies before `dlopen`, abi_stable's layout check and the
-//! API version check ([`load`]), the host side of the ABI ([`ffi`]), generations and draining
-//! ([`slot`]), and the directory watcher that turns file changes into new generations,
-//! applied by the worker at its safe point between batches ([`PluginHost::poll`]).
+//! Owns: the checks and private copies before `dlopen`, abi_stable's layout check, the API
+//! version and name checks ([`load`], [`elf`], the test load in a child process: [`probe`]),
+//! one file per plugin name, the host side of the ABI ([`ffi`]), generations and draining
+//! ([`slot`]), and the directory watcher that turns file changes into new generations once a
+//! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
+//! ([`PluginHost::poll`]).
 //!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
 //! thread; the worker only swaps in what is ready).
@@ -16,8 +18,10 @@
 #![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
 
 pub mod budget;
+pub mod elf;
 pub mod ffi;
 pub mod load;
+pub mod probe;
 pub mod slot;
 
 use std::cell::RefCell;
@@ -117,15 +121,43 @@ fn config_for(file: &Path, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn load_update(file: PathBuf) -> Update {
+/// How long a plugin file must see no directory event before it is loaded: a `cp`, `cat >`,
+/// `install` or `rsync` in progress writes far more often than this.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Which file each loaded plugin name came from: one file per name.
+type NameTable = Arc<Mutex<BTreeMap<String, PathBuf>>>;
+
+fn load_update(file: PathBuf, names: &NameTable) -> Update {
     match load::load(&file) {
-        Ok(lib) => Update::Loaded {
-            config: config_for(&file, &lib.name()),
-            file,
-            lib,
-        },
+        Ok(lib) => {
+            let name = lib.name();
+            let mut table = names.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(other) = table.get(&name).filter(|f| **f != file) {
+                let error = LoadError::DuplicateName {
+                    path: file.clone(),
+                    name,
+                    other: other.clone(),
+                };
+                return Update::Failed { file, error };
+            }
+            table.insert(name.clone(), file.clone());
+            Update::Loaded {
+                config: config_for(&file, &name),
+                file,
+                lib,
+            }
+        }
         Err(error) => Update::Failed { file, error },
     }
+}
+
+/// Forgets the names of `file`'s plugin (the file is gone: another may take them).
+fn release_names(names: &NameTable, file: &Path) {
+    names
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, f| f != file);
 }
 
 struct Entry {
@@ -190,15 +222,20 @@ impl PluginSet {
             source,
         })?;
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
+        let names: NameTable = Arc::default();
         let watcher = if watch {
-            Some(start_watcher(dir, Arc::clone(&subscribers))?)
+            Some(start_watcher(
+                dir,
+                Arc::clone(&subscribers),
+                Arc::clone(&names),
+            )?)
         } else {
             None
         };
         let mut initial = Vec::new();
         let mut failures = Vec::new();
         for file in files {
-            match load_update(file) {
+            match load_update(file, &names) {
                 Update::Loaded { file, lib, config } => initial.push((file, Some(lib), config)),
                 Update::Failed { file, error } => {
                     eprintln!("flowpeek: plugin not loaded: {error}");
@@ -438,6 +475,7 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
 fn start_watcher(
     dir: &Path,
     subscribers: Subscribers,
+    names: NameTable,
 ) -> Result<notify::RecommendedWatcher, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
@@ -450,37 +488,102 @@ fn start_watcher(
             dir: dir.into(),
             detail: e.to_string(),
         })?;
+    let watched = dir.to_path_buf();
     std::thread::Builder::new()
         .name("flowpeek-plugin-loader".into())
-        .spawn(move || {
-            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-            for ev in fs_rx.into_iter().flatten() {
-                let seen = Instant::now();
-                // A file is complete when it is closed after writing or renamed into place.
-                let (ready, gone) = match ev.kind {
-                    FsEvent::Access(AccessKind::Close(AccessMode::Write)) => (true, false),
-                    // inotify reports a rename as From, To and Both: act on the first two.
-                    FsEvent::Modify(ModifyKind::Name(RenameMode::To)) => (true, false),
-                    FsEvent::Modify(ModifyKind::Name(RenameMode::From)) | FsEvent::Remove(_) => {
-                        (false, true)
-                    }
-                    _ => (false, false),
-                };
-                for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
-                    let update = if ready && p.exists() {
-                        load_update(p)
-                    } else if gone {
-                        Update::Removed { file: p }
-                    } else {
-                        continue;
-                    };
-                    broadcast(&subscribers, update, seen);
-                }
-            }
-        })
+        .spawn(move || watch_loop(&watched, &fs_rx, &subscribers, &names))
         .map_err(|e| HostError::Watch {
             dir: dir.into(),
             detail: e.to_string(),
         })?;
     Ok(watcher)
+}
+
+/// Files with recent events, each with the time of its last event: a file is acted on once it
+/// has had none for [`SETTLE`] (then `load` checks again that it does not change while read).
+type Pending = BTreeMap<PathBuf, Instant>;
+
+/// Notes the plugin files an event touched. Opening and reading (our own included) are not
+/// changes; a metadata change only prolongs the wait of a file already waiting.
+fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, names: &NameTable) {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    let now = Instant::now();
+    if ev.need_rescan() {
+        // Events were lost: look at every plugin file there is, and every one we loaded.
+        let listed = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()));
+        let known: Vec<PathBuf> = names
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        for p in listed.chain(known).filter(|p| is_plugin_file(p)) {
+            pending.insert(p, now);
+        }
+        return;
+    }
+    let (change, prolong) = match ev.kind {
+        FsEvent::Access(AccessKind::Close(AccessMode::Write))
+        | FsEvent::Create(_)
+        | FsEvent::Remove(_)
+        | FsEvent::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any) => {
+            (true, true)
+        }
+        FsEvent::Modify(ModifyKind::Metadata(_)) => (false, true),
+        _ => (false, false),
+    };
+    for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
+        if change || (prolong && pending.contains_key(&p)) {
+            pending.insert(p, now);
+        }
+    }
+}
+
+/// The loader thread: waits for files to be still, then loads or removes them.
+fn watch_loop(
+    dir: &Path,
+    fs_rx: &Receiver<notify::Result<notify::Event>>,
+    subscribers: &Subscribers,
+    names: &NameTable,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending = Pending::new();
+    loop {
+        let next = pending.values().min().map(|t| *t + SETTLE);
+        let got = match next {
+            None => fs_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => fs_rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        match got {
+            Ok(Ok(ev)) => note(&mut pending, ev, dir, names),
+            Ok(Err(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = Instant::now();
+        let due: Vec<(PathBuf, Instant)> = pending
+            .iter()
+            .filter(|(_, t)| **t + SETTLE <= now)
+            .map(|(p, t)| (p.clone(), *t))
+            .collect();
+        // Removals first: `mv a.so b.so` frees a's plugin name before b loads.
+        let (gone, present): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|(p, _)| std::fs::symlink_metadata(p).is_err());
+        for (p, seen) in gone {
+            pending.remove(&p);
+            release_names(names, &p);
+            broadcast(subscribers, Update::Removed { file: p }, seen);
+        }
+        for (p, seen) in present {
+            pending.remove(&p);
+            match load_update(p, names) {
+                // Written again while being read: wait for it to be still once more.
+                Update::Failed { file, error } if error.is_changing() => {
+                    pending.insert(file, Instant::now());
+                }
+                update => broadcast(subscribers, update, seen),
+            }
+        }
+    }
 }
