@@ -139,13 +139,21 @@ pub fn check(b: &[u8]) -> Result<(), ElfError> {
     };
     match e_type {
         ET_DYN => {}
-        ET_EXEC => return Err(ElfError::Foreign("an ELF executable, not a shared library".into())),
+        ET_EXEC => {
+            return Err(ElfError::Foreign(
+                "an ELF executable, not a shared library".into(),
+            ))
+        }
         ET_REL => {
             return Err(ElfError::Foreign(
                 "an ELF object file (.o), not a shared library".into(),
             ))
         }
-        t => return Err(ElfError::Foreign(format!("an ELF file of type {t}, not a shared library"))),
+        t => {
+            return Err(ElfError::Foreign(format!(
+                "an ELF file of type {t}, not a shared library"
+            )))
+        }
     }
     if let Some((want, arch)) = MACHINE {
         if e_machine != want {

@@ -114,7 +114,9 @@ pub enum LoadError {
         message: String,
     },
     /// dlopen failed on a file that looked complete.
-    #[error("{path}: the dynamic loader refused it ({detail}); if it was being replaced, {REPLACE_FIX}")]
+    #[error(
+        "{path}: the dynamic loader refused it ({detail}); if it was being replaced, {REPLACE_FIX}"
+    )]
     LoaderRefused {
         /// The file.
         path: PathBuf,
@@ -356,10 +358,12 @@ fn read_checked(path: &Path) -> Result<Image, LoadError> {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(LoadError::Changing { path: path.into() })
         }
-        Err(e) => return Err(LoadError::Unreadable {
-            path: path.into(),
-            source: e,
-        }),
+        Err(e) => {
+            return Err(LoadError::Unreadable {
+                path: path.into(),
+                source: e,
+            })
+        }
     };
     let st = fstat(&file).map_err(unreadable(path))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -400,8 +404,7 @@ fn read_checked(path: &Path) -> Result<Image, LoadError> {
             format!("chmod o-w {}", real.display()),
         );
     }
-    if (before.dev(), before.ino(), before.size() as i64) != (st.st_dev, st.st_ino, st.st_size)
-    {
+    if (before.dev(), before.ino(), before.size() as i64) != (st.st_dev, st.st_ino, st.st_size) {
         return Err(LoadError::Changing { path: path.into() });
     }
     let mut bytes = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
@@ -541,7 +544,9 @@ fn mapped_ranges(copy: &Path) -> Vec<(usize, usize)> {
                 let ph = &*info.dlpi_phdr.add(i);
                 if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_R != 0 {
                     let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
-                    search.ranges.push((start, start.saturating_add(ph.p_memsz as usize)));
+                    search
+                        .ranges
+                        .push((start, start.saturating_add(ph.p_memsz as usize)));
                 }
             }
             1
@@ -564,29 +569,19 @@ fn inside(ranges: &[(usize, usize)], at: usize, len: usize) -> bool {
         .is_some_and(|end| ranges.iter().any(|&(s, e)| at >= s && end <= e))
 }
 
-/// Checks that the root-module symbol and the header it points to lie inside the library's
-/// own readable segments, before abi_stable reads through them.
+/// Checks that the root-module header (the exported symbol is the header itself) lies,
+/// whole and aligned, inside the library's own readable segments, before abi_stable reads it.
 fn check_header_pointers(path: &Path, raw: &RawLibrary, copy: &Path) -> Result<(), LoadError> {
-    // SAFETY: only the symbol's address is taken here; nothing is read through it yet.
-    let sym = unsafe { raw.get::<u8>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }
+    // SAFETY: the symbol's address is taken as a raw pointer; nothing is read through it.
+    let sym = unsafe { raw.get::<*const u8>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }
         .map_err(|_| LoadError::MissingRootModule { path: path.into() })?;
-    let at = &*sym as *const u8 as usize;
-    let ranges = mapped_ranges(copy);
-    let bad = |detail: String| {
-        Err(LoadError::BadHeader {
-            path: path.into(),
-            detail,
-        })
-    };
-    let word = std::mem::size_of::<usize>();
-    if !inside(&ranges, at, word) || at % std::mem::align_of::<usize>() != 0 {
-        return bad(format!("symbol is at {at:#x}"));
-    }
-    // SAFETY: `at` is aligned and its word lies in a readable segment of this library.
-    let header = unsafe { std::ptr::read(at as *const usize) };
+    let at = *sym as usize;
     let size = std::mem::size_of::<LibHeader>();
-    if !inside(&ranges, header, size) || header % std::mem::align_of::<LibHeader>() != 0 {
-        return bad(format!("pointer is {header:#x} ({size} bytes needed there)"));
+    if !inside(&mapped_ranges(copy), at, size) || at % std::mem::align_of::<LibHeader>() != 0 {
+        return Err(LoadError::BadHeader {
+            path: path.into(),
+            detail: format!("is at {at:#x} ({size} bytes needed there)"),
+        });
     }
     Ok(())
 }
@@ -654,10 +649,7 @@ fn abi_header_mismatch(found: &AbiHeader) -> String {
 
 /// A magic string as quoted text, non-printable bytes as `\xNN`, trailing blanks dropped.
 pub fn magic_text(magic: &[u8]) -> String {
-    let end = magic
-        .iter()
-        .rposition(|&b| b != b' ')
-        .map_or(0, |i| i + 1);
+    let end = magic.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
     format!("\"{}\"", magic[..end].escape_ascii())
 }
 
@@ -724,7 +716,10 @@ mod tests {
         let e = PrivateDir::create().unwrap();
         assert_ne!(p, e.path);
         let f = d.write("x.so", b"abc").unwrap();
-        assert!(d.write("x.so", b"abc").is_err(), "never over an existing file");
+        assert!(
+            d.write("x.so", b"abc").is_err(),
+            "never over an existing file"
+        );
         assert_eq!(std::fs::read(&f).unwrap(), b"abc");
         drop(d);
         assert!(!p.exists());

@@ -2,7 +2,7 @@
 //!
 //! Owns: the checks and private copies before `dlopen`, abi_stable's layout check, the API
 //! version and name checks ([`load`], [`elf`], the test load in a child process: [`probe`]),
-//! one file per plugin name, the host side of the ABI ([`ffi`]), generations and draining
+//! one file per plugin name ([`PluginHost`]), the host side of the ABI ([`ffi`]), generations and draining
 //! ([`slot`]), and the directory watcher that turns file changes into new generations once a
 //! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
 //! ([`PluginHost::poll`]).
@@ -25,7 +25,7 @@ pub mod probe;
 pub mod slot;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -125,45 +125,23 @@ fn config_for(file: &Path, name: &str) -> String {
 /// `install` or `rsync` in progress writes far more often than this.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Which file each loaded plugin name came from: one file per name.
-type NameTable = Arc<Mutex<BTreeMap<String, PathBuf>>>;
-
-fn load_update(file: PathBuf, names: &NameTable) -> Update {
+fn load_update(file: PathBuf) -> Update {
     match load::load(&file) {
-        Ok(lib) => {
-            let name = lib.name();
-            let mut table = names.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(other) = table.get(&name).filter(|f| **f != file) {
-                let error = LoadError::DuplicateName {
-                    path: file.clone(),
-                    name,
-                    other: other.clone(),
-                };
-                return Update::Failed { file, error };
-            }
-            table.insert(name.clone(), file.clone());
-            Update::Loaded {
-                config: config_for(&file, &name),
-                file,
-                lib,
-            }
-        }
+        Ok(lib) => Update::Loaded {
+            config: config_for(&file, &lib.name()),
+            file,
+            lib,
+        },
         Err(error) => Update::Failed { file, error },
     }
-}
-
-/// Forgets the names of `file`'s plugin (the file is gone: another may take them).
-fn release_names(names: &NameTable, file: &Path) {
-    names
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|_, f| f != file);
 }
 
 struct Entry {
     file: PathBuf,
     slot: Rc<RefCell<PluginSlot>>,
     monitor: usize,
+    /// The file was removed: its generations drain, and its name is free for another file.
+    removed: bool,
 }
 
 /// The plugins of one core and the watcher of their directory.
@@ -222,20 +200,15 @@ impl PluginSet {
             source,
         })?;
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
-        let names: NameTable = Arc::default();
         let watcher = if watch {
-            Some(start_watcher(
-                dir,
-                Arc::clone(&subscribers),
-                Arc::clone(&names),
-            )?)
+            Some(start_watcher(dir, Arc::clone(&subscribers), files.clone())?)
         } else {
             None
         };
         let mut initial = Vec::new();
         let mut failures = Vec::new();
         for file in files {
-            match load_update(file, &names) {
+            match load_update(file) {
                 Update::Loaded { file, lib, config } => initial.push((file, Some(lib), config)),
                 Update::Failed { file, error } => {
                     eprintln!("flowpeek: plugin not loaded: {error}");
@@ -324,6 +297,24 @@ impl PluginHost {
         match update {
             Update::Loaded { file, lib, config } => {
                 let name = lib.name();
+                // One file per name: both would write <name>.jsonl. A file whose constructor
+                // failed has no entry and holds no name.
+                if let Some(other) = self
+                    .entries
+                    .iter()
+                    .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
+                {
+                    let error = LoadError::DuplicateName {
+                        path: file,
+                        name,
+                        other: other.file.clone(),
+                    };
+                    // Every core decides the same; the first one reports it.
+                    if self.core == 0 {
+                        self.fail(error.to_string());
+                    }
+                    return Ok(None);
+                }
                 let path = self.log_dir.join(format!("{name}.jsonl"));
                 let sink = ffi::Sink::open(&path).map_err(|source| HostError::LogDir {
                     dir: path.clone(),
@@ -340,6 +331,7 @@ impl PluginHost {
                     file,
                     slot: Rc::clone(&slot),
                     monitor: self.entries.len(),
+                    removed: false,
                 });
                 Ok(Some(slot))
             }
@@ -381,6 +373,7 @@ impl PluginHost {
                 let installed = slot.borrow_mut().install(&lib, &config);
                 match installed {
                     Ok(_) => {
+                        self.entries[i].removed = false;
                         let idx = self.entries[i].monitor;
                         let subs = slot.borrow().engine_subscriptions();
                         engine.extend_subscriptions(idx, subs);
@@ -391,6 +384,7 @@ impl PluginHost {
                 }
             }
             (Update::Removed { .. }, Some(i)) => {
+                self.entries[i].removed = true;
                 let slot = Rc::clone(&self.entries[i].slot);
                 slot.borrow_mut().remove();
                 engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
@@ -475,7 +469,7 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
 fn start_watcher(
     dir: &Path,
     subscribers: Subscribers,
-    names: NameTable,
+    initial: Vec<PathBuf>,
 ) -> Result<notify::RecommendedWatcher, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
@@ -491,7 +485,7 @@ fn start_watcher(
     let watched = dir.to_path_buf();
     std::thread::Builder::new()
         .name("flowpeek-plugin-loader".into())
-        .spawn(move || watch_loop(&watched, &fs_rx, &subscribers, &names))
+        .spawn(move || watch_loop(&watched, &fs_rx, &subscribers, initial))
         .map_err(|e| HostError::Watch {
             dir: dir.into(),
             detail: e.to_string(),
@@ -505,20 +499,19 @@ type Pending = BTreeMap<PathBuf, Instant>;
 
 /// Notes the plugin files an event touched. Opening and reading (our own included) are not
 /// changes; a metadata change only prolongs the wait of a file already waiting.
-fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, names: &NameTable) {
+fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<PathBuf>) {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     let now = Instant::now();
     if ev.need_rescan() {
-        // Events were lost: look at every plugin file there is, and every one we loaded.
+        // Events were lost: look at every plugin file there is, and every one seen before.
         let listed = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()));
-        let known: Vec<PathBuf> = names
-            .lock()
-            .map(|t| t.values().cloned().collect())
-            .unwrap_or_default();
-        for p in listed.chain(known).filter(|p| is_plugin_file(p)) {
+        for p in listed
+            .chain(known.iter().cloned())
+            .filter(|p| is_plugin_file(p))
+        {
             pending.insert(p, now);
         }
         return;
@@ -545,10 +538,11 @@ fn watch_loop(
     dir: &Path,
     fs_rx: &Receiver<notify::Result<notify::Event>>,
     subscribers: &Subscribers,
-    names: &NameTable,
+    initial: Vec<PathBuf>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut pending = Pending::new();
+    let mut known: BTreeSet<PathBuf> = initial.into_iter().collect();
     loop {
         let next = pending.values().min().map(|t| *t + SETTLE);
         let got = match next {
@@ -556,7 +550,7 @@ fn watch_loop(
             Some(due) => fs_rx.recv_timeout(due.saturating_duration_since(Instant::now())),
         };
         match got {
-            Ok(Ok(ev)) => note(&mut pending, ev, dir, names),
+            Ok(Ok(ev)) => note(&mut pending, ev, dir, &known),
             Ok(Err(_)) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -566,18 +560,18 @@ fn watch_loop(
             .filter(|(_, t)| **t + SETTLE <= now)
             .map(|(p, t)| (p.clone(), *t))
             .collect();
+        known.extend(due.iter().map(|(p, _)| p.clone()));
         // Removals first: `mv a.so b.so` frees a's plugin name before b loads.
         let (gone, present): (Vec<_>, Vec<_>) = due
             .into_iter()
             .partition(|(p, _)| std::fs::symlink_metadata(p).is_err());
         for (p, seen) in gone {
             pending.remove(&p);
-            release_names(names, &p);
             broadcast(subscribers, Update::Removed { file: p }, seen);
         }
         for (p, seen) in present {
             pending.remove(&p);
-            match load_update(p, names) {
+            match load_update(p) {
                 // Written again while being read: wait for it to be still once more.
                 Update::Failed { file, error } if error.is_changing() => {
                     pending.insert(file, Instant::now());
