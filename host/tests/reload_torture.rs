@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use plugin_util::{corpus, place, streamhash, tagger, TempDir};
 
-const LOOPS: &str = "5";
+const LOOPS: &str = "3";
 
 fn flowpeek_run(plugins: &Path, logs: &Path, tmp: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpeek"));
@@ -35,6 +35,8 @@ fn flowpeek_run(plugins: &Path, logs: &Path, tmp: &Path, extra: &[&str]) -> Comm
             "3600",
             "--quiet",
         ])
+        // No time budget: a debug plugin on a busy machine overruns it and floods stderr.
+        .args(["--plugin-budget-ms", "0"])
         .arg("--plugins")
         .arg(plugins)
         .arg("--log-dir")
@@ -96,7 +98,7 @@ fn every_way_of_writing_the_plugin_directory_under_traffic() {
     .unwrap();
     assert!(st.success(), "clean run: {st:?}");
     let want = sorted_records(&clean_logs.join("streamhash.jsonl"));
-    assert_eq!(want.len(), 9000 * 5, "http-small: 9,000 connections a pass");
+    assert_eq!(want.len(), 9000 * 3, "http-small: 9,000 connections a pass");
     eprintln!(
         "clean run: {} records in {:.1} s",
         want.len(),
@@ -112,7 +114,7 @@ fn every_way_of_writing_the_plugin_directory_under_traffic() {
         dir.path(),
         logs.path(),
         tmp.path(),
-        &["--pace", "20000", "--stats", stats.to_str().unwrap()],
+        &["--pace", "14000", "--stats", stats.to_str().unwrap()],
     )
     .stderr(Stdio::piped())
     .spawn()

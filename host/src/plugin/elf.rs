@@ -96,16 +96,18 @@ impl Reader<'_> {
 /// section header table (a linker writes it last, so a file cut anywhere fails here).
 pub fn check(b: &[u8]) -> Result<(), ElfError> {
     let len = b.len() as u64;
-    if b.len() < 4 || b[..4] != *b"\x7fELF" {
+    if b.len() < 4 && b"\x7fELF".starts_with(b) {
+        // Empty, or the start of an ELF file: what a copy in progress looks like.
+        return Err(ElfError::Damaged(format!(
+            "the file is {len} bytes, shorter than an ELF header ({EHDR_LEN} bytes)"
+        )));
+    }
+    if b[..4] != *b"\x7fELF" {
         let start: Vec<String> = b.iter().take(4).map(|x| format!("{x:02x}")).collect();
-        return Err(ElfError::NotElf(if b.is_empty() {
-            "an empty file, not an ELF shared library".into()
-        } else {
-            format!(
-                "not an ELF file (it starts with the bytes {}, not 7f 45 4c 46)",
-                start.join(" ")
-            )
-        }));
+        return Err(ElfError::NotElf(format!(
+            "not an ELF file (it starts with the bytes {}, not 7f 45 4c 46)",
+            start.join(" ")
+        )));
     }
     if b.len() < EHDR_LEN {
         return Err(ElfError::Damaged(format!(
@@ -305,9 +307,7 @@ mod tests {
         let b = image();
         for n in 0..b.len() {
             let e = check(&b[..n]).expect_err(&format!("cut at {n}"));
-            if n >= 4 {
-                assert!(matches!(e, ElfError::Damaged(_)), "cut at {n}: {e}");
-            }
+            assert!(matches!(e, ElfError::Damaged(_)), "cut at {n}: {e}");
         }
     }
 
@@ -327,6 +327,7 @@ mod tests {
     #[test]
     fn foreign_and_non_elf_files_are_told_apart() {
         assert!(matches!(check(b"hello"), Err(ElfError::NotElf(_))));
+        assert!(matches!(check(b"he"), Err(ElfError::NotElf(_))));
         let mut b = image();
         b[4] = 1;
         assert!(matches!(check(&b), Err(ElfError::Foreign(_))));

@@ -493,9 +493,12 @@ fn start_watcher(
     Ok(watcher)
 }
 
-/// Files with recent events, each with the time of its last event: a file is acted on once it
-/// has had none for [`SETTLE`] (then `load` checks again that it does not change while read).
-type Pending = BTreeMap<PathBuf, Instant>;
+/// Files with recent events, each with the time of its last event (or of the last look at
+/// it) and whether it was already found missing once: a file is acted on once it has had no
+/// event for [`SETTLE`] (then `load` checks again that it does not change while read); a
+/// missing file is removed only if it is still missing, with no event, one [`SETTLE`] later
+/// (the event of an `rm` about to be followed by a `cp` may still be on its way).
+type Pending = BTreeMap<PathBuf, (Instant, bool)>;
 
 /// Notes the plugin files an event touched. Opening and reading (our own included) are not
 /// changes; a metadata change only prolongs the wait of a file already waiting.
@@ -512,7 +515,7 @@ fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<P
             .chain(known.iter().cloned())
             .filter(|p| is_plugin_file(p))
         {
-            pending.insert(p, now);
+            pending.insert(p, (now, false));
         }
         return;
     }
@@ -528,7 +531,7 @@ fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<P
     };
     for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
         if change || (prolong && pending.contains_key(&p)) {
-            pending.insert(p, now);
+            pending.insert(p, (now, false));
         }
     }
 }
@@ -544,7 +547,7 @@ fn watch_loop(
     let mut pending = Pending::new();
     let mut known: BTreeSet<PathBuf> = initial.into_iter().collect();
     loop {
-        let next = pending.values().min().map(|t| *t + SETTLE);
+        let next = pending.values().map(|v| v.0).min().map(|t| t + SETTLE);
         let got = match next {
             None => fs_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(due) => fs_rx.recv_timeout(due.saturating_duration_since(Instant::now())),
@@ -554,27 +557,37 @@ fn watch_loop(
             Ok(Err(_)) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        // Everything already delivered counts before deciding that a file is still.
+        while let Ok(got) = fs_rx.try_recv() {
+            if let Ok(ev) = got {
+                note(&mut pending, ev, dir, &known);
+            }
+        }
         let now = Instant::now();
-        let due: Vec<(PathBuf, Instant)> = pending
+        let due: Vec<(PathBuf, Instant, bool)> = pending
             .iter()
-            .filter(|(_, t)| **t + SETTLE <= now)
-            .map(|(p, t)| (p.clone(), *t))
+            .filter(|(_, v)| v.0 + SETTLE <= now)
+            .map(|(p, v)| (p.clone(), v.0, v.1))
             .collect();
-        known.extend(due.iter().map(|(p, _)| p.clone()));
+        known.extend(due.iter().map(|d| d.0.clone()));
         // Removals first: `mv a.so b.so` frees a's plugin name before b loads.
         let (gone, present): (Vec<_>, Vec<_>) = due
             .into_iter()
-            .partition(|(p, _)| std::fs::symlink_metadata(p).is_err());
-        for (p, seen) in gone {
-            pending.remove(&p);
-            broadcast(subscribers, Update::Removed { file: p }, seen);
+            .partition(|d| std::fs::symlink_metadata(&d.0).is_err());
+        for (p, seen, missing_before) in gone {
+            if missing_before {
+                pending.remove(&p);
+                broadcast(subscribers, Update::Removed { file: p }, seen);
+            } else {
+                pending.insert(p, (now, true));
+            }
         }
-        for (p, seen) in present {
+        for (p, seen, _) in present {
             pending.remove(&p);
             match load_update(p) {
                 // Written again while being read: wait for it to be still once more.
                 Update::Failed { file, error } if error.is_changing() => {
-                    pending.insert(file, Instant::now());
+                    pending.insert(file, (Instant::now(), false));
                 }
                 update => broadcast(subscribers, update, seen),
             }
