@@ -126,6 +126,20 @@ fn every_way_of_writing_the_plugin_directory_under_traffic() {
         s
     });
 
+    // Writes start once the first generation is in (its log is opened when it is installed):
+    // a file written while the run starts is not loaded, and then records are missing.
+    let log = logs.join("streamhash.jsonl");
+    while !log.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "flowpeek run ended before loading streamhash"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no streamhash log"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let rsync = have("rsync");
     if !rsync {
         eprintln!("note: rsync is not installed: the `rsync --inplace` write is skipped");

@@ -102,7 +102,7 @@ pub fn check(b: &[u8]) -> Result<(), ElfError> {
             "the file is {len} bytes, shorter than an ELF header ({EHDR_LEN} bytes)"
         )));
     }
-    if b[..4] != *b"\x7fELF" {
+    if b.len() < 4 || b[..4] != *b"\x7fELF" {
         let start: Vec<String> = b.iter().take(4).map(|x| format!("{x:02x}")).collect();
         return Err(ElfError::NotElf(format!(
             "not an ELF file (it starts with the bytes {}, not 7f 45 4c 46)",

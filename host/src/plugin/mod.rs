@@ -208,7 +208,21 @@ impl PluginSet {
         let mut initial = Vec::new();
         let mut failures = Vec::new();
         for file in files {
-            match load_update(file) {
+            let mut update = load_update(file);
+            // A file being written as the run starts: give it a few chances to become still.
+            for _ in 0..4 {
+                match update {
+                    Update::Failed { file, error } if error.is_changing() => {
+                        std::thread::sleep(SETTLE);
+                        update = load_update(file);
+                    }
+                    other => {
+                        update = other;
+                        break;
+                    }
+                }
+            }
+            match update {
                 Update::Loaded { file, lib, config } => initial.push((file, Some(lib), config)),
                 Update::Failed { file, error } => {
                     eprintln!("flowpeek: plugin not loaded: {error}");
