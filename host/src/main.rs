@@ -287,6 +287,10 @@ enum Overlap {
 }
 
 fn main() -> ExitCode {
+    // A plugin test-load child (`flowpeek __probe-plugin`), else enable test loads by this binary.
+    if let Some(code) = flowpeek::plugin::probe::main_hook() {
+        return code;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

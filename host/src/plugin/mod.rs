@@ -1,9 +1,11 @@
 //! Monitor plugins: loading them from a directory, one instance per core, hot reload.
 //!
-//! Owns: the checks and private copies before `dlopen`, abi_stable's layout check and the
-//! API version check ([`load`]), the host side of the ABI ([`ffi`]), generations and draining
-//! ([`slot`]), and the directory watcher that turns file changes into new generations,
-//! applied by the worker at its safe point between batches ([`PluginHost::poll`]).
+//! Owns: the checks and private copies before `dlopen`, abi_stable's layout check, the API
+//! version and name checks ([`load`], [`elf`], the test load in a child process: [`probe`]),
+//! one file per plugin name ([`PluginHost`]), the host side of the ABI ([`ffi`]), generations and draining
+//! ([`slot`]), and the directory watcher that turns file changes into new generations once a
+//! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
+//! ([`PluginHost::poll`]).
 //!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
 //! thread; the worker only swaps in what is ready).
@@ -16,12 +18,14 @@
 #![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
 
 pub mod budget;
+pub mod elf;
 pub mod ffi;
 pub mod load;
+pub mod probe;
 pub mod slot;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -117,6 +121,10 @@ fn config_for(file: &Path, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How long a plugin file must see no directory event before it is loaded: a `cp`, `cat >`,
+/// `install` or `rsync` in progress writes far more often than this.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
 fn load_update(file: PathBuf) -> Update {
     match load::load(&file) {
         Ok(lib) => Update::Loaded {
@@ -132,6 +140,8 @@ struct Entry {
     file: PathBuf,
     slot: Rc<RefCell<PluginSlot>>,
     monitor: usize,
+    /// The file was removed: its generations drain, and its name is free for another file.
+    removed: bool,
 }
 
 /// The plugins of one core and the watcher of their directory.
@@ -191,14 +201,28 @@ impl PluginSet {
         })?;
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
         let watcher = if watch {
-            Some(start_watcher(dir, Arc::clone(&subscribers))?)
+            Some(start_watcher(dir, Arc::clone(&subscribers), files.clone())?)
         } else {
             None
         };
         let mut initial = Vec::new();
         let mut failures = Vec::new();
         for file in files {
-            match load_update(file) {
+            let mut update = load_update(file);
+            // A file being written as the run starts: give it a few chances to become still.
+            for _ in 0..4 {
+                match update {
+                    Update::Failed { file, error } if error.is_changing() => {
+                        std::thread::sleep(SETTLE);
+                        update = load_update(file);
+                    }
+                    other => {
+                        update = other;
+                        break;
+                    }
+                }
+            }
+            match update {
                 Update::Loaded { file, lib, config } => initial.push((file, Some(lib), config)),
                 Update::Failed { file, error } => {
                     eprintln!("flowpeek: plugin not loaded: {error}");
@@ -287,6 +311,24 @@ impl PluginHost {
         match update {
             Update::Loaded { file, lib, config } => {
                 let name = lib.name();
+                // One file per name: both would write <name>.jsonl. A file whose constructor
+                // failed has no entry and holds no name.
+                if let Some(other) = self
+                    .entries
+                    .iter()
+                    .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
+                {
+                    let error = LoadError::DuplicateName {
+                        path: file,
+                        name,
+                        other: other.file.clone(),
+                    };
+                    // Every core decides the same; the first one reports it.
+                    if self.core == 0 {
+                        self.fail(error.to_string());
+                    }
+                    return Ok(None);
+                }
                 let path = self.log_dir.join(format!("{name}.jsonl"));
                 let sink = ffi::Sink::open(&path).map_err(|source| HostError::LogDir {
                     dir: path.clone(),
@@ -303,6 +345,7 @@ impl PluginHost {
                     file,
                     slot: Rc::clone(&slot),
                     monitor: self.entries.len(),
+                    removed: false,
                 });
                 Ok(Some(slot))
             }
@@ -344,6 +387,7 @@ impl PluginHost {
                 let installed = slot.borrow_mut().install(&lib, &config);
                 match installed {
                     Ok(_) => {
+                        self.entries[i].removed = false;
                         let idx = self.entries[i].monitor;
                         let subs = slot.borrow().engine_subscriptions();
                         engine.extend_subscriptions(idx, subs);
@@ -354,6 +398,7 @@ impl PluginHost {
                 }
             }
             (Update::Removed { .. }, Some(i)) => {
+                self.entries[i].removed = true;
                 let slot = Rc::clone(&self.entries[i].slot);
                 slot.borrow_mut().remove();
                 engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
@@ -438,6 +483,7 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
 fn start_watcher(
     dir: &Path,
     subscribers: Subscribers,
+    initial: Vec<PathBuf>,
 ) -> Result<notify::RecommendedWatcher, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
@@ -450,37 +496,115 @@ fn start_watcher(
             dir: dir.into(),
             detail: e.to_string(),
         })?;
+    let watched = dir.to_path_buf();
     std::thread::Builder::new()
         .name("flowpeek-plugin-loader".into())
-        .spawn(move || {
-            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-            for ev in fs_rx.into_iter().flatten() {
-                let seen = Instant::now();
-                // A file is complete when it is closed after writing or renamed into place.
-                let (ready, gone) = match ev.kind {
-                    FsEvent::Access(AccessKind::Close(AccessMode::Write)) => (true, false),
-                    // inotify reports a rename as From, To and Both: act on the first two.
-                    FsEvent::Modify(ModifyKind::Name(RenameMode::To)) => (true, false),
-                    FsEvent::Modify(ModifyKind::Name(RenameMode::From)) | FsEvent::Remove(_) => {
-                        (false, true)
-                    }
-                    _ => (false, false),
-                };
-                for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
-                    let update = if ready && p.exists() {
-                        load_update(p)
-                    } else if gone {
-                        Update::Removed { file: p }
-                    } else {
-                        continue;
-                    };
-                    broadcast(&subscribers, update, seen);
-                }
-            }
-        })
+        .spawn(move || watch_loop(&watched, &fs_rx, &subscribers, initial))
         .map_err(|e| HostError::Watch {
             dir: dir.into(),
             detail: e.to_string(),
         })?;
     Ok(watcher)
+}
+
+/// Files with recent events, each with the time of its last event (or of the last look at
+/// it) and whether it was already found missing once: a file is acted on once it has had no
+/// event for [`SETTLE`] (then `load` checks again that it does not change while read); a
+/// missing file is removed only if it is still missing, with no event, one [`SETTLE`] later
+/// (the event of an `rm` about to be followed by a `cp` may still be on its way).
+type Pending = BTreeMap<PathBuf, (Instant, bool)>;
+
+/// Notes the plugin files an event touched. Opening and reading (our own included) are not
+/// changes; a metadata change only prolongs the wait of a file already waiting.
+fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<PathBuf>) {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    let now = Instant::now();
+    if ev.need_rescan() {
+        // Events were lost: look at every plugin file there is, and every one seen before.
+        let listed = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()));
+        for p in listed
+            .chain(known.iter().cloned())
+            .filter(|p| is_plugin_file(p))
+        {
+            pending.insert(p, (now, false));
+        }
+        return;
+    }
+    let (change, prolong) = match ev.kind {
+        FsEvent::Access(AccessKind::Close(AccessMode::Write))
+        | FsEvent::Create(_)
+        | FsEvent::Remove(_)
+        | FsEvent::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any) => {
+            (true, true)
+        }
+        FsEvent::Modify(ModifyKind::Metadata(_)) => (false, true),
+        _ => (false, false),
+    };
+    for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
+        if change || (prolong && pending.contains_key(&p)) {
+            pending.insert(p, (now, false));
+        }
+    }
+}
+
+/// The loader thread: waits for files to be still, then loads or removes them.
+fn watch_loop(
+    dir: &Path,
+    fs_rx: &Receiver<notify::Result<notify::Event>>,
+    subscribers: &Subscribers,
+    initial: Vec<PathBuf>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending = Pending::new();
+    let mut known: BTreeSet<PathBuf> = initial.into_iter().collect();
+    loop {
+        let next = pending.values().map(|v| v.0).min().map(|t| t + SETTLE);
+        let got = match next {
+            None => fs_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => fs_rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        match got {
+            Ok(Ok(ev)) => note(&mut pending, ev, dir, &known),
+            Ok(Err(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Everything already delivered counts before deciding that a file is still.
+        while let Ok(got) = fs_rx.try_recv() {
+            if let Ok(ev) = got {
+                note(&mut pending, ev, dir, &known);
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<(PathBuf, Instant, bool)> = pending
+            .iter()
+            .filter(|(_, v)| v.0 + SETTLE <= now)
+            .map(|(p, v)| (p.clone(), v.0, v.1))
+            .collect();
+        known.extend(due.iter().map(|d| d.0.clone()));
+        // Removals first: `mv a.so b.so` frees a's plugin name before b loads.
+        let (gone, present): (Vec<_>, Vec<_>) = due
+            .into_iter()
+            .partition(|d| std::fs::symlink_metadata(&d.0).is_err());
+        for (p, seen, missing_before) in gone {
+            if missing_before {
+                pending.remove(&p);
+                broadcast(subscribers, Update::Removed { file: p }, seen);
+            } else {
+                pending.insert(p, (now, true));
+            }
+        }
+        for (p, seen, _) in present {
+            pending.remove(&p);
+            match load_update(p) {
+                // Written again while being read: wait for it to be still once more.
+                Update::Failed { file, error } if error.is_changing() => {
+                    pending.insert(file, (Instant::now(), false));
+                }
+                update => broadcast(subscribers, update, seen),
+            }
+        }
+    }
 }

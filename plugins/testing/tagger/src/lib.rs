@@ -3,7 +3,9 @@
 //! Emits one record per connection start and one per side at its end:
 //! `{"tag":"v1","ev":"start"|"end","flow":"CLI>SVR","serial":N,"side":..,"reason":..}`.
 //! The tag is "v1", or "v2" with the feature `v2` (it is also the plugin's version).
-//! Features `api_new` / `api_old` make the root module declare API version 999 / 0.
+//! Features `api_new` / `api_old` make the root module declare API version 999 / 0;
+//! `name_escape` / `name_subdir` name the plugin "../escaped" / "sub/dir" (names the host
+//! must refuse).
 //!
 //! Configuration (`tagger.toml`): `fail = true` makes the constructor fail;
 //! `panic_every = N` makes `on_event` panic on every Nth `PktIn`; `sleep_every = N` with
@@ -16,6 +18,13 @@ use flowpeek_plugin_api::sdk::*;
 const TAG: &str = "v2";
 #[cfg(not(feature = "v2"))]
 const TAG: &str = "v1";
+
+#[cfg(feature = "name_escape")]
+const NAME: &str = "../escaped";
+#[cfg(feature = "name_subdir")]
+const NAME: &str = "sub/dir";
+#[cfg(not(any(feature = "name_escape", feature = "name_subdir")))]
+const NAME: &str = "tagger";
 
 /// The monitor.
 pub struct Tagger {
@@ -45,7 +54,7 @@ impl Tagger {
 }
 
 impl Monitor for Tagger {
-    const NAME: &'static str = "tagger";
+    const NAME: &'static str = NAME;
     const VERSION: &'static str = TAG;
 
     fn new(_core: u32, config: &str) -> Result<Self, String> {
