@@ -6,6 +6,7 @@
 //! - [`wire`]: zero-copy, panic-free views of link, IP and TCP headers.
 //! - [`flow`]: the sans-I/O engine: flow table, both-sided TCP state, receive buffers,
 //!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
+//! - [`ip`]: IP fragment reassembly, bounded and policy-aware, before the decoder.
 //! - [`io`]: packet sources behind one trait, `io::Source`: capture files, shm and netmap
 //!   rings (one ring walker), AF_PACKET; and the symmetric shard of a frame.
 //! - [`plugin`]: monitor plugins: loading, generations, hot reload, the host side of the ABI.
@@ -19,6 +20,7 @@
 
 pub mod flow;
 pub mod io;
+pub mod ip;
 pub mod plugin;
 pub mod run;
 pub mod streams;

@@ -447,6 +447,25 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded<'_>, DecodeError> 
     }))
 }
 
+/// Byte offset of the IP header in `frame` (after the link header, VLAN tags and MPLS
+/// labels), or `None` when the frame carries no IP or its link headers are malformed. For
+/// callers that look at the IP layer themselves, such as the defragmenter ([`crate::ip`]).
+#[inline]
+pub fn network_offset(link: LinkType, frame: &[u8]) -> Option<usize> {
+    link::locate_network(link, frame)
+        .ok()
+        .flatten()
+        .map(|l3| l3.offset)
+}
+
+/// The Internet checksum (RFC 1071) of `data`, as written into a header's checksum field
+/// (the ones' complement of the folded sum; the field itself must be zero in `data`).
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum = checksum::Sum::new();
+    sum.add_bytes(data);
+    !sum.fold()
+}
+
 /// The first `N` bytes of `buf` as a fixed-size array, if there are that many. Header
 /// views are built from this, after which field accesses index a fixed-size array.
 #[inline(always)]
