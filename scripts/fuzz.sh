@@ -2,7 +2,7 @@
 # Runs the cargo-fuzz targets of host/fuzz for a bounded time each (see host/fuzz/README.md).
 set -euo pipefail
 
-ALL_TARGETS=(decode capture engine shm_ring plugin_config)
+ALL_TARGETS=(decode capture engine shm_ring plugin_config defrag)
 
 usage() {
     cat <<EOF
@@ -33,7 +33,7 @@ plugins (debug, into target/plugin-tests, shared with the plugin tests; target/ 
 \$CARGO_TARGET_DIR if set).
 
 Examples:
-  scripts/fuzz.sh                        # all five targets, 20 s each (CI)
+  scripts/fuzz.sh                        # all six targets, 20 s each (CI)
   scripts/fuzz.sh --seconds 600 engine   # a longer local run of one target
 EOF
 }

@@ -25,7 +25,7 @@ def write(target, name, data):
 
 
 def clean():
-    for target in ("decode", "capture", "engine", "shm_ring", "plugin_config"):
+    for target in ("decode", "capture", "engine", "shm_ring", "plugin_config", "defrag"):
         d = os.path.join(OUT, target)
         if os.path.isdir(d):
             for f in os.listdir(d):
@@ -360,6 +360,45 @@ def plugin_seeds():
     put("noop", 0x09, b"", b"x")
 
 
+def defrag_seeds():
+    """Programs for fuzz_targets/defrag.rs: a setup byte (policy, memory, fragments and
+    datagram bounds), then ops: a fragment (kind 0/1: v6, id, MF, TCP and length-in-8s bits,
+    a 16-bit offset in 8-byte units, a length byte and a fill byte), a time jump (kind 2) or a
+    raw frame (kind 3: a length byte and the bytes)."""
+
+    def frag(v6=False, id=0, more=True, tcp=False, off8=0, len8=1, fill=0x41, raw_len=None):
+        op = int(v6) | (id << 1) | (int(more) << 3) | (int(tcp) << 4)
+        if raw_len is None:
+            op |= 0x20
+            n = len8
+        else:
+            n = raw_len
+        return bytes([op]) + struct.pack(">H", off8) + bytes([n, fill])
+
+    def jump(two_s):
+        return bytes([0x80 | two_s])
+
+    def setup(policy=0, memory=3, frags=2, datagrams=1):
+        return bytes([policy | (memory << 3) | (frags << 5) | (datagrams << 7)])
+
+    three = frag(off8=0) + frag(off8=1) + frag(off8=2, more=False)
+    write("defrag", "v4-in-order", setup() + three)
+    write("defrag", "v6-reversed", setup() + frag(True, off8=2, more=False) + frag(True, off8=1) + frag(True, off8=0))
+    novak = [(0, 3, "A"), (4, 2, "B"), (6, 3, "C"), (10, 1, "D"), (13, 2, "E"), (15, 3, "F"),
+             (18, 2, "G"), (20, 2, "H"), (22, 1, "I"), (1, 4, "J"), (6, 3, "K"), (9, 3, "L"),
+             (12, 3, "M"), (16, 1, "N"), (19, 1, "O"), (20, 1, "P"), (22, 2, "Q")]
+    for policy in range(6):
+        ops = b"".join(
+            frag(off8=o, len8=n, fill=ord(c), more=i + 1 < len(novak)) for i, (o, n, c) in enumerate(novak)
+        )
+        write("defrag", f"novak-policy-{policy}", setup(policy=policy) + ops)
+    write("defrag", "timeout-then-rest", setup() + frag(off8=0) + jump(0x3f) + frag(off8=1, more=False))
+    write("defrag", "tiny-and-zero", setup() + frag(tcp=True, raw_len=16) + frag(off8=3, raw_len=0) + frag(off8=1, len8=1, tcp=True))
+    write("defrag", "flood-small-cap", setup(memory=0, datagrams=0) + b"".join(frag(id=i % 4, off8=i, len8=40) for i in range(12)))
+    write("defrag", "too-many-fragments", setup(frags=0) + b"".join(frag(off8=i) for i in range(5)))
+    write("defrag", "raw-frames", setup() + bytes([0xc0, 6]) + b"\x45\x00\x00\x14\x00\x01" + bytes([0xc0, 0]))
+
+
 def main():
     if not os.path.isdir(CORPUS):
         sys.exit(f"make_seeds: no capture corpus at {CORPUS}: clone beside ../shared or set FLOWPEEK_CORPUS")
@@ -383,6 +422,7 @@ def main():
     engine_seeds(eth)
     shm_seeds()
     plugin_seeds()
+    defrag_seeds()
     for t in sorted(os.listdir(OUT)):
         d = os.path.join(OUT, t)
         if os.path.isdir(d):

@@ -19,6 +19,9 @@ mod capture;
 #[path = "../fuzz/fuzz_targets/decode.rs"]
 mod decode;
 #[allow(unreachable_pub, dead_code)]
+#[path = "../fuzz/fuzz_targets/defrag.rs"]
+mod defrag;
+#[allow(unreachable_pub, dead_code)]
 #[path = "../fuzz/fuzz_targets/engine.rs"]
 mod engine;
 #[allow(unreachable_pub, dead_code)]
@@ -83,6 +86,11 @@ fn replay(target: &str, body: &dyn Fn(&[u8])) {
 #[test]
 fn decode_regressions() {
     replay("decode", &decode::run);
+}
+
+#[test]
+fn defrag_regressions() {
+    replay("defrag", &defrag::run);
 }
 
 #[test]
