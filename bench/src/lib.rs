@@ -8,6 +8,8 @@
 //! - [`harness`]: `flowpeek-bench run`: generator and consumer as pinned processes, measured.
 //! - [`mangle`]: `flowpeek-bench mangle`: disorderly captures (reordering, duplicates, ACKs
 //!   and FINs ahead of data, late packets) made from clean ones.
+//! - [`fragment`]: `flowpeek-bench fragment`: IP-fragmented captures (2..=N fragments per
+//!   packet, any order, repeats, overlaps of equal bytes) made from clean ones.
 //! - [`sweep`]: `flowpeek-bench sweep`: a grid of runs to CSV, JSON and SVG.
 //!
 //! `unsafe` policy: denied, except in [`harness`], which makes the libc calls the process
@@ -15,6 +17,7 @@
 //! Rings and captures go through flowpeek's own safe interfaces.
 #![deny(unsafe_code)]
 
+pub mod fragment;
 pub mod gen;
 pub mod harness;
 pub mod mangle;

@@ -66,6 +66,38 @@ enum Command {
     ///          flowpeek-bench mangle clean.pcap --out ackfirst.pcap --ack-first --fin-first
     #[command(verbatim_doc_comment)]
     Mangle(MangleArgs),
+    /// Cut the TCP packets of a clean capture into 2..=N IP fragments (IPv4 or IPv6), in a
+    /// random order per packet, with repeated fragments and overlaps whose bytes agree:
+    /// reassembled, it gives the clean capture's streams.
+    ///
+    /// Example: flowpeek-bench fragment clean.pcap --out frags.pcap --max 4 --dup 0.1
+    #[command(verbatim_doc_comment)]
+    Fragment(FragmentArgs),
+}
+
+/// `flowpeek-bench fragment`.
+#[derive(Args)]
+struct FragmentArgs {
+    /// The clean capture (pcap or pcapng, one link type).
+    input: PathBuf,
+    /// Where to write the fragmented capture (pcap, nanosecond timestamps).
+    #[arg(long)]
+    out: PathBuf,
+    /// Most fragments per packet (2..).
+    #[arg(long = "max", default_value_t = 4)]
+    max_fragments: usize,
+    /// Keep each packet's fragments in order (default: shuffled).
+    #[arg(long)]
+    in_order: bool,
+    /// Send each fragment twice with this probability (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    dup: f64,
+    /// Add an overlapping fragment (same bytes) to a packet with this probability (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    overlap: f64,
+    /// Seed of the random choices (same seed, same output).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// `flowpeek-bench mangle`.
@@ -214,6 +246,41 @@ fn main() -> ExitCode {
         Command::Run(a) => flowpeek_bench::harness::run_main(a),
         Command::Sweep(a) => flowpeek_bench::sweep::sweep_main(a),
         Command::Mangle(a) => mangle_main(a),
+        Command::Fragment(a) => fragment_main(a),
+    }
+}
+
+fn fragment_main(a: FragmentArgs) -> ExitCode {
+    if !(0.0..=1.0).contains(&a.dup) || !(0.0..=1.0).contains(&a.overlap) || a.max_fragments < 2 {
+        eprintln!(
+            "flowpeek-bench fragment: --dup and --overlap are probabilities (0..=1) and --max at least 2"
+        );
+        return ExitCode::from(2);
+    }
+    let cfg = flowpeek_bench::fragment::FragmentConfig {
+        max_fragments: a.max_fragments,
+        shuffle: !a.in_order,
+        dup: a.dup,
+        overlap: a.overlap,
+        seed: a.seed,
+    };
+    match flowpeek_bench::fragment::fragment_file(&a.input, &a.out, &cfg) {
+        Ok(r) => {
+            eprintln!(
+                "fragment: {} packets in, {} fragmented, {} frames out ({} duplicates, {} overlaps) -> {}",
+                r.packets_in,
+                r.fragmented,
+                r.frames_out,
+                r.duplicates,
+                r.overlaps,
+                a.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowpeek-bench fragment: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
