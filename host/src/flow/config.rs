@@ -35,6 +35,13 @@ pub struct Config {
     /// Track connections whose SYN was not seen (marked partial). Off: such packets are
     /// `Orphan`s, as in mOS.
     pub midstream: bool,
+    /// IP defragmentation: bounds, timeouts and overlap policy (SPEC §Defragmentation).
+    pub defrag: crate::ip::Config,
+    /// Cores that read one capture together (a pcap replay, where every core sees every
+    /// frame), or 0 for a source whose frames are this core's alone. With more than one,
+    /// every core reassembles every fragment and processes only the datagrams of the
+    /// flows its shard holds; core 0 counts the fragments.
+    pub replay_cores: usize,
 }
 
 impl Default for Config {
@@ -50,6 +57,8 @@ impl Default for Config {
             verify_checksums: false,
             drop_truncated: false,
             midstream: true,
+            defrag: crate::ip::Config::default(),
+            replay_cores: 0,
         }
     }
 }

@@ -13,7 +13,7 @@
 use super::api::{Cx, Errno};
 use super::config::Config;
 use super::dispatch::{define_user_event, Dispatch, Filter, Order, UserEvent, UserFilter};
-use super::key::{quick_frame_hash, Addr, FlowKey};
+use super::key::{quick_frame_hash, symmetric_hash, Addr, FlowKey};
 use super::monitor::{BufferRequest, Monitor, Setup, Subscriptions};
 use super::reassembly::{self, NewDataMarks};
 use super::stats::Stats;
@@ -21,6 +21,8 @@ use super::table::{FlowIdx, FlowTable, LastPacket, PREFETCH_MIN_FLOWS};
 use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
 use super::types::*;
+use crate::io::shard::shard_of;
+use crate::ip::{Defragmenter, Outcome};
 use crate::wire::{self, Decoded, LinkType, TcpSegment};
 
 /// Everything but the monitors, as distinct parts, so that a callback's [`Cx`] borrows
@@ -64,6 +66,11 @@ pub struct Engine {
     pub(crate) core: Core,
     pub(crate) monitors: Vec<Box<dyn Monitor>>,
     pub(crate) user_events: Vec<UserEvent>,
+    /// IP fragments wait here for their datagram (only fragments reach it).
+    defrag: Defragmenter,
+    /// The last reassembled datagram, copied out of `defrag` so that the engine can be
+    /// borrowed whole while it is processed (reused).
+    datagram: Vec<u8>,
 }
 
 impl Engine {
@@ -71,6 +78,7 @@ impl Engine {
     pub fn new(cfg: Config, monitors: Vec<Box<dyn Monitor>>) -> Engine {
         let subs: Vec<Subscriptions> = monitors.iter().map(|m| m.subscriptions()).collect();
         let nmon = monitors.len();
+        let defrag = Defragmenter::new(cfg.defrag);
         let mut engine = Engine {
             core: Core {
                 table: FlowTable::new(&cfg, nmon),
@@ -83,6 +91,8 @@ impl Engine {
             },
             monitors,
             user_events: Vec::new(),
+            defrag,
+            datagram: Vec::new(),
         };
         for m in 0..nmon {
             engine.setup_monitor(m);
@@ -184,7 +194,7 @@ impl Engine {
     #[inline]
     pub fn on_frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
         let decoded = link.map(|l| wire::decode(l, frame));
-        self.on_decoded(&decoded, frame, ts);
+        self.on_decoded(link, &decoded, frame, ts);
     }
 
     /// Whether looking ahead pays: the flow table is past the caches' reach (at least
@@ -217,11 +227,14 @@ impl Engine {
         }
     }
 
-    /// Processes a frame already decoded (`None`: an unsupported link type), counting it.
-    /// The decoded frame is borrowed: moving it by value cost 5 Mpps (the engine bench).
+    /// Processes a frame of link type `link` already decoded (`None`: an unsupported link
+    /// type), counting it. The decoded frame is borrowed: moving it by value cost 5 Mpps
+    /// (the engine bench). IP fragments go to the defragmenter, and a datagram they
+    /// complete is processed as one packet with the last fragment's time.
     #[inline]
     pub fn on_decoded(
         &mut self,
+        link: Option<LinkType>,
         decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>,
         frame: &[u8],
         ts: u64,
@@ -245,9 +258,77 @@ impl Engine {
                 self.on_segment(seg, frame, ts);
             }
             Some(Ok(Decoded::NotTcp)) => self.core.stats.not_tcp += 1,
-            Some(Ok(Decoded::Fragment)) => self.core.stats.ip_fragments += 1,
+            Some(Ok(Decoded::Fragment)) => self.on_fragment(link, frame, ts),
             Some(Err(_)) => self.core.stats.malformed += 1,
         }
+    }
+
+    /// An IP fragment: held by the defragmenter, or the last one of its datagram, which is
+    /// then decoded and processed like a packet of its own. Out of line: the common
+    /// unfragmented path pays nothing for it.
+    #[cold]
+    #[inline(never)]
+    fn on_fragment(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
+        // In a replay every core sees every fragment (see `Config::replay_cores`): core 0
+        // counts them, so that the cores' counters still add up to the capture's.
+        let cores = self.core.cfg.replay_cores;
+        let counts = cores <= 1 || self.core.cfg.core == 0;
+        if counts {
+            self.core.stats.ip_fragments += 1;
+        } else {
+            self.core.stats.packets -= 1;
+            self.core.stats.bytes -= frame.len() as u64;
+        }
+        let Some(link) = link else {
+            return;
+        };
+        let mut datagram = std::mem::take(&mut self.datagram);
+        let complete = match self.defrag.push(link, frame, ts) {
+            Outcome::Complete(dg) => {
+                datagram.clear();
+                datagram.extend_from_slice(dg.frame);
+                Some(dg.overlap_differs)
+            }
+            _ => None,
+        };
+        if counts {
+            self.core.stats.defrag = *self.defrag.stats();
+        }
+        if let Some(overlap_differs) = complete {
+            match wire::decode(link, &datagram) {
+                Ok(Decoded::Tcp(seg))
+                    if cores > 1
+                        && shard_of(
+                            symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
+                            cores,
+                        ) != usize::from(self.core.cfg.core) => {}
+                Ok(Decoded::Tcp(seg)) => {
+                    if self.core.cfg.verify_checksums
+                        && wire::tcp_checksum_ok(&datagram, &seg) == Some(false)
+                    {
+                        self.core.stats.bad_checksum += 1;
+                    } else {
+                        self.on_segment(&seg, &datagram, ts);
+                        if overlap_differs {
+                            self.ip_overlap(&seg, &datagram);
+                        }
+                    }
+                }
+                Ok(_) if counts => self.core.stats.not_tcp += 1,
+                Err(_) if counts => self.core.stats.malformed += 1,
+                Ok(_) | Err(_) => {}
+            }
+        }
+        self.datagram = datagram;
+    }
+
+    /// A datagram whose fragments overlapped with bytes that differ was processed: an
+    /// evasion attempt, raised to the monitors of its flow (if it has one).
+    fn ip_overlap(&mut self, _seg: &TcpSegment<'_>, _datagram: &[u8]) {}
+
+    /// The defragmenter's settings and state (counters are in [`Engine::stats`]).
+    pub fn defragmenter(&self) -> &Defragmenter {
+        &self.defrag
     }
 
     /// Moves the clock to `ts` without a packet of this engine (another core's packet, in

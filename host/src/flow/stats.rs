@@ -16,7 +16,7 @@ pub struct Stats {
     pub malformed: u64,
     /// Frames that are not TCP (ARP, UDP, ...).
     pub not_tcp: u64,
-    /// IP fragments (recognised, not reassembled).
+    /// IP fragments of TCP handed to the defragmenter.
     pub ip_fragments: u64,
     /// Frames of a link type the decoder does not support.
     pub unsupported_link: u64,
@@ -50,6 +50,9 @@ pub struct Stats {
     pub flows_live: u64,
     /// Receive-buffer bytes currently allocated.
     pub buffer_bytes: u64,
+    /// The defragmenter's counters (datagrams reassembled, overlaps, timeouts, evictions,
+    /// drops by reason).
+    pub defrag: crate::ip::Stats,
 }
 
 impl Stats {
@@ -77,6 +80,7 @@ impl Stats {
         self.events += other.events;
         self.flows_live += other.flows_live;
         self.buffer_bytes += other.buffer_bytes;
+        self.defrag.add(&other.defrag);
     }
 }
 
@@ -110,6 +114,10 @@ mod tests {
             flows_live: 20,
             buffer_bytes: 21,
             truncated_dropped: 22,
+            defrag: crate::ip::Stats {
+                reassembled: 23,
+                ..crate::ip::Stats::default()
+            },
         };
         let mut sum = Stats::default();
         sum.merge(&one);
@@ -118,5 +126,6 @@ mod tests {
         assert_eq!(sum.packets, 2);
         assert_eq!(sum.buffer_bytes, 42);
         assert_eq!(sum.orphans, 18);
+        assert_eq!(sum.defrag.reassembled, 46);
     }
 }

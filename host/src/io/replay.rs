@@ -1,6 +1,6 @@
 //! Replaying a capture file as a [`Source`]: one core's shard of a pcap or pcapng file,
-//! read by every core (each keeps the flows whose symmetric hash falls on it), optionally
-//! paced and looped.
+//! read by every core (each keeps the flows whose symmetric hash falls on it; IP fragments
+//! go to every core, see [`crate::flow::Config::replay_cores`]), optionally paced and looped.
 //!
 //! Owns the passes (each shifted in time after the previous one so that flows do not
 //! collide), the pacing (sleeping before a batch that would be early) and the shard filter.
@@ -126,11 +126,15 @@ impl Source for PcapReplay<'_> {
             let ts = p.ts_nanos + self.shift;
             self.seen += 1;
             let decoded = p.link.map(|l| wire::decode(l, p.data));
-            if decoded_shard(&decoded, self.cores) != self.core {
+            // IP fragments go to every core: the ports that pick the flow's core are in the
+            // first fragment only, so every core reassembles and keeps its own datagrams.
+            if decoded_shard(&decoded, self.cores) != self.core
+                && !matches!(decoded, Some(Ok(wire::Decoded::Fragment)))
+            {
                 sink.elsewhere(ts);
                 continue;
             }
-            sink.decoded(&decoded, p.data, ts);
+            sink.decoded(p.link, &decoded, p.data, ts);
             own += 1;
             if own == self.batch {
                 return Ok(Batch::Frames(own));

@@ -94,10 +94,12 @@ pub trait Sink {
         self.frame(link, frame, ts);
     }
 
-    /// A frame the source has already decoded (to pick its core): processed as is, so it is
-    /// decoded once.
+    /// A frame of link type `link` the source has already decoded (to pick its core):
+    /// processed as is, so it is decoded once (the link type is for IP fragments, which the
+    /// engine hands to its defragmenter).
     fn decoded(
         &mut self,
+        link: Option<LinkType>,
         decoded: &Option<Result<Decoded<'_>, DecodeError>>,
         frame: &[u8],
         ts: u64,

@@ -185,6 +185,8 @@ pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerErr
             let capture = CaptureFile::open(&shard.path).map_err(SourceError::from)?;
             let (core, cores) = (spec.core, spec.cores);
             let replay = PcapReplay::new(&capture, shard.loops, shard.pace, core, cores, BATCH);
+            let mut spec = spec;
+            spec.engine.replay_cores = cores;
             run(spec, replay)
         }
         Input::AfPacket { ifname, group } => {
@@ -377,11 +379,12 @@ impl<M: Meter> Sink for Feed<M> {
     #[inline]
     fn decoded(
         &mut self,
+        link: Option<LinkType>,
         decoded: &Option<Result<Decoded<'_>, DecodeError>>,
         frame: &[u8],
         ts: u64,
     ) {
-        self.engine.on_decoded(decoded, frame, ts);
+        self.engine.on_decoded(link, decoded, frame, ts);
     }
 
     #[inline]
