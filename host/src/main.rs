@@ -191,6 +191,39 @@ struct EngineArgs {
     /// as mOS].
     #[arg(long)]
     time_wait: Option<u64>,
+    /// Memory for IP fragments waiting for their datagram, per core, in KiB: past it the
+    /// oldest datagram is evicted (counted) [default: 8192].
+    #[arg(long, value_name = "KIB")]
+    defrag_memory: Option<u64>,
+    /// Which bytes of overlapping IP fragments a datagram keeps, as that target's stack
+    /// does (Novak's target-based policies; SPEC, Defragmentation) [default: first].
+    #[arg(long, value_enum)]
+    defrag_policy: Option<DefragPolicy>,
+    /// Most fragments one IP datagram may have; a datagram with more is dropped
+    /// [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    defrag_max_fragments: Option<u32>,
+    /// Most IP datagrams being reassembled at once, per core; past it the oldest is evicted
+    /// [default: 4096].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    defrag_max_datagrams: Option<u32>,
+}
+
+/// `--defrag-policy`: the names of [`flowpeek::ip::Policy`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum DefragPolicy {
+    /// The bytes received first win (Mac OS, HP-UX 11).
+    First,
+    /// The bytes received last win (Cisco IOS).
+    Last,
+    /// A later fragment wins where it starts before the earlier one (BSD, AIX, HP-UX 10).
+    Bsd,
+    /// As bsd, and also where both start at the same offset (Linux before 4.19).
+    Linux,
+    /// A later fragment wins where it starts before and ends after the earlier one (Windows).
+    Windows,
+    /// A later fragment wins where it starts before and ends at or after the earlier one.
+    Solaris,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -273,6 +306,25 @@ impl EngineArgs {
             cfg.midstream = false;
         } else if self.midstream {
             cfg.midstream = true;
+        }
+        if let Some(k) = self.defrag_memory {
+            cfg.defrag.memory = usize::try_from(k.saturating_mul(1024)).unwrap_or(usize::MAX);
+        }
+        if let Some(p) = self.defrag_policy {
+            cfg.defrag.policy = match p {
+                DefragPolicy::First => flowpeek::ip::Policy::First,
+                DefragPolicy::Last => flowpeek::ip::Policy::Last,
+                DefragPolicy::Bsd => flowpeek::ip::Policy::Bsd,
+                DefragPolicy::Linux => flowpeek::ip::Policy::Linux,
+                DefragPolicy::Windows => flowpeek::ip::Policy::Windows,
+                DefragPolicy::Solaris => flowpeek::ip::Policy::Solaris,
+            };
+        }
+        if let Some(n) = self.defrag_max_fragments {
+            cfg.defrag.max_fragments = n as usize;
+        }
+        if let Some(n) = self.defrag_max_datagrams {
+            cfg.defrag.max_datagrams = n as usize;
         }
         cfg
     }
@@ -408,10 +460,17 @@ fn main() -> ExitCode {
                 report.elapsed.as_secs_f64(),
                 s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
             );
+            let defrag = defrag_line(&s.defrag);
             if !json {
                 let _ = writeln!(std::io::stdout(), "{line}");
+                if let Some(d) = &defrag {
+                    let _ = writeln!(std::io::stdout(), "{d}");
+                }
             } else if summary {
                 eprintln!("{line}");
+                if let Some(d) = &defrag {
+                    eprintln!("{d}");
+                }
             }
             if let Some(e) = &report.capture_error {
                 // A capture cut short (tcpdump killed, disk full) is common: report it, keep
@@ -537,6 +596,9 @@ fn run(a: RunArgs) -> ExitCode {
             report.elapsed.as_secs_f64(),
             a.log_dir.display()
         );
+        if let Some(d) = defrag_line(&s.defrag) {
+            eprintln!("flowpeek: {d}");
+        }
         if let Some(h) = &report.latency {
             eprintln!(
                 "flowpeek: latency (stamp to callback return, {} samples): p50 {} us, p99 {} us, p99.9 {} us, max {} us",
@@ -558,4 +620,28 @@ fn run(a: RunArgs) -> ExitCode {
         eprintln!("flowpeek: warning: {e}; every packet before it was processed");
     }
     ExitCode::SUCCESS
+}
+
+/// The defragmenter's counters in one line, when there were fragments.
+fn defrag_line(d: &flowpeek::ip::Stats) -> Option<String> {
+    if d.fragments == 0 {
+        return None;
+    }
+    let drops: Vec<String> = flowpeek::ip::DropReason::ALL
+        .iter()
+        .filter(|r| d.dropped(**r) > 0)
+        .map(|r| format!("{} {}", d.dropped(*r), r.name()))
+        .collect();
+    Some(format!(
+        "IP defragmentation: {} fragments, {} datagrams reassembled, {} duplicates, {} overlaps ({} with differing bytes), {} timed out, {} evicted, {} still held; dropped: {}",
+        d.fragments,
+        d.reassembled,
+        d.duplicates,
+        d.overlaps,
+        d.overlaps_differing,
+        d.timeouts,
+        d.evictions,
+        d.in_flight,
+        if drops.is_empty() { "none".to_string() } else { drops.join(", ") }
+    ))
 }

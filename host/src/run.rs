@@ -162,6 +162,20 @@ pub struct RunReport {
     pub latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
+/// The defragmenter's counters as JSON, drops by reason under `dropped`.
+pub fn defrag_json(d: &crate::ip::Stats) -> serde_json::Value {
+    let dropped: serde_json::Map<String, serde_json::Value> = crate::ip::DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), d.dropped(*r).into()))
+        .collect();
+    serde_json::json!({
+        "fragments": d.fragments, "reassembled": d.reassembled, "duplicates": d.duplicates,
+        "overlaps": d.overlaps, "overlaps_differing": d.overlaps_differing,
+        "timeouts": d.timeouts, "evictions": d.evictions, "in_flight": d.in_flight,
+        "memory": d.memory, "peak_memory": d.peak_memory, "dropped": dropped,
+    })
+}
+
 /// A latency histogram as JSON: `{"samples", "p50", "p99", "p999", "max"}` in ns.
 pub fn latency_json(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     serde_json::json!({
@@ -185,6 +199,7 @@ impl RunReport {
                 "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
                 "bytes_missing": s.bytes_missing, "buffer_memory_refusals": s.buffer_memory_refusals,
                 "fragment_limit_drops": s.fragment_limit_drops, "bytes_beyond_window": s.bytes_beyond_window,
+                "defrag": defrag_json(&s.defrag),
             })
         };
         let plugins: serde_json::Map<String, serde_json::Value> = self
