@@ -378,6 +378,16 @@ fn overlapping_fragments_give_each_policys_bytes() {
         assert_eq!(r.close, "fin", "{p}");
         let d = report.stats.defrag;
         assert_eq!((d.reassembled, d.overlaps_differing), (1, 8), "{p}: {d:?}");
+        // Monitors hear of it: an Error on the receiving side of the flow.
+        let cfg = options(p).engine;
+        let lines = flowpeek::trace::run(&path, cfg, 1).expect("events");
+        let errors: Vec<&String> = lines.iter().filter(|l| l.contains("IpOverlap")).collect();
+        assert_eq!(errors.len(), 1, "{p}: {lines:#?}");
     }
+    // Fragments whose overlaps agree raise nothing.
+    let zeek = plugin_util::corpus()
+        .join("public/suricata-verify/defrag/bug-6887-defrag-ipv6-tcp/frag-ip-tcp.pcap");
+    let lines = flowpeek::trace::run(&zeek, options(Policy::First).engine, 1).expect("events");
+    assert!(!lines.iter().any(|l| l.contains("IpOverlap")), "{lines:#?}");
     std::fs::remove_file(&path).ok();
 }

@@ -302,6 +302,9 @@ code_enum! {
         FragmentLimit = 2 => "FragmentLimit",
         /// Buffer memory was exhausted (`buffer_memory`); the side stores no bytes.
         OutOfBufferMemory = 3 => "OutOfBufferMemory",
+        /// The segment came in IP fragments that overlapped with bytes that differ (an
+        /// evasion attempt): it holds the bytes `--defrag-policy` chose.
+        IpOverlap = 4 => "IpOverlap",
     }
 }
 

@@ -324,7 +324,31 @@ impl Engine {
 
     /// A datagram whose fragments overlapped with bytes that differ was processed: an
     /// evasion attempt, raised to the monitors of its flow (if it has one).
-    fn ip_overlap(&mut self, _seg: &TcpSegment<'_>, _datagram: &[u8]) {}
+    fn ip_overlap(&mut self, seg: &TcpSegment<'_>, datagram: &[u8]) {
+        let src = Addr::from_ip(seg.src);
+        let dst = Addr::from_ip(seg.dst);
+        let (key, src_is_lo) = FlowKey::new(src, seg.src_port, dst, seg.dst_port);
+        let Some(slot) = self.core.table.lookup(&key, key.hash()) else {
+            return;
+        };
+        let sender = if src_is_lo == self.core.table.flow(slot).client_is_lo {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let order = if sender == Side::Client {
+            Order::Load
+        } else {
+            Order::Reverse
+        };
+        self.error(
+            slot,
+            sender.peer(),
+            ErrorKind::IpOverlap,
+            order,
+            Some(datagram),
+        );
+    }
 
     /// The defragmenter's settings and state (counters are in [`Engine::stats`]).
     pub fn defragmenter(&self) -> &Defragmenter {

@@ -188,7 +188,7 @@ impl Engine {
     }
 
     /// An `Error` event for the receiving side (SPEC §2: hook None).
-    fn error(
+    pub(super) fn error(
         &mut self,
         slot: FlowIdx,
         side: Side,

@@ -175,12 +175,13 @@ fn error_kinds() {
             ("Overrun", 1),
             ("FragmentLimit", 2),
             ("OutOfBufferMemory", 3),
+            ("IpOverlap", 4),
         ],
         &ErrorKind::ALL,
         ErrorKind::name,
         ErrorKind::code,
     );
-    refuses::<ErrorKind, u8>(&[0, 1, 2, 3], 0..=u8::MAX);
+    refuses::<ErrorKind, u8>(&[0, 1, 2, 3, 4], 0..=u8::MAX);
     // Records print the name, which must stay what `{:?}` printed before it existed.
     for e in ErrorKind::ALL {
         assert_eq!(format!("{e:?}"), e.name());

@@ -14,7 +14,8 @@
 //! - `TCP_STATE_CHANGE` adds `state` (`ESTABLISHED`, ...); `CONN_NEW_DATA` adds `contig`, the
 //!   side's contiguous end as a 32-bit number; `PKT_IN` adds `seq`, `flags` (in the order
 //!   `FSRPAUEC`) and `len` (payload bytes); `CONN_END` adds `reason` (`fin`, `rst`, ...);
-//!   `ERROR` adds `error` (`BeyondWindow`, `Overrun`, `FragmentLimit`, `OutOfBufferMemory`).
+//!   `ERROR` adds `error` (`BeyondWindow`, `Overrun`, `FragmentLimit`, `OutOfBufferMemory`,
+//!   `IpOverlap`).
 //!
 //! Like mOS's reference probe it consumes the data: on each `CONN_NEW_DATA` it reads the side
 //! up to its contiguous end with `peek`, so `ERROR` means a window overrun, not a lazy reader.
