@@ -5,7 +5,7 @@
 #   2. cargo test --workspace --locked: unit, scenario, corpus, plugin, live (veth, as root),
 #      environment and fuzz-regression tests; the bench crate's generator, pipeline and
 #      tiny-sweep tests;
-#   3. scripts/fuzz.sh: the five cargo-fuzz targets, 20 s each under AddressSanitizer
+#   3. scripts/fuzz.sh: the six cargo-fuzz targets, 20 s each under AddressSanitizer
 #      (installs cargo-fuzz, and g++ when run as root on Debian, if they are missing).
 # Needs the shared corpus: FLOWPEEK_CORPUS, else ../shared/corpus beside the clone (see
 # scripts/lib.sh). FUZZ_SECONDS=N changes the fuzzing time per target; FUZZ_SECONDS=0 skips

@@ -12,7 +12,6 @@ use flowpeek::streams::{self, StreamRecord, StreamsOptions, StreamsReport};
 use flowpeek_bench::fragment::{fragment_file, FragmentConfig};
 
 #[path = "../../host/tests/plugin_util/mod.rs"]
-#[allow(dead_code)]
 mod plugin_util;
 
 fn run(path: &Path) -> StreamsReport {

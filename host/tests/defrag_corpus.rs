@@ -16,8 +16,6 @@ use flowpeek::ip::{self, Policy};
 use flowpeek::streams::{self, StreamRecord, StreamsOptions, StreamsReport};
 use flowpeek::wire::internet_checksum;
 
-#[path = "plugin_util/mod.rs"]
-#[allow(dead_code)]
 mod plugin_util;
 
 fn options(policy: Policy) -> StreamsOptions {
