@@ -135,3 +135,73 @@ fn fragmented_gen_captures_reassemble_like_the_clean_ones() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// A fragmented capture read by 1 and 3 worker threads (`flowpeek run`, the streamhash
+/// plugin): every core reassembles every fragment and keeps the datagrams of its own flows,
+/// so the records are those of the clean capture on one core, and every datagram is
+/// processed once (the fragments are counted once).
+#[test]
+fn workers_reassemble_a_fragmented_capture_like_one_core() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use flowpeek::run::{RunOptions, Source};
+
+    let dir = plugin_util::TempDir::new("fragment-workers");
+    plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
+    let clean = gen("mixed.pcap");
+    let frags = dir.join("mixed.fragmented.pcap");
+    let cfg = FragmentConfig {
+        max_fragments: 4,
+        seed: 5,
+        ..FragmentConfig::default()
+    };
+    let rep = fragment_file(&clean, &frags, &cfg).expect("fragment");
+    let run = |capture: &Path, cores: usize| {
+        let logs = plugin_util::TempDir::new("fragment-workers-logs");
+        let opts = RunOptions {
+            source: Source::Pcap(capture.into()),
+            plugins: dir.path().into(),
+            log_dir: logs.path().into(),
+            engine: Config {
+                tcp_timeout: 3600 * 1_000_000_000,
+                buffer_capacity: 1 << 20,
+                ..Config::default()
+            },
+            pace: 0,
+            loops: 1,
+            drain_timeout: 3600 * 1_000_000_000,
+            watch: false,
+            cores,
+            latency_sample: 0,
+            budget: Default::default(),
+            latency_warmup: 0,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = flowpeek::run::run(&opts, &stop, |_| {}).expect("run");
+        let mut lines: Vec<String> = std::fs::read_to_string(logs.join("streamhash.jsonl"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        (lines, report.stats)
+    };
+    let (want, _) = run(&clean, 1);
+    for cores in [1, 3] {
+        let (got, stats) = run(&frags, cores);
+        assert_eq!(
+            stats.defrag.reassembled, rep.fragmented as u64,
+            "{cores} cores"
+        );
+        assert_eq!(
+            stats.packets as usize, rep.frames_out,
+            "{cores} cores: every frame once"
+        );
+        assert_eq!(got.len(), want.len(), "{cores} cores");
+        assert!(
+            got == want,
+            "{cores} cores: the records differ from the clean capture's"
+        );
+    }
+}
