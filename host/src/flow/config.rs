@@ -31,6 +31,13 @@ pub struct Config {
     /// Track connections whose SYN was not seen (marked partial). Off: such packets are
     /// `Orphan`s, as in mOS.
     pub midstream: bool,
+    /// How many more packets of a flow an ACK ahead of the data must stay ahead before
+    /// the gap is declared missing (and a FIN or RST ahead of the data takes effect):
+    /// reordering by a tap moves packets by a few dozen places. 0 skips at once.
+    pub gap_skip_after: u32,
+    /// Closed connections remembered so that their late packets are counted, not taken
+    /// for new flows (about this many; 0: none).
+    pub tombstones: u32,
 }
 
 impl Default for Config {
@@ -45,6 +52,8 @@ impl Default for Config {
             overlap: OverlapPolicy::First,
             verify_checksums: false,
             midstream: true,
+            gap_skip_after: 64,
+            tombstones: 4096,
         }
     }
 }
@@ -64,5 +73,6 @@ mod tests {
         assert_eq!(c.overlap, OverlapPolicy::First);
         assert!(!c.verify_checksums);
         assert!(c.midstream);
+        assert_eq!((c.gap_skip_after, c.tombstones), (64, 4096));
     }
 }

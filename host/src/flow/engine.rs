@@ -20,8 +20,9 @@ use super::stats::Stats;
 use super::table::{FlowIdx, FlowTable, LastPacket, PREFETCH_MIN_FLOWS};
 use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
+use super::tombstone::{Space, Tombstones, Verdict};
 use super::types::*;
-use crate::wire::{self, Decoded, LinkType, TcpSegment};
+use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 /// Everything but the monitors, as distinct parts, so that a callback's [`Cx`] borrows
 /// the ones it may read and change while the engine holds the monitors.
@@ -34,6 +35,7 @@ pub(crate) struct Core {
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
     pub(crate) marks: NewDataMarks,
+    pub(crate) tombs: Tombstones,
 }
 
 impl Core {
@@ -78,6 +80,7 @@ impl Engine {
                 timers: Timers::default(),
                 stats: Stats::default(),
                 marks: NewDataMarks::new(),
+                tombs: Tombstones::new(cfg.tombstones),
                 now: 0,
                 cfg,
             },
@@ -282,6 +285,26 @@ impl Engine {
         };
         core.table.touch(slot, ts);
         let gen = core.table.flow(slot).gen;
+        // A FIN or RST beyond the receiver's contiguous end waits for the data before it
+        // (disorder.rs): the packet goes on without it.
+        let stripped;
+        let seg = if seg.flags.0 & (TcpFlags::FIN | TcpFlags::RST) != 0
+            && self.hold_ctl(slot, sender, seg)
+        {
+            let keep = if seg.flags.rst() {
+                TcpFlags::PSH | TcpFlags::URG
+            } else {
+                !TcpFlags::FIN
+            };
+            stripped = TcpSegment {
+                flags: TcpFlags(seg.flags.0 & keep),
+                ..*seg
+            };
+            &stripped
+        } else {
+            seg
+        };
+        let core = &mut self.core;
         let flags = seg.flags;
         let payload = seg.payload;
         let data_seq = seg.seq.wrapping_add(u32::from(flags.syn()));
@@ -307,9 +330,9 @@ impl Engine {
             payload_len: payload.len() as u32,
             offset: 0,
         };
-        // An ACK covering bytes this side never saw: they are lost to the capture.
+        // An ACK covering bytes this side never saw: lost to the capture, or overtaken.
         if flags.ack() && !flags.rst() {
-            self.ack_skip(slot, sender, seg.ack);
+            self.ack_note(slot, sender, seg.ack);
         }
         let pkt = Some(frame);
         self.emit_transition(slot, sender, Hook::Snd, snd, order, pkt);
@@ -340,6 +363,9 @@ impl Engine {
         if !self.core.table.is_live(slot, gen) {
             return;
         }
+        if (flags.fin() || self.core.table.flow(slot).disorder) && !self.settle(slot, pkt) {
+            return;
+        }
 
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
         let flow = self.core.table.flow(slot);
@@ -367,6 +393,11 @@ impl Engine {
         src_is_lo: bool,
     ) -> Option<FlowIdx> {
         let flags = seg.flags;
+        let core = &mut self.core;
+        if core.tombs.check(&key, hash, src_is_lo, seg, core.now) == Verdict::Late {
+            core.stats.late += 1;
+            return None;
+        }
         let starts = flags.syn() && !flags.ack() && !flags.rst();
         let midstream = self.core.cfg.midstream && !flags.rst();
         if !starts && !midstream {
@@ -576,6 +607,11 @@ impl Engine {
     fn destroy(&mut self, slot: FlowIdx, reason: EndReason, first: Option<Side>) {
         let gen = self.core.table.flow(slot).gen;
         self.core.table.unlink(slot);
+        // A FIN or RST still held takes effect, after the gaps before it.
+        let reason = match (self.flush_held(slot), reason) {
+            (Some(r), EndReason::Eof | EndReason::Shutdown | EndReason::Timeout) => r,
+            _ => reason,
+        };
         // Out-of-order data still held is delivered, skipping the gaps before it.
         for side in Side::BOTH {
             loop {
@@ -617,7 +653,28 @@ impl Engine {
             }
         }
         debug_assert_eq!(self.core.table.flow(slot).gen, gen);
+        if matches!(reason, EndReason::Fin | EndReason::Rst) {
+            self.bury(slot);
+        }
         let core = &mut self.core;
         core.table.release(slot, &mut core.stats);
+    }
+
+    /// Leaves a tombstone of a connection that closed, for its late packets.
+    fn bury(&mut self, slot: FlowIdx) {
+        let f = self.core.table.flow(slot);
+        let space = |sender: Side| {
+            let (s, r) = (&f.sides[sender.index()], &f.sides[sender.peer().index()]);
+            Space {
+                known: s.tx_seen && r.rx_base_known,
+                // The stream starts one after the SYN: the SYN's number is in the space.
+                first: r.rx_base.wrapping_sub(1),
+                end: s.tx_next,
+            }
+        };
+        let spaces = [space(Side::Client), space(Side::Server)];
+        let (key, lo) = (f.key, f.client_is_lo);
+        let now = self.core.now;
+        self.core.tombs.bury(key, key.hash(), lo, spaces, now);
     }
 }

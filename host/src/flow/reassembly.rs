@@ -3,9 +3,10 @@
 //! gaps the receiver acknowledged (lost to the capture) and the `NewData` marks that
 //! coalesce new contiguous data into one event per side and batch.
 //!
-//! Owns: `receive_data`, `discard_to`, `ack_skip`, `skip_gap`, `NewData` delivery and
-//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]) or decide the
-//! order of monitors ([`super::dispatch`]); it tells dispatch which events happened.
+//! Owns: `receive_data`, `discard_to`, `skip_gap`, `NewData` delivery and
+//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]), decide when an
+//! acknowledged gap is lost ([`super::disorder`]) or the order of monitors
+//! ([`super::dispatch`]); it tells dispatch which events happened.
 
 use super::dispatch::Order;
 use super::engine::Engine;
@@ -141,6 +142,14 @@ impl Engine {
             return;
         }
         // The window may advance up to the contiguous end; what lies beyond is dropped.
+        let seg_end = off + bytes.len() as u64;
+        if seg_end > self.core.table.flow(slot).sides[receiver.index()].contig() + cap {
+            // The buffer needs the room: a gap the receiver acknowledged is lost now
+            // rather than after the reordering allowance.
+            if let Some(acked) = self.armed_skip(slot, receiver) {
+                self.skip_acked(slot, receiver, acked);
+            }
+        }
         let core = &mut self.core;
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let contig = side.contig();
@@ -239,39 +248,6 @@ impl Engine {
             .as_mut()
         {
             b.advance_head(new_head);
-        }
-    }
-
-    /// The receiver's ACK says the peer got bytes this side never saw: skip the gap.
-    pub(crate) fn ack_skip(&mut self, slot: FlowIdx, side: Side, ack: u32) {
-        let f = self.core.table.flow(slot);
-        let s = &f.sides[side.index()];
-        let Some(buf) = s.buf.as_ref() else { return };
-        if !s.rx_base_known {
-            return;
-        }
-        let mut ack_off = s.offset_of(ack);
-        // The FIN's sequence number carries no byte.
-        if let Some(fin) = f.sides[side.peer().index()].tx_fin {
-            ack_off = ack_off.min(s.offset_of(fin));
-        }
-        let contig = buf.contig_end() as i64;
-        if ack_off <= contig || ack_off - contig > (1 << 30) {
-            return;
-        }
-        // Every gap below the acknowledged offset is lost to the capture.
-        loop {
-            let s = &self.core.table.flow(slot).sides[side.index()];
-            let Some(buf) = s.buf.as_ref() else { return };
-            let contig = buf.contig_end();
-            if contig >= ack_off as u64 {
-                return;
-            }
-            let target = match buf.first_gap_end() {
-                Some(next) => next.min(ack_off as u64),
-                None => ack_off as u64,
-            };
-            self.skip_gap(slot, side, target);
         }
     }
 
