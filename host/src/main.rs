@@ -303,7 +303,7 @@ fn main() -> ExitCode {
             }
             let s = &report.stats;
             let line = format!(
-                "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} bytes missing, in {:.3} s ({:.2} Mpps)",
+                "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} late, {} bytes missing, in {:.3} s ({:.2} Mpps)",
                 s.packets,
                 s.bytes,
                 report.records.len(),
@@ -312,6 +312,7 @@ fn main() -> ExitCode {
                 s.not_tcp,
                 s.ip_fragments,
                 s.orphans,
+                s.late,
                 s.bytes_missing,
                 report.elapsed.as_secs_f64(),
                 s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
@@ -447,9 +448,10 @@ fn run(a: RunArgs) -> ExitCode {
     if !quiet {
         let s = &report.stats;
         eprintln!(
-            "flowpeek: {} packets, {} flows, {} events in {:.3} s; plugin records in {}",
+            "flowpeek: {} packets, {} flows, {} late, {} events in {:.3} s; plugin records in {}",
             s.packets,
             s.flows_created,
+            s.late,
             s.events,
             report.elapsed.as_secs_f64(),
             a.log_dir.display()

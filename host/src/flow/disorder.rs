@@ -7,7 +7,8 @@
 //!   after `gap_skip_after` more packets of the flow (or when the buffer needs the room, or
 //!   at the flow's end), so that a segment the ACK overtook can still fill the gap;
 //! - a FIN or an in-window RST beyond the contiguous end, held until the stream reaches it
-//!   (or, with the same allowance, until the gap before it is declared missing);
+//!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
+//!   past the gap, or the flow's end, moves the stream to it);
 //! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it.
 //!
 //! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
@@ -41,11 +42,16 @@ pub(crate) struct Held {
     /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
     pub(crate) ctl: Option<(Ctl, u64)>,
     pub(crate) ctl_left: u32,
+    /// Highest acknowledgement number this side sent that was ahead of its stream (or
+    /// came before the stream's first segment): a FIN it covers was acknowledged first.
+    pub(crate) ack_hi: Option<u32>,
+    /// The stream's start is a guess (a mid-stream flow's first segment), not a SYN.
+    pub(crate) base_guess: bool,
 }
 
 impl Held {
     fn pending(&self) -> bool {
-        self.skip_left > 0 || self.ctl.is_some()
+        self.skip_left > 0 || self.ctl.is_some() || self.base_guess
     }
 }
 
@@ -72,6 +78,14 @@ fn synthetic(flags: u8, seq: u32, ack: u32, window: u16) -> TcpSegment<'static> 
     }
 }
 
+/// Whether a side's handshake is over (a FIN it receives means something).
+fn synchronized(st: TcpState) -> bool {
+    !matches!(
+        st,
+        TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynRcvd
+    )
+}
+
 fn order_of(sender: Side) -> Order {
     if sender == Side::Client {
         Order::Load
@@ -92,15 +106,32 @@ impl Engine {
         let f = self.core.table.flow_mut(slot);
         let receiver = sender.peer();
         let r = &f.sides[receiver.index()];
-        if !r.rx_base_known || r.capacity == 0 || f.held[receiver.index()].ctl.is_some() {
+        if r.capacity == 0 || f.held[receiver.index()].ctl.is_some() {
+            return false;
+        }
+        if !r.rx_base_known {
+            // The first segment of this stream: in order by definition, but a FIN that
+            // overtook the handshake waits for the receiver to be synchronized.
+            if flags.fin() && !flags.rst() && !synchronized(r.state) {
+                let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
+                f.sides[sender.index()].tx_fin.get_or_insert(fin);
+                let h = &mut f.held[receiver.index()];
+                h.ctl = Some((Ctl::Fin, u64::from(seg.payload_len_on_wire)));
+                f.disorder = true;
+                return true;
+            }
             return false;
         }
         let contig = r.contig() as i64;
         let start = r.offset_of(seg.seq);
-        if start <= contig || start - contig > (1 << 30) {
+        let ahead = start > contig && start - contig <= (1 << 30);
+        if !ahead && !(flags.fin() && !flags.rst() && !synchronized(r.state)) {
             return false;
         }
         let ctl = if flags.rst() {
+            if !ahead {
+                return false;
+            }
             // Sequence-checked as any RST: a blind one is not held, it is ignored.
             if !tcp::rst_in_window(r, seg.seq) {
                 return false;
@@ -111,7 +142,7 @@ impl Engine {
             let s = &mut f.sides[sender.index()];
             // The FIN's number is known now: an ACK of it must not count as a lost byte.
             s.tx_fin.get_or_insert(fin);
-            (Ctl::Fin, f.sides[receiver.index()].offset_of(fin) as u64)
+            (Ctl::Fin, f.sides[receiver.index()].offset_of(fin).max(0) as u64)
         } else {
             return false;
         };
@@ -122,6 +153,71 @@ impl Engine {
         true
     }
 
+    /// A stream whose first segment was not its SYN (mid-stream, or the SYN was only
+    /// overtaken): a segment before the guessed start of `receiver`'s stream, or its SYN, moves the
+    /// start back, as long as nothing of the stream was delivered. Rare: it copies the
+    /// few bytes stored so far.
+    pub(crate) fn rebase_guess(&mut self, slot: FlowIdx, receiver: Side, syn: bool, seq: u32) {
+        let f = self.core.table.flow_mut(slot);
+        let r = &f.sides[receiver.index()];
+        let h = &mut f.held[receiver.index()];
+        if !r.rx_base_known {
+            h.base_guess = !syn;
+            f.disorder |= !syn;
+            return;
+        }
+        if !h.base_guess {
+            return;
+        }
+        if r.newdata_mark > 0 {
+            h.base_guess = false;
+            return;
+        }
+        let delta = r.rx_base.wrapping_sub(seq) as i32;
+        if syn {
+            h.base_guess = false;
+        }
+        let limit = u64::from(r.capacity.max(1)) / 2;
+        if delta <= 0 || delta as u64 > limit {
+            return;
+        }
+        let delta = delta as u64;
+        let mut stored = Vec::new();
+        if let Some(b) = r.buf.as_ref() {
+            if b.head() != 0 {
+                return;
+            }
+            for (start, len) in b.fragments() {
+                let mut bytes = vec![0u8; len as usize];
+                b.read(start, &mut bytes);
+                stored.push((start + delta, bytes));
+            }
+        }
+        let r = &mut f.sides[receiver.index()];
+        r.rx_base = seq;
+        let policy = r.overlap;
+        if let Some(b) = r.buf.as_mut() {
+            b.reset(0);
+            for (start, bytes) in &stored {
+                b.write(*start, bytes, policy);
+            }
+        }
+        r.rx_next = match r.buf.as_ref() {
+            Some(b) => b.contig_end(),
+            None => 0,
+        };
+        let h = &mut f.held[receiver.index()];
+        for off in [&mut h.ack_max, &mut h.skip_to] {
+            if *off > 0 {
+                *off = off.saturating_add(delta);
+            }
+        }
+        if let Some((_, off)) = h.ctl.as_mut() {
+            *off = off.saturating_add(delta);
+        }
+        f.last.offset = f.last.offset.saturating_add(delta);
+    }
+
     /// The ACK `ack` sent by `side` acknowledges its stream up to here: beyond the
     /// contiguous end, a skip is armed (or, with `gap_skip_after` 0, done at once).
     #[inline]
@@ -129,7 +225,13 @@ impl Engine {
         let k = self.core.cfg.gap_skip_after;
         let f = self.core.table.flow_mut(slot);
         let s = &f.sides[side.index()];
+        let note = |h: &mut Held| {
+            if h.ack_hi.is_none_or(|a| (ack.wrapping_sub(a) as i32) > 0) {
+                h.ack_hi = Some(ack);
+            }
+        };
         if !s.rx_base_known {
+            note(&mut f.held[side.index()]);
             return;
         }
         let ack_off = s.offset_of(ack);
@@ -137,6 +239,7 @@ impl Engine {
         if ack_off <= contig || ack_off - contig > (1 << 30) {
             return;
         }
+        note(&mut f.held[side.index()]);
         let has_buf = s.buf.is_some();
         let clamped = match f.sides[side.peer().index()].tx_fin {
             Some(fin) => ack_off.min(s.offset_of(fin)),
@@ -221,7 +324,15 @@ impl Engine {
             let contig = f.sides[side.index()].contig();
             let h = &mut f.held[side.index()];
             let Some((ctl, off)) = h.ctl else { continue };
+            if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
+                continue;
+            }
             if contig < off {
+                // A FIN waits as a receiving stack's would (an ACK past the gap, or the
+                // flow's end, moves the stream to it); a RST only for the allowance.
+                if ctl == Ctl::Fin {
+                    continue;
+                }
                 h.ctl_left = h.ctl_left.saturating_sub(1);
                 if h.ctl_left > 0 {
                     continue;
@@ -242,6 +353,10 @@ impl Engine {
             }
         }
         let f = self.core.table.flow_mut(slot);
+        for (h, s) in f.held.iter_mut().zip(&f.sides) {
+            // Once data was delivered, the start stays where it is.
+            h.base_guess &= s.newdata_mark == 0;
+        }
         f.disorder = f.held.iter().any(Held::pending);
         true
     }
@@ -308,8 +423,10 @@ impl Engine {
             return;
         }
         let peer = side.peer();
-        let fin_off = f.sides[peer.index()].offset_of(fin);
-        if (f.held[peer.index()].ack_max as i64) <= fin_off {
+        let covered = f.held[peer.index()]
+            .ack_hi
+            .is_some_and(|a| (a.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0);
+        if !covered {
             return;
         }
         let seg = synthetic(TcpFlags::ACK, s.tx_next, fin.wrapping_add(1), 0);

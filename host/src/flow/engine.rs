@@ -341,6 +341,10 @@ impl Engine {
         }
 
         // --- 4. Receiver side: the data first (Rexmit, Error before the merge).
+        let flow = self.core.table.flow(slot);
+        if flow.disorder || (!flow.sides[receiver.index()].rx_base_known && !flags.syn()) {
+            self.rebase_guess(slot, receiver, flags.syn(), data_seq);
+        }
         let flow = self.core.table.flow_mut(slot);
         flow.last.offset =
             reassembly::stream_offset(&mut flow.sides[receiver.index()], flags, data_seq);

@@ -113,9 +113,10 @@ impl Tombstones {
     }
 
     /// Whether `seg` (from the `lo` endpoint when `src_is_lo`), which found no live flow,
-    /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago. A SYN with a
-    /// sequence number outside the old connection's space starts a new connection and
-    /// retires the tombstone.
+    /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago: a segment in
+    /// the sequence space its sender used (or, for a side that sent nothing, an ACK of the
+    /// other's), or that connection's SYN again. Any other SYN starts a new connection
+    /// and retires the tombstone.
     #[inline]
     pub(crate) fn check(
         &mut self,
@@ -144,7 +145,11 @@ impl Tombstones {
         let own = t.spaces[sender.index()];
         let other = t.spaces[sender.peer().index()];
         let flags = seg.flags;
-        let late = if own.known {
+        let late = if flags.syn() {
+            // Only the old SYN itself again: any other ISN is a new connection, even one
+            // inside the old space (generated traffic, or an ISN clock that wrapped).
+            own.known && seg.seq == own.first
+        } else if own.known {
             own.contains(seg.seq)
         } else {
             // A direction that sent nothing: its ACKs still name the other's space.
@@ -244,8 +249,9 @@ mod tests {
             "the old SYN again"
         );
         assert_eq!(
-            t.check(&k, h, lo, &seg(true, TcpFlags::SYN, 90_000, 0, &[]), 20),
-            Verdict::New
+            t.check(&k, h, lo, &seg(true, TcpFlags::SYN, 150, 0, &[]), 20),
+            Verdict::New,
+            "a fresh ISN, even inside the old space"
         );
         assert_eq!(t.late_of(&k, h), None, "retired by the new connection");
     }
