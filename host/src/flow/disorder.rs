@@ -142,7 +142,10 @@ impl Engine {
             let s = &mut f.sides[sender.index()];
             // The FIN's number is known now: an ACK of it must not count as a lost byte.
             s.tx_fin.get_or_insert(fin);
-            (Ctl::Fin, f.sides[receiver.index()].offset_of(fin).max(0) as u64)
+            (
+                Ctl::Fin,
+                f.sides[receiver.index()].offset_of(fin).max(0) as u64,
+            )
         } else {
             return false;
         };
@@ -382,7 +385,12 @@ impl Engine {
             Ctl::Rst => {
                 // Checked against the window when it was held; here it is in sequence.
                 let r = &f.sides[receiver.index()];
-                synthetic(TcpFlags::RST, r.rx_base.wrapping_add(r.contig() as u32), 0, window)
+                synthetic(
+                    TcpFlags::RST,
+                    r.rx_base.wrapping_add(r.contig() as u32),
+                    0,
+                    window,
+                )
             }
         };
         let snd = tcp::on_send(

@@ -391,7 +391,11 @@ mod tests {
 
     #[test]
     fn acknowledged_gap_is_skipped_and_counted_missing() {
-        let (mut e, log) = open(Config::default());
+        // At once (no reordering allowance): disorder.rs tests the allowance.
+        let (mut e, log) = open(Config {
+            gap_skip_after: 0,
+            ..Config::default()
+        });
         client_data(&mut e, 0, b"abc");
         client_data(&mut e, 8, b"xyz");
         e.end_batch();
@@ -410,6 +414,40 @@ mod tests {
         // One that acknowledges nothing new skips nothing.
         e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 7);
         assert_eq!(e.stats().bytes_missing, 14);
+    }
+
+    #[test]
+    fn acknowledged_gap_waits_for_the_reordering_allowance() {
+        let (mut e, _log) = open(Config {
+            gap_skip_after: 3,
+            ..Config::default()
+        });
+        client_data(&mut e, 0, b"abc");
+        client_data(&mut e, 8, b"xyz");
+        e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 5);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!(
+            (info.contig_end, info.missing),
+            (3, 0),
+            "held: maybe overtaken"
+        );
+        for _ in 0..2 {
+            e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 6);
+        }
+        assert_eq!(server_stream(&mut e).0.missing, 0);
+        e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 7);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!(
+            (info.contig_end, info.missing),
+            (11, 5),
+            "3 packets later: lost"
+        );
+        // Filled within the allowance: nothing is missing.
+        client_data(&mut e, 20, b"late");
+        e.on_segment(&seg(false, ACK, 501, 101 + 24, &[]), &[], 8);
+        client_data(&mut e, 11, b"012345678");
+        let (info, _) = server_stream(&mut e);
+        assert_eq!((info.contig_end, info.missing), (24, 5));
     }
 
     #[test]

@@ -96,11 +96,7 @@ impl Tombstones {
             .iter()
             .position(|t| t.used && t.key == key)
             .or_else(|| set.iter().position(|t| !t.used))
-            .unwrap_or_else(|| {
-                (0..WAYS)
-                    .min_by_key(|&w| set[w].closed)
-                    .expect("WAYS > 0")
-            });
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| set[w].closed).expect("WAYS > 0"));
         set[way] = Tomb {
             used: true,
             client_is_lo,
@@ -225,13 +221,25 @@ mod tests {
             Verdict::Late
         );
         assert_eq!(
-            t.check(&k, h, !lo, &seg(false, ack | TcpFlags::FIN, 5099, 200, &[]), 20),
+            t.check(
+                &k,
+                h,
+                !lo,
+                &seg(false, ack | TcpFlags::FIN, 5099, 200, &[]),
+                20
+            ),
             Verdict::Late,
             "the server's FIN again"
         );
         assert_eq!(t.late_of(&k, h), Some(2));
         assert_eq!(
-            t.check(&k, h, lo, &seg(true, ack, 150, 5100, &[]), 11 + TOMBSTONE_TTL),
+            t.check(
+                &k,
+                h,
+                lo,
+                &seg(true, ack, 150, 5100, &[]),
+                11 + TOMBSTONE_TTL
+            ),
             Verdict::New,
             "forgotten after the TTL"
         );
