@@ -27,6 +27,13 @@ enum Command {
     /// (gaps skipped) and the bytes received more than once. Connections whose SYN is not in
     /// the capture are tracked from mid-stream and marked partial.
     ///
+    /// Reordered captures (SPAN ports, tap aggregators): a gap the receiver acknowledged is
+    /// declared missing only after 64 more packets of its connection (or when the buffer
+    /// needs the room, or at the connection's end), so an overtaken segment still fills it;
+    /// a FIN or RST ahead of the data takes effect when the stream reaches it. Packets of a
+    /// connection that already closed are counted as "late" in the summary, not taken for a
+    /// new connection; a SYN with a fresh ISN on the same endpoints is one.
+    ///
     /// Example: flowpeek streams trace.pcap --json > streams.jsonl
     #[command(verbatim_doc_comment)]
     Streams {
