@@ -1,7 +1,7 @@
 //! `flowpeek-bench gen --out netmap:…` drives a real netmap port's TX rings. The machines
 //! this is developed on have no netmap module: there, it must fail at once with exit status 2
 //! and say why (the ring code itself is unit-tested on in-memory images in
-//! `flowpeek::io::ring`).
+//! `flowpeek::io::netmap`).
 
 use std::path::Path;
 use std::process::Command;

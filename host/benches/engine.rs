@@ -34,7 +34,7 @@ use flowpeek::flow::{
     BufferRequest, Config, Cx, EndReason, Engine, Event, EventKind, EventSide, Hook, Monitor,
     PeekError, Subscriptions,
 };
-use flowpeek::io::ring::{LOOKAHEAD_FAR, LOOKAHEAD_NEAR};
+use flowpeek::io::netmap::{LOOKAHEAD_FAR, LOOKAHEAD_NEAR};
 use flowpeek::wire::{LinkType, TcpFlags};
 
 const HDR: usize = 14 + 20 + 20;
@@ -234,7 +234,7 @@ impl Ring {
             }
             return;
         }
-        // A big table: the lookahead of the shm/netmap workers (RxRing::rx_batch_lookahead).
+        // A big table: the lookahead of the shm/netmap workers (RxRing::feed).
         let frame = |k: usize| {
             let at = start + k * self.stride;
             &self.frames[at..at + self.len]

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use flowpeek::flow::{Config, OverlapPolicy};
 use flowpeek::streams::{self, StreamsOptions};
@@ -46,29 +46,8 @@ enum Command {
         /// Without --json it is always printed after the table.
         #[arg(long)]
         summary: bool,
-        /// Receive buffer per side in bytes: bytes are read as they arrive, so this bounds
-        /// out-of-order data held while waiting for a gap, not the stream length. Memory is
-        /// about 2 × this × the connections open at once (256 KiB gives the same results as
-        /// 1 MiB on the whole test corpus).
-        #[arg(long, default_value_t = 1 << 18, value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
-        buffer: u32,
-        /// Which copy wins when segments overlap.
-        #[arg(long, value_enum, default_value_t = Overlap::First)]
-        overlap: Overlap,
-        /// Flow-table capacity; beyond it the least recently active flow is evicted.
-        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-        max_flows: u32,
-        /// Idle timeout in seconds of capture time. Longer than the engine's live default
-        /// (mOS's 30 s) so that a quiet control connection is reported as one connection.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        /// Ignore packets whose TCP checksum is wrong (off by default: captures often hold
-        /// checksums left for the NIC to fill in).
-        #[arg(long)]
-        verify_checksums: bool,
-        /// Do not track connections whose SYN was not captured (they become orphans).
-        #[arg(long)]
-        no_midstream: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Compute only the CRC-32 of each direction, not SHA-256 (the "sha256" field is
         /// left out): the work other reassemblers do in scripts/compare.
         #[arg(long)]
@@ -112,19 +91,8 @@ enum Command {
         /// they get ConnEnd with reason "reloaded".
         #[arg(long, default_value_t = 30)]
         drain_timeout: u64,
-        /// Idle timeout in seconds of packet time.
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-        /// Receive buffer per side when a plugin asks for the default (bytes).
-        #[arg(long, default_value_t = 8192)]
-        buffer: u32,
-        /// Flow-table capacity per core; beyond it the least recently active flow is evicted.
-        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-        max_flows: u32,
-        /// Receive-buffer memory per core, in MiB: a side that would exceed it gets no buffer
-        /// (counted as buffer_memory_refusals in --stats).
-        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-        buffer_memory: u64,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Do not watch the plugin directory (no hot reload).
         #[arg(long)]
         no_watch: bool,
@@ -163,14 +131,157 @@ enum Command {
     Events {
         /// A pcap or pcapng file.
         capture: PathBuf,
-        /// Do not track connections whose SYN was not captured (mOS's behaviour).
-        #[arg(long)]
-        no_midstream: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
         /// Packets per batch (`NewData` is coalesced per batch); 1 is closest to mOS's pcap
         /// backend.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
     },
+}
+
+/// The engine options every command takes (`streams`, `run`, `events`). Each command has
+/// its own defaults ([`Defaults`]); `--profile` replaces them with a preset, and an option
+/// given explicitly overrides both.
+#[derive(Args)]
+#[command(next_help_heading = "Engine options (the same on every command)")]
+struct EngineArgs {
+    /// A policy preset. `mos`: mOS 0.3's policies, as its reference traces were recorded
+    /// (shared/mos-events): no mid-stream pick-up, packets with a bad TCP or IPv4
+    /// checksum and packets cut by snaplen dropped without an event, 8 KiB buffers, 30 s
+    /// idle timeout, TIME_WAIT 0. Options given explicitly override the profile (e.g.
+    /// `--profile mos --midstream`).
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
+    /// Do not track connections whose SYN was not captured: their packets are orphans
+    /// (mOS's behaviour).
+    #[arg(long, conflicts_with = "midstream")]
+    no_midstream: bool,
+    /// Track connections whose SYN was not captured, marked partial (the default without
+    /// a profile).
+    #[arg(long)]
+    midstream: bool,
+    /// Ignore packets whose TCP checksum or IPv4 header checksum is wrong. Off by default:
+    /// captures often hold checksums left for the NIC to fill in.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    verify_checksums: Option<bool>,
+    /// Ignore packets cut by the capture's snapshot length (IP declares more bytes than
+    /// were captured), as mOS does. Off by default: the captured bytes are used and the
+    /// rest counted missing.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    drop_truncated: Option<bool>,
+    /// Which copy wins when segments overlap [default: first].
+    #[arg(long, value_enum)]
+    overlap: Option<Overlap>,
+    /// Receive buffer per side, in bytes. `streams` [default: 262144]: bytes are read as
+    /// they arrive, so this bounds out-of-order data held while waiting for a gap, not the
+    /// stream length; memory is about 2 × this × the connections open at once (256 KiB
+    /// gives the same results as 1 MiB on the whole test corpus). `run`, `events`
+    /// [default: 8192]: when a plugin asks for the default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1 << 30))]
+    buffer: Option<u32>,
+    /// Flow-table capacity (per core); beyond it the least recently active flow is
+    /// evicted [default: 1000000; events: 100000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_flows: Option<u32>,
+    /// Receive-buffer memory per core, in MiB: a side that would exceed it gets no buffer
+    /// (counted as buffer_memory_refusals in --stats) [default: run 4096, streams 8192,
+    /// events 1024].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    buffer_memory: Option<u64>,
+    /// Idle timeout in seconds of packet time [default: 30; streams: 3600, so that a quiet
+    /// control connection is reported as one connection].
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Seconds a closed connection stays in TIME_WAIT before it is destroyed [default: 0,
+    /// as mOS].
+    #[arg(long)]
+    time_wait: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Profile {
+    /// mOS 0.3's policies.
+    Mos,
+}
+
+/// One command's engine defaults, before `--profile` and explicit options.
+#[derive(Clone, Copy)]
+struct Defaults {
+    buffer: u32,
+    max_flows: u32,
+    buffer_memory_mib: u64,
+    timeout_s: u64,
+}
+
+impl Defaults {
+    const STREAMS: Defaults = Defaults {
+        buffer: 1 << 18,
+        max_flows: 1_000_000,
+        buffer_memory_mib: 8 << 10,
+        timeout_s: 3600,
+    };
+    const RUN: Defaults = Defaults {
+        buffer: 8192,
+        max_flows: 1_000_000,
+        buffer_memory_mib: 4096,
+        timeout_s: 30,
+    };
+    const EVENTS: Defaults = Defaults {
+        buffer: 8192,
+        max_flows: 100_000,
+        buffer_memory_mib: 1024,
+        timeout_s: 30,
+    };
+}
+
+const NANOS: u64 = 1_000_000_000;
+
+impl EngineArgs {
+    /// The engine configuration: the command's defaults `d`, then the profile, then the
+    /// options given explicitly.
+    fn config(&self, d: Defaults) -> Config {
+        let mut cfg = match self.profile {
+            Some(Profile::Mos) => Config::mos(),
+            None => Config {
+                buffer_capacity: d.buffer,
+                tcp_timeout: d.timeout_s.saturating_mul(NANOS),
+                ..Config::default()
+            },
+        };
+        cfg.max_flows = self.max_flows.unwrap_or(d.max_flows);
+        cfg.buffer_memory = self
+            .buffer_memory
+            .unwrap_or(d.buffer_memory_mib)
+            .saturating_mul(1 << 20);
+        if let Some(b) = self.buffer {
+            cfg.buffer_capacity = b;
+        }
+        if let Some(t) = self.timeout {
+            cfg.tcp_timeout = t.saturating_mul(NANOS);
+        }
+        if let Some(t) = self.time_wait {
+            cfg.tw_interval = t.saturating_mul(NANOS);
+        }
+        if let Some(o) = self.overlap {
+            cfg.overlap = match o {
+                Overlap::First => OverlapPolicy::First,
+                Overlap::Last => OverlapPolicy::Last,
+            };
+        }
+        if let Some(v) = self.verify_checksums {
+            cfg.verify_checksums = v;
+        }
+        if let Some(v) = self.drop_truncated {
+            cfg.drop_truncated = v;
+        }
+        if self.no_midstream {
+            cfg.midstream = false;
+        } else if self.midstream {
+            cfg.midstream = true;
+        }
+        cfg
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -192,10 +303,7 @@ fn main() -> ExitCode {
             pace,
             loops,
             drain_timeout,
-            timeout,
-            buffer,
-            max_flows,
-            buffer_memory,
+            engine,
             no_watch,
             cores,
             quiet,
@@ -211,10 +319,7 @@ fn main() -> ExitCode {
             pace,
             loops,
             drain_timeout,
-            timeout,
-            buffer,
-            max_flows,
-            buffer_memory,
+            engine: engine.config(Defaults::RUN),
             no_watch,
             cores,
             quiet,
@@ -227,13 +332,10 @@ fn main() -> ExitCode {
         }),
         Command::Events {
             capture,
-            no_midstream,
+            engine,
             batch,
         } => {
-            let cfg = Config {
-                midstream: !no_midstream,
-                ..Config::default()
-            };
+            let cfg = engine.config(Defaults::EVENTS);
             match flowpeek::trace::run(&capture, cfg, batch as usize) {
                 Ok(lines) => {
                     let stdout = std::io::stdout();
@@ -256,29 +358,14 @@ fn main() -> ExitCode {
             capture,
             json,
             summary,
-            buffer,
-            overlap,
-            max_flows,
-            timeout,
-            verify_checksums,
-            no_midstream,
+            engine,
             no_sha256,
         } => {
+            let engine = engine.config(Defaults::STREAMS);
             let opts = StreamsOptions {
                 sha256: !no_sha256,
-                engine: Config {
-                    max_flows,
-                    tcp_timeout: timeout.saturating_mul(1_000_000_000),
-                    overlap: match overlap {
-                        Overlap::First => OverlapPolicy::First,
-                        Overlap::Last => OverlapPolicy::Last,
-                    },
-                    verify_checksums,
-                    midstream: !no_midstream,
-                    buffer_memory: 8 << 30,
-                    ..Config::default()
-                },
-                buffer,
+                buffer: engine.buffer_capacity,
+                engine,
             };
             let show_progress = std::io::stderr().is_terminal();
             let report = match streams::run(&capture, &opts, |done, total| {
@@ -347,10 +434,7 @@ struct RunArgs {
     pace: u64,
     loops: u32,
     drain_timeout: u64,
-    timeout: u64,
-    buffer: u32,
-    max_flows: u32,
-    buffer_memory: u64,
+    engine: Config,
     no_watch: bool,
     cores: Option<usize>,
     quiet: bool,
@@ -392,13 +476,7 @@ fn run(a: RunArgs) -> ExitCode {
         source: a.source,
         plugins: a.plugins,
         log_dir: a.log_dir.clone(),
-        engine: Config {
-            max_flows: a.max_flows,
-            tcp_timeout: a.timeout.saturating_mul(1_000_000_000),
-            buffer_capacity: a.buffer,
-            buffer_memory: a.buffer_memory.saturating_mul(1 << 20),
-            ..Config::default()
-        },
+        engine: a.engine,
         pace: a.pace,
         loops: a.loops,
         drain_timeout: a.drain_timeout.saturating_mul(1_000_000_000),

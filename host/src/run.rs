@@ -1,8 +1,19 @@
-//! `flowpeek run`: a packet source, the engine, and the plugins of a directory, with hot
-//! reload at the safe point between batches, per-plugin record logs, and a stats summary.
+//! `flowpeek run`: a packet source, one worker per core (each with its engine and its plugin
+//! instances), hot reload at the safe point between batches, per-plugin record logs, the
+//! per-second status line and a stats summary.
 //!
-//! Sources today: `pcap:FILE` (pcap or pcapng), optionally paced (`--pace`) and looped
-//! (`--loop`, each pass shifted in time after the previous one so flows do not collide).
+//! Sources ([`Source`], the `--source KIND:ARG` of the command line): `pcap:FILE` (pcap or
+//! pcapng, every core reading its shard; paced with `--pace`, looped with `--loop`, each pass
+//! shifted in time after the previous one so flows do not collide), `afpacket:IF` (a live
+//! interface, one socket per core in a symmetric fanout group), `shm:NAME` (the rings of a
+//! /dev/shm region, one per core: the ring count decides the cores) and `netmap:IF` /
+//! `netmap:IF-K` (every hardware ring, ring k on core k; or one ring on one core).
+//!
+//! Owns: checking what can be checked before any thread starts (the capture, the plugin
+//! directory, the shm region, the netmap port), starting and joining the workers, and adding
+//! up their reports. Errors are typed all the way: [`RunError`] nests the source's and the
+//! plugins' errors and a [`WorkerError`] per failed core. Must not: touch packets (that is
+//! [`crate::worker`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::flow::{Config, Stats};
-use crate::io::pcap::{CaptureError, CaptureFile};
+use crate::io::netmap::{NetmapError, NetmapPort, PortSpec};
+use crate::io::pcap::CaptureFile;
+use crate::io::shm::{ShmRegion, ShmRing};
+use crate::io::SourceError;
 use crate::plugin::{HostError, PluginSet, PluginStats};
-use crate::worker::{self, CoreCounters, CoreReport, PcapShard, WorkerSpec};
+use crate::worker::{self, CoreCounters, CoreReport, Input, PcapShard, WorkerError, WorkerSpec};
 
 /// Where packets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,31 +38,29 @@ pub enum Source {
     /// Netmap-layout rings in /dev/shm filled by another process, one ring per core.
     Shm(String),
     /// A netmap port: `netmap:IF` (ring k on core k) or `netmap:IF-K` (one ring, one core).
-    Netmap(crate::io::netmap::PortSpec),
+    Netmap(PortSpec),
 }
 
 /// Why a `--source` was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub enum SourceSpecError {
     /// A netmap spec that does not parse.
-    #[error("{0}")]
-    Netmap(String),
+    #[error(transparent)]
+    Netmap(#[from] NetmapError),
     /// Not KIND:ARG.
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
     Syntax(String),
 }
 
 impl std::str::FromStr for Source {
-    type Err = SourceError;
-    fn from_str(s: &str) -> Result<Source, SourceError> {
+    type Err = SourceSpecError;
+    fn from_str(s: &str) -> Result<Source, SourceSpecError> {
         match s.split_once(':') {
             Some(("pcap", path)) if !path.is_empty() => Ok(Source::Pcap(path.into())),
             Some(("afpacket", ifname)) if !ifname.is_empty() => Ok(Source::AfPacket(ifname.into())),
             Some(("shm", name)) if !name.is_empty() => Ok(Source::Shm(name.into())),
-            Some(("netmap", _)) => crate::io::netmap::PortSpec::parse(s)
-                .map(Source::Netmap)
-                .map_err(|e| SourceError::Netmap(e.to_string())),
-            _ => Err(SourceError::Syntax(s.into())),
+            Some(("netmap", _)) => Ok(Source::Netmap(PortSpec::parse(s)?)),
+            _ => Err(SourceSpecError::Syntax(s.into())),
         }
     }
 }
@@ -87,26 +99,26 @@ pub struct RunOptions {
 /// Why a run failed before or while it ran.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The capture.
+    /// The source (checked before any worker starts; boxed, as in [`WorkerError`]).
     #[error(transparent)]
-    Capture(#[from] CaptureError),
+    Source(Box<SourceError>),
     /// The plugin directory.
     #[error(transparent)]
     Plugins(#[from] HostError),
-    /// The netmap port.
-    #[error(transparent)]
-    Netmap(#[from] crate::io::netmap::NetmapError),
-    /// The shared-memory region.
-    #[error(transparent)]
-    Shm(#[from] crate::io::shm::ShmError),
     /// A worker failed.
-    #[error("core {core}: {message}")]
+    #[error("core {core}: {source}")]
     Worker {
         /// The core.
         core: usize,
         /// What went wrong.
-        message: String,
+        source: WorkerError,
     },
+}
+
+impl From<SourceError> for RunError {
+    fn from(e: SourceError) -> RunError {
+        RunError::Source(Box::new(e))
+    }
 }
 
 /// A worker's counters at one moment (the status line).
@@ -137,8 +149,8 @@ pub struct RunReport {
     pub retained_images: u64,
     /// Plugin files that failed to load.
     pub load_failures: Vec<String>,
-    /// A capture error that ended the input early (everything before it was processed).
-    pub capture_error: Option<String>,
+    /// A source error that ended the input early (everything before it was processed).
+    pub capture_error: Option<SourceError>,
     /// Stopped by Ctrl-C.
     pub interrupted: bool,
     /// Wall time.
@@ -193,7 +205,8 @@ impl RunReport {
         v["plugins"] = serde_json::Value::Object(plugins);
         v["retained_images"] = self.retained_images.into();
         v["load_failures"] = serde_json::json!(self.load_failures);
-        v["capture_error"] = serde_json::json!(self.capture_error);
+        v["capture_error"] =
+            serde_json::json!(self.capture_error.as_ref().map(ToString::to_string));
         v["interrupted"] = self.interrupted.into();
         v["seconds"] = serde_json::json!(self.elapsed.as_secs_f64());
         v["reload_latency_ms"] = serde_json::json!(self
@@ -219,15 +232,16 @@ pub fn run(
     let started = Instant::now();
     if let Source::Pcap(path) = &opts.source {
         // Open once here so that a bad file is reported before any thread starts.
-        CaptureFile::open(path)?;
+        CaptureFile::open(path).map_err(SourceError::from)?;
     }
     let plugins = Arc::new(
         PluginSet::open(&opts.plugins, &opts.log_dir, opts.drain_timeout, opts.watch)?
             .with_budget(opts.budget),
     );
     // A shm region has one ring per worker: its ring count decides.
-    let mut shm_rings: Vec<Option<crate::io::shm::ShmRing>> = match &opts.source {
-        Source::Shm(name) => crate::io::shm::ShmRegion::open(name)?
+    let mut shm_rings: Vec<Option<ShmRing>> = match &opts.source {
+        Source::Shm(name) => ShmRegion::open(name)
+            .map_err(SourceError::from)?
             .into_rings()
             .into_iter()
             .map(Some)
@@ -242,14 +256,14 @@ pub fn run(
     };
     if let Source::Netmap(p) = &opts.source {
         // Fails here, with the reason and the fix, when netmap is not there.
-        drop(crate::io::netmap::NetmapPort::open_spec(p.clone())?);
+        drop(NetmapPort::open_spec(p.clone()).map_err(SourceError::from)?);
     }
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
     // One AF_PACKET fanout group per run.
     let group = (std::process::id() & 0xffff) as u16;
-    let results: Vec<Result<CoreReport, String>> = std::thread::scope(|scope| {
+    let results: Vec<Result<CoreReport, WorkerError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
             .map(|core| {
                 let spec = WorkerSpec {
@@ -268,21 +282,19 @@ pub fn run(
                 let (loops, pace) = (opts.loops, opts.pace);
                 std::thread::Builder::new()
                     .name(format!("flowpeek-core{core}"))
-                    .spawn_scoped(scope, move || match source {
-                        Source::Pcap(path) => {
-                            worker::run_pcap(spec, PcapShard { path, loops, pace })
-                        }
-                        Source::AfPacket(ifname) => worker::run_afpacket(spec, &ifname, group),
-                        Source::Netmap(mut p) => {
-                            if cores > 1 {
-                                p.ring = Some(core as u16);
+                    .spawn_scoped(scope, move || {
+                        let input = match source {
+                            Source::Pcap(path) => Input::Pcap(PcapShard { path, loops, pace }),
+                            Source::AfPacket(ifname) => Input::AfPacket { ifname, group },
+                            Source::Netmap(mut p) => {
+                                if cores > 1 {
+                                    p.ring = Some(core as u16);
+                                }
+                                Input::Netmap(p)
                             }
-                            worker::run_netmap(spec, p)
-                        }
-                        Source::Shm(_) => match shm_ring {
-                            Some(ring) => worker::run_shm(spec, ring),
-                            None => Err("no shm ring for this core".into()),
-                        },
+                            Source::Shm(_) => Input::Shm(shm_ring),
+                        };
+                        worker::run_input(spec, input)
                     })
             })
             .collect();
@@ -311,12 +323,8 @@ pub fn run(
         handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err("the worker thread panicked".into())),
-                Err(e) => Err(format!(
-                    "cannot start its worker thread ({e}): use fewer --cores, or raise the process's thread limit (ulimit -u)"
-                )),
+                Ok(h) => h.join().unwrap_or(Err(WorkerError::Panicked)),
+                Err(e) => Err(WorkerError::Spawn(e)),
             })
             .collect()
     });
@@ -328,7 +336,7 @@ pub fn run(
     let mut capture_error = None;
     let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
     for (core, r) in results.into_iter().enumerate() {
-        let r = r.map_err(|message| RunError::Worker { core, message })?;
+        let r = r.map_err(|source| RunError::Worker { core, source })?;
         if let Some(h) = &r.latency {
             match latency.as_mut() {
                 // Same bounds on every core: adding cannot fail.

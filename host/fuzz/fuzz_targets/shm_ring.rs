@@ -1,4 +1,4 @@
-//! Fuzz the netmap/shm ring walker (`flowpeek::io::ring::NetmapMem`) and the shm region
+//! Fuzz the netmap/shm ring walker (`flowpeek::io::netmap::NetmapMem`) and the shm region
 //! header checks (`flowpeek::io::shm::ShmRegion::open_path`) with hostile memory images.
 //!
 //! A valid template image is made once with `ShmRegion::create` (2 rings x 8 slots x 64-byte
@@ -20,7 +20,7 @@
 
 use std::sync::OnceLock;
 
-use flowpeek::io::ring::{HostRings, NetmapMem};
+use flowpeek::io::netmap::{HostRings, NetmapMem};
 use flowpeek::io::shm::ShmRegion;
 
 /// (image bytes, netmap_if offset)

@@ -1,4 +1,5 @@
-//! Engine settings ([`Config`]); `Default` gives mOS's defaults.
+//! Engine settings ([`Config`]); `Default` gives mOS's defaults, [`Config::mos`] mOS 0.3's
+//! policies as its reference traces were recorded (shared/mos-events).
 //!
 //! Owns: the values an engine is built with, read-only afterwards. Must not: hold state
 //! that changes while traffic flows (that is the table's, the timers', the stats').
@@ -25,9 +26,12 @@ pub struct Config {
     pub tw_interval: u64,
     /// Default overlap policy of every side.
     pub overlap: OverlapPolicy,
-    /// Drop packets whose TCP checksum is wrong (off for captures, which carry offloaded
-    /// checksums).
+    /// Drop packets whose TCP checksum or IPv4 header checksum is wrong (off for
+    /// captures, which carry offloaded checksums).
     pub verify_checksums: bool,
+    /// Drop packets cut by the capture's snapshot length (IP declares more bytes than
+    /// were captured), as mOS does; off: their captured bytes are used.
+    pub drop_truncated: bool,
     /// Track connections whose SYN was not seen (marked partial). Off: such packets are
     /// `Orphan`s, as in mOS.
     pub midstream: bool,
@@ -51,9 +55,27 @@ impl Default for Config {
             tw_interval: 0,
             overlap: OverlapPolicy::First,
             verify_checksums: false,
+            drop_truncated: false,
             midstream: true,
             gap_skip_after: 64,
             tombstones: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// mOS 0.3's policies (`--profile mos`): no mid-stream pick-up, packets with a bad
+    /// checksum or cut by snaplen dropped without an event, 8 KiB buffers, a 30 s idle
+    /// timeout and no TIME_WAIT. The other fields are the defaults.
+    pub fn mos() -> Config {
+        Config {
+            buffer_capacity: 8192,
+            tcp_timeout: 30 * NANOS,
+            tw_interval: 0,
+            verify_checksums: true,
+            drop_truncated: true,
+            midstream: false,
+            ..Config::default()
         }
     }
 }
@@ -72,7 +94,19 @@ mod tests {
         assert_eq!(c.tw_interval, 0);
         assert_eq!(c.overlap, OverlapPolicy::First);
         assert!(!c.verify_checksums);
+        assert!(!c.drop_truncated);
         assert!(c.midstream);
         assert_eq!((c.gap_skip_after, c.tombstones), (64, 4096));
+    }
+
+    #[test]
+    fn mos_profile_is_mos_policies() {
+        let c = Config::mos();
+        assert!(!c.midstream && c.verify_checksums && c.drop_truncated);
+        assert_eq!(
+            (c.buffer_capacity, c.tcp_timeout, c.tw_interval),
+            (8192, 30 * NANOS, 0)
+        );
+        assert_eq!(c.max_flows, Config::default().max_flows);
     }
 }

@@ -235,9 +235,14 @@ impl Engine {
             None => self.core.stats.unsupported_link += 1,
             Some(Ok(Decoded::Tcp(seg))) => {
                 if self.core.cfg.verify_checksums
-                    && wire::tcp_checksum_ok(frame, seg) == Some(false)
+                    && (wire::tcp_checksum_ok(frame, seg) == Some(false)
+                        || wire::ipv4_header_checksum_ok(frame, seg) == Some(false))
                 {
                     self.core.stats.bad_checksum += 1;
+                    return;
+                }
+                if self.core.cfg.drop_truncated && seg.is_truncated() {
+                    self.core.stats.truncated_dropped += 1;
                     return;
                 }
                 self.on_segment(seg, frame, ts);

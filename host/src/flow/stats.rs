@@ -20,8 +20,10 @@ pub struct Stats {
     pub ip_fragments: u64,
     /// Frames of a link type the decoder does not support.
     pub unsupported_link: u64,
-    /// Segments with a wrong TCP checksum.
+    /// Segments with a wrong TCP (or IPv4 header) checksum, dropped (`verify_checksums`).
     pub bad_checksum: u64,
+    /// Packets cut by snaplen and dropped (`Config::drop_truncated`).
+    pub truncated_dropped: u64,
     /// Packets that matched no flow and could not start one.
     pub orphans: u64,
     /// Flows created.
@@ -63,6 +65,7 @@ impl Stats {
         self.ip_fragments += other.ip_fragments;
         self.unsupported_link += other.unsupported_link;
         self.bad_checksum += other.bad_checksum;
+        self.truncated_dropped += other.truncated_dropped;
         self.orphans += other.orphans;
         self.flows_created += other.flows_created;
         self.flows_partial += other.flows_partial;
@@ -110,6 +113,7 @@ mod tests {
             events: 19,
             flows_live: 20,
             buffer_bytes: 21,
+            truncated_dropped: 22,
         };
         let mut sum = Stats::default();
         sum.merge(&one);

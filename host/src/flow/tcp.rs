@@ -32,6 +32,8 @@ pub(crate) struct SideState {
     pub(crate) tx_ack: u32,
     pub(crate) tx_ack_seen: bool,
     pub(crate) syn_seen: bool,
+    /// The sequence number of the first SYN this side sent (valid when `syn_seen`).
+    pub(crate) tx_isn: u32,
     /// This side received the peer's FIN.
     pub(crate) rx_fin: bool,
     pub(crate) window: u32,
@@ -64,6 +66,7 @@ impl SideState {
             tx_ack: 0,
             tx_ack_seen: false,
             syn_seen: false,
+            tx_isn: 0,
             rx_fin: false,
             window: 0,
             wscale: 0,
@@ -127,8 +130,9 @@ pub(crate) fn on_send(
     let old = s.state;
     let first_syn =
         flags.syn() && !flags.ack() && !s.syn_seen && sender == Side::Client && !partial;
-    if flags.syn() {
+    if flags.syn() && !s.syn_seen {
         s.syn_seen = true;
+        s.tx_isn = seg.seq;
     }
     let end = data_seq
         .wrapping_add(seg.payload_len_on_wire)
@@ -211,15 +215,22 @@ pub(crate) fn on_receive(
         }
     } else {
         let mut st = old;
+        // The segment acknowledges this side's own SYN (RFC 793's acceptable ACK in
+        // SYN_RCVD): with a SYN, the last step of a simultaneous or split open.
+        let acks_my_syn = flags.ack() && r.syn_seen && seg.ack == r.tx_isn.wrapping_add(1);
         if flags.syn() && !flags.ack() {
             if receiver == Side::Server && st == TcpState::Listen && !partial {
                 st = TcpState::SynRcvd;
                 conn_start = true;
+            } else if st == TcpState::SynSent {
+                // Simultaneous open, or the server's half of a split handshake: the peer
+                // answers a SYN with a SYN (RFC 793 §3.4), as mOS tracks it too.
+                st = TcpState::SynRcvd;
             } else {
                 ctl_rexmit = true;
             }
         } else if flags.syn() {
-            if st == TcpState::SynSent {
+            if st == TcpState::SynSent || (st == TcpState::SynRcvd && acks_my_syn) {
                 st = TcpState::Established;
             } else {
                 ctl_rexmit = true;
@@ -395,6 +406,61 @@ mod tests {
         c.packet(Client, seg(FIN | ACK, 101, 501));
         let (_, rcv) = c.packet(Client, seg(FIN | ACK, 101, 501));
         assert!(rcv.ctl_rexmit);
+    }
+
+    #[test]
+    fn simultaneous_open_goes_through_syn_rcvd_on_both_sides() {
+        let mut c = Conn::new();
+        c.packet(Client, seg(SYN, 100, 0));
+        // The server answers with a SYN of its own: the client moves as RFC 793 says.
+        let (snd, rcv) = c.packet(Server, seg(SYN, 500, 0));
+        assert_eq!((snd.change, rcv.change), (None, Some(SynRcvd)));
+        assert!(!rcv.ctl_rexmit && !rcv.conn_start);
+        // Each SYN/ACK acknowledges the other's SYN: ESTABLISHED at its receiver.
+        c.packet(Client, seg(SYN | ACK, 100, 501));
+        assert_eq!(c.states(), (SynRcvd, Established));
+        let (_, rcv) = c.packet(Server, seg(SYN | ACK, 500, 101));
+        assert_eq!((rcv.change, rcv.ctl_rexmit), (Some(Established), false));
+        // A SYN/ACK seen again is a retransmission.
+        let (_, rcv) = c.packet(Server, seg(SYN | ACK, 500, 101));
+        assert!(rcv.ctl_rexmit && rcv.change.is_none());
+    }
+
+    #[test]
+    fn split_handshakes_four_and_five_way() {
+        // 4-way: SYN, SYN, SYN/ACK, ACK.
+        let mut c = Conn::new();
+        c.packet(Client, seg(SYN, 100, 0));
+        c.packet(Server, seg(SYN, 500, 0));
+        c.packet(Client, seg(SYN | ACK, 100, 501));
+        assert_eq!(c.states(), (SynRcvd, Established));
+        let (_, rcv) = c.packet(Server, seg(ACK, 501, 101));
+        assert_eq!(rcv.change, Some(Established));
+        // 5-way: SYN, ACK, SYN, SYN/ACK, ACK. The bare ACK does not open the client.
+        let mut c = Conn::new();
+        c.packet(Client, seg(SYN, 100, 0));
+        let (snd, rcv) = c.packet(Server, seg(ACK, 400, 101));
+        assert_eq!((snd.change, rcv.change), (Some(Established), None));
+        c.packet(Server, seg(SYN, 500, 0));
+        assert_eq!(c.states(), (SynRcvd, Established));
+        let (_, rcv) = c.packet(Client, seg(SYN | ACK, 100, 501));
+        assert!(
+            rcv.ctl_rexmit,
+            "the server is open already: the SYN/ACK is a repeat"
+        );
+        c.packet(Server, seg(ACK, 501, 101));
+        assert_eq!(c.states(), (Established, Established));
+    }
+
+    #[test]
+    fn a_synack_not_acking_this_sides_syn_is_a_retransmission() {
+        let mut c = Conn::new();
+        c.packet(Client, seg(SYN, 100, 0));
+        c.packet(Server, seg(SYN, 500, 0));
+        // Acknowledges something else than the server's SYN: no handshake step.
+        let (_, rcv) = c.packet(Client, seg(SYN | ACK, 100, 9999));
+        assert_eq!((rcv.change, rcv.ctl_rexmit), (None, true));
+        assert_eq!(c.states(), (SynRcvd, SynRcvd));
     }
 
     #[test]

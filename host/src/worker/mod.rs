@@ -1,34 +1,52 @@
 //! One thread per core: each pinned to its CPU, with its own engine and its own plugin
 //! instances, sharing nothing on the packet path.
 //!
-//! Owns: the per-core loop (take a batch from the source, hand it to the engine, close the
-//! batch, apply pending plugin generations at the safe point, publish counters) and the
-//! sharding of a capture by the symmetric flow hash, so that both directions of a
-//! connection meet on one core.
+//! Owns the one per-core loop, [`run`], generic over the [`Source`] (compiled once per
+//! source, nothing dispatched per packet): take a batch from the source, hand its frames to
+//! the engine (looking ahead when the flow table is past the caches and the source can),
+//! close the batch, and at the safe point apply pending plugin generations and publish the
+//! counters. The idle policy (spin then nap, or wait in the kernel), the clock (read once per
+//! batch, never per packet), the stop flag and the latency sampling of shm sources are
+//! written here once. [`run_input`] opens a core's share of an input on its thread.
 //!
 //! Must not: block on anything but its source, allocate or lock per packet. Counters are
-//! published once per batch with relaxed atomic stores.
+//! published at safe points with relaxed atomic stores.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::flow::{symmetric_hash, Config, EndReason, Engine, Stats};
+use crate::flow::{Config, EndReason, Engine, Stats};
+use crate::io::afpacket::{AfPacketSocket, FanoutGroup, FanoutMode, RingConfig};
+use crate::io::netmap::{NetmapPort, PortSpec};
 use crate::io::pcap::CaptureFile;
-use crate::io::ring::Step;
-use crate::plugin::{PluginSet, PluginStats};
-use crate::wire::{self, Decoded};
+use crate::io::replay::PcapReplay;
+use crate::io::shm::ShmRing;
+use crate::io::{Batch, Idle, Sink, Source, SourceError};
+use crate::plugin::{HostError, PluginHost, PluginSet, PluginStats};
+use crate::wire::{DecodeError, Decoded, LinkType};
 
-/// Empty polls of a shm ring (about a millisecond of spinning) before an idle core starts
+/// Empty polls of a spinning source (about a millisecond) before an idle core starts
 /// napping 20 µs between polls.
 const IDLE_SPINS_BEFORE_NAP: u32 = 1 << 16;
 
-/// Packets handed to the engine between two safe points.
+/// A spinning idle core runs a full empty batch (timers, the producer's liveness) once per
+/// this many polls; the others are one load of the ring's tail.
+const FULL_POLL_EVERY: u32 = 1024;
+
+/// While frames stream in small batches, the clock is read once per this many frames: a
+/// vDSO clock read costs as much as processing a packet.
+const CLOCK_EVERY: usize = 256;
+
+/// How long a blocking source waits in the kernel before the loop runs its timers.
+const WAIT: Duration = Duration::from_millis(100);
+
+/// Packets handed to the engine between two safe points (capture replay).
 pub const BATCH: usize = 32;
 
-/// Counters a worker publishes once per batch, read by the status line.
+/// Counters a worker publishes at safe points, read by the status line.
 #[derive(Debug, Default)]
 pub struct CoreCounters {
     /// Packets this core processed.
@@ -57,10 +75,38 @@ pub struct CoreReport {
     /// Per reload: directory event to the new generation taking traffic.
     pub reload_latencies: Vec<Duration>,
     /// A source error that ended the input early.
-    pub source_error: Option<String>,
+    pub source_error: Option<SourceError>,
     /// Stamp-to-callback-return latency of the sampled packets, in ns (shm sources with
     /// [`WorkerSpec::latency_sample`] > 0 only).
     pub latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// Its source could not be opened (boxed: source errors are large, and a `Result` is
+    /// only as small as its error).
+    #[error(transparent)]
+    Source(Box<SourceError>),
+    /// Its plugin instances could not be made.
+    #[error(transparent)]
+    Plugins(#[from] HostError),
+    /// A shm region with fewer rings than workers.
+    #[error("no shm ring for this core")]
+    NoShmRing,
+    /// The thread panicked.
+    #[error("the worker thread panicked")]
+    Panicked,
+    /// The thread could not be started.
+    #[error("cannot start its worker thread ({0}): use fewer --cores, or raise the process's thread limit (ulimit -u)")]
+    Spawn(#[source] std::io::Error),
+}
+
+impl From<SourceError> for WorkerError {
+    fn from(e: SourceError) -> WorkerError {
+        WorkerError::Source(Box::new(e))
+    }
 }
 
 /// The largest latency a histogram holds (10 s, in ns); larger samples count as this.
@@ -85,16 +131,22 @@ pub struct PcapShard {
     pub pace: u64,
 }
 
-/// Which core handles a decoded frame: TCP by the symmetric hash of its 4-tuple; anything
-/// else (counted only) by core 0.
-#[inline]
-pub fn shard_of(decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>, cores: usize) -> usize {
-    match decoded {
-        Some(Ok(Decoded::Tcp(seg))) if cores > 1 => {
-            (symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port) % cores as u64) as usize
-        }
-        _ => 0,
-    }
+/// A core's share of an input, opened on the core's thread by [`run_input`].
+#[derive(Debug)]
+pub enum Input {
+    /// Its shard of a capture file.
+    Pcap(PcapShard),
+    /// Its socket in a fanout group on an interface.
+    AfPacket {
+        /// The interface.
+        ifname: String,
+        /// The fanout group id (one per run).
+        group: u16,
+    },
+    /// A netmap port (one ring, or all of them on one core).
+    Netmap(PortSpec),
+    /// Its ring of a shm region (`None`: the region has fewer rings than cores).
+    Shm(Option<ShmRing>),
 }
 
 pub use crate::sys::pin_to_cpu;
@@ -122,12 +174,275 @@ pub struct WorkerSpec {
     pub latency_warmup: u64,
 }
 
+/// Pins the thread (when asked), then opens `input` on it, so that the source's memory is
+/// allocated near the core that reads it, and runs the loop over it.
+pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerError> {
+    if spec.pin {
+        pin_to_cpu(spec.core);
+    }
+    match input {
+        Input::Pcap(shard) => {
+            let capture = CaptureFile::open(&shard.path).map_err(SourceError::from)?;
+            let (core, cores) = (spec.core, spec.cores);
+            let replay = PcapReplay::new(&capture, shard.loops, shard.pace, core, cores, BATCH);
+            run(spec, replay)
+        }
+        Input::AfPacket { ifname, group } => {
+            let fanout = (spec.cores > 1).then_some(FanoutGroup {
+                id: group,
+                mode: FanoutMode::Symmetric,
+            });
+            let sock = AfPacketSocket::open(&ifname, fanout, RingConfig::default())
+                .map_err(SourceError::from)?;
+            run(spec, sock)
+        }
+        Input::Netmap(port) => {
+            let port = NetmapPort::open_spec(port).map_err(SourceError::from)?;
+            run(spec, port)
+        }
+        Input::Shm(Some(ring)) => run(spec, ring),
+        Input::Shm(None) => Err(WorkerError::NoShmRing),
+    }
+}
+
+/// Runs one core over `source` until it ends or `spec.stop` is set; returns what it did.
+pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, WorkerError> {
+    let (mut host, engine) = start_core(&spec)?;
+    source.start();
+    if S::STAMPS && spec.latency_sample > 0 {
+        let meter = Latency {
+            sample: spec.latency_sample,
+            countdown: spec.latency_sample,
+            warmup: spec.latency_warmup,
+            warm_until: 0,
+            histogram: latency_histogram(),
+        };
+        let mut feed = Feed::new(engine, meter);
+        let error = drive(&spec, &mut source, &mut feed, &mut host);
+        let latency = Some(feed.meter.histogram);
+        Ok(end_core(&spec, feed.engine, host, error, latency))
+    } else {
+        let mut feed = Feed::new(engine, NoMeter);
+        let error = drive(&spec, &mut source, &mut feed, &mut host);
+        Ok(end_core(&spec, feed.engine, host, error, None))
+    }
+}
+
+/// The loop: returns the source error that ended it, if any.
+fn drive<S: Source, M: Meter>(
+    spec: &WorkerSpec,
+    src: &mut S,
+    feed: &mut Feed<M>,
+    host: &mut PluginHost,
+) -> Option<SourceError> {
+    let spins = S::IDLE == Idle::Spin;
+    let blocks = S::IDLE == Idle::Blocks;
+    let mut error = None;
+    let mut idle_spins = 0u32;
+    let mut batches = 0u64;
+    let mut now = if S::WALL_CLOCK { wall_ns() } else { 0 };
+    let mut since_clock = 0usize;
+    while !spec.stop.load(Ordering::Relaxed) {
+        // Idle on a spinning source: poll the ring's tail (one atomic load) and spin, as
+        // netmap's pkt-gen does; every FULL_POLL_EVERY polls the full path runs (timers,
+        // producer liveness), and after a long idle stretch the core naps between polls.
+        if spins && idle_spins > 0 && idle_spins % FULL_POLL_EVERY != 0 && src.is_empty() {
+            idle_spins += 1;
+            nap(idle_spins);
+            continue;
+        }
+        if blocks {
+            if let Err(e) = src.wait(WAIT) {
+                error = Some(e);
+                break;
+            }
+        }
+        // A blocking source may have waited: its frames are stamped after the wait (a system
+        // call per batch dwarfs the clock read).
+        if S::WALL_CLOCK && (blocks || since_clock >= CLOCK_EVERY) {
+            now = wall_ns();
+            since_clock = 0;
+        }
+        match src.next_batch(now, feed) {
+            Ok(Batch::Frames(n)) => {
+                idle_spins = 0;
+                since_clock += n;
+                feed.engine.end_batch();
+            }
+            Ok(Batch::Empty) => {
+                // Idle: timers and idle expiry still run, on wall time; reloads still apply.
+                now = wall_ns();
+                since_clock = 0;
+                feed.engine.advance(now);
+                host.poll(&mut feed.engine);
+                publish(&spec.counters, feed.engine.stats());
+                if spins {
+                    idle_spins += 1;
+                    nap(idle_spins);
+                }
+            }
+            Ok(Batch::End) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+        batches += 1;
+        // The reload safe point: new plugin generations take over between batches.
+        if batches % S::SAFE_POINT_EVERY == 0 {
+            host.poll(&mut feed.engine);
+            publish(&spec.counters, feed.engine.stats());
+            if let Some(drops) = src.drops() {
+                spec.counters.drops.store(drops, Ordering::Relaxed);
+            }
+        }
+    }
+    if let Some(drops) = src.drops() {
+        spec.counters.drops.store(drops, Ordering::Relaxed);
+    }
+    error
+}
+
+/// One idle poll more: spin, or nap once the core has been idle for a while.
+#[inline]
+fn nap(idle_spins: u32) {
+    if idle_spins > IDLE_SPINS_BEFORE_NAP {
+        std::thread::sleep(Duration::from_micros(20));
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// What a source's frames go into: the engine, and what is measured on the way.
+struct Feed<M> {
+    engine: Engine,
+    meter: M,
+    /// Lookahead hints handed to the engine (test builds: the proof that a source looks
+    /// ahead).
+    #[cfg(test)]
+    hints: u64,
+}
+
+impl<M: Meter> Feed<M> {
+    fn new(engine: Engine, meter: M) -> Self {
+        Feed {
+            engine,
+            meter,
+            #[cfg(test)]
+            hints: 0,
+        }
+    }
+}
+
+impl<M: Meter> Sink for Feed<M> {
+    const STAMPS: bool = M::ON;
+
+    /// A big flow table: overlap the cache misses of the next few packets (not while
+    /// sampling latency, whose walk reads the stamps instead).
+    #[inline]
+    fn lookahead(&self) -> bool {
+        !M::ON && self.engine.prefetch_wanted()
+    }
+
+    #[inline]
+    fn far(&mut self, link: Option<LinkType>, frame: &[u8]) {
+        #[cfg(test)]
+        {
+            self.hints += 1;
+        }
+        self.engine.prefetch_index(link, frame);
+    }
+
+    #[inline]
+    fn near(&mut self, link: Option<LinkType>, frame: &[u8]) {
+        #[cfg(test)]
+        {
+            self.hints += 1;
+        }
+        self.engine.prefetch_flow(link, frame);
+    }
+
+    #[inline]
+    fn frame(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
+        self.engine.on_frame(link, frame, ts);
+    }
+
+    #[inline]
+    fn stamped(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64, stamp: u64) {
+        self.engine.on_frame(link, frame, ts);
+        // After on_frame returned: every plugin callback for this packet ran.
+        self.meter.after_frame(stamp);
+    }
+
+    #[inline]
+    fn decoded(
+        &mut self,
+        decoded: &Option<Result<Decoded<'_>, DecodeError>>,
+        frame: &[u8],
+        ts: u64,
+    ) {
+        self.engine.on_decoded(decoded, frame, ts);
+    }
+
+    #[inline]
+    fn elsewhere(&mut self, ts: u64) {
+        self.engine.observe_time(ts);
+    }
+}
+
+/// What is measured per frame on the way to the engine.
+trait Meter {
+    /// Whether anything is: the source then hands over the producer's stamps.
+    const ON: bool;
+    /// After the engine processed a frame whose producer stamp was `stamp`.
+    fn after_frame(&mut self, stamp: u64);
+}
+
+/// Nothing measured.
+struct NoMeter;
+
+impl Meter for NoMeter {
+    const ON: bool = false;
+    #[inline(always)]
+    fn after_frame(&mut self, _stamp: u64) {}
+}
+
+/// Stamp-to-callback latency, every `sample`th frame.
+struct Latency {
+    sample: u64,
+    countdown: u64,
+    warmup: u64,
+    warm_until: u64,
+    histogram: hdrhistogram::Histogram<u64>,
+}
+
+impl Meter for Latency {
+    const ON: bool = true;
+
+    #[inline]
+    fn after_frame(&mut self, stamp: u64) {
+        self.countdown -= 1;
+        if self.countdown != 0 {
+            return;
+        }
+        self.countdown = self.sample;
+        // The first `warmup` ns of stamps are warm-up (the flow table, index and buffers
+        // grow to the working set) and are not recorded.
+        if stamp != 0 {
+            if self.warm_until == 0 {
+                self.warm_until = stamp.saturating_add(self.warmup);
+            }
+            if stamp >= self.warm_until {
+                let t = crate::io::shm::monotonic_ns();
+                self.histogram.saturating_record(t.saturating_sub(stamp));
+            }
+        }
+    }
+}
+
 /// What every worker starts with: this core's plugin instances and its engine.
-fn start_core(spec: &WorkerSpec) -> Result<(crate::plugin::PluginHost, Engine), String> {
-    let (host, monitors) = spec
-        .plugins
-        .host(spec.core as u32)
-        .map_err(|e| e.to_string())?;
+fn start_core(spec: &WorkerSpec) -> Result<(PluginHost, Engine), WorkerError> {
+    let (host, monitors) = spec.plugins.host(spec.core as u32)?;
     let cfg = Config {
         core: spec.core as u8,
         ..spec.engine.clone()
@@ -140,8 +455,8 @@ fn start_core(spec: &WorkerSpec) -> Result<(crate::plugin::PluginHost, Engine), 
 fn end_core(
     spec: &WorkerSpec,
     mut engine: Engine,
-    mut host: crate::plugin::PluginHost,
-    source_error: Option<String>,
+    mut host: PluginHost,
+    source_error: Option<SourceError>,
     latency: Option<hdrhistogram::Histogram<u64>>,
 ) -> CoreReport {
     let reason = if spec.stop.load(Ordering::Relaxed) {
@@ -171,315 +486,12 @@ fn publish(counters: &CoreCounters, s: &Stats) {
     counters.events.store(s.events, Ordering::Relaxed);
 }
 
-/// Runs one core over its shard of a capture; returns what it did.
-pub fn run_pcap(spec: WorkerSpec, shard: PcapShard) -> Result<CoreReport, String> {
-    if spec.pin {
-        pin_to_cpu(spec.core);
-    }
-    let capture = CaptureFile::open(&shard.path).map_err(|e| e.to_string())?;
-    let (mut host, mut engine) = start_core(&spec)?;
-    // Looping shifts each pass after the previous one; a single pass needs no extra read.
-    let shift_per_loop = if shard.loops > 1 {
-        let (first, last) = time_span(&capture);
-        last.saturating_sub(first) + 1_000_000_000
-    } else {
-        0
-    };
-    let started = Instant::now();
-    let mut source_error = None;
-    let mut seen: u64 = 0;
-    let mut in_batch = 0;
-    'outer: for pass in 0..shard.loops.max(1) {
-        let shift = shift_per_loop * u64::from(pass);
-        for pkt in capture.packets() {
-            let p = match pkt {
-                Ok(p) => p,
-                Err(e) => {
-                    source_error = Some(e.to_string());
-                    break;
-                }
-            };
-            let ts = p.ts_nanos + shift;
-            seen += 1;
-            let decoded = p.link.map(|l| wire::decode(l, p.data));
-            if shard_of(&decoded, spec.cores) != spec.core {
-                engine.observe_time(ts);
-                continue;
-            }
-            engine.on_decoded(&decoded, p.data, ts);
-            in_batch += 1;
-            if in_batch < BATCH {
-                continue;
-            }
-            in_batch = 0;
-            engine.end_batch();
-            // The safe point: new plugin generations take over between batches.
-            host.poll(&mut engine);
-            publish(&spec.counters, engine.stats());
-            if spec.stop.load(Ordering::Relaxed) {
-                break 'outer;
-            }
-            if shard.pace > 0 {
-                let due = Duration::from_secs_f64(seen as f64 / shard.pace as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        }
-        engine.end_batch();
-        host.poll(&mut engine);
-    }
-    Ok(end_core(&spec, engine, host, source_error, None))
-}
-
-/// Wall-clock time in ns (live ports run on arrival time; read once per batch).
+/// Wall-clock time in ns (ring frames carry no time: they are stamped on arrival).
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Runs one core on a live interface: its own AF_PACKET socket, in a fanout group with the
-/// other cores (symmetric, so both directions of a flow come to one socket).
-pub fn run_afpacket(spec: WorkerSpec, ifname: &str, group: u16) -> Result<CoreReport, String> {
-    use crate::io::afpacket::{AfPacketSocket, FanoutGroup, FanoutMode, RingConfig};
-    if spec.pin {
-        pin_to_cpu(spec.core);
-    }
-    let fanout = (spec.cores > 1).then_some(FanoutGroup {
-        id: group,
-        mode: FanoutMode::Symmetric,
-    });
-    let mut sock =
-        AfPacketSocket::open(ifname, fanout, RingConfig::default()).map_err(|e| e.to_string())?;
-    let link = sock.link_type();
-    let (mut host, mut engine) = start_core(&spec)?;
-    let mut last_stats = Instant::now();
-    let mut source_error = None;
-    while !spec.stop.load(Ordering::Relaxed) {
-        let got = sock.poll_batch(Duration::from_millis(100), |frame, ts| {
-            engine.on_frame(link, frame, ts)
-        });
-        match got {
-            // Idle: timers and idle expiry still run, on wall time.
-            Ok(0) => engine.advance(wall_ns()),
-            Ok(_) => engine.end_batch(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                source_error = Some(format!("{ifname}: {e}"));
-                break;
-            }
-        }
-        host.poll(&mut engine);
-        publish(&spec.counters, engine.stats());
-        if last_stats.elapsed() >= Duration::from_secs(1) {
-            last_stats = Instant::now();
-            if let Ok(st) = sock.stats() {
-                spec.counters.drops.store(st.drops, Ordering::Relaxed);
-            }
-        }
-    }
-    Ok(end_core(&spec, engine, host, source_error, None))
-}
-
-/// Runs one core on one ring of a shared-memory region (the netmap memory layout, filled by
-/// another process): packets are stamped with the wall clock once per batch.
-pub fn run_shm(spec: WorkerSpec, mut ring: crate::io::shm::ShmRing) -> Result<CoreReport, String> {
-    use crate::io::shm::ShmError;
-    if spec.pin {
-        pin_to_cpu(spec.core);
-    }
-    let (mut host, mut engine) = start_core(&spec)?;
-    ring.attach();
-    let link = Some(crate::wire::LinkType::Ethernet);
-    let mut source_error = None;
-    let mut idle_spins = 0u32;
-    let mut batches = 0u64;
-    // The clock is read at most once per batch, and only every 256 packets while packets
-    // stream in small batches: a vDSO clock read costs as much as processing a packet.
-    let mut now = wall_ns();
-    let mut since_clock = 0usize;
-    let sample = spec.latency_sample;
-    let mut countdown = sample;
-    let mut latency = (sample > 0).then(latency_histogram);
-    let mut warm_until = 0u64;
-    while !spec.stop.load(Ordering::Relaxed) {
-        // Idle: poll the ring's tail (one atomic load) and spin, as netmap's pkt-gen does;
-        // every 1024 empty polls the full path runs (timers, producer liveness), and after
-        // a long idle stretch the core naps between polls.
-        if idle_spins > 0 && idle_spins % 1024 != 0 && matches!(ring.available(), Ok(0)) {
-            idle_spins += 1;
-            if idle_spins > IDLE_SPINS_BEFORE_NAP {
-                std::thread::sleep(Duration::from_micros(20));
-            } else {
-                std::hint::spin_loop();
-            }
-            continue;
-        }
-        if since_clock >= 256 {
-            now = wall_ns();
-            since_clock = 0;
-        }
-        let got = if sample == 0 && engine.prefetch_wanted() {
-            // A big flow table: overlap the cache misses of the next few packets.
-            ring.rx_batch_lookahead(|step| match step {
-                Step::Far(f) => engine.prefetch_index(link, f),
-                Step::Near(f) => engine.prefetch_flow(link, f),
-                Step::Frame(f, _) => engine.on_frame(link, f, now),
-            })
-        } else if sample == 0 {
-            ring.rx_batch(|frame| engine.on_frame(link, frame, now))
-        } else {
-            ring.rx_batch_stamped(|frame, stamp| {
-                engine.on_frame(link, frame, now);
-                countdown -= 1;
-                if countdown == 0 {
-                    countdown = sample;
-                    // After on_frame returned: every plugin callback for this packet ran.
-                    // The first `latency_warmup` ns of stamps are warm-up (the flow table,
-                    // index and buffers grow to the working set) and are not recorded.
-                    if stamp != 0 {
-                        if warm_until == 0 {
-                            warm_until = stamp.saturating_add(spec.latency_warmup);
-                        }
-                        if stamp >= warm_until {
-                            let t = crate::io::shm::monotonic_ns();
-                            if let Some(h) = latency.as_mut() {
-                                h.saturating_record(t.saturating_sub(stamp));
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        match got {
-            Ok(0) => {
-                now = wall_ns();
-                since_clock = 0;
-                engine.advance(now);
-                host.poll(&mut engine);
-                idle_spins += 1;
-                if idle_spins > IDLE_SPINS_BEFORE_NAP {
-                    std::thread::sleep(Duration::from_micros(20));
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            Ok(n) => {
-                idle_spins = 0;
-                since_clock += n;
-                engine.end_batch();
-            }
-            Err(ShmError::ProducerExited { .. }) => break,
-            Err(e) => {
-                source_error = Some(e.to_string());
-                break;
-            }
-        }
-        batches += 1;
-        // The reload safe point and the counters, every 64 batches (a batch can be a
-        // handful of packets at moderate rates: per-batch work is per-packet work then).
-        if batches % 64 == 0 {
-            host.poll(&mut engine);
-            publish(&spec.counters, engine.stats());
-            spec.counters
-                .drops
-                .store(ring.region().full_count(), Ordering::Relaxed);
-        }
-    }
-    spec.counters
-        .drops
-        .store(ring.region().full_count(), Ordering::Relaxed);
-    Ok(end_core(&spec, engine, host, source_error, latency))
-}
-
-/// Runs one core on a netmap port: `netmap:IF-K` (hardware ring K, one per core) or all
-/// rings of `netmap:IF` on a single core. rxsync/poll with a timeout, so an idle core still
-/// runs its timers.
-pub fn run_netmap(
-    spec: WorkerSpec,
-    port: crate::io::netmap::PortSpec,
-) -> Result<CoreReport, String> {
-    use crate::io::netmap::NetmapPort;
-    if spec.pin {
-        pin_to_cpu(spec.core);
-    }
-    let mut port = NetmapPort::open_spec(port).map_err(|e| e.to_string())?;
-    let rings: Vec<usize> = port.rings().to_vec();
-    let (mut host, mut engine) = start_core(&spec)?;
-    let link = Some(crate::wire::LinkType::Ethernet);
-    let mut source_error = None;
-    while !spec.stop.load(Ordering::Relaxed) {
-        if let Err(e) = port.poll(Duration::from_millis(100)) {
-            source_error = Some(e.to_string());
-            break;
-        }
-        let now = wall_ns();
-        let mut got = 0;
-        for &r in &rings {
-            match port.rx_batch(r, |frame| engine.on_frame(link, frame, now)) {
-                Ok(n) => got += n,
-                Err(e) => {
-                    source_error = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        if source_error.is_some() {
-            break;
-        }
-        if got == 0 {
-            engine.advance(now);
-        } else {
-            engine.end_batch();
-        }
-        host.poll(&mut engine);
-        publish(&spec.counters, engine.stats());
-    }
-    Ok(end_core(&spec, engine, host, source_error, None))
-}
-
-fn time_span(capture: &CaptureFile) -> (u64, u64) {
-    let mut first = u64::MAX;
-    let mut last = 0;
-    for p in capture.packets().map_while(Result::ok) {
-        first = first.min(p.ts_nanos);
-        last = last.max(p.ts_nanos);
-    }
-    if first == u64::MAX {
-        (0, 0)
-    } else {
-        (first, last)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::IpAddr;
-
-    /// Both directions of every flow land on the same core, for any number of cores.
-    #[test]
-    fn both_directions_meet_on_one_core() {
-        let mut frames = Vec::new();
-        for i in 0..500u32 {
-            let a: IpAddr = format!("10.{}.{}.{}", i % 7, i % 11, i % 13)
-                .parse()
-                .unwrap();
-            let b: IpAddr = format!("192.168.{}.{}", i % 5, i % 17).parse().unwrap();
-            let (pa, pb) = (1024 + (i * 7919) as u16 % 50000, 80 + (i % 3) as u16);
-            frames.push((a, pa, b, pb));
-        }
-        for cores in [1usize, 2, 4, 7] {
-            let mut used = vec![0u32; cores];
-            for &(a, pa, b, pb) in &frames {
-                let one = (symmetric_hash(a, pa, b, pb) % cores as u64) as usize;
-                let other = (symmetric_hash(b, pb, a, pa) % cores as u64) as usize;
-                assert_eq!(one, other, "{a}:{pa} <-> {b}:{pb} on {cores} cores");
-                used[one] += 1;
-            }
-            // The hash spreads flows: every core gets some.
-            assert!(used.iter().all(|&n| n > 0), "{cores} cores: {used:?}");
-        }
-    }
-}
+mod tests;

@@ -1,4 +1,5 @@
-//! The real netmap port: `/dev/netmap`, `NIOCREGIF`, one mmap, and the [`super::ring`] walker.
+//! The real netmap port: `/dev/netmap`, `NIOCREGIF`, one mmap, and the ring walkers of
+//! [`super::rx`] and [`super::tx`].
 //!
 //! [`NetmapPort::open`] (receive) and [`NetmapTxPort::open`] (transmit) take
 //! `netmap:IF` (every hardware ring of IF: `NR_REG_ALL_NIC`), `netmap:IF-K` (hardware ring K
@@ -9,8 +10,9 @@
 //! accepted by current netmap), map `nr_memsize` bytes of the file descriptor with `memmap2`,
 //! and validate the image at `nr_offset` with [`NetmapMem::from_raw`] (one shared helper).
 //!
-//! The receive loop is [`NetmapPort::poll`] (or [`NetmapPort::rx_sync`]) then
-//! [`NetmapPort::rx_batch`] per ring: frames are lent from the netmap buffers and the slots go
+//! A [`NetmapPort`] is a [`Source`]: the worker loop waits in [`NetmapPort::poll`] (which
+//! syncs the RX rings) and then walks each ring with [`NetmapMem::feed`], the walk the shm
+//! source uses, lookahead included: frames are lent from the netmap buffers and the slots go
 //! back at the end of each batch. A receive port sets `NETMAP_NO_TX_POLL`.
 //!
 //! The transmit loop is [`NetmapTxPort::push`] (copy a frame into the buffer of the next free
@@ -20,8 +22,8 @@
 //! room, as netmap's `pkt-gen -f tx` does.
 //!
 //! No machine this is developed on has the kernel module: this path is compiled and its
-//! layout unit-tested everywhere (see [`super::ring`]), and only runs where `/dev/netmap`
-//! exists. `scripts/netmap-setup.sh` describes how to build and load netmap on a real host.
+//! layout unit-tested everywhere (see [`super::layout`] and the in-memory image tests), and
+//! only runs where `/dev/netmap` exists. `scripts/netmap-setup.sh` describes how to build and load netmap on a real host.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -31,7 +33,11 @@ use std::time::Duration;
 use memmap2::{MmapMut, MmapOptions};
 use netmap_sys::netmap::{self as sys, nmreq};
 
-use super::ring::{HostRings, NetmapMem, RingError, TxRing};
+use super::layout::HostRings;
+use super::region::{NetmapMem, RingError};
+use super::tx::TxRing;
+use crate::io::source::{Batch, Idle, Sink, Source, SourceError};
+use crate::wire::LinkType;
 
 /// The netmap control device.
 pub const NETMAP_DEVICE: &str = "/dev/netmap";
@@ -450,17 +456,36 @@ impl NetmapPort {
     pub fn poll(&mut self, timeout: Duration) -> Result<bool, NetmapError> {
         self.port.poll(&self.spec, libc::POLLIN, timeout)
     }
+}
 
-    /// Hands every frame waiting on RX ring `ring` to `f` and releases the slots (the kernel
-    /// takes them back at the next sync or poll).
+impl Source for NetmapPort {
+    const IDLE: Idle = Idle::Blocks;
+    const WALL_CLOCK: bool = true;
+    // As shm: a batch per poll can be a handful of frames at moderate rates.
+    const SAFE_POINT_EVERY: u64 = 64;
+
     #[inline]
-    pub fn rx_batch(&mut self, ring: usize, f: impl FnMut(&[u8])) -> Result<usize, NetmapError> {
-        match self.port.mem.rx_batch(ring, f) {
-            Ok(n) => Ok(n),
+    fn wait(&mut self, timeout: Duration) -> Result<(), SourceError> {
+        self.poll(timeout)?;
+        Ok(())
+    }
+
+    /// Every frame waiting on this port's rings; the kernel takes the slots back at the next
+    /// sync or poll.
+    #[inline]
+    fn next_batch<K: Sink>(&mut self, now: u64, sink: &mut K) -> Result<Batch, SourceError> {
+        match self
+            .port
+            .mem
+            .feed(&self.rings, Some(LinkType::Ethernet), now, sink)
+        {
+            Ok(0) => Ok(Batch::Empty),
+            Ok(n) => Ok(Batch::Frames(n)),
             Err(source) => Err(NetmapError::Ring {
                 spec: self.spec.clone(),
                 source,
-            }),
+            }
+            .into()),
         }
     }
 }
