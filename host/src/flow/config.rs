@@ -75,6 +75,10 @@ impl Config {
             verify_checksums: true,
             drop_truncated: true,
             midstream: false,
+            // mOS skips an acknowledged gap and applies a FIN at once, and raises `Orphan`
+            // for a packet after the close.
+            gap_skip_after: 0,
+            tombstones: 0,
             ..Config::default()
         }
     }
@@ -107,6 +111,7 @@ mod tests {
             (c.buffer_capacity, c.tcp_timeout, c.tw_interval),
             (8192, 30 * NANOS, 0)
         );
+        assert_eq!((c.gap_skip_after, c.tombstones), (0, 0));
         assert_eq!(c.max_flows, Config::default().max_flows);
     }
 }

@@ -315,7 +315,13 @@ impl Engine {
                 self.skip_acked(slot, side, to);
                 // A later ACK went further: its gaps get their own allowance.
                 let f = self.core.table.flow_mut(slot);
-                if more > f.sides[side.index()].contig() && more > to {
+                let s = &f.sides[side.index()];
+                // An ACK of the FIN is one past the last byte.
+                let more = match f.sides[side.peer().index()].tx_fin {
+                    Some(fin) => more.min(s.offset_of(fin).max(0) as u64),
+                    None => more,
+                };
+                if more > s.contig() && more > to {
                     let h = &mut f.held[side.index()];
                     h.skip_to = more;
                     h.skip_left = self.core.cfg.gap_skip_after;
@@ -331,9 +337,25 @@ impl Engine {
                 continue;
             }
             if contig < off {
-                // A FIN waits as a receiving stack's would (an ACK past the gap, or the
-                // flow's end, moves the stream to it); a RST only for the allowance.
+                // A FIN waits as a receiving stack's would, until the stream reaches it or
+                // the receiver acknowledges the FIN itself: then the receiver took it, and
+                // its state moves now, while the armed skip still lets the bytes the FIN
+                // overtook fill the gap (engine.rs keeps the flow until the skip settles).
+                // A RST waits only for the allowance.
                 if ctl == Ctl::Fin {
+                    let fin = f.sides[side.peer().index()].tx_fin;
+                    let took = match (fin, h.ack_hi) {
+                        (Some(fin), Some(a)) => (a.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0,
+                        _ => false,
+                    };
+                    if !took {
+                        continue;
+                    }
+                    h.ctl = None;
+                    self.apply_ctl(slot, side, ctl, pkt);
+                    if !self.core.table.is_live(slot, gen) {
+                        return false;
+                    }
                     continue;
                 }
                 h.ctl_left = h.ctl_left.saturating_sub(1);

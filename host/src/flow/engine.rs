@@ -293,6 +293,7 @@ impl Engine {
         // A FIN or RST beyond the receiver's contiguous end waits for the data before it
         // (disorder.rs): the packet goes on without it.
         let stripped;
+        let wire_flags = seg.flags;
         let seg = if seg.flags.0 & (TcpFlags::FIN | TcpFlags::RST) != 0
             && self.hold_ctl(slot, sender, seg)
         {
@@ -330,7 +331,8 @@ impl Engine {
             sender: Some(sender),
             seq: seg.seq,
             ack: seg.ack,
-            flags,
+            // What the packet carried, held or not: monitors see the packet as it is.
+            flags: wire_flags,
             window: seg.window,
             payload_len: payload.len() as u32,
             offset: 0,
@@ -378,7 +380,12 @@ impl Engine {
 
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
         let flow = self.core.table.flow(slot);
-        if flow.sides[0].finished && flow.sides[1].finished {
+        // A gap still within its reordering allowance (disorder.rs) keeps the flow: the
+        // bytes a FIN overtook may come yet.
+        if flow.sides[0].finished
+            && flow.sides[1].finished
+            && !(flow.disorder && flow.held.iter().any(|h| h.skip_left > 0))
+        {
             let reason = flow.end_reason.unwrap_or(EndReason::Fin);
             let tw = self.core.cfg.tw_interval;
             let any_tw = flow.sides.iter().any(|s| s.state == TcpState::TimeWait);

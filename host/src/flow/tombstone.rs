@@ -146,7 +146,13 @@ impl Tombstones {
             // inside the old space (generated traffic, or an ISN clock that wrapped).
             own.known && seg.seq == own.first
         } else if own.known {
-            own.contains(seg.seq)
+            // All of it in the old space: a segment that carries bytes past the old end
+            // is new data (the connection went on, or a new one picked up mid-stream).
+            let end = seg
+                .seq
+                .wrapping_add(seg.payload_len_on_wire)
+                .wrapping_add(u32::from(flags.fin()));
+            own.contains(seg.seq) && own.contains(end)
         } else {
             // A direction that sent nothing: its ACKs still name the other's space.
             flags.ack() && other.contains(seg.ack.wrapping_sub(1))
