@@ -299,12 +299,17 @@ impl Engine {
         let gen = self.core.table.flow(slot).gen;
         for side in Side::BOTH {
             let f = self.core.table.flow_mut(slot);
-            let contig = f.sides[side.index()].contig();
+            let s = &f.sides[side.index()];
+            let contig = s.contig();
+            // An ACK of the FIN is one past the last byte (the FIN came after that ACK).
+            let fin_off = f.sides[side.peer().index()]
+                .tx_fin
+                .map_or(u64::MAX, |fin| s.offset_of(fin).max(0) as u64);
             let h = &mut f.held[side.index()];
             if h.skip_left == 0 {
                 continue;
             }
-            if contig >= h.skip_to {
+            if contig >= h.skip_to.min(fin_off) {
                 // Filled by the data the ACK overtook.
                 h.skip_left = 0;
                 continue;

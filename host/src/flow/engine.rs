@@ -269,7 +269,18 @@ impl Engine {
         let dst = Addr::from_ip(seg.dst);
         let (key, src_is_lo) = FlowKey::new(src, seg.src_port, dst, seg.dst_port);
         let hash = key.hash();
-        let slot = match core.table.lookup(&key, hash) {
+        let mut found = core.table.lookup(&key, hash);
+        if let Some(slot) = found {
+            let f = core.table.flow(slot);
+            if f.disorder && seg.flags.syn() && f.sides.iter().all(|s| s.finished) {
+                // Closed, kept only for bytes its FIN may have overtaken (disorder.rs):
+                // a SYN on the same endpoints is the next connection (or a late copy of
+                // this one's, which its tombstone counts).
+                self.destroy(slot, EndReason::Fin, None);
+                found = None;
+            }
+        }
+        let slot = match found {
             Some(slot) => slot,
             None => match self.start_flow(seg, frame, key, hash, src_is_lo) {
                 Some(slot) => slot,
