@@ -356,6 +356,11 @@ impl Engine {
                     if !took {
                         continue;
                     }
+                    // The bytes before it may come yet (the flow waits for them).
+                    if h.skip_left == 0 {
+                        h.skip_to = off;
+                        h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+                    }
                     h.ctl = None;
                     self.apply_ctl(slot, side, ctl, pkt);
                     if !self.core.table.is_live(slot, gen) {
