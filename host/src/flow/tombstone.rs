@@ -47,6 +47,36 @@ struct Tomb {
     late: u32,
 }
 
+impl Tomb {
+    /// Whether `seg` (from the `lo` endpoint when `src_is_lo`) belongs to this connection.
+    fn is_late(&self, src_is_lo: bool, seg: &TcpSegment<'_>) -> bool {
+        let sender = if src_is_lo == self.client_is_lo {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let own = self.spaces[sender.index()];
+        let other = self.spaces[sender.peer().index()];
+        let flags = seg.flags;
+        if flags.syn() {
+            // Only the old SYN itself again: any other ISN is a new connection, even one
+            // inside the old space (generated traffic, or an ISN clock that wrapped).
+            own.known && seg.seq == own.first
+        } else if own.known {
+            // All of it in the old space: a segment that carries bytes past the old end
+            // is new data (the connection went on, or a new one picked up mid-stream).
+            let end = seg
+                .seq
+                .wrapping_add(seg.payload_len_on_wire)
+                .wrapping_add(u32::from(flags.fin()));
+            own.contains(seg.seq) && own.contains(end)
+        } else {
+            // A direction that sent nothing: its ACKs still name the other's space.
+            flags.ack() && other.contains(seg.ack.wrapping_sub(1))
+        }
+    }
+}
+
 /// What a tombstone says about a packet of no live flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -92,10 +122,11 @@ impl Tombstones {
             return;
         }
         let set = &mut self.sets[hash as usize & self.mask];
+        // Not over an older tombstone of the same endpoints: with port reuse, late copies
+        // of the connection before may still come.
         let way = set
             .iter()
-            .position(|t| t.used && t.key == key)
-            .or_else(|| set.iter().position(|t| !t.used))
+            .position(|t| !t.used)
             .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| set[w].closed).expect("WAYS > 0"));
         set[way] = Tomb {
             used: true,
@@ -111,8 +142,8 @@ impl Tombstones {
     /// Whether `seg` (from the `lo` endpoint when `src_is_lo`), which found no live flow,
     /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago: a segment in
     /// the sequence space its sender used (or, for a side that sent nothing, an ACK of the
-    /// other's), or that connection's SYN again. Any other SYN starts a new connection
-    /// and retires the tombstone.
+    /// other's), or that connection's SYN again. Any other SYN starts a new connection;
+    /// the tombstone stays for late copies of the old one (4 ways per set).
     #[inline]
     pub(crate) fn check(
         &mut self,
@@ -126,44 +157,15 @@ impl Tombstones {
             return Verdict::New;
         }
         let set = &mut self.sets[hash as usize & self.mask];
-        let Some(t) = set.iter_mut().find(|t| t.used && t.key == *key) else {
-            return Verdict::New;
-        };
-        if now.saturating_sub(t.closed) > TOMBSTONE_TTL {
-            t.used = false;
-            return Verdict::New;
-        }
-        let sender = if src_is_lo == t.client_is_lo {
-            Side::Client
-        } else {
-            Side::Server
-        };
-        let own = t.spaces[sender.index()];
-        let other = t.spaces[sender.peer().index()];
-        let flags = seg.flags;
-        let late = if flags.syn() {
-            // Only the old SYN itself again: any other ISN is a new connection, even one
-            // inside the old space (generated traffic, or an ISN clock that wrapped).
-            own.known && seg.seq == own.first
-        } else if own.known {
-            // All of it in the old space: a segment that carries bytes past the old end
-            // is new data (the connection went on, or a new one picked up mid-stream).
-            let end = seg
-                .seq
-                .wrapping_add(seg.payload_len_on_wire)
-                .wrapping_add(u32::from(flags.fin()));
-            own.contains(seg.seq) && own.contains(end)
-        } else {
-            // A direction that sent nothing: its ACKs still name the other's space.
-            flags.ack() && other.contains(seg.ack.wrapping_sub(1))
-        };
-        if late {
-            t.late = t.late.saturating_add(1);
-            return Verdict::Late;
-        }
-        if flags.syn() {
-            // Port reuse: the old connection is over for good.
-            t.used = false;
+        for t in set.iter_mut().filter(|t| t.used && t.key == *key) {
+            if now.saturating_sub(t.closed) > TOMBSTONE_TTL {
+                t.used = false;
+                continue;
+            }
+            if t.is_late(src_is_lo, seg) {
+                t.late = t.late.saturating_add(1);
+                return Verdict::Late;
+            }
         }
         Verdict::New
     }
@@ -267,7 +269,15 @@ mod tests {
             Verdict::New,
             "a fresh ISN, even inside the old space"
         );
-        assert_eq!(t.late_of(&k, h), None, "retired by the new connection");
+        // Kept: with port reuse, late copies of the old connection still come after the
+        // new one started, and its own tombstone goes beside this one.
+        assert_eq!(t.late_of(&k, h), Some(1));
+        t.bury(k, h, lo, spaces(), 30);
+        assert_eq!(
+            t.check(&k, h, lo, &seg(true, TcpFlags::ACK, 120, 0, &[]), 40),
+            Verdict::Late,
+            "the older connection's ACK, after the newer one closed"
+        );
     }
 
     #[test]
