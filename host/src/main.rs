@@ -27,12 +27,10 @@ enum Command {
     /// (gaps skipped) and the bytes received more than once. Connections whose SYN is not in
     /// the capture are tracked from mid-stream and marked partial.
     ///
-    /// Reordered captures (SPAN ports, tap aggregators): a gap the receiver acknowledged is
-    /// declared missing only after 64 more packets of its connection (or when the buffer
-    /// needs the room, or at the connection's end), so an overtaken segment still fills it;
-    /// a FIN or RST ahead of the data takes effect when the stream reaches it. Packets of a
-    /// connection that already closed are counted as "late" in the summary, not taken for a
-    /// new connection; a SYN with a fresh ISN on the same endpoints is one.
+    /// Reordered captures (SPAN ports, tap aggregators) give the streams of the capture in
+    /// order: see --gap-skip-after. Packets of a connection that already closed are counted
+    /// as "late" in the summary, not taken for a new connection; a SYN with a fresh ISN on
+    /// the same endpoints is one.
     ///
     /// Example: flowpeek streams trace.pcap --json > streams.jsonl
     #[command(verbatim_doc_comment)]
@@ -193,6 +191,18 @@ struct EngineArgs {
     /// control connection is reported as one connection].
     #[arg(long)]
     timeout: Option<u64>,
+    /// Reordering allowance, in packets of the connection (either direction). A gap the
+    /// receiver acknowledged is declared missing only after this many more packets (or
+    /// when the buffer needs the room, or at the connection's end), so that a segment the
+    /// ACK overtook still fills it. A FIN beyond the data takes effect when the stream
+    /// reaches it or when the receiver acknowledges the FIN (the connection then still
+    /// waits, for the allowance, for the bytes before it); an in-window RST beyond the
+    /// data when the stream reaches it or after the allowance. A closed connection's late
+    /// packets are counted as "late", not taken for a new connection (--profile mos: they
+    /// are orphans, as in mOS). 0: mOS's rule, skip and apply at once [default: 64;
+    /// --profile mos: 0].
+    #[arg(long, value_name = "PACKETS")]
+    gap_skip_after: Option<u32>,
     /// Seconds a closed connection stays in TIME_WAIT before it is destroyed [default: 0,
     /// as mOS].
     #[arg(long)]
@@ -256,6 +266,9 @@ impl EngineArgs {
             .saturating_mul(1 << 20);
         if let Some(b) = self.buffer {
             cfg.buffer_capacity = b;
+        }
+        if let Some(k) = self.gap_skip_after {
+            cfg.gap_skip_after = k;
         }
         if let Some(t) = self.timeout {
             cfg.tcp_timeout = t.saturating_mul(NANOS);
