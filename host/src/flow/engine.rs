@@ -272,7 +272,14 @@ impl Engine {
         let mut found = core.table.lookup(&key, hash);
         if let Some(slot) = found {
             let f = core.table.flow(slot);
-            if f.disorder && seg.flags.syn() && f.sides.iter().all(|s| s.finished) {
+            if f.disorder
+                && seg.flags.syn()
+                && f.sides.iter().all(|s| s.finished)
+                && !f.sides.iter().any(|s| {
+                    // Its own SYN, overtaken: not a new connection.
+                    s.rx_base_known && s.rx_base == seg.seq.wrapping_add(1)
+                })
+            {
                 // Closed, kept only for bytes its FIN may have overtaken (disorder.rs):
                 // a SYN on the same endpoints is the next connection (or a late copy of
                 // this one's, which its tombstone counts).
@@ -362,6 +369,15 @@ impl Engine {
         let flow = self.core.table.flow(slot);
         if flow.disorder || (!flow.sides[receiver.index()].rx_base_known && !flags.syn()) {
             self.rebase_guess(slot, receiver, flags.syn(), data_seq);
+            // A SYN/ACK names where the stream it acknowledges starts.
+            let flow = self.core.table.flow(slot);
+            if flags.syn()
+                && flags.ack()
+                && flow.sides[sender.index()].rx_base_known
+                && flow.held[sender.index()].base_guess
+            {
+                self.rebase_guess(slot, sender, true, seg.ack);
+            }
         }
         let flow = self.core.table.flow_mut(slot);
         flow.last.offset =
