@@ -58,7 +58,7 @@ impl Default for Config {
             drop_truncated: false,
             midstream: true,
             gap_skip_after: 64,
-            tombstones: 4096,
+            tombstones: 65536,
         }
     }
 }
@@ -100,7 +100,7 @@ mod tests {
         assert!(!c.verify_checksums);
         assert!(!c.drop_truncated);
         assert!(c.midstream);
-        assert_eq!((c.gap_skip_after, c.tombstones), (64, 4096));
+        assert_eq!((c.gap_skip_after, c.tombstones), (64, 65536));
     }
 
     #[test]
