@@ -251,7 +251,7 @@ fn fin_first(packets: &[Packet], place: &mut [(u64, u64, usize)]) {
         let Some(t) = p.tcp else { continue };
         if t.fin && !t.rst {
             if let Some(list) = recent.get(&(t.conn, t.up)) {
-                if let Some(&first) = list.iter().rev().take(3).last() {
+                if let Some(&first) = list.get(list.len().saturating_sub(3)) {
                     place[i] = (place[first].0 - 1, 0, i);
                 }
             }
@@ -431,7 +431,7 @@ mod tests {
         let (order, r) = mangle_order(&p, &cfg);
         assert!(r.copies >= 3, "{r:?}");
         let first_late = order.iter().position(|&i| i == 2).unwrap() + 1;
-        assert!(order[first_late..].iter().any(|&i| i == 0), "{order:?}");
+        assert!(order[first_late..].contains(&0), "{order:?}");
     }
 
     #[test]

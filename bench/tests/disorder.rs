@@ -11,7 +11,6 @@ use flowpeek::streams::{self, StreamRecord, StreamsOptions};
 use flowpeek_bench::mangle::{mangle_file, MangleConfig};
 
 #[path = "../../host/tests/plugin_util/mod.rs"]
-#[allow(dead_code)]
 mod plugin_util;
 
 fn records(path: &Path) -> Vec<StreamRecord> {

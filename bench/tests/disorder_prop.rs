@@ -10,7 +10,6 @@ use flowpeek_bench::mangle::{mangle_file, MangleConfig};
 use proptest::prelude::*;
 
 #[path = "../../host/tests/plugin_util/mod.rs"]
-#[allow(dead_code)]
 mod plugin_util;
 
 /// Receive-buffer memory of the engine: out-of-order data held for a gap must fit.

@@ -125,7 +125,8 @@ impl Engine {
         let contig = r.contig() as i64;
         let start = r.offset_of(seg.seq);
         let ahead = start > contig && start - contig <= (1 << 30);
-        if !ahead && !(flags.fin() && !flags.rst() && !synchronized(r.state)) {
+        let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
+        if !ahead && !early_fin {
             return false;
         }
         let ctl = if flags.rst() {
@@ -229,7 +230,7 @@ impl Engine {
         let f = self.core.table.flow_mut(slot);
         let s = &f.sides[side.index()];
         let note = |h: &mut Held| {
-            if h.ack_hi.is_none_or(|a| (ack.wrapping_sub(a) as i32) > 0) {
+            if h.ack_hi.map_or(true, |a| (ack.wrapping_sub(a) as i32) > 0) {
                 h.ack_hi = Some(ack);
             }
         };
