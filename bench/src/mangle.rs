@@ -251,7 +251,7 @@ fn fin_first(packets: &[Packet], place: &mut [(u64, u64, usize)]) {
         let Some(t) = p.tcp else { continue };
         if t.fin && !t.rst {
             if let Some(list) = recent.get(&(t.conn, t.up)) {
-                if let Some(&first) = list.first() {
+                if let Some(&first) = list.get(list.len().saturating_sub(3)) {
                     place[i] = (place[first].0 - 1, 0, i);
                 }
             }

@@ -28,6 +28,11 @@ enum Command {
     /// (gaps skipped) and the bytes received more than once. Connections whose SYN is not in
     /// the capture are tracked from mid-stream and marked partial.
     ///
+    /// Reordered captures (SPAN ports, tap aggregators) give the streams of the capture in
+    /// order: see --gap-skip-after. Packets of a connection that already closed are counted
+    /// as "late" in the summary, not taken for a new connection; a SYN with a fresh ISN on
+    /// the same endpoints is one.
+    ///
     /// Example: flowpeek streams trace.pcap --json > streams.jsonl
     #[command(verbatim_doc_comment)]
     Streams {
@@ -187,6 +192,18 @@ struct EngineArgs {
     /// control connection is reported as one connection].
     #[arg(long)]
     timeout: Option<u64>,
+    /// Reordering allowance, in packets of the connection (either direction). A gap the
+    /// receiver acknowledged is declared missing only after this many more packets (or
+    /// when the buffer needs the room, or at the connection's end), so that a segment the
+    /// ACK overtook still fills it. A FIN beyond the data takes effect when the stream
+    /// reaches it or when the receiver acknowledges the FIN (the connection then still
+    /// waits, for the allowance, for the bytes before it); an in-window RST beyond the
+    /// data when the stream reaches it or after the allowance. A closed connection's late
+    /// packets are counted as "late", not taken for a new connection (--profile mos: they
+    /// are orphans, as in mOS). 0: mOS's rule, skip and apply at once [default: 64;
+    /// --profile mos: 0].
+    #[arg(long, value_name = "PACKETS")]
+    gap_skip_after: Option<u32>,
     /// Seconds a closed connection stays in TIME_WAIT before it is destroyed [default: 0,
     /// as mOS].
     #[arg(long)]
@@ -283,6 +300,9 @@ impl EngineArgs {
             .saturating_mul(1 << 20);
         if let Some(b) = self.buffer {
             cfg.buffer_capacity = b;
+        }
+        if let Some(k) = self.gap_skip_after {
+            cfg.gap_skip_after = k;
         }
         if let Some(t) = self.timeout {
             cfg.tcp_timeout = t.saturating_mul(NANOS);
@@ -447,7 +467,7 @@ fn main() -> ExitCode {
             }
             let s = &report.stats;
             let line = format!(
-                "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} bytes missing, in {:.3} s ({:.2} Mpps)",
+                "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} late, {} bytes missing, in {:.3} s ({:.2} Mpps)",
                 s.packets,
                 s.bytes,
                 report.records.len(),
@@ -456,6 +476,7 @@ fn main() -> ExitCode {
                 s.not_tcp,
                 s.ip_fragments,
                 s.orphans,
+                s.late,
                 s.bytes_missing,
                 report.elapsed.as_secs_f64(),
                 s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
@@ -589,9 +610,10 @@ fn run(a: RunArgs) -> ExitCode {
     if !quiet {
         let s = &report.stats;
         eprintln!(
-            "flowpeek: {} packets, {} flows, {} events in {:.3} s; plugin records in {}",
+            "flowpeek: {} packets, {} flows, {} late, {} events in {:.3} s; plugin records in {}",
             s.packets,
             s.flows_created,
+            s.late,
             s.events,
             report.elapsed.as_secs_f64(),
             a.log_dir.display()

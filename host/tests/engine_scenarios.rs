@@ -17,6 +17,14 @@ fn cfg() -> Config {
     Config::default()
 }
 
+/// Gaps the receiver acknowledged are skipped at once (no reordering allowance).
+fn skip_at_once() -> Config {
+    Config {
+        gap_skip_after: 0,
+        ..cfg()
+    }
+}
+
 /// The end of a flow destroyed with `reason`, `first` side first (SPEC §2.1 step 5).
 fn destroy_events(first: Side, reason: &str) -> Vec<String> {
     let mut v = Vec::new();
@@ -431,7 +439,7 @@ fn gap_skipped_when_receiver_acks_past_it() {
     let log = new_log();
     let rec = Recorder::new(&log).consuming().hook(log_fragments);
     let read = rec.read_handle();
-    let mut net = Net::simple(cfg(), rec);
+    let mut net = Net::simple(skip_at_once(), rec);
     let c = Conn::v4();
     net.each(&c.handshake());
     net.take();
@@ -1418,7 +1426,7 @@ fn gap_skip_keeps_earlier_bytes_and_raises_no_overrun() {
             ));
         }
     });
-    let mut net = Net::simple(cfg(), rec);
+    let mut net = Net::simple(skip_at_once(), rec);
     let c = Conn::v4();
     net.each(&c.handshake());
     net.take();
@@ -1440,4 +1448,153 @@ fn gap_skip_keeps_earlier_bytes_and_raises_no_overrun() {
             "ppeek0 Ok(4)"
         ])
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Disorder on the tap (docs/spec-disorder.md)
+// ---------------------------------------------------------------------------------------
+
+/// The server's ACK overtakes the data it acknowledges: the gap waits, the data fills it,
+/// nothing is missing.
+#[test]
+fn ack_before_data_waits_for_the_data() {
+    let log = new_log();
+    let rec = Recorder::new(&log).consuming();
+    let read = rec.read_handle();
+    let mut net = Net::simple(cfg(), rec);
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    net.take();
+    let data = pattern(200, 5);
+    net.batch(&[c.c(0, 0, PSH | ACK).data(&data[..100])]);
+    net.take();
+    net.batch(&[c.s(0, 200, ACK)]);
+    assert_eq!(net.take(), strs(&["svr snd PKT_IN", "cli rcv PKT_IN"]));
+    net.batch(&[c.c(100, 0, PSH | ACK).data(&data[100..])]);
+    assert_eq!(
+        net.take(),
+        strs(&[
+            "cli snd PKT_IN",
+            "svr rcv PKT_IN",
+            "svr null CONN_NEW_DATA 200"
+        ])
+    );
+    assert_eq!(net.engine.stats().bytes_missing, 0);
+    assert_eq!(read.borrow()[Side::Server.index()], data);
+}
+
+/// The client's FIN overtakes its data: it is held, and the state changes come when the
+/// stream reaches it, in the order they have without reordering.
+#[test]
+fn fin_before_data_takes_effect_when_the_stream_reaches_it() {
+    let log = new_log();
+    let rec = Recorder::new(&log).consuming();
+    let read = rec.read_handle();
+    let mut net = Net::simple(cfg(), rec);
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    net.take();
+    let data = pattern(100, 6);
+    net.batch(&[c.c(100, 0, FIN | ACK)]);
+    assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
+    net.batch(&[c.c(0, 0, PSH | ACK).data(&data)]);
+    assert_eq!(
+        net.take(),
+        strs(&[
+            "cli snd PKT_IN",
+            "svr rcv PKT_IN",
+            "cli snd TCP_STATE_CHANGE FIN_WAIT_1",
+            "svr rcv TCP_STATE_CHANGE CLOSE_WAIT",
+            "svr null CONN_NEW_DATA 100",
+        ])
+    );
+    // The client's last ACK overtakes the server's FIN.
+    net.batch(&[c.c(101, 1, ACK)]);
+    assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
+    net.batch(&[c.s(0, 101, FIN | ACK)]);
+    assert_eq!(
+        net.take(),
+        cat(&[
+            strs(&[
+                "svr snd PKT_IN",
+                "svr snd TCP_STATE_CHANGE LAST_ACK",
+                "cli rcv PKT_IN",
+                "cli rcv TCP_STATE_CHANGE TIME_WAIT",
+                "svr rcv TCP_STATE_CHANGE CLOSED",
+            ]),
+            destroy_events(Side::Client, "fin"),
+        ])
+    );
+    assert_eq!(read.borrow()[Side::Server.index()], data);
+    assert_eq!(net.engine.stats().bytes_missing, 0);
+}
+
+/// An in-window RST ahead of the data ends the flow only after the data before it.
+#[test]
+fn rst_ahead_of_data_ends_the_flow_after_the_data() {
+    let log = new_log();
+    let rec = Recorder::new(&log).consuming();
+    let read = rec.read_handle();
+    let mut net = Net::simple(cfg(), rec);
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    net.take();
+    let data = pattern(100, 7);
+    net.batch(&[c.c(100, 0, RST | ACK)]);
+    assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
+    assert_eq!(net.engine.stats().flows_live, 1);
+    net.batch(&[c.c(0, 0, PSH | ACK).data(&data)]);
+    assert_eq!(
+        net.take(),
+        cat(&[
+            strs(&[
+                "cli snd PKT_IN",
+                "svr rcv PKT_IN",
+                "cli snd TCP_STATE_CHANGE CLOSED",
+                "svr rcv TCP_STATE_CHANGE CLOSED",
+                "svr null CONN_NEW_DATA 100",
+            ]),
+            destroy_events(Side::Server, "rst"),
+        ])
+    );
+    assert_eq!(read.borrow()[Side::Server.index()], data);
+}
+
+/// After the close, copies of the connection's packets are `late`: no event, no new flow.
+/// A SYN with a fresh ISN on the same endpoints is a new connection.
+#[test]
+fn late_packets_after_close_are_counted_not_new_flows() {
+    let log = new_log();
+    let mut net = Net::simple(cfg(), Recorder::new(&log));
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    let data = pattern(100, 8);
+    net.batch(&[c.c(0, 0, PSH | ACK).data(&data)]);
+    net.batch(&[c.c(100, 0, FIN | ACK)]);
+    net.batch(&[c.s(0, 101, FIN | ACK)]);
+    net.batch(&[c.c(101, 1, ACK)]);
+    assert_eq!(net.engine.stats().flows_live, 0);
+    net.take();
+    net.batch(&[
+        c.c(0, 0, PSH | ACK).data(&data),
+        c.s(0, 101, FIN | ACK),
+        c.c(101, 1, ACK),
+    ]);
+    assert_eq!(net.take(), Vec::<String>::new());
+    let s = net.engine.stats();
+    assert_eq!((s.late, s.flows_created, s.orphans), (3, 1, 0));
+    let again = Conn::v4().isn(0x4000_0000, 0x7000_0000);
+    net.batch(&[again.syn()]);
+    assert_eq!(
+        net.take(),
+        strs(&[
+            "cli snd PKT_IN",
+            "cli snd CONN_START",
+            "cli snd TCP_STATE_CHANGE SYN_SENT",
+            "svr rcv PKT_IN",
+            "svr rcv CONN_START",
+            "svr rcv TCP_STATE_CHANGE SYN_RCVD",
+        ])
+    );
+    assert_eq!(net.engine.stats().flows_created, 2);
 }

@@ -616,7 +616,9 @@ fn workers_give_the_same_records_as_one_core() {
             .map(str::to_string)
             .collect();
         lines.sort();
-        assert_eq!(lines.len(), 1540);
+        // 1539 connections: a late packet after a close is counted against its tombstone,
+        // not taken for one more (partial) connection.
+        assert_eq!(lines.len(), 1539);
         outputs.push(lines);
     }
     assert_eq!(outputs[0], outputs[1], "2 cores");

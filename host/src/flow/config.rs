@@ -42,6 +42,13 @@ pub struct Config {
     /// every core reassembles every fragment and processes only the datagrams of the
     /// flows its shard holds; core 0 counts the fragments.
     pub replay_cores: usize,
+    /// How many more packets of a flow an ACK ahead of the data must stay ahead before
+    /// the gap is declared missing (and a FIN or RST ahead of the data takes effect):
+    /// reordering by a tap moves packets by a few dozen places. 0 skips at once.
+    pub gap_skip_after: u32,
+    /// Closed connections remembered so that their late packets are counted, not taken
+    /// for new flows (about this many; 0: none).
+    pub tombstones: u32,
 }
 
 impl Default for Config {
@@ -59,6 +66,8 @@ impl Default for Config {
             midstream: true,
             defrag: crate::ip::Config::default(),
             replay_cores: 0,
+            gap_skip_after: 64,
+            tombstones: 65536,
         }
     }
 }
@@ -75,6 +84,10 @@ impl Config {
             verify_checksums: true,
             drop_truncated: true,
             midstream: false,
+            // mOS skips an acknowledged gap and applies a FIN at once, and raises `Orphan`
+            // for a packet after the close.
+            gap_skip_after: 0,
+            tombstones: 0,
             ..Config::default()
         }
     }
@@ -96,6 +109,7 @@ mod tests {
         assert!(!c.verify_checksums);
         assert!(!c.drop_truncated);
         assert!(c.midstream);
+        assert_eq!((c.gap_skip_after, c.tombstones), (64, 65536));
     }
 
     #[test]
@@ -106,6 +120,7 @@ mod tests {
             (c.buffer_capacity, c.tcp_timeout, c.tw_interval),
             (8192, 30 * NANOS, 0)
         );
+        assert_eq!((c.gap_skip_after, c.tombstones), (0, 0));
         assert_eq!(c.max_flows, Config::default().max_flows);
     }
 }

@@ -20,10 +20,11 @@ use super::stats::Stats;
 use super::table::{FlowIdx, FlowTable, LastPacket, PREFETCH_MIN_FLOWS};
 use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
+use super::tombstone::{Space, Tombstones, Verdict};
 use super::types::*;
 use crate::io::shard::shard_of;
 use crate::ip::{Defragmenter, Outcome};
-use crate::wire::{self, Decoded, LinkType, TcpSegment};
+use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 /// Everything but the monitors, as distinct parts, so that a callback's [`Cx`] borrows
 /// the ones it may read and change while the engine holds the monitors.
@@ -36,6 +37,7 @@ pub(crate) struct Core {
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
     pub(crate) marks: NewDataMarks,
+    pub(crate) tombs: Tombstones,
 }
 
 impl Core {
@@ -86,6 +88,7 @@ impl Engine {
                 timers: Timers::default(),
                 stats: Stats::default(),
                 marks: NewDataMarks::new(),
+                tombs: Tombstones::new(cfg.tombstones),
                 now: 0,
                 cfg,
             },
@@ -371,7 +374,25 @@ impl Engine {
         let dst = Addr::from_ip(seg.dst);
         let (key, src_is_lo) = FlowKey::new(src, seg.src_port, dst, seg.dst_port);
         let hash = key.hash();
-        let slot = match core.table.lookup(&key, hash) {
+        let mut found = core.table.lookup(&key, hash);
+        if let Some(slot) = found {
+            let f = core.table.flow(slot);
+            if f.disorder
+                && seg.flags.syn()
+                && f.sides.iter().all(|s| s.finished)
+                && !f.sides.iter().any(|s| {
+                    // Its own SYN, overtaken: not a new connection.
+                    s.rx_base_known && s.rx_base == seg.seq.wrapping_add(1)
+                })
+            {
+                // Closed, kept only for bytes its FIN may have overtaken (disorder.rs):
+                // a SYN on the same endpoints is the next connection (or a late copy of
+                // this one's, which its tombstone counts).
+                self.destroy(slot, EndReason::Fin, None);
+                found = None;
+            }
+        }
+        let slot = match found {
             Some(slot) => slot,
             None => match self.start_flow(seg, frame, key, hash, src_is_lo) {
                 Some(slot) => slot,
@@ -392,6 +413,27 @@ impl Engine {
         };
         core.table.touch(slot, ts);
         let gen = core.table.flow(slot).gen;
+        // A FIN or RST beyond the receiver's contiguous end waits for the data before it
+        // (disorder.rs): the packet goes on without it.
+        let stripped;
+        let wire_flags = seg.flags;
+        let seg = if seg.flags.0 & (TcpFlags::FIN | TcpFlags::RST) != 0
+            && self.hold_ctl(slot, sender, seg)
+        {
+            let keep = if seg.flags.rst() {
+                TcpFlags::PSH | TcpFlags::URG
+            } else {
+                !TcpFlags::FIN
+            };
+            stripped = TcpSegment {
+                flags: TcpFlags(seg.flags.0 & keep),
+                ..*seg
+            };
+            &stripped
+        } else {
+            seg
+        };
+        let core = &mut self.core;
         let flags = seg.flags;
         let payload = seg.payload;
         let data_seq = seg.seq.wrapping_add(u32::from(flags.syn()));
@@ -412,14 +454,15 @@ impl Engine {
             sender: Some(sender),
             seq: seg.seq,
             ack: seg.ack,
-            flags,
+            // What the packet carried, held or not: monitors see the packet as it is.
+            flags: wire_flags,
             window: seg.window,
             payload_len: payload.len() as u32,
             offset: 0,
         };
-        // An ACK covering bytes this side never saw: they are lost to the capture.
+        // An ACK covering bytes this side never saw: lost to the capture, or overtaken.
         if flags.ack() && !flags.rst() {
-            self.ack_skip(slot, sender, seg.ack);
+            self.ack_note(slot, sender, seg.ack);
         }
         let pkt = Some(frame);
         self.emit_transition(slot, sender, Hook::Snd, snd, order, pkt);
@@ -428,6 +471,19 @@ impl Engine {
         }
 
         // --- 4. Receiver side: the data first (Rexmit, Error before the merge).
+        let flow = self.core.table.flow(slot);
+        if flow.disorder || (!flow.sides[receiver.index()].rx_base_known && !flags.syn()) {
+            self.rebase_guess(slot, receiver, flags.syn(), data_seq);
+            // A SYN/ACK names where the stream it acknowledges starts.
+            let flow = self.core.table.flow(slot);
+            if flags.syn()
+                && flags.ack()
+                && flow.sides[sender.index()].rx_base_known
+                && flow.held[sender.index()].base_guess
+            {
+                self.rebase_guess(slot, sender, true, seg.ack);
+            }
+        }
         let flow = self.core.table.flow_mut(slot);
         flow.last.offset =
             reassembly::stream_offset(&mut flow.sides[receiver.index()], flags, data_seq);
@@ -450,10 +506,18 @@ impl Engine {
         if !self.core.table.is_live(slot, gen) {
             return;
         }
+        if (flags.fin() || self.core.table.flow(slot).disorder) && !self.settle(slot, pkt) {
+            return;
+        }
 
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
         let flow = self.core.table.flow(slot);
-        if flow.sides[0].finished && flow.sides[1].finished {
+        // A gap still within its reordering allowance (disorder.rs) keeps the flow: the
+        // bytes a FIN overtook may come yet.
+        if flow.sides[0].finished
+            && flow.sides[1].finished
+            && !(flow.disorder && flow.held.iter().any(|h| h.skip_left > 0))
+        {
             let reason = flow.end_reason.unwrap_or(EndReason::Fin);
             let tw = self.core.cfg.tw_interval;
             let any_tw = flow.sides.iter().any(|s| s.state == TcpState::TimeWait);
@@ -477,6 +541,11 @@ impl Engine {
         src_is_lo: bool,
     ) -> Option<FlowIdx> {
         let flags = seg.flags;
+        let core = &mut self.core;
+        if core.tombs.check(&key, hash, src_is_lo, seg, core.now) == Verdict::Late {
+            core.stats.late += 1;
+            return None;
+        }
         let starts = flags.syn() && !flags.ack() && !flags.rst();
         let midstream = self.core.cfg.midstream && !flags.rst();
         if !starts && !midstream {
@@ -686,6 +755,11 @@ impl Engine {
     fn destroy(&mut self, slot: FlowIdx, reason: EndReason, first: Option<Side>) {
         let gen = self.core.table.flow(slot).gen;
         self.core.table.unlink(slot);
+        // A FIN or RST still held takes effect, after the gaps before it.
+        let reason = match (self.flush_held(slot), reason) {
+            (Some(r), EndReason::Eof | EndReason::Shutdown | EndReason::Timeout) => r,
+            _ => reason,
+        };
         // Out-of-order data still held is delivered, skipping the gaps before it.
         for side in Side::BOTH {
             loop {
@@ -727,7 +801,28 @@ impl Engine {
             }
         }
         debug_assert_eq!(self.core.table.flow(slot).gen, gen);
+        if matches!(reason, EndReason::Fin | EndReason::Rst) {
+            self.bury(slot);
+        }
         let core = &mut self.core;
         core.table.release(slot, &mut core.stats);
+    }
+
+    /// Leaves a tombstone of a connection that closed, for its late packets.
+    fn bury(&mut self, slot: FlowIdx) {
+        let f = self.core.table.flow(slot);
+        let space = |sender: Side| {
+            let (s, r) = (&f.sides[sender.index()], &f.sides[sender.peer().index()]);
+            Space {
+                known: s.tx_seen && r.rx_base_known,
+                // The stream starts one after the SYN: the SYN's number is in the space.
+                first: r.rx_base.wrapping_sub(1),
+                end: s.tx_next,
+            }
+        };
+        let spaces = [space(Side::Client), space(Side::Server)];
+        let (key, lo) = (f.key, f.client_is_lo);
+        let now = self.core.now;
+        self.core.tombs.bury(key, key.hash(), lo, spaces, now);
     }
 }

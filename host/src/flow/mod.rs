@@ -18,6 +18,9 @@
 //! - `table.rs`: flow slots (`FlowIdx`), the hash index, the idle (LRU) and TIME_WAIT lists.
 //! - `tcp.rs`: each side's emulated TCP state machine, RST window checks.
 //! - `reassembly.rs`: the receive path: offsets, overlaps, skipped gaps, `NewData` marks.
+//! - `disorder.rs`: reordering on the tap: when a gap is skipped, FIN/RST held until the
+//!   stream reaches them, a FIN whose ACK came first.
+//! - `tombstone.rs`: closed connections, so that their late packets count as `late`.
 //! - `buffer.rs`: one side's receive buffer, and the pool bounded by `buffer_memory`.
 //! - `dispatch.rs`: event order, subscriptions, user-defined events and [`Filter`]s.
 //! - `timers.rs`: monitors' timers, idle and TIME_WAIT expiry, the next deadline.
@@ -27,6 +30,7 @@
 mod api;
 mod buffer;
 mod config;
+mod disorder;
 mod dispatch;
 mod engine;
 mod key;
@@ -38,6 +42,7 @@ mod tcp;
 #[cfg(test)]
 mod testing;
 mod timers;
+mod tombstone;
 mod types;
 
 pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
@@ -49,4 +54,5 @@ pub use key::{quick_frame_hash, symmetric_hash};
 pub use monitor::{BufferRequest, Monitor, Setup, Subscriptions};
 pub use stats::Stats;
 pub use table::{LastPacket, PREFETCH_MIN_FLOWS};
+pub use tombstone::TOMBSTONE_TTL;
 pub use types::*;

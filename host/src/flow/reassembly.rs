@@ -3,9 +3,10 @@
 //! gaps the receiver acknowledged (lost to the capture) and the `NewData` marks that
 //! coalesce new contiguous data into one event per side and batch.
 //!
-//! Owns: `receive_data`, `discard_to`, `ack_skip`, `skip_gap`, `NewData` delivery and
-//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]) or decide the
-//! order of monitors ([`super::dispatch`]); it tells dispatch which events happened.
+//! Owns: `receive_data`, `discard_to`, `skip_gap`, `NewData` delivery and
+//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]), decide when an
+//! acknowledged gap is lost ([`super::disorder`]) or the order of monitors
+//! ([`super::dispatch`]); it tells dispatch which events happened.
 
 use super::dispatch::Order;
 use super::engine::Engine;
@@ -141,6 +142,14 @@ impl Engine {
             return;
         }
         // The window may advance up to the contiguous end; what lies beyond is dropped.
+        let seg_end = off + bytes.len() as u64;
+        if seg_end > self.core.table.flow(slot).sides[receiver.index()].contig() + cap {
+            // The buffer needs the room: a gap the receiver acknowledged is lost now
+            // rather than after the reordering allowance.
+            if let Some(acked) = self.armed_skip(slot, receiver) {
+                self.skip_acked(slot, receiver, acked);
+            }
+        }
         let core = &mut self.core;
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let contig = side.contig();
@@ -239,39 +248,6 @@ impl Engine {
             .as_mut()
         {
             b.advance_head(new_head);
-        }
-    }
-
-    /// The receiver's ACK says the peer got bytes this side never saw: skip the gap.
-    pub(crate) fn ack_skip(&mut self, slot: FlowIdx, side: Side, ack: u32) {
-        let f = self.core.table.flow(slot);
-        let s = &f.sides[side.index()];
-        let Some(buf) = s.buf.as_ref() else { return };
-        if !s.rx_base_known {
-            return;
-        }
-        let mut ack_off = s.offset_of(ack);
-        // The FIN's sequence number carries no byte.
-        if let Some(fin) = f.sides[side.peer().index()].tx_fin {
-            ack_off = ack_off.min(s.offset_of(fin));
-        }
-        let contig = buf.contig_end() as i64;
-        if ack_off <= contig || ack_off - contig > (1 << 30) {
-            return;
-        }
-        // Every gap below the acknowledged offset is lost to the capture.
-        loop {
-            let s = &self.core.table.flow(slot).sides[side.index()];
-            let Some(buf) = s.buf.as_ref() else { return };
-            let contig = buf.contig_end();
-            if contig >= ack_off as u64 {
-                return;
-            }
-            let target = match buf.first_gap_end() {
-                Some(next) => next.min(ack_off as u64),
-                None => ack_off as u64,
-            };
-            self.skip_gap(slot, side, target);
         }
     }
 
@@ -415,7 +391,11 @@ mod tests {
 
     #[test]
     fn acknowledged_gap_is_skipped_and_counted_missing() {
-        let (mut e, log) = open(Config::default());
+        // At once (no reordering allowance): disorder.rs tests the allowance.
+        let (mut e, log) = open(Config {
+            gap_skip_after: 0,
+            ..Config::default()
+        });
         client_data(&mut e, 0, b"abc");
         client_data(&mut e, 8, b"xyz");
         e.end_batch();
@@ -434,6 +414,40 @@ mod tests {
         // One that acknowledges nothing new skips nothing.
         e.on_segment(&seg(false, ACK, 501, 101 + 20, &[]), &[], 7);
         assert_eq!(e.stats().bytes_missing, 14);
+    }
+
+    #[test]
+    fn acknowledged_gap_waits_for_the_reordering_allowance() {
+        let (mut e, _log) = open(Config {
+            gap_skip_after: 3,
+            ..Config::default()
+        });
+        client_data(&mut e, 0, b"abc");
+        client_data(&mut e, 8, b"xyz");
+        e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 5);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!(
+            (info.contig_end, info.missing),
+            (3, 0),
+            "held: maybe overtaken"
+        );
+        for _ in 0..2 {
+            e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 6);
+        }
+        assert_eq!(server_stream(&mut e).0.missing, 0);
+        e.on_segment(&seg(false, ACK, 501, 101 + 11, &[]), &[], 7);
+        let (info, _) = server_stream(&mut e);
+        assert_eq!(
+            (info.contig_end, info.missing),
+            (11, 5),
+            "3 packets later: lost"
+        );
+        // Filled within the allowance: nothing is missing.
+        client_data(&mut e, 20, b"late");
+        e.on_segment(&seg(false, ACK, 501, 101 + 24, &[]), &[], 8);
+        client_data(&mut e, 11, b"012345678");
+        let (info, _) = server_stream(&mut e);
+        assert_eq!((info.contig_end, info.missing), (24, 5));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Stats {
     pub buffer_memory_refusals: u64,
     /// Bytes skipped over gaps that were never filled.
     pub bytes_missing: u64,
+    /// Packets of a connection that had already closed (matched its tombstone).
+    pub late: u64,
     /// Events delivered to monitors.
     pub events: u64,
     /// Flows currently tracked.
@@ -77,6 +79,7 @@ impl Stats {
         self.fragment_limit_drops += other.fragment_limit_drops;
         self.buffer_memory_refusals += other.buffer_memory_refusals;
         self.bytes_missing += other.bytes_missing;
+        self.late += other.late;
         self.events += other.events;
         self.flows_live += other.flows_live;
         self.buffer_bytes += other.buffer_bytes;
@@ -110,6 +113,7 @@ mod tests {
             fragment_limit_drops: 16,
             buffer_memory_refusals: 17,
             bytes_missing: 18,
+            late: 22,
             events: 19,
             flows_live: 20,
             buffer_bytes: 21,

@@ -9,6 +9,7 @@
 
 use super::buffer::{BufferPool, OverlapPolicy, RecvBuffer};
 use super::config::Config;
+use super::disorder::Held;
 use super::key::FlowKey;
 use super::stats::Stats;
 use super::tcp::SideState;
@@ -92,6 +93,9 @@ pub(crate) struct Flow {
     pub(crate) client_is_lo: bool,
     pub(crate) partial: bool,
     in_tw: bool,
+    /// Something is held for this flow ([`super::disorder`]): the engine settles it after
+    /// each packet. In the first cache line so that the in-order path tests one byte.
+    pub(crate) disorder: bool,
     pub(crate) last_ts: u64,
     /// When the flow was last put at the back of the idle list (see [`FlowTable::touch`]).
     linked_ts: u64,
@@ -101,6 +105,8 @@ pub(crate) struct Flow {
     pub(crate) sides: [SideState; 2],
     pub(crate) last: LastPacket,
     pub(crate) end_reason: Option<EndReason>,
+    /// Per side: what the disorder rules hold for the stream it receives.
+    pub(crate) held: [Held; 2],
 }
 
 impl Flow {
@@ -112,6 +118,7 @@ impl Flow {
             client_is_lo: true,
             partial: false,
             in_tw: false,
+            disorder: false,
             prev: FlowIdx::NIL,
             next: FlowIdx::NIL,
             start_ts: 0,
@@ -125,6 +132,7 @@ impl Flow {
             ],
             last: LastPacket::default(),
             end_reason: None,
+            held: [Held::default(); 2],
         }
     }
 
@@ -452,6 +460,8 @@ impl FlowTable {
         f.client_is_lo = client_is_lo;
         f.partial = partial;
         f.in_tw = false;
+        f.disorder = false;
+        f.held = [Held::default(); 2];
         f.start_ts = now;
         f.last_ts = now;
         f.seqno = seqno;

@@ -1,0 +1,534 @@
+//! Disorder on the tap: what a reordered or duplicated packet must not change (SPEC §3,
+//! docs/spec-disorder.md). A SPAN port or a merge of per-queue captures moves packets by up
+//! to a few dozen places; the receiving host saw them in sequence order.
+//!
+//! Owns, per side (the side that *receives* a stream, [`Held`]):
+//! - the gap-skip rule: an ACK ahead of the contiguous end arms a skip that fires only
+//!   after `gap_skip_after` more packets of the flow (or when the buffer needs the room, or
+//!   at the flow's end), so that a segment the ACK overtook can still fill the gap;
+//! - a FIN or an in-window RST beyond the contiguous end, held until the stream reaches it
+//!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
+//!   past the gap, or the flow's end, moves the stream to it);
+//! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it.
+//!
+//! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
+//! for a flow with something held, or for a FIN), store payload or choose event order.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::dispatch::Order;
+use super::engine::Engine;
+use super::table::FlowIdx;
+use super::tcp;
+use super::types::*;
+use crate::wire::{TcpFlags, TcpOptions, TcpSegment};
+
+/// A control segment held until the stream reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ctl {
+    Fin,
+    Rst,
+}
+
+/// What is held for the stream one side receives.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Held {
+    /// Highest stream offset this side's ACKs acknowledged beyond the contiguous end at the
+    /// time (0: none). Unclamped: an ACK of a FIN not seen yet is one past the data.
+    pub(crate) ack_max: u64,
+    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0.
+    pub(crate) skip_to: u64,
+    pub(crate) skip_left: u32,
+    /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
+    pub(crate) ctl: Option<(Ctl, u64)>,
+    pub(crate) ctl_left: u32,
+    /// Highest acknowledgement number this side sent that was ahead of its stream (or
+    /// came before the stream's first segment): a FIN it covers was acknowledged first.
+    pub(crate) ack_hi: Option<u32>,
+    /// The stream's start is a guess (a mid-stream flow's first segment), not a SYN.
+    pub(crate) base_guess: bool,
+}
+
+impl Held {
+    fn pending(&self) -> bool {
+        self.skip_left > 0 || self.ctl.is_some() || self.base_guess
+    }
+}
+
+/// A segment with no payload and no addresses, to replay a held control segment through
+/// the state machine as the stream reaches it.
+fn synthetic(flags: u8, seq: u32, ack: u32, window: u16) -> TcpSegment<'static> {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    TcpSegment {
+        src: any,
+        dst: any,
+        src_port: 0,
+        dst_port: 0,
+        seq,
+        ack,
+        flags: TcpFlags(flags),
+        window,
+        urgent: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+        payload_len_on_wire: 0,
+        vlan_depth: 0,
+        l3_offset: 0,
+        l4_offset: 0,
+    }
+}
+
+/// Whether a side's handshake is over (a FIN it receives means something).
+fn synchronized(st: TcpState) -> bool {
+    !matches!(
+        st,
+        TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynRcvd
+    )
+}
+
+fn order_of(sender: Side) -> Order {
+    if sender == Side::Client {
+        Order::Load
+    } else {
+        Order::Reverse
+    }
+}
+
+impl Engine {
+    /// Before a FIN or RST from `sender` is applied: whether it lies beyond the receiver's
+    /// contiguous end and must be held (then it is recorded, and the caller strips it).
+    pub(crate) fn hold_ctl(&mut self, slot: FlowIdx, sender: Side, seg: &TcpSegment<'_>) -> bool {
+        let k = self.core.cfg.gap_skip_after;
+        let flags = seg.flags;
+        if k == 0 || flags.syn() {
+            return false;
+        }
+        let f = self.core.table.flow_mut(slot);
+        let receiver = sender.peer();
+        let r = &f.sides[receiver.index()];
+        if r.capacity == 0 || f.held[receiver.index()].ctl.is_some() {
+            return false;
+        }
+        if !r.rx_base_known {
+            // The first segment of this stream: in order by definition, but a FIN that
+            // overtook the handshake waits for the receiver to be synchronized.
+            if flags.fin() && !flags.rst() && !synchronized(r.state) {
+                let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
+                f.sides[sender.index()].tx_fin.get_or_insert(fin);
+                let h = &mut f.held[receiver.index()];
+                h.ctl = Some((Ctl::Fin, u64::from(seg.payload_len_on_wire)));
+                f.disorder = true;
+                return true;
+            }
+            return false;
+        }
+        let contig = r.contig() as i64;
+        let start = r.offset_of(seg.seq);
+        let ahead = start > contig && start - contig <= (1 << 30);
+        let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
+        if !ahead && !early_fin {
+            return false;
+        }
+        let ctl = if flags.rst() {
+            if !ahead {
+                return false;
+            }
+            // Sequence-checked as any RST: a blind one is not held, it is ignored.
+            if !tcp::rst_in_window(r, seg.seq) {
+                return false;
+            }
+            (Ctl::Rst, start as u64)
+        } else if flags.fin() && !r.rx_fin {
+            let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
+            let s = &mut f.sides[sender.index()];
+            // The FIN's number is known now: an ACK of it must not count as a lost byte.
+            s.tx_fin.get_or_insert(fin);
+            (
+                Ctl::Fin,
+                f.sides[receiver.index()].offset_of(fin).max(0) as u64,
+            )
+        } else {
+            return false;
+        };
+        let h = &mut f.held[receiver.index()];
+        h.ctl = Some(ctl);
+        h.ctl_left = k.saturating_add(1);
+        f.disorder = true;
+        true
+    }
+
+    /// A stream whose first segment was not its SYN (mid-stream, or the SYN was only
+    /// overtaken): a segment before the guessed start of `receiver`'s stream, or its SYN, moves the
+    /// start back, as long as nothing of the stream was delivered. Rare: it copies the
+    /// few bytes stored so far.
+    pub(crate) fn rebase_guess(&mut self, slot: FlowIdx, receiver: Side, syn: bool, seq: u32) {
+        let f = self.core.table.flow_mut(slot);
+        let r = &f.sides[receiver.index()];
+        let h = &mut f.held[receiver.index()];
+        if !r.rx_base_known {
+            h.base_guess = !syn;
+            f.disorder |= !syn;
+            return;
+        }
+        if !h.base_guess {
+            return;
+        }
+        if r.newdata_mark > 0 {
+            h.base_guess = false;
+            return;
+        }
+        let delta = r.rx_base.wrapping_sub(seq) as i32;
+        if syn {
+            h.base_guess = false;
+        }
+        let limit = u64::from(r.capacity.max(1)) / 2;
+        if delta <= 0 || delta as u64 > limit {
+            return;
+        }
+        let delta = delta as u64;
+        let mut stored = Vec::new();
+        if let Some(b) = r.buf.as_ref() {
+            if b.head() != 0 {
+                return;
+            }
+            for (start, len) in b.fragments() {
+                let mut bytes = vec![0u8; len as usize];
+                b.read(start, &mut bytes);
+                stored.push((start + delta, bytes));
+            }
+        }
+        let r = &mut f.sides[receiver.index()];
+        r.rx_base = seq;
+        let policy = r.overlap;
+        if let Some(b) = r.buf.as_mut() {
+            b.reset(0);
+            for (start, bytes) in &stored {
+                b.write(*start, bytes, policy);
+            }
+        }
+        r.rx_next = match r.buf.as_ref() {
+            Some(b) => b.contig_end(),
+            None => 0,
+        };
+        let h = &mut f.held[receiver.index()];
+        for off in [&mut h.ack_max, &mut h.skip_to] {
+            if *off > 0 {
+                *off = off.saturating_add(delta);
+            }
+        }
+        if let Some((_, off)) = h.ctl.as_mut() {
+            *off = off.saturating_add(delta);
+        }
+        f.last.offset = f.last.offset.saturating_add(delta);
+    }
+
+    /// The ACK `ack` sent by `side` acknowledges its stream up to here: beyond the
+    /// contiguous end, a skip is armed (or, with `gap_skip_after` 0, done at once).
+    #[inline]
+    pub(crate) fn ack_note(&mut self, slot: FlowIdx, side: Side, ack: u32) {
+        let k = self.core.cfg.gap_skip_after;
+        let f = self.core.table.flow_mut(slot);
+        let s = &f.sides[side.index()];
+        let note = |h: &mut Held| {
+            if h.ack_hi.map_or(true, |a| (ack.wrapping_sub(a) as i32) > 0) {
+                h.ack_hi = Some(ack);
+            }
+        };
+        if !s.rx_base_known {
+            note(&mut f.held[side.index()]);
+            return;
+        }
+        let ack_off = s.offset_of(ack);
+        let contig = s.contig() as i64;
+        if ack_off <= contig || ack_off - contig > (1 << 30) {
+            return;
+        }
+        note(&mut f.held[side.index()]);
+        let has_buf = s.buf.is_some();
+        let clamped = match f.sides[side.peer().index()].tx_fin {
+            Some(fin) => ack_off.min(s.offset_of(fin)),
+            None => ack_off,
+        };
+        let h = &mut f.held[side.index()];
+        h.ack_max = h.ack_max.max(ack_off as u64);
+        if !has_buf || clamped <= contig {
+            return;
+        }
+        if k == 0 {
+            self.skip_acked(slot, side, clamped as u64);
+        } else if h.skip_left == 0 {
+            h.skip_to = clamped as u64;
+            h.skip_left = k.saturating_add(1);
+            f.disorder = true;
+        }
+    }
+
+    /// The skip target of `side`, to the highest acknowledged offset, if one is armed.
+    pub(crate) fn armed_skip(&self, slot: FlowIdx, side: Side) -> Option<u64> {
+        let h = &self.core.table.flow(slot).held[side.index()];
+        (h.skip_left > 0).then_some(h.ack_max)
+    }
+
+    /// Declares every gap below `to` (at most the peer's FIN) missing.
+    pub(crate) fn skip_acked(&mut self, slot: FlowIdx, side: Side, to: u64) {
+        let f = self.core.table.flow(slot);
+        let s = &f.sides[side.index()];
+        let to = match f.sides[side.peer().index()].tx_fin {
+            Some(fin) => to.min(s.offset_of(fin).max(0) as u64),
+            None => to,
+        };
+        loop {
+            let s = &self.core.table.flow(slot).sides[side.index()];
+            let Some(buf) = s.buf.as_ref() else { return };
+            let contig = buf.contig_end();
+            if contig >= to {
+                return;
+            }
+            let target = match buf.first_gap_end() {
+                Some(next) => next.min(to),
+                None => to,
+            };
+            self.skip_gap(slot, side, target);
+        }
+    }
+
+    /// After a packet of a flow with something held (or a FIN): counts the packet against
+    /// the armed skips and held segments, skips what is due, applies held FINs and RSTs the
+    /// stream reached, and moves a FIN's sender on if its ACK came first. Returns whether
+    /// the flow is still live.
+    pub(crate) fn settle(&mut self, slot: FlowIdx, pkt: Option<&[u8]>) -> bool {
+        let gen = self.core.table.flow(slot).gen;
+        for side in Side::BOTH {
+            let f = self.core.table.flow_mut(slot);
+            let s = &f.sides[side.index()];
+            let contig = s.contig();
+            // An ACK of the FIN is one past the last byte (the FIN came after that ACK).
+            let fin_off = f.sides[side.peer().index()]
+                .tx_fin
+                .map_or(u64::MAX, |fin| s.offset_of(fin).max(0) as u64);
+            let h = &mut f.held[side.index()];
+            if h.skip_left == 0 {
+                continue;
+            }
+            if contig >= h.skip_to.min(fin_off) {
+                // Filled by the data the ACK overtook.
+                h.skip_left = 0;
+                continue;
+            }
+            h.skip_left -= 1;
+            if h.skip_left == 0 {
+                let (to, more) = (h.skip_to, h.ack_max);
+                self.skip_acked(slot, side, to);
+                // A later ACK went further: its gaps get their own allowance.
+                let f = self.core.table.flow_mut(slot);
+                let s = &f.sides[side.index()];
+                // An ACK of the FIN is one past the last byte.
+                let more = match f.sides[side.peer().index()].tx_fin {
+                    Some(fin) => more.min(s.offset_of(fin).max(0) as u64),
+                    None => more,
+                };
+                if more > s.contig() && more > to {
+                    let h = &mut f.held[side.index()];
+                    h.skip_to = more;
+                    h.skip_left = self.core.cfg.gap_skip_after;
+                }
+            }
+        }
+        for side in Side::BOTH {
+            let f = self.core.table.flow_mut(slot);
+            let contig = f.sides[side.index()].contig();
+            let h = &mut f.held[side.index()];
+            let Some((ctl, off)) = h.ctl else { continue };
+            if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
+                continue;
+            }
+            if contig < off {
+                // A FIN waits as a receiving stack's would, until the stream reaches it or
+                // the receiver acknowledges the FIN itself: then the receiver took it, and
+                // its state moves now, while the armed skip still lets the bytes the FIN
+                // overtook fill the gap (engine.rs keeps the flow until the skip settles).
+                // A RST waits only for the allowance.
+                if ctl == Ctl::Fin {
+                    let fin = f.sides[side.peer().index()].tx_fin;
+                    let took = match (fin, h.ack_hi) {
+                        (Some(fin), Some(a)) => (a.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0,
+                        _ => false,
+                    };
+                    if !took {
+                        continue;
+                    }
+                    // The bytes before it may come yet (the flow waits for them).
+                    if h.skip_left == 0 {
+                        h.skip_to = off;
+                        h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+                    }
+                    h.ctl = None;
+                    self.apply_ctl(slot, side, ctl, pkt);
+                    if !self.core.table.is_live(slot, gen) {
+                        return false;
+                    }
+                    continue;
+                }
+                h.ctl_left = h.ctl_left.saturating_sub(1);
+                if h.ctl_left > 0 {
+                    continue;
+                }
+                // Reordering cannot explain it any more: the bytes before it are lost.
+                self.skip_acked(slot, side, off);
+            }
+            self.core.table.flow_mut(slot).held[side.index()].ctl = None;
+            self.apply_ctl(slot, side, ctl, pkt);
+            if !self.core.table.is_live(slot, gen) {
+                return false;
+            }
+        }
+        for side in Side::BOTH {
+            self.fin_acked(slot, side, pkt);
+            if !self.core.table.is_live(slot, gen) {
+                return false;
+            }
+        }
+        let f = self.core.table.flow_mut(slot);
+        for (h, s) in f.held.iter_mut().zip(&f.sides) {
+            // Once data was delivered, the start stays where it is.
+            h.base_guess &= s.newdata_mark == 0;
+        }
+        f.disorder = f.held.iter().any(Held::pending);
+        true
+    }
+
+    /// A held FIN or RST of the peer of `receiver` takes effect now: the state machine
+    /// sees it as if it arrived in sequence, with its `TcpStateChange` events.
+    fn apply_ctl(&mut self, slot: FlowIdx, receiver: Side, ctl: Ctl, pkt: Option<&[u8]>) {
+        let sender = receiver.peer();
+        let gen = self.core.table.flow(slot).gen;
+        let core = &mut self.core;
+        let f = core.table.flow_mut(slot);
+        let s = &f.sides[sender.index()];
+        let window = (s.window >> s.wscale).min(u32::from(u16::MAX)) as u16;
+        let seg = match ctl {
+            Ctl::Fin => {
+                let fin = s.tx_fin.unwrap_or(s.tx_next);
+                if s.tx_ack_seen {
+                    synthetic(TcpFlags::FIN | TcpFlags::ACK, fin, s.tx_ack, window)
+                } else {
+                    synthetic(TcpFlags::FIN, fin, 0, window)
+                }
+            }
+            Ctl::Rst => {
+                // Checked against the window when it was held; here it is in sequence.
+                let r = &f.sides[receiver.index()];
+                synthetic(
+                    TcpFlags::RST,
+                    r.rx_base.wrapping_add(r.contig() as u32),
+                    0,
+                    window,
+                )
+            }
+        };
+        let snd = tcp::on_send(
+            &mut f.sides,
+            &mut f.end_reason,
+            f.partial,
+            sender,
+            &seg,
+            seg.seq,
+            &mut core.stats.rst_ignored,
+        );
+        let order = order_of(sender);
+        self.emit_change(slot, sender, Hook::Snd, snd.change, order, pkt);
+        if !self.core.table.is_live(slot, gen) {
+            return;
+        }
+        let f = self.core.table.flow_mut(slot);
+        let rcv = tcp::on_receive(
+            &mut f.sides[receiver.index()],
+            receiver,
+            f.partial,
+            f.end_reason,
+            &seg,
+        );
+        self.emit_change(slot, receiver, Hook::Rcv, rcv.change, order, pkt);
+    }
+
+    /// `side` sent a FIN that the peer had already acknowledged (the ACK overtook it):
+    /// the ACK's transition happens now, at `Rcv`, as it would have after the FIN.
+    fn fin_acked(&mut self, slot: FlowIdx, side: Side, pkt: Option<&[u8]>) {
+        let f = self.core.table.flow_mut(slot);
+        let s = &f.sides[side.index()];
+        let Some(fin) = s.tx_fin else { return };
+        if !matches!(
+            s.state,
+            TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+        ) {
+            return;
+        }
+        let peer = side.peer();
+        let covered = f.held[peer.index()]
+            .ack_hi
+            .is_some_and(|a| (a.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0);
+        if !covered {
+            return;
+        }
+        let seg = synthetic(TcpFlags::ACK, s.tx_next, fin.wrapping_add(1), 0);
+        let t = tcp::on_receive(
+            &mut f.sides[side.index()],
+            side,
+            f.partial,
+            f.end_reason,
+            &seg,
+        );
+        self.emit_change(slot, side, Hook::Rcv, t.change, order_of(peer), pkt);
+    }
+
+    /// At the flow's end: a held FIN or RST takes effect after the gaps before it are
+    /// declared missing. Returns the end reason it implies (RST, or FIN when both sides
+    /// are now closed).
+    pub(crate) fn flush_held(&mut self, slot: FlowIdx) -> Option<EndReason> {
+        let mut implied = None;
+        for side in Side::BOTH {
+            let f = self.core.table.flow_mut(slot);
+            let Some((ctl, off)) = f.held[side.index()].ctl.take() else {
+                continue;
+            };
+            f.held[side.index()].ctl_left = 0;
+            self.skip_acked(slot, side, off);
+            self.apply_ctl(slot, side, ctl, None);
+            if ctl == Ctl::Rst {
+                implied = Some(EndReason::Rst);
+            }
+        }
+        for side in Side::BOTH {
+            self.fin_acked(slot, side, None);
+        }
+        let f = self.core.table.flow_mut(slot);
+        f.disorder = false;
+        if implied.is_none() && f.sides.iter().all(|s| s.finished) {
+            implied = Some(EndReason::Fin);
+        }
+        implied
+    }
+
+    /// One `TcpStateChange`, if the state changed.
+    fn emit_change(
+        &mut self,
+        slot: FlowIdx,
+        side: Side,
+        hook: Hook,
+        change: Option<TcpState>,
+        order: Order,
+        pkt: Option<&[u8]>,
+    ) {
+        if let Some(st) = change {
+            self.emit(
+                slot,
+                EventKind::TcpStateChange,
+                EventSide::One(side),
+                hook,
+                Detail::State(st),
+                order,
+                pkt,
+            );
+        }
+    }
+}
