@@ -42,8 +42,11 @@ pub struct Stats {
     pub fragment_limit_drops: u64,
     /// Sides that got no buffer because `buffer_memory` was exhausted.
     pub buffer_memory_refusals: u64,
-    /// Bytes skipped over gaps that were never filled.
+    /// Bytes skipped over gaps that were never filled, and bytes not stored because the
+    /// budget refused a buffer (those also in `bytes_refused`).
     pub bytes_missing: u64,
+    /// Payload bytes not stored because `buffer_memory` refused a buffer or its growth.
+    pub bytes_refused: u64,
     /// Events delivered to monitors.
     pub events: u64,
     /// Flows currently tracked.
@@ -74,6 +77,7 @@ impl Stats {
         self.fragment_limit_drops += other.fragment_limit_drops;
         self.buffer_memory_refusals += other.buffer_memory_refusals;
         self.bytes_missing += other.bytes_missing;
+        self.bytes_refused += other.bytes_refused;
         self.events += other.events;
         self.flows_live += other.flows_live;
         self.buffer_bytes += other.buffer_bytes;
