@@ -114,6 +114,7 @@ mod tests {
             flows_live: 20,
             buffer_bytes: 21,
             truncated_dropped: 22,
+            bytes_refused: 23,
         };
         let mut sum = Stats::default();
         sum.merge(&one);
