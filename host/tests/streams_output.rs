@@ -257,3 +257,94 @@ fn streams_with_a_full_stderr_exits_nonzero_without_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 3);
 }
+
+/// Item 7: a capture truncated while `streams` reads it (before: SIGBUS, no records). The
+/// run stops there with "the file shrank to N bytes while being read", keeps every record
+/// up to there, and exits as for any cut capture.
+#[test]
+fn streams_survives_a_capture_that_shrinks_while_read() {
+    let path = tmp("shrinks-streams.pcap");
+    write_pcap(&path, short_connections(40_000));
+    let mut child = flowpeek()
+        .args(["streams", "--json", "--no-sha256"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let cut = 1u64 << 20;
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?} {err}");
+    assert!(
+        err.contains(&format!("the file shrank to {cut} bytes while being read")),
+        "{err}"
+    );
+    let records = json_lines(&(first + &rest));
+    assert!(
+        records.len() > 1 && records.len() < 40_000,
+        "{}",
+        records.len()
+    );
+    let starts: Vec<f64> = records
+        .iter()
+        .map(|r| r["start"].as_f64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "in start order");
+    for r in records.iter().filter(|r| r["close"] != "eof") {
+        assert_eq!(r["c2s"]["bytes"], 100, "{r}");
+    }
+}
+
+/// Item 7 for `run`: a paced replay whose capture is truncated under it keeps running to
+/// the end of what is left and reports the shrink (before: SIGBUS).
+#[test]
+fn run_survives_a_capture_that_shrinks_while_read() {
+    let path = tmp("shrinks-run.pcap");
+    write_pcap(&path, short_connections(20_000));
+    let plugins = tmp("no-plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let child = flowpeek()
+        .arg("run")
+        .arg(format!("--source=pcap:{}", path.display()))
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--log-dir")
+        .arg(tmp("run-logs"))
+        .args(["--pace", "100000", "--quiet", "--no-watch", "--cores", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some(), "killed by a signal: {err}");
+    assert!(
+        err.contains("shrank to 1048576 bytes while being read"),
+        "{err}"
+    );
+}
