@@ -3,7 +3,8 @@
 //!
 //! The report is built the way any monitor would build it: a [`StreamHasher`] monitor
 //! subscribes to `NewData` and `ConnEnd` and reads each side with `peek` as data arrives,
-//! so streams of any length go through a bounded buffer. The JSON record is written by
+//! so streams of any length go through a bounded buffer; it also takes `Error`, to mark a
+//! record whose side was refused a buffer (`buffer_refused`, its unstored bytes missing). The JSON record is written by
 //! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
 //! two agree byte for byte by construction.
 //!
