@@ -404,26 +404,7 @@ fn main() -> ExitCode {
             capture,
             engine,
             batch,
-        } => {
-            let cfg = engine.config(Defaults::EVENTS);
-            match flowpeek::trace::run(&capture, cfg, batch as usize) {
-                Ok(lines) => {
-                    let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
-                    for l in lines {
-                        if writeln!(out, "{l}").is_err() {
-                            break;
-                        }
-                    }
-                    let _ = out.flush();
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("flowpeek: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        } => events(&capture, engine.config(Defaults::EVENTS), batch as usize),
         Command::Streams {
             capture,
             json,
@@ -437,69 +418,212 @@ fn main() -> ExitCode {
                 buffer: engine.buffer_capacity,
                 engine,
             };
-            let show_progress = std::io::stderr().is_terminal();
-            let report = match streams::run(&capture, &opts, |done, total| {
+            streams_command(&capture, &opts, json, summary)
+        }
+    }
+}
+
+/// Exit status of a run stopped by SIGINT or SIGTERM (the shell's 128 + SIGINT): what it
+/// wrote is complete up to there, but the capture was not read to its end.
+const EXIT_STOPPED: u8 = 130;
+
+/// A flag set by SIGINT, SIGTERM or SIGHUP: `streams` and `events` stop reading, finish
+/// the engine (open flows end as at the end of the capture) and flush their output.
+fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    if let Err(e) =
+        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "flowpeek: warning: a signal will not stop cleanly: {e}"
+        );
+    }
+    stop
+}
+
+/// Writes `msg` to stderr; false when stderr cannot take it (e.g. `2>/dev/full`), which
+/// the caller turns into a non-zero exit instead of the panic `eprintln!` would give.
+fn note(msg: &str) -> bool {
+    writeln!(std::io::stderr(), "{msg}").is_ok()
+}
+
+fn events(capture: &std::path::Path, cfg: Config, batch: usize) -> ExitCode {
+    let stop = stop_flag();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let sum = match flowpeek::trace::run_streaming(capture, cfg, batch, &stop, |l| {
+        writeln!(out, "{l}")
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            note(&format!("flowpeek: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let flushed = out.flush();
+    let write_error = sum.write_error.or(flushed.err());
+    let mut ok = true;
+    if let Some(e) = &sum.capture_error {
+        ok &= note(&format!(
+            "flowpeek: warning: {e}; every packet before it was processed"
+        ));
+    }
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            note(&format!(
+                "flowpeek: writing the events: {e} (after {} lines)",
+                sum.lines
+            ));
+            return ExitCode::from(1);
+        }
+    }
+    if sum.stopped {
+        note("flowpeek: stopped by a signal: the events up to there were written");
+        return ExitCode::from(EXIT_STOPPED);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn streams_command(
+    capture: &std::path::Path,
+    opts: &StreamsOptions,
+    json: bool,
+    summary: bool,
+) -> ExitCode {
+    let stop = stop_flag();
+    let show_progress = std::io::stderr().is_terminal();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let header = if json {
+        Ok(())
+    } else {
+        writeln!(out, "{}", streams::table_header())
+    };
+    let result = header.map_err(|e| streams::StreamsError::Write(e, Box::new(empty_summary())));
+    let result = result.and_then(|()| {
+        streams::run_streaming(
+            capture,
+            opts,
+            &stop,
+            |r| {
+                if json {
+                    writeln!(out, "{}", r.to_json())
+                } else {
+                    writeln!(out, "{}", streams::table_row(r))
+                }
+            },
+            |done, total| {
                 if show_progress && total > 0 {
-                    eprint!(
+                    let _ = write!(
+                        std::io::stderr(),
                         "\r{:5.1}% of {}",
                         done as f64 * 100.0 / total as f64,
                         capture.display()
                     );
                 }
-            }) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("flowpeek: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if show_progress {
-                eprint!("\r\x1b[K");
-            }
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            if let Err(e) = streams::write_report(&mut out, &report, json).and_then(|_| out.flush())
-            {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("flowpeek: writing the report: {e}");
-                    return ExitCode::from(1);
-                }
-            }
-            let s = &report.stats;
-            let line = format!(
-                "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} late, {} bytes missing, in {:.3} s ({:.2} Mpps)",
-                s.packets,
-                s.bytes,
-                report.records.len(),
-                s.flows_partial,
-                s.malformed,
-                s.not_tcp,
-                s.ip_fragments,
-                s.orphans,
-                s.late,
-                s.bytes_missing,
-                report.elapsed.as_secs_f64(),
-                s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
-            );
-            let defrag = defrag_line(&s.defrag);
-            if !json {
-                let _ = writeln!(std::io::stdout(), "{line}");
-                if let Some(d) = &defrag {
-                    let _ = writeln!(std::io::stdout(), "{d}");
-                }
-            } else if summary {
-                eprintln!("{line}");
-                if let Some(d) = &defrag {
-                    eprintln!("{d}");
-                }
-            }
-            if let Some(e) = &report.capture_error {
-                // A capture cut short (tcpdump killed, disk full) is common: report it, keep
-                // the results of every complete record.
-                eprintln!("flowpeek: warning: {e}; every packet before it was processed");
-            }
-            ExitCode::SUCCESS
+            },
+        )
+    });
+    if show_progress {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    }
+    let (report, write_error) = match result {
+        Ok(r) => (r, None),
+        Err(streams::StreamsError::Capture(e)) => {
+            note(&format!("flowpeek: {e}"));
+            return ExitCode::from(2);
         }
+        Err(streams::StreamsError::Write(e, r)) => (*r, Some(e)),
+    };
+    let write_error = write_error.or(out.flush().err());
+    drop(out);
+    if let Some(e) = &write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            note(&format!(
+                "flowpeek: writing the report: {e} (after {} records)",
+                report.records
+            ));
+            return ExitCode::from(1);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let s = &report.stats;
+    let line = format!(
+        "{} packets, {} bytes, {} connections ({} partial), {} malformed, {} not TCP, {} IP fragments, {} orphans, {} late, {} bytes missing, in {:.3} s ({:.2} Mpps)",
+        s.packets,
+        s.bytes,
+        report.records,
+        s.flows_partial,
+        s.malformed,
+        s.not_tcp,
+        s.ip_fragments,
+        s.orphans,
+        s.late,
+        s.bytes_missing,
+        report.elapsed.as_secs_f64(),
+        s.packets as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e6,
+    );
+    let defrag = defrag_line(&s.defrag);
+    let mut ok = true;
+    if !json {
+        ok &= writeln!(std::io::stdout(), "{line}").is_ok();
+        if let Some(d) = &defrag {
+            ok &= writeln!(std::io::stdout(), "{d}").is_ok();
+        }
+    } else if summary {
+        ok &= note(&line);
+        if let Some(d) = &defrag {
+            ok &= note(d);
+        }
+    }
+    if report.refused_records > 0 {
+        ok &= note(&format!(
+            "flowpeek: warning: --buffer-memory ({} MiB) refused buffers: {} bytes of {} connections were not stored; their records say \"buffer_refused\" and count those bytes as missing",
+            opts.engine.buffer_memory >> 20,
+            s.bytes_refused,
+            report.refused_records
+        ));
+    }
+    if report.out_of_order > 0 {
+        ok &= note(&format!(
+            "flowpeek: note: {} records were written after later-started ones (more than {} connections completed while an earlier one was open)",
+            report.out_of_order,
+            streams::REORDER_WINDOW
+        ));
+    }
+    if let Some(e) = &report.capture_error {
+        // A capture cut short (tcpdump killed, disk full) is common: report it, keep
+        // the results of every complete record.
+        ok &= note(&format!(
+            "flowpeek: warning: {e}; every packet before it was processed"
+        ));
+    }
+    if report.stopped {
+        note("flowpeek: stopped by a signal: the records of every connection seen so far were written");
+        return ExitCode::from(EXIT_STOPPED);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn empty_summary() -> streams::StreamsSummary {
+    streams::StreamsSummary {
+        records: 0,
+        stats: Default::default(),
+        capture_error: None,
+        stopped: false,
+        out_of_order: 0,
+        refused_records: 0,
+        elapsed: std::time::Duration::ZERO,
     }
 }
 

@@ -3,23 +3,35 @@
 //!
 //! The report is built the way any monitor would build it: a [`StreamHasher`] monitor
 //! subscribes to `NewData` and `ConnEnd` and reads each side with `peek` as data arrives,
-//! so streams of any length go through a bounded buffer. The JSON record is written by
+//! so streams of any length go through a bounded buffer; it also takes `Error`, to mark a
+//! record whose side was refused a buffer (`buffer_refused`, its unstored bytes missing). The JSON record is written by
 //! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
 //! two agree byte for byte by construction.
+//!
+//! Records are written as the run goes, not held to the end: flows complete in end order
+//! but are numbered in start order, so a [`Reorder`] window keeps completed records until
+//! every earlier-started one has completed, and emits them in start order. The window is
+//! bounded ([`REORDER_WINDOW`] records): when it is full, the earliest completed record is
+//! emitted even though an earlier-started connection (a long-lived one) is still open; that
+//! one is emitted when it completes, out of start order (counted in
+//! [`StreamsSummary::out_of_order`]). A stop request (SIGINT, SIGTERM) ends the read; the
+//! engine then finishes with the usual end reason and every record is flushed.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flowpeek_plugin_api::records::{self, DirectionFields, StreamFields};
 use sha2::{Digest, Sha256};
 
 use crate::flow::{
-    BufferRequest, Config, Cx, Detail, EndReason, Engine, Event, EventKind, EventSide, FlowHandle,
-    Hook, Monitor, PeekError, Side, Stats, Subscriptions,
+    BufferRequest, Config, Cx, Detail, EndReason, Engine, ErrorKind, Event, EventKind, EventSide,
+    FlowHandle, Hook, Monitor, PeekError, Side, Stats, Subscriptions,
 };
 use crate::io::pcap::{CaptureError, CaptureFile};
 
@@ -56,6 +68,9 @@ pub struct StreamRecord {
     pub close: &'static str,
     /// Picked up mid-stream (no SYN seen).
     pub partial: bool,
+    /// A side was refused a buffer (or its growth) by `buffer_memory`: the bytes not
+    /// stored are counted in that direction's `missing`.
+    pub buffer_refused: bool,
     /// Client → server.
     pub c2s: DirectionRecord,
     /// Server → client.
@@ -88,6 +103,7 @@ impl StreamRecord {
             end: self.end,
             close: self.close,
             partial: self.partial,
+            buffer_refused: self.buffer_refused,
             c2s: self.c2s.fields(),
             s2c: self.s2c.fields(),
         }
@@ -100,6 +116,8 @@ struct Direction {
     crc: crc32fast::Hasher,
     bytes: u64,
     lost: u64,
+    /// This direction's buffer was refused by the budget.
+    refused: bool,
 }
 
 impl Direction {
@@ -109,6 +127,7 @@ impl Direction {
             crc: crc32fast::Hasher::new(),
             bytes: 0,
             lost: 0,
+            refused: false,
         }
     }
 }
@@ -203,6 +222,7 @@ impl Monitor for StreamHasher {
         Subscriptions::none()
             .with(EventKind::NewData, Hook::None)
             .with(EventKind::ConnEnd, Hook::Snd)
+            .with(EventKind::Error, Hook::None)
             .with_buffers(BufferRequest::AtLeast(self.buffer))
     }
 
@@ -213,6 +233,14 @@ impl Monitor for StreamHasher {
         let Some(idx) = self.entry(cx, ev.flow) else {
             return;
         };
+        if ev.kind == EventKind::Error {
+            if ev.detail == Detail::Error(ErrorKind::OutOfBufferMemory) {
+                if let Some(live) = self.live[idx].as_mut() {
+                    live.dirs[side.index()].refused = true;
+                }
+            }
+            return;
+        }
         self.drain(cx, ev.flow, side, idx);
         if let (EventKind::ConnEnd, Detail::End(reason)) = (ev.kind, ev.detail) {
             self.finish_side(cx, ev.flow, idx, reason);
@@ -239,18 +267,27 @@ impl StreamHasher {
         };
         let info = |s: Side| cx.buffer_info(h, s).ok();
         let dir = |d: Direction, s: Side| {
-            let overlap = info(s).map_or(0, |i| i.overlap);
+            let i = info(s);
+            let overlap = i.map_or(0, |i| i.overlap);
+            // The engine counts the bytes a refused side could not store as missing; a
+            // reader never saw them, so the record must not claim them.
+            let missing = if d.refused {
+                d.lost.max(i.map_or(0, |i| i.missing))
+            } else {
+                d.lost
+            };
             DirectionRecord {
                 bytes: d.bytes,
                 sha256: d
                     .sha
                     .map_or_else(String::new, |sha| records::hex(&sha.finalize())),
                 crc32: d.crc.finalize(),
-                missing: d.lost,
+                missing,
                 overlap,
             }
         };
         let [cli, svr] = live.dirs;
+        let buffer_refused = cli.refused || svr.refused;
         self.done.borrow_mut().push(StreamRecord {
             client,
             server,
@@ -258,6 +295,7 @@ impl StreamHasher {
             end: times.last,
             close: records::close_name(Some(reason)),
             partial,
+            buffer_refused,
             // The server side's buffer holds what the client sent.
             c2s: dir(svr, Side::Server),
             s2c: dir(cli, Side::Client),
@@ -277,7 +315,94 @@ pub struct StreamsOptions {
     pub sha256: bool,
 }
 
-/// The result of a `streams` run.
+/// Completed records a [`Reorder`] keeps, at most, waiting for an earlier-started one.
+/// About 400 bytes each: some 25 MiB when full.
+pub const REORDER_WINDOW: usize = 1 << 16;
+
+/// Puts completed records back in start order (their `serial`s are 0, 1, 2, ... with no
+/// gaps, one per flow the engine created), keeping at most `window` of them.
+#[derive(Debug)]
+pub struct Reorder {
+    waiting: BTreeMap<u64, StreamRecord>,
+    next: u64,
+    window: usize,
+    out_of_order: u64,
+}
+
+impl Reorder {
+    /// An empty window of `window` records (at least 1).
+    pub fn new(window: usize) -> Reorder {
+        Reorder {
+            waiting: BTreeMap::new(),
+            next: 0,
+            window: window.max(1),
+            out_of_order: 0,
+        }
+    }
+
+    /// Takes a completed record; `emit` gets every record that may go out now, in order.
+    pub fn push<E>(
+        &mut self,
+        r: StreamRecord,
+        emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if r.serial < self.next {
+            // Its turn was given away when the window was full.
+            self.out_of_order += 1;
+            return emit(&r);
+        }
+        self.waiting.insert(r.serial, r);
+        while let Some(&first) = self.waiting.keys().next() {
+            if first != self.next && self.waiting.len() <= self.window {
+                break;
+            }
+            let Some(r) = self.waiting.remove(&first) else {
+                break;
+            };
+            self.next = r.serial + 1;
+            emit(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Emits everything still waiting, in order (the end of the run).
+    pub fn flush<E>(
+        &mut self,
+        emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some((_, r)) = self.waiting.pop_first() {
+            self.next = r.serial + 1;
+            emit(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Records emitted after a later-started one because the window was full.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
+    }
+}
+
+/// What a `streams` run did, besides the records it emitted.
+#[derive(Debug)]
+pub struct StreamsSummary {
+    /// Records emitted.
+    pub records: u64,
+    /// The engine's counters.
+    pub stats: Stats,
+    /// Capture records that could not be read (the run kept everything before them).
+    pub capture_error: Option<CaptureError>,
+    /// The run was stopped (signal) before the end of the capture.
+    pub stopped: bool,
+    /// Records emitted out of start order because the reorder window was full.
+    pub out_of_order: u64,
+    /// Records marked `buffer_refused`.
+    pub refused_records: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// The result of a `streams` run collected in memory ([`run`]).
 #[derive(Debug)]
 pub struct StreamsReport {
     /// One record per connection, in order of connection start.
@@ -290,15 +415,61 @@ pub struct StreamsReport {
     pub elapsed: Duration,
 }
 
-/// Reassembles every connection of the capture at `path`. `progress` is called now and then
-/// with (bytes read, file size).
+/// Why a streaming run failed.
+#[derive(Debug)]
+pub enum StreamsError {
+    /// The capture could not be opened.
+    Capture(CaptureError),
+    /// Writing a record failed (the run stopped there); the summary so far.
+    Write(io::Error, Box<StreamsSummary>),
+}
+
+/// Reassembles every connection of the capture at `path`, collecting the records (for
+/// tests and callers that want them all). `progress` is called now and then with (bytes
+/// read, file size).
 pub fn run(
     path: &Path,
     opts: &StreamsOptions,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<StreamsReport, CaptureError> {
+    let mut records = Vec::new();
+    let never = AtomicBool::new(false);
+    let sum = run_streaming(
+        path,
+        opts,
+        &never,
+        |r: &StreamRecord| -> io::Result<()> {
+            records.push(r.clone());
+            Ok(())
+        },
+        progress,
+    )
+    .map_err(|e| match e {
+        StreamsError::Capture(e) => e,
+        StreamsError::Write(..) => unreachable!("collecting does not fail"),
+    })?;
+    records.sort_by_key(|r| r.serial);
+    Ok(StreamsReport {
+        records,
+        stats: sum.stats,
+        capture_error: sum.capture_error,
+        elapsed: sum.elapsed,
+    })
+}
+
+/// Reassembles every connection of the capture at `path`, handing each record to `emit`
+/// as soon as the [`Reorder`] window lets it go. `stop` (set by a signal handler) ends the
+/// read early; the engine still finishes, so open flows get their records. A failing
+/// `emit` stops the run.
+pub fn run_streaming(
+    path: &Path,
+    opts: &StreamsOptions,
+    stop: &AtomicBool,
+    mut emit: impl FnMut(&StreamRecord) -> io::Result<()>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<StreamsSummary, StreamsError> {
     let started = Instant::now();
-    let capture = CaptureFile::open(path)?;
+    let capture = CaptureFile::open(path).map_err(StreamsError::Capture)?;
     let done = Rc::new(RefCell::new(Vec::new()));
     let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done)).with_sha256(opts.sha256);
     // The hasher asks for the configured capacity, so freed buffers are pooled and reused
@@ -308,9 +479,27 @@ pub fn run(
         ..opts.engine.clone()
     };
     let mut engine = Engine::new(cfg, vec![Box::new(hasher)]);
+    let mut reorder = Reorder::new(REORDER_WINDOW);
+    let (mut records, mut refused) = (0u64, 0u64);
+    let mut counted = |r: &StreamRecord| -> io::Result<()> {
+        records += 1;
+        refused += u64::from(r.buffer_refused);
+        emit(r)
+    };
     let mut capture_error = None;
+    let mut write_error = None;
+    let mut stopped = false;
     let mut in_batch = 0;
     let mut n: u64 = 0;
+    let pass = |reorder: &mut Reorder,
+                counted: &mut dyn FnMut(&StreamRecord) -> io::Result<()>|
+     -> io::Result<()> {
+        let mut out = |r: &StreamRecord| counted(r);
+        for r in done.borrow_mut().drain(..) {
+            reorder.push(r, &mut out)?;
+        }
+        Ok(())
+    };
     for pkt in capture.packets() {
         match pkt {
             Ok(p) => {
@@ -319,6 +508,16 @@ pub fn run(
                 if in_batch == BATCH {
                     engine.end_batch();
                     in_batch = 0;
+                    if !done.borrow().is_empty() {
+                        if let Err(e) = pass(&mut reorder, &mut counted) {
+                            write_error = Some(e);
+                            break;
+                        }
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        stopped = true;
+                        break;
+                    }
                 }
                 n += 1;
                 if n % (1 << 16) == 0 {
@@ -334,14 +533,55 @@ pub fn run(
     engine.finish(EndReason::Eof);
     let stats = engine.stats().clone();
     drop(engine);
-    let mut records = std::mem::take(&mut *done.borrow_mut());
-    records.sort_by_key(|r| r.serial);
-    Ok(StreamsReport {
+    if write_error.is_none() {
+        let flushed = pass(&mut reorder, &mut counted).and_then(|()| {
+            let mut out = |r: &StreamRecord| counted(r);
+            reorder.flush(&mut out)
+        });
+        write_error = flushed.err();
+    }
+    let summary = StreamsSummary {
         records,
         stats,
         capture_error,
+        stopped,
+        out_of_order: reorder.out_of_order(),
+        refused_records: refused,
         elapsed: started.elapsed(),
-    })
+    };
+    match write_error {
+        Some(e) => Err(StreamsError::Write(e, Box::new(summary))),
+        None => Ok(summary),
+    }
+}
+
+/// The table's header line (no newline).
+pub fn table_header() -> String {
+    format!(
+        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  c2s sha256",
+        "client", "server", "close", "c2s bytes", "s2c bytes", "missing", "overlap"
+    )
+}
+
+/// One record as a table row (no newline).
+pub fn table_row(r: &StreamRecord) -> String {
+    format!(
+        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  {}{}{}",
+        r.client.to_string(),
+        r.server.to_string(),
+        r.close,
+        r.c2s.bytes,
+        r.s2c.bytes,
+        r.c2s.missing + r.s2c.missing,
+        r.c2s.overlap + r.s2c.overlap,
+        r.c2s.sha256.get(..16).unwrap_or("-"),
+        if r.partial { "  (partial)" } else { "" },
+        if r.buffer_refused {
+            "  (buffer refused)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Writes the report: JSON lines, or a table a person can read.
@@ -352,25 +592,9 @@ pub fn write_report(out: &mut impl Write, report: &StreamsReport, json: bool) ->
         }
         return Ok(());
     }
-    writeln!(
-        out,
-        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  c2s sha256",
-        "client", "server", "close", "c2s bytes", "s2c bytes", "missing", "overlap"
-    )?;
+    writeln!(out, "{}", table_header())?;
     for r in &report.records {
-        writeln!(
-            out,
-            "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  {}{}",
-            r.client.to_string(),
-            r.server.to_string(),
-            r.close,
-            r.c2s.bytes,
-            r.s2c.bytes,
-            r.c2s.missing + r.s2c.missing,
-            r.c2s.overlap + r.s2c.overlap,
-            r.c2s.sha256.get(..16).unwrap_or("-"),
-            if r.partial { "  (partial)" } else { "" }
-        )?;
+        writeln!(out, "{}", table_row(r))?;
     }
     Ok(())
 }

@@ -2,10 +2,14 @@
 //! be compared line by line with what mOS delivers (shared/mos-events). The line is written
 //! by [`flowpeek_plugin_api::records::write_event_line`], the writer the eventlog plugin
 //! uses too, so that the two agree byte for byte by construction.
+//!
+//! Lines are handed out as the packets go ([`run_streaming`]), in callback order, never
+//! held longer than one batch: memory does not grow with the capture.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use flowpeek_plugin_api::records::{self, EventFields, EventProbe, PacketFields};
 
@@ -100,27 +104,91 @@ impl Monitor for EventLog {
     }
 }
 
+/// What an `events` run did.
+#[derive(Debug)]
+pub struct EventsSummary {
+    /// Lines written.
+    pub lines: u64,
+    /// Capture records that could not be read (every packet before them was processed).
+    pub capture_error: Option<crate::io::pcap::CaptureError>,
+    /// The run was stopped (signal) before the end of the capture.
+    pub stopped: bool,
+    /// Writing failed: the run stopped there.
+    pub write_error: Option<std::io::Error>,
+}
+
 /// Runs the event logger over a capture, `batch` packets per batch; returns its lines.
 pub fn run(
     path: &std::path::Path,
     cfg: crate::flow::Config,
     batch: usize,
 ) -> Result<Vec<String>, crate::io::pcap::CaptureError> {
+    let mut out = Vec::new();
+    let never = AtomicBool::new(false);
+    run_streaming(path, cfg, batch, &never, |l: &str| {
+        out.push(l.to_owned());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Runs the event logger over a capture, `batch` packets per batch, handing each line to
+/// `emit` in callback order as the packets go (lines are held for one batch at most).
+/// `stop` ends the read early; the engine still finishes, so open flows get their
+/// `CONN_END`. A failing `emit` stops the run (reported in the summary).
+pub fn run_streaming(
+    path: &std::path::Path,
+    cfg: crate::flow::Config,
+    batch: usize,
+    stop: &AtomicBool,
+    mut emit: impl FnMut(&str) -> std::io::Result<()>,
+) -> Result<EventsSummary, crate::io::pcap::CaptureError> {
     let capture = crate::io::pcap::CaptureFile::open(path)?;
     let lines = Rc::new(RefCell::new(Vec::new()));
     let mut engine =
         crate::flow::Engine::new(cfg, vec![Box::new(EventLog::new(Rc::clone(&lines)))]);
+    let mut sum = EventsSummary {
+        lines: 0,
+        capture_error: None,
+        stopped: false,
+        write_error: None,
+    };
+    let mut drain = |sum: &mut EventsSummary| {
+        for l in lines.borrow_mut().drain(..) {
+            if sum.write_error.is_some() {
+                break;
+            }
+            match emit(&l) {
+                Ok(()) => sum.lines += 1,
+                Err(e) => sum.write_error = Some(e),
+            }
+        }
+    };
     let mut n = 0;
     for p in capture.packets() {
-        let Ok(p) = p else { break };
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                sum.capture_error = Some(e);
+                break;
+            }
+        };
         engine.on_frame(p.link, p.data, p.ts_nanos);
         n += 1;
         if n % batch.max(1) == 0 {
             engine.end_batch();
+            drain(&mut sum);
+            if sum.write_error.is_some() {
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                sum.stopped = true;
+                break;
+            }
         }
     }
     engine.finish(crate::flow::EndReason::Eof);
     drop(engine);
-    let out = std::mem::take(&mut *lines.borrow_mut());
-    Ok(out)
+    drain(&mut sum);
+    Ok(sum)
 }

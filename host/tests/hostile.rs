@@ -216,7 +216,12 @@ fn tiny_out_of_order_segments_keep_the_fragment_list_bounded() {
     assert_eq!(*max_frags.borrow(), MAX_FRAGMENTS);
     assert_eq!(st.fragment_limit_drops, u64::from(N) - MAX_FRAGMENTS as u64);
     assert_eq!(*limit_errors.borrow(), st.fragment_limit_drops);
-    assert_eq!(st.buffer_bytes, u64::from(CAP), "one side's buffer");
+    // One side's buffer, charged the storage its fragments need (at most its window).
+    assert!(
+        st.buffer_bytes > 4096 && st.buffer_bytes <= u64::from(CAP),
+        "one side's buffer: {}",
+        st.buffer_bytes
+    );
     assert_eq!(st.bytes_beyond_window, 0);
     // At the end the gaps are skipped and the stored bytes delivered.
     finishing.set(true);
@@ -714,15 +719,18 @@ fn buffer_memory_bounds_all_buffers() {
         engine.end_batch();
     }
     let st = engine.stats().clone();
-    let granted = MEM / u64::from(CAP);
     eprintln!(
-        "buffer memory: {} sides, max buffer_bytes {max_bytes} (limit {MEM}), granted {granted}, \
-         refusals {}",
+        "buffer memory: {} sides, max buffer_bytes {max_bytes} (limit {MEM}), refusals {}",
         2 * FLOWS,
         st.buffer_memory_refusals
     );
-    assert_eq!(max_bytes, MEM);
-    assert_eq!(st.buffer_memory_refusals, 2 * u64::from(FLOWS) - granted);
+    // The budget charges what buffers hold (4 KiB each, then each doubling), so it fills
+    // up to within one growth step, and both new buffers and growth are refused beyond.
+    assert!(
+        max_bytes <= MEM && max_bytes > MEM - u64::from(CAP),
+        "{max_bytes}"
+    );
+    assert!(st.buffer_memory_refusals > 2 * u64::from(FLOWS) - MEM / 4096);
     assert_eq!(*oom_errors.borrow(), st.buffer_memory_refusals);
     assert_eq!(st.flows_live, u64::from(FLOWS));
     engine.finish(EndReason::Eof);

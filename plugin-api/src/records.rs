@@ -189,6 +189,10 @@ pub struct StreamFields<'a> {
     pub close: &'a str,
     /// Picked up mid-stream (no SYN seen).
     pub partial: bool,
+    /// A side was refused a receive buffer (the engine's `buffer_memory` was exhausted):
+    /// the bytes it could not store are counted in that direction's `missing`, so the
+    /// record never claims a stream it did not see.
+    pub buffer_refused: bool,
     /// Client → server.
     pub c2s: DirectionFields<'a>,
     /// Server → client.
@@ -197,11 +201,12 @@ pub struct StreamFields<'a> {
 
 #[cfg(feature = "json")]
 impl StreamFields<'_> {
-    /// The record as one line of JSON (no newline), keys in sorted order; `partial` only
-    /// when true, each digest only when computed:
+    /// The record as one line of JSON (no newline), keys in sorted order; `partial` and
+    /// `buffer_refused` only when true, each digest only when computed:
     ///
     /// ```text
-    /// {"c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
+    /// {"buffer_refused":true,
+    ///  "c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
     ///  "client":"IP:PORT","close":"fin","end":SECS.MICROS,"partial":true,
     ///  "s2c":{...},"server":"IP:PORT","start":SECS.MICROS}
     /// ```
@@ -239,6 +244,9 @@ impl StreamFields<'_> {
         });
         if self.partial {
             v["partial"] = Value::Bool(true);
+        }
+        if self.buffer_refused {
+            v["buffer_refused"] = Value::Bool(true);
         }
         v.to_string()
     }

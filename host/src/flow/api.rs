@@ -363,7 +363,7 @@ impl<'a> Cx<'a> {
         let Some(old) = s.buf.take() else {
             return Ok(());
         };
-        self.stats.buffer_bytes -= old.capacity();
+        self.stats.buffer_bytes -= old.storage() as u64;
         if capacity == 0 {
             s.rx_next = old.contig_end();
             return Ok(());
@@ -389,7 +389,11 @@ impl<'a> Cx<'a> {
                 if got == 0 {
                     break;
                 }
-                new.write(off, &tmp[..got], OverlapPolicy::First);
+                let room = self.table.pool.room(self.stats.buffer_bytes);
+                let out = new.write(off, &tmp[..got], OverlapPolicy::First, room);
+                self.table
+                    .pool
+                    .charge(out.grown, &mut self.stats.buffer_bytes);
                 off += got as u64;
             }
         }

@@ -9,8 +9,11 @@
 //! nothing about events: the engine decides when the head may advance and tells monitors.
 //!
 //! Also here: the [`BufferPool`], which hands out buffers within the engine's
-//! `buffer_memory` budget and keeps freed ones for reuse. Must not: know about flows,
-//! sides or events (callers say how many bytes are in use).
+//! `buffer_memory` budget and keeps freed ones for reuse. The budget counts the memory a
+//! buffer holds (its storage), not its window: a new buffer is charged its initial
+//! storage, a write that grows the storage is charged the growth (and refused when the
+//! budget has no room for it), and a freed buffer gives its storage back. Must not: know
+//! about flows, sides or events (callers say how many bytes are in use).
 
 /// At most this many disjoint fragments per side; a segment that would need one more is
 /// dropped and counted.
@@ -38,6 +41,10 @@ pub(crate) struct WriteOutcome {
     pub(crate) new: u64,
     /// The segment needed a fragment beyond [`MAX_FRAGMENTS`] and was dropped.
     pub(crate) fragment_limit: bool,
+    /// The segment needed more storage than the budget had room for and was dropped.
+    pub(crate) refused: bool,
+    /// Bytes the storage grew by (to be charged to the budget).
+    pub(crate) grown: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,28 +96,48 @@ impl RecvBuffer {
         self.cap
     }
 
-    /// Bytes of memory the ring holds now (at most the capacity).
-    #[cfg(test)]
+    /// Bytes of memory the ring holds now (at most the capacity): what the budget is
+    /// charged for this buffer.
+    #[inline]
     pub(crate) fn storage(&self) -> usize {
         self.data.len()
     }
 
+    /// Gives back grown storage (a freed buffer goes to the pool small); returns the
+    /// bytes released.
+    pub(crate) fn shrink(&mut self) -> u64 {
+        let small = (self.cap as usize).min(INITIAL_STORAGE);
+        let before = self.data.len();
+        if before <= small {
+            return 0;
+        }
+        self.nfrags = 0;
+        self.data = vec![0u8; small].into_boxed_slice();
+        (before - small) as u64
+    }
+
     /// Makes the ring big enough for every stored byte and `[head, end)`: doubles it (at
     /// least), up to the capacity, moving the stored fragments to their new positions.
+    /// Returns the bytes it grew by, or `None` when that would be more than `room`.
     #[inline]
-    fn make_room(&mut self, end: u64) {
+    fn make_room(&mut self, end: u64, room: u64) -> Option<u64> {
         let need = end.max(self.last_end()) - self.head;
         if need > self.data.len() as u64 {
-            self.grow(need);
+            return self.grow(need, room);
         }
+        Some(0)
     }
 
     #[cold]
-    fn grow(&mut self, need: u64) {
+    fn grow(&mut self, need: u64, room: u64) -> Option<u64> {
         let len = need
             .max(2 * self.data.len() as u64)
             .next_power_of_two()
             .min(self.cap) as usize;
+        let grown = (len - self.data.len()) as u64;
+        if grown > room {
+            return None;
+        }
         let old = std::mem::replace(&mut self.data, vec![0u8; len].into_boxed_slice());
         let old_len = old.len() as u64;
         for f in &self.frags[..self.nfrags] {
@@ -124,6 +151,7 @@ impl RecvBuffer {
                 off += m as u64;
             }
         }
+        Some(grown)
     }
 
     /// The oldest offset the window can hold.
@@ -240,21 +268,35 @@ impl RecvBuffer {
         self.nfrags = keep;
     }
 
-    /// Stores `bytes` at `off`. The caller has clipped the segment to the window:
-    /// `head <= off` and `off + bytes.len() <= head + capacity`.
-    pub(crate) fn write(&mut self, off: u64, bytes: &[u8], policy: OverlapPolicy) -> WriteOutcome {
+    /// Stores `bytes` at `off`, growing the storage by at most `room` bytes (the budget's
+    /// headroom; the outcome says how much it grew, or that it was refused). The caller has
+    /// clipped the segment to the window: `head <= off` and `off + bytes.len() <= head +
+    /// capacity`.
+    pub(crate) fn write(
+        &mut self,
+        off: u64,
+        bytes: &[u8],
+        policy: OverlapPolicy,
+        room: u64,
+    ) -> WriteOutcome {
         let end = off + bytes.len() as u64;
         debug_assert!(off >= self.head && end <= self.head + self.capacity());
         if bytes.is_empty() {
             return WriteOutcome::default();
         }
-        self.make_room(end);
+        let Some(grown) = self.make_room(end, room) else {
+            return WriteOutcome {
+                refused: true,
+                ..WriteOutcome::default()
+            };
+        };
         // Fragments [lo, hi) touch or overlap the new segment.
         let lo = self.frags[..self.nfrags].partition_point(|f| f.end < off);
         let hi = self.frags[..self.nfrags].partition_point(|f| f.start <= end);
         if lo == hi && self.nfrags == MAX_FRAGMENTS {
             return WriteOutcome {
                 fragment_limit: true,
+                grown,
                 ..WriteOutcome::default()
             };
         }
@@ -309,6 +351,8 @@ impl RecvBuffer {
             overlap,
             new: bytes.len() as u64 - overlap,
             fragment_limit: false,
+            refused: false,
+            grown,
         }
     }
 
@@ -332,9 +376,9 @@ impl RecvBuffer {
 /// Bytes of freed buffers kept for reuse, at most (and never beyond `buffer_memory`).
 const POOL_BYTES: u64 = 64 << 20;
 
-/// Freed receive buffers by capacity, reused before allocating. Buffers in use plus
-/// buffers pooled never exceed the budget (`buffer_memory`); the bytes in use are the
-/// caller's counter (`Stats::buffer_bytes`), passed in.
+/// Freed receive buffers by capacity, reused before allocating. The storage of buffers in
+/// use plus buffers pooled never exceeds the budget (`buffer_memory`); the bytes in use are
+/// the caller's counter (`Stats::buffer_bytes`), passed in.
 pub(crate) struct BufferPool {
     // The boxes move between sides and this pool without copying the buffers.
     #[allow(clippy::vec_box)]
@@ -355,8 +399,9 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of `cap` bytes whose window starts at `head`, counted into `in_use`;
-    /// `None` when the budget is exhausted. A pooled buffer of that size is reused.
+    /// A buffer of `cap` bytes whose window starts at `head`, its initial storage counted
+    /// into `in_use`; `None` when the budget is exhausted. A pooled buffer of that size is
+    /// reused.
     pub(crate) fn alloc(
         &mut self,
         cap: u32,
@@ -364,10 +409,11 @@ impl BufferPool {
         in_use: &mut u64,
     ) -> Option<Box<RecvBuffer>> {
         let cap64 = u64::from(cap);
-        if *in_use + cap64 > self.limit {
+        let initial = cap64.clamp(1, INITIAL_STORAGE as u64);
+        if *in_use + initial > self.limit {
             return None;
         }
-        *in_use += cap64;
+        *in_use += initial;
         if let Some(mut b) = self.take(cap64) {
             b.reset(head);
             return Some(b);
@@ -379,17 +425,39 @@ impl BufferPool {
         Some(Box::new(RecvBuffer::new(cap as usize, head)))
     }
 
-    /// Returns a buffer that was counted into `in_use`: uncounts it and keeps it if the
-    /// pool and the budget allow.
+    /// Returns a buffer that was counted into `in_use`: uncounts its storage and keeps it
+    /// (shrunk to its initial storage) if the pool and the budget allow.
     pub(crate) fn free(&mut self, b: Box<RecvBuffer>, in_use: &mut u64) {
-        *in_use -= b.capacity();
+        *in_use = in_use.saturating_sub(b.storage() as u64);
         self.recycle(b, *in_use);
     }
 
-    /// Keeps `b` if the pool and the budget (`limit` minus `in_use`) allow.
-    pub(crate) fn recycle(&mut self, b: Box<RecvBuffer>, in_use: u64) {
+    /// Headroom for growing a buffer in use: the budget minus what is in use. Pooled
+    /// buffers give way ([`BufferPool::charge`]).
+    #[inline]
+    pub(crate) fn room(&self, in_use: u64) -> u64 {
+        self.limit.saturating_sub(in_use)
+    }
+
+    /// Counts `grown` bytes of storage into `in_use`; empties the pool if in use plus
+    /// pooled would pass the budget.
+    #[inline]
+    pub(crate) fn charge(&mut self, grown: u64, in_use: &mut u64) {
+        if grown > 0 {
+            *in_use += grown;
+            if *in_use + self.bytes > self.limit {
+                self.clear();
+            }
+        }
+    }
+
+    /// Keeps `b` (not counted in `in_use`), shrunk to its initial storage, if the pool and
+    /// the budget (`limit` minus `in_use`) allow.
+    pub(crate) fn recycle(&mut self, mut b: Box<RecvBuffer>, in_use: u64) {
         let cap = b.capacity();
-        if self.bytes + cap > POOL_BYTES.min(self.limit.saturating_sub(in_use)) {
+        b.shrink();
+        let size = b.storage() as u64;
+        if self.bytes + size > POOL_BYTES.min(self.limit.saturating_sub(in_use)) {
             return;
         }
         let i = match self.by_cap.iter().position(|(c, _)| *c == cap) {
@@ -400,7 +468,7 @@ impl BufferPool {
             }
         };
         self.by_cap[i].1.push(b);
-        self.bytes += cap;
+        self.bytes += size;
     }
 
     fn take(&mut self, cap: u64) -> Option<Box<RecvBuffer>> {
@@ -409,7 +477,7 @@ impl BufferPool {
             .iter_mut()
             .find(|(c, _)| *c == cap)
             .and_then(|(_, v)| v.pop())?;
-        self.bytes -= cap;
+        self.bytes -= b.storage() as u64;
         Some(b)
     }
 
@@ -429,6 +497,9 @@ impl BufferPool {
 mod tests {
     use super::*;
 
+    /// No budget limit on growth.
+    const ROOM: u64 = u64::MAX;
+
     fn pattern(off: u64) -> u8 {
         (off.wrapping_mul(0x9e37_79b9) >> 13) as u8
     }
@@ -444,14 +515,20 @@ mod tests {
         let seg = |off: u64, len: u64| -> Vec<u8> { (off..off + len).map(pattern).collect() };
         // In order within the first 4 KiB (wrapping in the small ring), then a fragment far
         // ahead that needs 16 KiB, then one that needs the whole window.
-        b.write(head, &seg(head, 3000), OverlapPolicy::First);
+        b.write(head, &seg(head, 3000), OverlapPolicy::First, ROOM);
         assert_eq!(b.storage(), INITIAL_STORAGE);
-        b.write(head + 9000, &seg(head + 9000, 5000), OverlapPolicy::First);
+        b.write(
+            head + 9000,
+            &seg(head + 9000, 5000),
+            OverlapPolicy::First,
+            ROOM,
+        );
         assert_eq!(b.storage(), 16384);
         b.write(
             head + 60_000,
             &seg(head + 60_000, 5536),
             OverlapPolicy::First,
+            ROOM,
         );
         assert_eq!(b.storage(), cap);
         for (start, len) in [(head, 3000u64), (head + 9000, 5000), (head + 60_000, 5536)] {
@@ -461,7 +538,7 @@ mod tests {
         }
         // A short stream never grows: 4 KiB, not 64.
         let mut small = RecvBuffer::new(cap, 0);
-        small.write(0, &seg(0, 1000), OverlapPolicy::First);
+        small.write(0, &seg(0, 1000), OverlapPolicy::First, ROOM);
         assert_eq!(small.storage(), INITIAL_STORAGE);
         // Capacity smaller than the initial storage.
         assert_eq!(RecvBuffer::new(100, 0).storage(), 100);
@@ -474,10 +551,10 @@ mod tests {
     #[test]
     fn in_order_and_out_of_order_merge() {
         let mut b = RecvBuffer::new(16, 0);
-        assert_eq!(b.write(4, b"efgh", OverlapPolicy::First).new, 4);
+        assert_eq!(b.write(4, b"efgh", OverlapPolicy::First, ROOM).new, 4);
         assert_eq!(b.contig_end(), 0);
         assert_eq!(b.first_gap_end(), Some(4));
-        b.write(0, b"abcd", OverlapPolicy::First);
+        b.write(0, b"abcd", OverlapPolicy::First, ROOM);
         assert_eq!(frags(&b), vec![(0, 8)]);
         assert_eq!(b.contig_end(), 8);
         let mut out = [0u8; 16];
@@ -493,10 +570,10 @@ mod tests {
             (OverlapPolicy::Last, b"abZZZZgh"),
         ] {
             let mut b = RecvBuffer::new(16, 0);
-            b.write(0, b"abcd", policy);
-            b.write(4, b"XY", policy);
-            b.write(6, b"gh", policy);
-            let o = b.write(2, b"ZZZZ", policy);
+            b.write(0, b"abcd", policy, ROOM);
+            b.write(4, b"XY", policy, ROOM);
+            b.write(6, b"gh", policy, ROOM);
+            let o = b.write(2, b"ZZZZ", policy, ROOM);
             assert_eq!(o.overlap, 4);
             assert_eq!(o.new, 0);
             let mut out = [0u8; 8];
@@ -508,9 +585,9 @@ mod tests {
     #[test]
     fn first_policy_fills_only_holes() {
         let mut b = RecvBuffer::new(32, 0);
-        b.write(2, b"cc", OverlapPolicy::First);
-        b.write(6, b"gg", OverlapPolicy::First);
-        let o = b.write(0, b"0123456789", OverlapPolicy::First);
+        b.write(2, b"cc", OverlapPolicy::First, ROOM);
+        b.write(6, b"gg", OverlapPolicy::First, ROOM);
+        let o = b.write(0, b"0123456789", OverlapPolicy::First, ROOM);
         assert_eq!((o.overlap, o.new), (4, 6));
         let mut out = [0u8; 10];
         b.read(0, &mut out);
@@ -521,10 +598,10 @@ mod tests {
     #[test]
     fn ring_wraps_and_head_advances() {
         let mut b = RecvBuffer::new(8, 0);
-        b.write(0, b"abcdefgh", OverlapPolicy::First);
+        b.write(0, b"abcdefgh", OverlapPolicy::First, ROOM);
         b.advance_head(6);
         assert_eq!(frags(&b), vec![(6, 2)]);
-        b.write(8, b"ijklmn", OverlapPolicy::First);
+        b.write(8, b"ijklmn", OverlapPolicy::First, ROOM);
         let mut out = [0u8; 8];
         assert_eq!(b.read(6, &mut out), Some(8));
         assert_eq!(&out, b"ghijklmn");
@@ -535,8 +612,8 @@ mod tests {
     #[test]
     fn skipped_gap_keeps_earlier_bytes() {
         let mut b = RecvBuffer::new(64, 0);
-        b.write(0, b"abcd", OverlapPolicy::First);
-        b.write(8, b"ijkl", OverlapPolicy::First);
+        b.write(0, b"abcd", OverlapPolicy::First, ROOM);
+        b.write(8, b"ijkl", OverlapPolicy::First, ROOM);
         assert_eq!(b.contig_end(), 4);
         assert_eq!(b.first_gap_end(), Some(8));
         b.skip_to(8);
@@ -551,7 +628,7 @@ mod tests {
         // An acknowledged gap beyond every fragment.
         b.skip_to(20);
         assert_eq!(b.readable_at(12), Err(8));
-        b.write(20, b"uv", OverlapPolicy::First);
+        b.write(20, b"uv", OverlapPolicy::First, ROOM);
         assert_eq!(b.contig_end(), 22);
     }
 
@@ -560,24 +637,27 @@ mod tests {
         let mut b = RecvBuffer::new(4096, 0);
         for i in 0..MAX_FRAGMENTS as u64 {
             assert!(
-                !b.write(1 + i * 4, b"x", OverlapPolicy::First)
+                !b.write(1 + i * 4, b"x", OverlapPolicy::First, ROOM)
                     .fragment_limit
             );
         }
-        assert!(b.write(1000, b"y", OverlapPolicy::First).fragment_limit);
+        assert!(
+            b.write(1000, b"y", OverlapPolicy::First, ROOM)
+                .fragment_limit
+        );
         // A segment touching an existing fragment still merges.
-        assert!(!b.write(2, b"z", OverlapPolicy::First).fragment_limit);
+        assert!(!b.write(2, b"z", OverlapPolicy::First, ROOM).fragment_limit);
         assert_eq!(b.fragments().count(), MAX_FRAGMENTS);
     }
 
     #[test]
     fn bridging_segment_merges_many() {
         let mut b = RecvBuffer::new(64, 0);
-        b.write(10, b"aa", OverlapPolicy::First);
-        b.write(20, b"bb", OverlapPolicy::First);
-        b.write(30, b"cc", OverlapPolicy::First);
-        b.write(40, b"dd", OverlapPolicy::First);
-        b.write(12, &[b'-'; 20], OverlapPolicy::First);
+        b.write(10, b"aa", OverlapPolicy::First, ROOM);
+        b.write(20, b"bb", OverlapPolicy::First, ROOM);
+        b.write(30, b"cc", OverlapPolicy::First, ROOM);
+        b.write(40, b"dd", OverlapPolicy::First, ROOM);
+        b.write(12, &[b'-'; 20], OverlapPolicy::First, ROOM);
         assert_eq!(frags(&b), vec![(10, 22), (40, 2)]);
     }
 
@@ -605,7 +685,7 @@ mod tests {
     fn pool_keeps_at_most_pool_bytes() {
         let mut pool = BufferPool::new(1 << 30);
         let mut in_use = 0;
-        let cap = 4u32 << 20;
+        let cap = INITIAL_STORAGE as u32;
         let n = POOL_BYTES / u64::from(cap) + 1;
         let bufs: Vec<_> = (0..n)
             .map(|_| pool.alloc(cap, 0, &mut in_use).unwrap())
@@ -622,7 +702,7 @@ mod tests {
         let mut pool = BufferPool::new(1 << 20);
         let mut in_use = 0;
         let mut a = pool.alloc(1000, 0, &mut in_use).unwrap();
-        a.write(0, b"hello", OverlapPolicy::First);
+        a.write(0, b"hello", OverlapPolicy::First, ROOM);
         let addr = &*a as *const RecvBuffer;
         pool.free(a, &mut in_use);
         let b = pool.alloc(1000, 500, &mut in_use).unwrap();
@@ -647,5 +727,32 @@ mod tests {
         assert_eq!(pool.pooled(), 1000);
         let _b = pool.alloc(2500, 0, &mut in_use).unwrap();
         assert_eq!(pool.pooled(), 0, "in use + pooled would be 3500 > 3000");
+    }
+
+    #[test]
+    fn budget_charges_storage_not_window() {
+        // Four 256 KiB windows in a 64 KiB budget: each holds 4 KiB until it grows.
+        let mut pool = BufferPool::new(64 << 10);
+        let mut in_use = 0;
+        let mut bufs: Vec<_> = (0..4)
+            .map(|_| pool.alloc(256 << 10, 0, &mut in_use).expect("4 KiB each"))
+            .collect();
+        assert_eq!(in_use, 4 * INITIAL_STORAGE as u64);
+        // A byte 40 KiB ahead needs 64 KiB of storage: more than the room left.
+        let far = 40 << 10;
+        let out = bufs[0].write(far, b"x", OverlapPolicy::First, pool.room(in_use));
+        assert!(out.refused && out.grown == 0);
+        assert_eq!(bufs[0].storage(), INITIAL_STORAGE);
+        // 20 KiB ahead needs 32 KiB: it fits, and is charged.
+        let out = bufs[1].write(20 << 10, b"y", OverlapPolicy::First, pool.room(in_use));
+        assert!(!out.refused);
+        assert_eq!(out.grown, (32 << 10) - INITIAL_STORAGE as u64);
+        pool.charge(out.grown, &mut in_use);
+        assert_eq!(in_use, 3 * INITIAL_STORAGE as u64 + (32 << 10));
+        // Freeing gives back what it held, and the pool keeps it small.
+        let b = bufs.remove(1);
+        pool.free(b, &mut in_use);
+        assert_eq!(in_use, 3 * INITIAL_STORAGE as u64);
+        assert_eq!(pool.pooled(), INITIAL_STORAGE as u64);
     }
 }

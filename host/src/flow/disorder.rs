@@ -197,13 +197,25 @@ impl Engine {
                 stored.push((start + delta, bytes));
             }
         }
+        let room = self.core.table.pool.room(self.core.stats.buffer_bytes);
+        let f = self.core.table.flow_mut(slot);
         let r = &mut f.sides[receiver.index()];
         r.rx_base = seq;
         let policy = r.overlap;
+        let mut grown = 0;
         if let Some(b) = r.buf.as_mut() {
             b.reset(0);
+            // The bytes move up by `delta`: storage may grow, within the budget's room; a
+            // byte that finds no room is counted missing like any refused byte.
             for (start, bytes) in &stored {
-                b.write(*start, bytes, policy);
+                let out = b.write(*start, bytes, policy, room.saturating_sub(grown));
+                grown += out.grown;
+                if out.refused {
+                    r.refused = true;
+                    r.missing += bytes.len() as u64;
+                    self.core.stats.bytes_missing += bytes.len() as u64;
+                    self.core.stats.bytes_refused += bytes.len() as u64;
+                }
             }
         }
         r.rx_next = match r.buf.as_ref() {
@@ -220,6 +232,8 @@ impl Engine {
             *off = off.saturating_add(delta);
         }
         f.last.offset = f.last.offset.saturating_add(delta);
+        let core = &mut self.core;
+        core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
     }
 
     /// The ACK `ack` sent by `side` acknowledges its stream up to here: beyond the

@@ -90,8 +90,16 @@ impl Engine {
         };
         if side.capacity == 0 {
             // No buffer: track offsets only.
+            let e = off + bytes.len() as u64;
+            if side.refused && e > side.rx_next {
+                // Refused by the budget: what was never stored is missing to readers.
+                let lost = e - side.rx_next.max(off);
+                side.missing += lost;
+                core.stats.bytes_missing += lost;
+                core.stats.bytes_refused += lost;
+                side.rx_next = e;
+            }
             if off <= side.rx_next {
-                let e = off + bytes.len() as u64;
                 if e <= side.rx_next {
                     side.overlap_bytes += bytes.len() as u64;
                 }
@@ -108,6 +116,12 @@ impl Engine {
                     core.stats.buffer_memory_refusals += 1;
                     let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
                     side.capacity = 0;
+                    side.refused = true;
+                    let lost = (off + bytes.len() as u64).saturating_sub(contig.max(off));
+                    side.missing += lost;
+                    side.rx_next = side.rx_next.max(off + bytes.len() as u64);
+                    core.stats.bytes_missing += lost;
+                    core.stats.bytes_refused += lost;
                     self.error(slot, receiver, ErrorKind::OutOfBufferMemory, order, pkt);
                     return;
                 }
@@ -176,12 +190,28 @@ impl Engine {
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let policy = side.overlap;
         let before = side.contig();
+        let room = core.table.pool.room(core.stats.buffer_bytes);
+        let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let out = side
             .buf
             .as_mut()
             .expect("created above")
-            .write(off, bytes, policy);
+            .write(off, bytes, policy, room);
         side.overlap_bytes += out.overlap;
+        if out.refused {
+            // The budget had no room to grow the storage: the segment is not stored.
+            side.refused = true;
+            let lost = bytes.len() as u64;
+            side.missing += lost;
+            core.stats.bytes_missing += lost;
+            core.stats.bytes_refused += lost;
+            core.stats.buffer_memory_refusals += 1;
+            self.error(slot, receiver, ErrorKind::OutOfBufferMemory, order, pkt);
+            return;
+        }
+        core.table
+            .pool
+            .charge(out.grown, &mut core.stats.buffer_bytes);
         if out.fragment_limit {
             core.stats.fragment_limit_drops += 1;
             self.error(slot, receiver, ErrorKind::FragmentLimit, order, pkt);

@@ -42,10 +42,13 @@ pub struct Stats {
     pub fragment_limit_drops: u64,
     /// Sides that got no buffer because `buffer_memory` was exhausted.
     pub buffer_memory_refusals: u64,
-    /// Bytes skipped over gaps that were never filled.
+    /// Bytes skipped over gaps that were never filled, and bytes not stored because the
+    /// budget refused a buffer (those also in `bytes_refused`).
     pub bytes_missing: u64,
     /// Packets of a connection that had already closed (matched its tombstone).
     pub late: u64,
+    /// Payload bytes not stored because `buffer_memory` refused a buffer or its growth.
+    pub bytes_refused: u64,
     /// Events delivered to monitors.
     pub events: u64,
     /// Flows currently tracked.
@@ -80,6 +83,7 @@ impl Stats {
         self.buffer_memory_refusals += other.buffer_memory_refusals;
         self.bytes_missing += other.bytes_missing;
         self.late += other.late;
+        self.bytes_refused += other.bytes_refused;
         self.events += other.events;
         self.flows_live += other.flows_live;
         self.buffer_bytes += other.buffer_bytes;
@@ -122,6 +126,7 @@ mod tests {
                 reassembled: 23,
                 ..crate::ip::Stats::default()
             },
+            bytes_refused: 24,
         };
         let mut sum = Stats::default();
         sum.merge(&one);

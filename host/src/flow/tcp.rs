@@ -48,6 +48,9 @@ pub(crate) struct SideState {
     pub(crate) newdata_mark: u64,
     pub(crate) missing: u64,
     pub(crate) overlap_bytes: u64,
+    /// The budget refused this side a buffer (or its growth): bytes it could not store
+    /// count as missing.
+    pub(crate) refused: bool,
 }
 
 impl SideState {
@@ -77,6 +80,7 @@ impl SideState {
             newdata_mark: 0,
             missing: 0,
             overlap_bytes: 0,
+            refused: false,
         }
     }
 

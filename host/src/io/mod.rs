@@ -28,6 +28,7 @@
 //! its safety argument.
 
 pub mod afpacket;
+mod mapguard;
 pub mod netmap;
 pub mod pcap;
 pub mod replay;

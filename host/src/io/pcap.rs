@@ -44,10 +44,14 @@
 //! # Memory map caveat
 //!
 //! The file is mapped, not read. If another process truncates the file while it is mapped,
-//! touching the vanished pages raises `SIGBUS` and kills the process; there is no way to
-//! turn that into an error. Do not point flowpeek at a capture that is being rotated or
-//! rewritten in place (appending, as a live `tcpdump -w` does, is harmless: the map keeps the
-//! length it had at open).
+//! touching the vanished pages raises `SIGBUS`; the mapping is registered with
+//! [`super::mapguard`], whose handler maps zero pages over the vanished range and raises a
+//! flag. The iterator touches each packet's last byte and checks that flag before handing
+//! the packet out, so it stops with [`CaptureError::Shrank`] ("the file shrank to N bytes
+//! while being read") and never delivers bytes that were not in the file; every packet
+//! before was handed out. The cost per packet is one load of a flag nobody writes.
+//! Appending, as a live `tcpdump -w` does, is harmless: the map keeps the length it had at
+//! open.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -55,9 +59,12 @@ use std::iter::FusedIterator;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+
+use super::mapguard::MapGuard;
 use pcap_parser::nom;
 use pcap_parser::pcapng::{Block, OptionCode};
 use pcap_parser::PcapError;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::wire::LinkType;
 
@@ -172,6 +179,17 @@ pub enum CaptureError {
         /// Bytes left in the file from `offset`.
         available: u64,
     },
+    /// Another process truncated the file while it was being read. Every packet before
+    /// `offset` has been yielded.
+    #[error("{}: the file shrank to {size} bytes while being read (reading byte {offset}); packets before it were read (do not truncate or rewrite a capture in place while flowpeek reads it)", .path.display())]
+    Shrank {
+        /// The path given.
+        path: PathBuf,
+        /// The file's size when the shrink was noticed.
+        size: u64,
+        /// Byte offset of the record being read.
+        offset: u64,
+    },
     /// A record is inconsistent; nothing after it can be trusted. Every record before it has
     /// been yielded.
     #[error("{}: corrupt {what} at byte {offset}: {detail}; packets before it were read, nothing after it is (repair the file, e.g. with pcapfix, or cut it before that offset)", .path.display())]
@@ -199,6 +217,7 @@ impl CaptureError {
             | CaptureError::Empty { path }
             | CaptureError::NotACapture { path, .. }
             | CaptureError::Truncated { path, .. }
+            | CaptureError::Shrank { path, .. }
             | CaptureError::Corrupt { path, .. } => path,
         }
     }
@@ -206,9 +225,9 @@ impl CaptureError {
     /// Byte offset in the file of the record the error is about, if it is about one.
     pub fn offset(&self) -> Option<u64> {
         match self {
-            CaptureError::Truncated { offset, .. } | CaptureError::Corrupt { offset, .. } => {
-                Some(*offset)
-            }
+            CaptureError::Truncated { offset, .. }
+            | CaptureError::Shrank { offset, .. }
+            | CaptureError::Corrupt { offset, .. } => Some(*offset),
             _ => None,
         }
     }
@@ -252,7 +271,11 @@ enum Layout {
 /// A capture file (pcap or pcapng), mapped read-only into memory.
 #[derive(Debug)]
 pub struct CaptureFile {
+    /// Declared before `map`: unregistered before the mapping goes away.
+    guard: MapGuard,
     map: Mmap,
+    /// Kept open to tell the size the file shrank to.
+    file: File,
     path: PathBuf,
     layout: Layout,
 }
@@ -295,9 +318,12 @@ impl CaptureFile {
                 path: path.to_path_buf(),
             });
         }
+        let guard = MapGuard::register(map.as_ptr(), map.len());
         let layout = detect(&map, path)?;
         Ok(CaptureFile {
+            guard,
             map,
+            file,
             path: path.to_path_buf(),
             layout,
         })
@@ -313,6 +339,8 @@ impl CaptureFile {
         };
         Packets {
             bytes: &self.map,
+            shrank: self.guard.flag(),
+            file: &self.file,
             path: &self.path,
             layout: self.layout,
             pos,
@@ -348,9 +376,8 @@ fn map_read_only(file: &File) -> std::io::Result<Mmap> {
     // shrink, under us while the map is alive. We map read-only and never write through the
     // map. Content changes by another process can at worst make us parse different bytes,
     // which every parser here tolerates (bounds-checked, no panics). If another process
-    // truncates the file while it is mapped, reading the vanished pages raises SIGBUS and
-    // kills the process: that risk is accepted and documented in the module docs (do not
-    // read captures that are being rotated or rewritten in place).
+    // truncates the file while it is mapped, reading the vanished pages raises SIGBUS,
+    // which the guard registered by `open` turns into zero pages and a flag (module docs).
     unsafe { Mmap::map(file) }
 }
 
@@ -550,6 +577,9 @@ struct NgState {
 #[derive(Debug)]
 pub struct Packets<'a> {
     bytes: &'a [u8],
+    /// Raised by the `SIGBUS` guard when the file shrank under the map.
+    shrank: &'static AtomicBool,
+    file: &'a File,
     path: &'a Path,
     layout: Layout,
     /// Offset of the next record; always `<= bytes.len()`.
@@ -565,10 +595,25 @@ impl<'a> Iterator for Packets<'a> {
         if self.done {
             return None;
         }
+        let at = self.pos as u64;
         let step = match self.layout {
             Layout::Pcap(info) => self.next_pcap(&info),
             Layout::PcapNg => self.next_ng(),
         };
+        // Fault in the packet's last page (the file shrinks from its end) before checking
+        // whether any byte read so far came from past the file's new end.
+        if let Ok(Some(p)) = &step {
+            std::hint::black_box(p.data.last().copied());
+        }
+        if self.shrank.load(Ordering::Acquire) {
+            self.done = true;
+            let size = self.file.metadata().map_or(0, |m| m.len());
+            return Some(Err(CaptureError::Shrank {
+                path: self.path.to_path_buf(),
+                size,
+                offset: at,
+            }));
+        }
         match step {
             Ok(Some(packet)) => Some(Ok(packet)),
             Ok(None) => {

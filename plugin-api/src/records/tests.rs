@@ -230,6 +230,7 @@ fn stream_record_byte_for_byte() {
         end: 2_000_000_000,
         close: close_name(Some(EndReason::Fin)),
         partial: false,
+        buffer_refused: false,
         c2s: DirectionFields {
             bytes: 1234,
             missing: 5,
@@ -261,6 +262,7 @@ fn stream_record_byte_for_byte() {
     );
     let xxh = StreamFields {
         partial: true,
+        buffer_refused: true,
         close: close_name(None),
         c2s: DirectionFields {
             sha256: None,
@@ -273,7 +275,7 @@ fn stream_record_byte_for_byte() {
     assert_eq!(
         xxh.to_json(),
         concat!(
-            r#"{"c2s":{"bytes":1234,"missing":5,"overlap":6,"xxh3":"000000000000feed"},"#,
+            r#"{"buffer_refused":true,"c2s":{"bytes":1234,"missing":5,"overlap":6,"xxh3":"000000000000feed"},"#,
             r#""client":"192.0.2.1:51000","close":"eof","end":2.0,"partial":true,"#,
             r#""s2c":{"bytes":0,"crc32":"00000000","missing":0,"overlap":0},"#,
             r#""server":"[2001:db8::1]:443","start":1500000.123456}"#

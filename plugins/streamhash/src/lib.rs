@@ -11,7 +11,9 @@
 //! ```
 //!
 //! (one line, keys in sorted order; `partial` only when the connection was picked up
-//! mid-stream). `bytes` were delivered in order and hashed (SHA-256, CRC-32 IEEE); `missing`
+//! mid-stream; `"buffer_refused":true` only when the host's `--buffer-memory` refused a
+//! side its buffer: the bytes it could not store are then counted in `missing`, so the
+//! record never claims a stream it did not see). `bytes` were delivered in order and hashed (SHA-256, CRC-32 IEEE); `missing`
 //! bytes were skipped over gaps or lost; `overlap` bytes arrived more than once. `close` is
 //! `fin`, `rst`, `timeout`, `evicted`, or `eof` for any other end (end of capture, shutdown,
 //! reload, stop).
@@ -62,6 +64,8 @@ struct Direction {
     digests: Digests,
     bytes: u64,
     lost: u64,
+    /// The host refused this direction's buffer (`OutOfBufferMemory`).
+    refused: bool,
 }
 
 impl Direction {
@@ -76,6 +80,7 @@ impl Direction {
             },
             bytes: 0,
             lost: 0,
+            refused: false,
         }
     }
 
@@ -92,7 +97,9 @@ impl Direction {
     }
 
     /// The record's fields; `sha256` receives the hex digest the fields borrow.
-    fn fields(self, overlap: u64, sha256: &mut String) -> DirectionFields<'_> {
+    /// `missing` is the host's count of the side's missing bytes, which includes the
+    /// bytes a refused buffer could not store.
+    fn fields(self, overlap: u64, missing: u64, sha256: &mut String) -> DirectionFields<'_> {
         let (mut crc32, mut xxh3) = (None, None);
         match self.digests {
             Digests::Sha256(sha, crc) => {
@@ -104,7 +111,11 @@ impl Direction {
         }
         DirectionFields {
             bytes: self.bytes,
-            missing: self.lost,
+            missing: if self.refused {
+                self.lost.max(missing)
+            } else {
+                self.lost
+            },
             overlap,
             sha256: (!sha256.is_empty()).then_some(sha256.as_str()),
             crc32,
@@ -186,9 +197,14 @@ impl StreamHash {
         else {
             return;
         };
-        let overlap = |s: Side| cx.buffer_info(flow, s).map_or(0, |i| i.overlap);
-        let (c2s_overlap, s2c_overlap) = (overlap(Side::Server), overlap(Side::Client));
+        let info = |s: Side| {
+            cx.buffer_info(flow, s)
+                .map_or((0, 0), |i| (i.overlap, i.missing))
+        };
+        let ((c2s_overlap, c2s_missing), (s2c_overlap, s2c_missing)) =
+            (info(Side::Server), info(Side::Client));
         let [cli, svr] = live.dirs;
+        let buffer_refused = cli.refused || svr.refused;
         let (mut c2s_sha, mut s2c_sha) = (String::new(), String::new());
         // The server side's buffer holds what the client sent.
         let record = StreamFields {
@@ -198,8 +214,9 @@ impl StreamHash {
             end,
             close: records::close_name(reason),
             partial,
-            c2s: svr.fields(c2s_overlap, &mut c2s_sha),
-            s2c: cli.fields(s2c_overlap, &mut s2c_sha),
+            buffer_refused,
+            c2s: svr.fields(c2s_overlap, c2s_missing, &mut c2s_sha),
+            s2c: cli.fields(s2c_overlap, s2c_missing, &mut s2c_sha),
         };
         let _ = cx.emit(&record.to_json());
     }
@@ -223,6 +240,7 @@ impl Monitor for StreamHash {
         Subscriptions::none()
             .with(EventKind::NewData, Hook::None)
             .with(EventKind::ConnEnd, Hook::Snd)
+            .with(EventKind::Error, Hook::None)
             .buffers(Buffer::AtLeast(self.buffer))
     }
 
@@ -237,6 +255,14 @@ impl Monitor for StreamHash {
         let Some(idx) = self.live.entry(cx, ev.flow, make) else {
             return;
         };
+        if ev.kind == EventKind::Error {
+            if ev.detail == Detail::Error(ErrorKind::OutOfBufferMemory) {
+                if let Some(live) = self.live.get_mut(idx) {
+                    live.dirs[side_index(side)].refused = true;
+                }
+            }
+            return;
+        }
         self.drain(cx, ev.flow, side, idx);
         if ev.kind == EventKind::ConnEnd {
             let reason = match ev.detail {
