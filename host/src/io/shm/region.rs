@@ -313,6 +313,12 @@ impl ShmRegion {
         &self.path
     }
 
+    /// Byte offset in the file of slot `slot` of ring `ring` (for tools and tests that
+    /// inspect a ring); `ring` and `slot` must be within the geometry.
+    pub fn slot_offset(&self, ring: usize, slot: usize) -> usize {
+        self.layout.slot_offset(ring, slot)
+    }
+
     /// The producer's pid.
     pub fn producer_pid(&self) -> u32 {
         self.pid
