@@ -1166,6 +1166,8 @@ pub fn positive_seconds(s: &str) -> Result<f64, String> {
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(format!("{s} seconds; give a duration above 0, e.g. --duration 5"))
+        Err(format!(
+            "{s} seconds; give a duration above 0, e.g. --duration 5"
+        ))
     }
 }

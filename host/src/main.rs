@@ -650,7 +650,9 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// workers end their flows, the plugins flush their records and the stats are written. A
 /// further signal, once [`STOP_GRACE`] has passed since the first, exits at once (130): the
 /// way out of a run whose plugin is stuck in a callback, which no flag can interrupt.
-fn on_stop_signals(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<(), ctrlc::Error> {
+fn on_stop_signals(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), ctrlc::Error> {
     let mut first: Option<std::time::Instant> = None;
     ctrlc::set_handler(move || {
         let Some(at) = first else {

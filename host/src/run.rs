@@ -51,7 +51,9 @@ pub enum SourceSpecError {
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
     Syntax(String),
     /// KIND:ARG with a kind that is not one of the four.
-    #[error("source {spec:?}: unknown kind {kind:?}; use pcap:FILE, shm:NAME, afpacket:IF or netmap:IF")]
+    #[error(
+        "source {spec:?}: unknown kind {kind:?}; use pcap:FILE, shm:NAME, afpacket:IF or netmap:IF"
+    )]
     UnknownKind {
         /// The whole spec.
         spec: String,

@@ -92,7 +92,11 @@ impl Outcome {
             "{what}: expected exit {code}; stderr:\n{}",
             self.stderr
         );
-        assert!(!self.stderr.contains("panicked"), "{what}:\n{}", self.stderr);
+        assert!(
+            !self.stderr.contains("panicked"),
+            "{what}:\n{}",
+            self.stderr
+        );
         self
     }
 
@@ -282,7 +286,16 @@ fn a_full_log_dir_loses_whole_records_only_says_so_and_fails() {
         cp "$2/tagger.jsonl" "$5/tagger.jsonl"
     "#;
     let st = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh", flowpeek()])
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            flowpeek(),
+        ])
         .arg(&logs)
         .arg(demo_source())
         .arg(plugins.path())
@@ -545,7 +558,8 @@ fn an_unknown_source_kind_and_loop_0_are_refused_for_what_they_are() {
         &["--loop", "0"],
     ))
     .finish(Duration::from_secs(20));
-    out.expect_code(2, "--loop 0").expect_says("--loop 0", &["--loop"]);
+    out.expect_code(2, "--loop 0")
+        .expect_says("--loop 0", &["--loop"]);
 }
 
 #[test]
@@ -567,8 +581,6 @@ fn a_budget_warning_gives_the_cpu_time_of_the_callback() {
         &["--quiet", "--plugin-budget-ms", "10"],
     ))
     .finish(Duration::from_secs(60));
-    out.expect_code(0, "budget").expect_says(
-        "budget",
-        &["past the budget", "ms of it on the CPU"],
-    );
+    out.expect_code(0, "budget")
+        .expect_says("budget", &["past the budget", "ms of it on the CPU"]);
 }

@@ -343,10 +343,8 @@ fn watch(budget: CallBudget, names: &Names, beats: &Beats, flagged: &AtomicU64, 
                     }
                 }
             }
-            let cpu_ms = on_cpu.map_or_else(
-                || "unknown".to_string(),
-                |(_, c)| c.as_millis().to_string(),
-            );
+            let cpu_ms =
+                on_cpu.map_or_else(|| "unknown".to_string(), |(_, c)| c.as_millis().to_string());
             let name = names.name(beat.plugin.load(Ordering::Relaxed));
             match s.said {
                 None => {

@@ -81,12 +81,9 @@ impl Drop for ShmRing {
     fn drop(&mut self) {
         if self.claimed {
             let me = std::process::id();
-            let _ = self.consumer_field().compare_exchange(
-                me,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let _ =
+                self.consumer_field()
+                    .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 }
