@@ -564,10 +564,12 @@ fn run(a: RunArgs) -> ExitCode {
             );
         }
     }
-    if report.plugins.is_empty() {
+    if report.plugins.is_empty() && !report.load_failures.is_empty() {
+        // (A directory without any library was warned about at the start.)
         eprintln!(
-            "flowpeek: warning: no plugin was loaded from {}: packets were counted, nothing was recorded",
-            opts.plugins.display()
+            "flowpeek: warning: no plugin was loaded from {} ({} failed to load): packets were counted, nothing was recorded",
+            opts.plugins.display(),
+            report.load_failures.len()
         );
     }
     let unsupported = report.stats.unsupported_link;
