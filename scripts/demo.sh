@@ -54,5 +54,12 @@ stats = json.load(open(f"{out}/stats.json"))
 print(f"demo: {stats['packets']} packets on {len(stats['cores'])} cores in {stats['seconds']:.1f} s; "
       f"{ok} of {len(sent)} completed connections reassembled byte-exact (streamhash vs the generator)")
 print(f"demo: plugin records in {out}/logs/ (streamhash.jsonl, midstat.jsonl, noop.jsonl); stats in {out}/stats.json")
-sys.exit(0 if ok == len(sent) else 1)
+# The generator writes one manifest line per completed connection: a demo that checked none,
+# or fewer than were completed, failed (a stalled run once checked "0 of 0" and passed).
+if not sent:
+    print("demo: FAILED: the generator completed no connection (is the machine overloaded?)", file=sys.stderr)
+    sys.exit(1)
+if ok < len(sent):
+    print(f"demo: FAILED: {len(sent) - ok} of {len(sent)} completed connections missing or not byte-exact", file=sys.stderr)
+    sys.exit(1)
 PY

@@ -58,8 +58,8 @@ pub struct RunArgs {
     /// No plugins: the engine-only path.
     #[arg(long)]
     pub no_plugins: bool,
-    /// Seconds of traffic.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of traffic (more than 0).
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     pub duration: f64,
     /// Packets per second offered (0: flat out).
     #[arg(long, default_value_t = 0)]
@@ -1156,5 +1156,18 @@ pub fn run_main(a: RunArgs) -> ExitCode {
             eprintln!("flowpeek-bench: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--duration`: a finite number of seconds above 0 (a run of no traffic measures nothing:
+/// its cycles per packet would be the process's start-up cost divided by a handful).
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} seconds; give a duration above 0, e.g. --duration 5"
+        ))
     }
 }

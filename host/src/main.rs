@@ -83,8 +83,8 @@ enum Command {
         /// Replay at this many packets per second (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         pace: u64,
-        /// Passes over the capture (each shifted in time after the previous).
-        #[arg(long = "loop", default_value_t = 1)]
+        /// Passes over the capture (each shifted in time after the previous), at least 1.
+        #[arg(long = "loop", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         loops: u32,
         /// Seconds (of packet time) an old generation keeps its flows after a reload; then
         /// they get ConnEnd with reason "reloaded".
@@ -687,13 +687,27 @@ fn run(a: RunArgs) -> ExitCode {
         latency_warmup: a.latency_warmup,
         budget: a.budget,
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = std::sync::Arc::clone(&stop);
-    if let Err(e) =
-        ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
-    {
-        eprintln!("flowpeek: warning: Ctrl-C will not stop cleanly: {e}");
+    if let Some(path) = &a.stats {
+        // Found now, not after the whole run.
+        if let Err(e) = probe_writable(path) {
+            eprintln!(
+                "flowpeek: cannot write stats to {}: {e}; give --stats a path in a writable directory",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
     }
+    warn_if_no_plugin(&opts.plugins, opts.watch);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = on_stop_signals(std::sync::Arc::clone(&stop)) {
+        eprintln!("flowpeek: warning: SIGINT, SIGTERM and SIGHUP will not stop cleanly: {e}");
+    }
+    let drops_label = match &opts.source {
+        // The producer's count of frames it had to retry because the ring was full: nothing
+        // is lost, the producer waited.
+        flowpeek::run::Source::Shm(_) => "ring-full retries (producer)",
+        _ => "dropped",
+    };
     let quiet = a.quiet;
     let mut last: Vec<flowpeek::run::CoreSnapshot> = Vec::new();
     let report = flowpeek::run::run(&opts, &stop, |cores| {
@@ -706,7 +720,7 @@ fn run(a: RunArgs) -> ExitCode {
             let pps = c.packets - prev.packets;
             let bps = (c.bytes - prev.bytes) * 8;
             line.push_str(&format!(
-                " core{k}: {:.3} Mpps {:.1} Mbit/s {} flows {} ev/s {} dropped-or-ring-full |",
+                " core{k}: {:.3} Mpps {:.1} Mbit/s {} flows {} ev/s {} {drops_label} |",
                 pps as f64 / 1e6,
                 bps as f64 / 1e6,
                 c.flows_live,
@@ -762,10 +776,118 @@ fn run(a: RunArgs) -> ExitCode {
             );
         }
     }
-    if let Some(e) = &report.capture_error {
-        eprintln!("flowpeek: warning: {e}; every packet before it was processed");
+    if report.plugins.is_empty() && !report.load_failures.is_empty() {
+        // (A directory without any library was warned about at the start.)
+        eprintln!(
+            "flowpeek: warning: no plugin was loaded from {} ({} failed to load): packets were counted, nothing was recorded",
+            opts.plugins.display(),
+            report.load_failures.len()
+        );
     }
-    ExitCode::SUCCESS
+    let unsupported = report.stats.unsupported_link;
+    if unsupported > 0 {
+        eprintln!(
+            "flowpeek: warning: {unsupported} packets of an unsupported link type were skipped (\"unsupported_link\" in --stats); flowpeek decodes Ethernet, raw IP, Linux cooked (SLL, SLL2), loopback and 802.1Q"
+        );
+    }
+    if report.corrupt_slots > 0 {
+        eprintln!(
+            "flowpeek: warning: {} corrupt ring slots were skipped (corrupt_slots in --stats)",
+            report.corrupt_slots
+        );
+    }
+    let mut code = ExitCode::SUCCESS;
+    let lost: u64 = report.plugins.values().map(|p| p.records_lost).sum();
+    if lost > 0 {
+        for (name, p) in report.plugins.iter().filter(|(_, p)| p.records_lost > 0) {
+            eprintln!(
+                "flowpeek: error: plugin {name}: {} records lost (not written to {}: see the first error above)",
+                p.records_lost,
+                a.log_dir.display()
+            );
+        }
+        code = ExitCode::from(1);
+    }
+    if let Some(e) = &report.capture_error {
+        if e.is_fatal() {
+            eprintln!("flowpeek: error: {e}; every packet before it was processed");
+            code = ExitCode::from(1);
+        } else {
+            eprintln!("flowpeek: warning: {e}; every packet before it was processed");
+        }
+    }
+    code
+}
+
+/// Fails if `path` cannot be written, leaving an existing file as it was (and no file where
+/// there was none).
+fn probe_writable(path: &std::path::Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Warns when the plugin directory holds no library: the run would count packets and record
+/// nothing.
+fn warn_if_no_plugin(dir: &std::path::Path, watch: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Reported by the run, with the reason.
+        return;
+    };
+    let any = entries
+        .flatten()
+        .any(|e| flowpeek::plugin::is_plugin_file(&e.path()));
+    if !any {
+        eprintln!(
+            "flowpeek: warning: no plugin (*.so) in {}: packets are counted, nothing is recorded{}",
+            dir.display(),
+            if watch {
+                "; a plugin copied into the directory loads while the run goes on"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// After the first stop signal, how long the run may take to end its flows and flush before
+/// a further signal makes the process exit at once.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// SIGINT, SIGTERM and SIGHUP (systemd, docker and `timeout` stop with TERM) set `stop`: the
+/// workers end their flows, the plugins flush their records and the stats are written. A
+/// further signal, once [`STOP_GRACE`] has passed since the first, exits at once (130): the
+/// way out of a run whose plugin is stuck in a callback, which no flag can interrupt.
+fn on_stop_signals(
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), ctrlc::Error> {
+    let mut first: Option<std::time::Instant> = None;
+    ctrlc::set_handler(move || {
+        let Some(at) = first else {
+            first = Some(std::time::Instant::now());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "flowpeek: stopping: ending flows and flushing records and stats (signal again after {} s to exit at once)",
+                STOP_GRACE.as_secs()
+            );
+            return;
+        };
+        // A second signal soon after the first (an impatient double Ctrl-C) still leaves
+        // the run its grace period to flush.
+        std::thread::sleep(STOP_GRACE.saturating_sub(at.elapsed()));
+        eprintln!(
+            "flowpeek: exiting at once: the workers did not finish within {} s of the stop (a plugin callback may be stuck); records they still buffered are lost",
+            STOP_GRACE.as_secs()
+        );
+        let _ = std::io::stdout().flush();
+        std::process::exit(130);
+    })
 }
 
 /// The defragmenter's counters in one line, when there were fragments.

@@ -50,6 +50,16 @@ pub enum SourceSpecError {
     /// Not KIND:ARG.
     #[error("source {0:?} is not of the form KIND:ARG (e.g. pcap:trace.pcap)")]
     Syntax(String),
+    /// KIND:ARG with a kind that is not one of the four.
+    #[error(
+        "source {spec:?}: unknown kind {kind:?}; use pcap:FILE, shm:NAME, afpacket:IF or netmap:IF"
+    )]
+    UnknownKind {
+        /// The whole spec.
+        spec: String,
+        /// The kind given.
+        kind: String,
+    },
 }
 
 impl std::str::FromStr for Source {
@@ -60,6 +70,16 @@ impl std::str::FromStr for Source {
             Some(("afpacket", ifname)) if !ifname.is_empty() => Ok(Source::AfPacket(ifname.into())),
             Some(("shm", name)) if !name.is_empty() => Ok(Source::Shm(name.into())),
             Some(("netmap", _)) => Ok(Source::Netmap(PortSpec::parse(s)?)),
+            Some((kind, arg))
+                if !kind.is_empty()
+                    && !arg.is_empty()
+                    && !["pcap", "afpacket", "shm"].contains(&kind) =>
+            {
+                Err(SourceSpecError::UnknownKind {
+                    spec: s.into(),
+                    kind: kind.into(),
+                })
+            }
             _ => Err(SourceSpecError::Syntax(s.into())),
         }
     }
@@ -149,8 +169,11 @@ pub struct RunReport {
     pub retained_images: u64,
     /// Plugin files that failed to load.
     pub load_failures: Vec<String>,
-    /// A source error that ended the input early (everything before it was processed).
+    /// A source error that ended the input early (everything before it was processed): the
+    /// first any core met.
     pub capture_error: Option<SourceError>,
+    /// Corrupt ring slots skipped (shm sources), summed over the cores.
+    pub corrupt_slots: u64,
     /// Stopped by Ctrl-C.
     pub interrupted: bool,
     /// Wall time.
@@ -197,9 +220,10 @@ impl RunReport {
                 "packets": s.packets, "bytes": s.bytes, "malformed": s.malformed, "not_tcp": s.not_tcp,
                 "ip_fragments": s.ip_fragments, "orphans": s.orphans, "late": s.late, "flows": s.flows_created,
                 "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
-                "bytes_missing": s.bytes_missing, "buffer_memory_refusals": s.buffer_memory_refusals,
+                "bytes_missing": s.bytes_missing, "bytes_refused": s.bytes_refused, "buffer_memory_refusals": s.buffer_memory_refusals,
                 "fragment_limit_drops": s.fragment_limit_drops, "bytes_beyond_window": s.bytes_beyond_window,
                 "defrag": defrag_json(&s.defrag),
+                "unsupported_link": s.unsupported_link,
             })
         };
         let plugins: serde_json::Map<String, serde_json::Value> = self
@@ -211,6 +235,7 @@ impl RunReport {
                     serde_json::json!({
                         "events": p.events, "records": p.records, "failures": p.failures, "overruns": p.overruns,
                         "generations": p.generations, "retired": p.retired, "drained_flows": p.drained_flows,
+                        "records_lost": p.records_lost,
                     }),
                 )
             })
@@ -222,6 +247,7 @@ impl RunReport {
         v["load_failures"] = serde_json::json!(self.load_failures);
         v["capture_error"] =
             serde_json::json!(self.capture_error.as_ref().map(ToString::to_string));
+        v["corrupt_slots"] = self.corrupt_slots.into();
         v["interrupted"] = self.interrupted.into();
         v["seconds"] = serde_json::json!(self.elapsed.as_secs_f64());
         v["reload_latency_ms"] = serde_json::json!(self
@@ -349,6 +375,7 @@ pub fn run(
     let mut load_failures = Vec::new();
     let mut reload_latencies = Vec::new();
     let mut capture_error = None;
+    let mut corrupt_slots = 0;
     let mut latency: Option<hdrhistogram::Histogram<u64>> = None;
     for (core, r) in results.into_iter().enumerate() {
         let r = r.map_err(|source| RunError::Worker { core, source })?;
@@ -362,6 +389,11 @@ pub fn run(
             }
         }
         stats.merge(&r.stats);
+        corrupt_slots += r.corrupt_frames;
+        // Any core's: a corrupt ring or a producer gone shows on the core that met it.
+        if capture_error.is_none() {
+            capture_error = r.source_error;
+        }
         per_core.push(r.stats);
         for (name, p) in r.plugins {
             // Every core loads each file: generations count loads, not instances.
@@ -377,7 +409,6 @@ pub fn run(
         if core == 0 {
             load_failures = r.load_failures;
             reload_latencies = r.reload_latencies;
-            capture_error = r.source_error;
         }
     }
     Ok(RunReport {
@@ -387,6 +418,7 @@ pub fn run(
         retained_images: crate::plugin::load::retained_images(),
         load_failures,
         capture_error,
+        corrupt_slots,
         interrupted: stop.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         reload_latencies,

@@ -81,6 +81,16 @@ fn bad_source_syntax_and_missing_shm_region() {
         d.to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
+    // Of the form KIND:ARG; the kind is what is wrong.
+    assert!(err.contains("unknown kind \"tape\""), "{err}");
+    let (code, err) = run(&[
+        "run",
+        "--source",
+        "x.pcap",
+        "--plugins",
+        d.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
     assert!(err.contains("KIND:ARG"), "{err}");
     let (code, err) = run(&[
         "run",

@@ -697,7 +697,9 @@ impl Engine {
     }
 
     fn run_timers(&mut self) {
-        while let Some(t) = self.core.timers.pop_due(self.core.now) {
+        // Timers set by the callbacks of this pass fire on the next pass at the earliest.
+        let mark = self.core.timers.mark();
+        while let Some(t) = self.core.timers.pop_due(self.core.now, mark) {
             let m = t.monitor as usize;
             if m >= self.monitors.len() {
                 continue;

@@ -46,11 +46,21 @@ impl Timers {
         }));
     }
 
-    /// Takes the earliest timer if it is due at `now`.
+    /// The setting order so far: a pass of [`pop_due`](Self::pop_due) bounded by it leaves
+    /// the timers set during the pass for the next one.
     #[inline]
-    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Timer> {
+    pub(crate) fn mark(&self) -> u64 {
+        self.seq
+    }
+
+    /// Takes the earliest timer if it is due at `now` and was set at or before `mark`.
+    /// Without that bound a callback re-arming its timer with delay 0 would be popped again
+    /// at once, for ever (the heap is ordered by deadline first, so a later-set timer may
+    /// be at its top: it then waits, with everything behind it, for the next pass).
+    #[inline]
+    pub(crate) fn pop_due(&mut self, now: u64, mark: u64) -> Option<Timer> {
         let Reverse(t) = *self.heap.peek()?;
-        if t.deadline > now {
+        if t.deadline > now || t.seq > mark {
             return None;
         }
         self.heap.pop();
@@ -107,15 +117,28 @@ mod tests {
         t.push(30, 2, FlowIdx::NIL, 0, 3);
         t.push(20, 0, FlowIdx::NIL, 0, 4);
         assert_eq!(t.next_deadline(), Some(10));
-        assert_eq!(t.pop_due(9), None, "not due yet");
+        assert_eq!(t.pop_due(9, t.mark()), None, "not due yet");
         fn tags(t: &mut Timers, now: u64) -> Vec<u64> {
-            std::iter::from_fn(|| t.pop_due(now).map(|x| x.tag)).collect()
+            let mark = t.mark();
+            std::iter::from_fn(|| t.pop_due(now, mark).map(|x| x.tag)).collect()
         }
         assert_eq!(tags(&mut t, 20), [2, 4]);
         assert_eq!(t.next_deadline(), Some(30));
         // Equal deadlines: the order they were set in.
         assert_eq!(tags(&mut t, 100), [1, 3]);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_timer_set_during_a_pass_waits_for_the_next() {
+        let mut t = Timers::default();
+        t.push(10, 0, FlowIdx::NIL, 0, 1);
+        let mark = t.mark();
+        assert_eq!(t.pop_due(10, mark).map(|x| x.tag), Some(1));
+        // Re-armed with delay 0 from its own callback.
+        t.push(10, 0, FlowIdx::NIL, 0, 2);
+        assert_eq!(t.pop_due(10, mark), None, "not in the same pass");
+        assert_eq!(t.pop_due(10, t.mark()).map(|x| x.tag), Some(2));
     }
 
     #[test]

@@ -39,6 +39,16 @@ pub enum SourceError {
     AfPacket(#[from] AfPacketError),
 }
 
+impl SourceError {
+    /// Whether a run this error ended early has failed: a live source that broke (a shm
+    /// producer gone without closing its region, a corrupt ring, a socket error) has; a
+    /// capture file cut short has not (every packet before the cut was processed, and a
+    /// capture of a killed tcpdump ends so).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, SourceError::Pcap(_))
+    }
+}
+
 /// How the loop waits while a source has nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idle {
@@ -155,5 +165,12 @@ pub trait Source {
     #[inline]
     fn drops(&mut self) -> Option<u64> {
         None
+    }
+
+    /// Slots skipped because they were corrupt (a ring written by another process), asked
+    /// at the end.
+    #[inline]
+    fn corrupt_frames(&self) -> u64 {
+        0
     }
 }

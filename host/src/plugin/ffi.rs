@@ -8,7 +8,6 @@
 //! ([`flowpeek_plugin_api::codes`]); nothing here is numbered on its own.
 
 use std::ffi::c_void;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -25,15 +24,23 @@ use crate::flow::{
 
 /// Where one plugin's records go.
 ///
-/// Records are buffered and written in whole lines, one `write` per chunk on a file opened
-/// for appending, so that the instances of one plugin on several cores can share one file
-/// without a lock and without interleaving inside a line.
+/// Records are buffered whole and written a chunk at a time on a file opened for appending,
+/// which the instances of one plugin on several cores share. The file never holds a partial
+/// line: each chunk is written under an exclusive `flock` (one per chunk, never per record),
+/// short writes are retried, and when a write fails (`ENOSPC`, `EDQUOT`, `EIO`) the file is
+/// cut back to the end of the last whole record written and the records not written are
+/// dropped whole and counted ([`Sink::records_lost`]). The first loss is reported on stderr
+/// at once, naming the plugin, the file, the error and the records lost; once space returns,
+/// later chunks start on a line of their own.
 pub struct Sink {
     out: Option<std::fs::File>,
+    path: std::path::PathBuf,
     buf: Vec<u8>,
-    /// Records written.
+    /// Records emitted (written or lost).
     pub records: u64,
-    /// Records that could not be written.
+    /// Records that could not be written (dropped whole).
+    pub records_lost: u64,
+    /// Failed chunk writes.
     pub write_errors: u64,
 }
 
@@ -48,8 +55,10 @@ impl Sink {
             .open(path)?;
         Ok(Sink {
             out: Some(f),
+            path: path.to_owned(),
             buf: Vec::with_capacity(SINK_CHUNK * 2),
             records: 0,
+            records_lost: 0,
             write_errors: 0,
         })
     }
@@ -58,8 +67,10 @@ impl Sink {
     pub fn discard() -> Sink {
         Sink {
             out: None,
+            path: std::path::PathBuf::new(),
             buf: Vec::new(),
             records: 0,
+            records_lost: 0,
             write_errors: 0,
         }
     }
@@ -76,15 +87,81 @@ impl Sink {
         }
     }
 
-    /// Writes the buffered records.
+    /// Writes the buffered records (whole, or not at all: see [`Sink`]).
     pub fn flush(&mut self) {
-        if let Some(out) = &mut self.out {
-            if !self.buf.is_empty() && out.write_all(&self.buf).is_err() {
-                self.write_errors += 1;
+        if let Some(out) = &self.out {
+            if !self.buf.is_empty() {
+                if let Err((e, lost)) = append_whole_lines(out, &self.buf) {
+                    self.write_errors += 1;
+                    if self.records_lost == 0 {
+                        let name = self.path.file_stem().unwrap_or_default().to_string_lossy();
+                        eprintln!(
+                            "flowpeek: error: plugin {name}: writing its records to {} failed: {e}; {lost} records lost (dropped whole: the file holds no partial line); later losses are counted in --stats (records_lost) and the run exits non-zero",
+                            self.path.display()
+                        );
+                    }
+                    self.records_lost += lost;
+                }
             }
         }
         self.buf.clear();
     }
+}
+
+/// Appends `buf` (whole lines) to `file` under an exclusive `flock`, retrying short writes.
+/// On an error, cuts the file back to the end of the last whole line written and returns the
+/// error with the number of lines not written.
+#[allow(unsafe_code)]
+fn append_whole_lines(file: &std::fs::File, buf: &[u8]) -> Result<(), (std::io::Error, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock on a descriptor this File owns; it only takes an advisory lock (released
+    // below, or when the descriptor closes). Other cores' sinks open the same file, so the
+    // lock makes the end offset read below the one this chunk is appended at.
+    let locked = unsafe { libc::flock(fd, libc::LOCK_EX) } == 0;
+    // SAFETY: lseek on an owned descriptor; moves nothing an O_APPEND write depends on.
+    let start = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+    let mut done = 0usize;
+    let mut result = Ok(());
+    while done < buf.len() {
+        // SAFETY: buf[done..] is valid for reading; fd is owned and open for writing.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        let e = if n == 0 {
+            std::io::Error::from(std::io::ErrorKind::WriteZero)
+        } else {
+            std::io::Error::last_os_error()
+        };
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            result = Err(e);
+            break;
+        }
+    }
+    if let Err(e) = result {
+        let whole = buf[..done]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if whole < done && locked && start >= 0 {
+            // SAFETY: ftruncate on an owned descriptor, under the lock, to an offset inside
+            // what this chunk wrote: only the torn line goes.
+            unsafe { libc::ftruncate(fd, start + whole as libc::off_t) };
+        }
+        let lost = buf[whole..].iter().filter(|&&b| b == b'\n').count() as u64;
+        if locked {
+            // SAFETY: as above.
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+        }
+        return Err((e, lost));
+    }
+    if locked {
+        // SAFETY: as above.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+    }
+    Ok(())
 }
 
 impl Drop for Sink {

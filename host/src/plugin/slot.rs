@@ -40,6 +40,8 @@ pub struct PluginStats {
     pub retired: u64,
     /// Flows handed `ConnEnd(Reloaded)` at a drain deadline.
     pub drained_flows: u64,
+    /// Records that could not be written to the log (dropped whole).
+    pub records_lost: u64,
 }
 
 impl PluginStats {
@@ -52,6 +54,7 @@ impl PluginStats {
         self.generations += o.generations;
         self.retired += o.retired;
         self.drained_flows += o.drained_flows;
+        self.records_lost += o.records_lost;
     }
 }
 
@@ -211,6 +214,7 @@ impl PluginSlot {
         let over = self.beat.exit(token);
         self.stats.events += 1;
         self.stats.records += self.sink.records - before;
+        self.stats.records_lost = self.sink.records_lost;
         if over {
             self.stats.overruns += 1;
             if self.policy == OverrunPolicy::Disable && !gen.disabled {
@@ -318,11 +322,13 @@ impl PluginSlot {
         }
         self.newest = None;
         self.sink.flush();
+        self.stats.records_lost = self.sink.records_lost;
     }
 
     /// Flushes the record sink.
     pub fn flush(&mut self) {
         self.sink.flush();
+        self.stats.records_lost = self.sink.records_lost;
     }
 
     /// Installs the newest generation into the engine's setup (user events).

@@ -36,6 +36,11 @@ const IDLE_SPINS_BEFORE_NAP: u32 = 1 << 16;
 /// this many polls; the others are one load of the ring's tail.
 const FULL_POLL_EVERY: u32 = 1024;
 
+/// As [`FULL_POLL_EVERY`] once the core naps (each poll then takes a sleep, about 80 µs):
+/// a full poll every ~1.3 ms, so that timers and a dead producer are noticed within a
+/// fraction of a second, not 1024 naps later.
+const FULL_POLL_EVERY_NAPPING: u32 = 16;
+
 /// While frames stream in small batches, the clock is read once per this many frames: a
 /// vDSO clock read costs as much as processing a packet.
 const CLOCK_EVERY: usize = 256;
@@ -76,6 +81,8 @@ pub struct CoreReport {
     pub reload_latencies: Vec<Duration>,
     /// A source error that ended the input early.
     pub source_error: Option<SourceError>,
+    /// Corrupt slots the source skipped.
+    pub corrupt_frames: u64,
     /// Stamp-to-callback-return latency of the sampled packets, in ns (shm sources with
     /// [`WorkerSpec::latency_sample`] > 0 only).
     pub latency: Option<hdrhistogram::Histogram<u64>>,
@@ -222,11 +229,15 @@ pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, Wor
         let mut feed = Feed::new(engine, meter);
         let error = drive(&spec, &mut source, &mut feed, &mut host);
         let latency = Some(feed.meter.histogram);
-        Ok(end_core(&spec, feed.engine, host, error, latency))
+        let mut report = end_core(&spec, feed.engine, host, error, latency);
+        report.corrupt_frames = source.corrupt_frames();
+        Ok(report)
     } else {
         let mut feed = Feed::new(engine, NoMeter);
         let error = drive(&spec, &mut source, &mut feed, &mut host);
-        Ok(end_core(&spec, feed.engine, host, error, None))
+        let mut report = end_core(&spec, feed.engine, host, error, None);
+        report.corrupt_frames = source.corrupt_frames();
+        Ok(report)
     }
 }
 
@@ -248,7 +259,12 @@ fn drive<S: Source, M: Meter>(
         // Idle on a spinning source: poll the ring's tail (one atomic load) and spin, as
         // netmap's pkt-gen does; every FULL_POLL_EVERY polls the full path runs (timers,
         // producer liveness), and after a long idle stretch the core naps between polls.
-        if spins && idle_spins > 0 && idle_spins % FULL_POLL_EVERY != 0 && src.is_empty() {
+        let every = if idle_spins > IDLE_SPINS_BEFORE_NAP {
+            FULL_POLL_EVERY_NAPPING
+        } else {
+            FULL_POLL_EVERY
+        };
+        if spins && idle_spins > 0 && idle_spins % every != 0 && src.is_empty() {
             idle_spins += 1;
             nap(idle_spins);
             continue;
@@ -478,6 +494,7 @@ fn end_core(
         load_failures: host.failures.clone(),
         reload_latencies: host.reload_latencies.clone(),
         source_error,
+        corrupt_frames: 0,
         latency,
     }
 }

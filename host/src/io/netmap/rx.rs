@@ -289,6 +289,16 @@ impl RxRing {
         }
     }
 
+    /// Gives the slot at `head` back without reading it (a corrupt slot the consumer skips);
+    /// nothing when the ring is empty.
+    pub fn skip_one(&mut self) {
+        if let Ok(tail) = self.tail() {
+            if self.head != tail {
+                self.release((self.head + 1) % self.v.num_slots);
+            }
+        }
+    }
+
     /// Gives slots up to (not including) `to` back: `cur = head = to`, release ordering.
     #[inline(always)]
     fn release(&mut self, to: u32) {

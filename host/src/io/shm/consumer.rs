@@ -3,7 +3,8 @@
 //! included), the producer's slot stamps for latency sampling, and the producer's liveness
 //! when the ring is empty.
 //!
-//! Must not: make a system call per batch (`kill(pid, 0)` runs every 256th empty poll only).
+//! Must not: make a system call per batch (`kill(pid, 0)` runs every
+//! [`LIVENESS_EVERY`]th empty poll only).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,13 @@ use super::*;
 use crate::io::netmap::{self as ring, RxRing};
 use crate::io::source::{Batch, Idle, Sink, Source, SourceError};
 use crate::wire::LinkType;
+
+/// Empty polls between two checks of the producer's pid: the worker loop polls fully about
+/// every 1.3 ms once idle, so a producer killed with `kill -9` is noticed within about 0.3 s.
+pub const LIVENESS_EVERY: u32 = 16;
+
+const CLOSED: &str = "closed the region";
+const GONE: &str = "exited without closing the region";
 
 /// The consumer side of a region: one validated netmap RX ring walker per ring.
 #[derive(Debug)]
@@ -61,8 +69,23 @@ impl ShmConsumer {
 pub struct ShmRing {
     pub(super) region: Arc<ShmRegion>,
     pub(super) ring: RxRing,
-    /// Empty polls in a row (the producer's liveness is checked every 256th).
+    /// Empty polls in a row (the producer's liveness is checked every [`LIVENESS_EVERY`]th).
     pub(super) empty_polls: u32,
+    /// Corrupt slots skipped.
+    pub(super) corrupt: u64,
+    /// Whether this ring's consumer field holds this process's pid.
+    pub(super) claimed: bool,
+}
+
+impl Drop for ShmRing {
+    fn drop(&mut self) {
+        if self.claimed {
+            let me = std::process::id();
+            let _ =
+                self.consumer_field()
+                    .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }
 
 impl ShmRing {
@@ -74,6 +97,62 @@ impl ShmRing {
     /// This ring's index.
     pub fn index(&self) -> usize {
         self.ring.index()
+    }
+
+    fn consumer_field(&self) -> &std::sync::atomic::AtomicU32 {
+        self.region
+            .header_u32(OFF_CONSUMERS + 4 * self.ring.index())
+    }
+
+    /// Claims the ring for this process: refused ([`ShmError::RingTaken`]) while another
+    /// live process (or another consumer in this one) holds it; a dead holder's claim is
+    /// taken over.
+    pub(super) fn claim(&mut self) -> Result<(), ShmError> {
+        let me = std::process::id();
+        let field = self.consumer_field();
+        let mut seen = 0;
+        loop {
+            match field.compare_exchange(seen, me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.claimed = true;
+                    return Ok(());
+                }
+                Err(holder) if holder == me || super::region::pid_alive(holder) => {
+                    return Err(ShmError::RingTaken {
+                        path: self.region.path.clone(),
+                        ring: self.ring.index(),
+                        pid: holder,
+                    });
+                }
+                // A consumer that died without giving the ring back: take it over.
+                Err(holder) => seen = holder,
+            }
+        }
+    }
+
+    /// Corrupt slots skipped so far.
+    pub fn corrupt_slots(&self) -> u64 {
+        self.corrupt
+    }
+
+    /// A walk stopped at a corrupt slot at `head`, or at a corrupt `tail`: a slot is skipped
+    /// and counted (warned about at the first of this ring) and the walk goes on; a corrupt
+    /// `tail` is returned.
+    #[cold]
+    fn skip_corrupt(&mut self, source: ring::RingError) -> Result<usize, ShmError> {
+        if self.ring.available().is_err() {
+            return Err(self.ring_err(source));
+        }
+        self.corrupt += 1;
+        if self.corrupt == 1 {
+            eprintln!(
+                "flowpeek: warning: {}; the slot is skipped and the core goes on (counted as corrupt_slots in --stats; later ones on this ring are counted, not shown)",
+                self.ring_err(source)
+            );
+        }
+        self.ring.skip_one();
+        // Frames after the slot come with the next batch.
+        Ok(1)
     }
 
     /// Tells the producer this ring is being polled from now on (see
@@ -130,7 +209,7 @@ impl ShmRing {
 
     /// After a walk that handed over `n` frames: when `n` is 0, is the producer still there?
     /// Whether it closed the region is one load; whether it died is a `kill(pid, 0)` system
-    /// call, asked every 256th empty poll only (not each time a burst has been drained: that
+    /// call, asked every [`LIVENESS_EVERY`]th empty poll only (not each time a burst has been drained: that
     /// was one system call per burst). Once it is gone, `again` walks the ring a last time.
     #[inline(always)]
     fn after(
@@ -144,7 +223,7 @@ impl ShmRing {
         }
         self.empty_polls = self.empty_polls.wrapping_add(1);
         let closed = self.region.header_u32(OFF_STATE).load(Ordering::Acquire) == STATE_CLOSED;
-        if !closed && self.empty_polls % 256 != 0 {
+        if !closed && self.empty_polls % LIVENESS_EVERY != 0 {
             return Ok(0);
         }
         self.producer_gone(again)
@@ -157,8 +236,8 @@ impl ShmRing {
     ) -> Result<usize, ShmError> {
         let how = match self.region.producer_status() {
             ProducerStatus::Running => return Ok(0),
-            ProducerStatus::Closed => "closed the region",
-            ProducerStatus::Gone => "exited without closing the region",
+            ProducerStatus::Closed => CLOSED,
+            ProducerStatus::Gone => GONE,
         };
         // The state was loaded with acquire after the producer's last tail store: re-check.
         let n = again(&mut self.ring).map_err(|source| self.ring_err(source))?;
@@ -206,20 +285,29 @@ impl Source for ShmRing {
         // Frames of a shm region are Ethernet frames.
         let link = Some(LinkType::Ethernet);
         let got = if K::STAMPS {
-            self.rx_batch_stamped(|frame, stamp| sink.stamped(link, frame, now, stamp))
+            match self.rx_batch_stamped(|frame, stamp| sink.stamped(link, frame, now, stamp)) {
+                Err(ShmError::Ring { source, .. }) => self.skip_corrupt(source),
+                got => got,
+            }
         } else {
             match self.ring.feed(link, now, sink) {
                 Ok(n) => self.after(n, |ring| ring.feed(link, now, sink)),
-                Err(source) => Err(self.ring_err(source)),
+                Err(source) => self.skip_corrupt(source),
             }
         };
         match got {
             Ok(0) => Ok(Batch::Empty),
             Ok(n) => Ok(Batch::Frames(n)),
             // The producer finished and everything it sent was read: the input ended.
-            Err(ShmError::ProducerExited { .. }) => Ok(Batch::End),
+            Err(ShmError::ProducerExited { how: CLOSED, .. }) => Ok(Batch::End),
+            // Gone without closing: frames it had not published are lost; an error.
             Err(e) => Err(e.into()),
         }
+    }
+
+    #[inline]
+    fn corrupt_frames(&self) -> u64 {
+        self.corrupt
     }
 
     #[inline]

@@ -34,6 +34,7 @@
 //!     56     8  offset of the netmap_if      64  8  total file length
 //!     72     8  frames refused because a ring was full (producer's count)
 //!     80     4  rings a consumer polls (each consumer ring adds 1 when it starts)
+//!    128  4×N  the consumer pid of each ring (0: none; claimed when a consumer opens it)
 //!   4096        netmap_if, rings (128-byte aligned), buffers (page aligned): a netmap image
 //! ```
 //!
@@ -46,7 +47,9 @@
 //! half-built region and two producers cannot share a name. When the producer is dropped it
 //! marks the region closed and removes the file (consumers keep their mapping). A consumer
 //! whose ring is empty checks the producer: closed, or its pid gone (`kill(pid, 0)` fails with
-//! `ESRCH`), and the ring drained, is [`ShmError::ProducerExited`]. A producer that crashed
+//! `ESRCH`, asked every 16th empty poll: within about a second of a `kill -9` when idle), and
+//! the ring drained, is [`ShmError::ProducerExited`]. A closed region ends the input; a
+//! producer gone without closing it is an error of the run (its last frames may be lost). A producer that crashed
 //! leaves its file behind; remove it by hand. (A crashed producer that is still a zombie of
 //! its parent counts as alive until reaped; a recycled pid can hide a crash.)
 //!
@@ -54,7 +57,15 @@
 //! small for the region is [`ShmError::NoSpace`] at creation, not a `SIGBUS` when a page of
 //! the sparse file is first touched.
 //!
-//! One consumer per ring: two consumers of one ring would both hand out its frames.
+//! One consumer per ring: two consumers of one ring would each get a random share of its
+//! frames. Opening a region claims every ring (its consumer pid field, compare-and-swap from
+//! 0, or from a pid that no longer exists); a ring held by a live process is
+//! [`ShmError::RingTaken`]. A ring gives its claim back when it is dropped.
+//!
+//! A corrupt slot (a `buf_idx` or `len` the producer could not have written) is skipped and
+//! counted ([`ShmRing::corrupt_slots`]), with a warning on stderr at the first one of each
+//! ring: the core goes on with the next slot, so the producer never blocks on it. A corrupt
+//! `tail` is an error of the ring: the core stops.
 //! Truncating the file while it is mapped kills the mapping processes with `SIGBUS`.
 
 pub mod consumer;
@@ -97,6 +108,8 @@ const OFF_IF: usize = 56;
 const OFF_TOTAL: usize = 64;
 const OFF_FULL: usize = 72;
 const OFF_ATTACHED: usize = 80;
+const OFF_CONSUMERS: usize = 128;
+const _: () = assert!(OFF_CONSUMERS + 4 * MAX_RINGS as usize <= HEADER_LEN);
 
 /// Offset of the 64-bit `ptr` field in a netmap slot (unused by receive rings: the shm
 /// producer may store a timestamp there).
@@ -213,8 +226,18 @@ pub enum ShmError {
         /// What the ring walker found.
         source: RingError,
     },
+    /// Another live process already consumes this ring.
+    #[error("{}: ring {ring} already has a consumer, pid {pid}; a ring has one consumer (two would each get a random share of its frames): stop the other one, or give each consumer its own region", .path.display())]
+    RingTaken {
+        /// The region's file.
+        path: PathBuf,
+        /// The ring.
+        ring: usize,
+        /// The consumer holding it.
+        pid: u32,
+    },
     /// The producer has finished (or died) and the ring is drained.
-    #[error("{}: producer (pid {pid}) {how}; ring {ring} is drained", .path.display())]
+    #[error("{}: producer pid {pid} {how}; ring {ring} is drained", .path.display())]
     ProducerExited {
         /// The region's file.
         path: PathBuf,

@@ -298,7 +298,12 @@ impl ShmRegion {
                 region: Arc::clone(&region),
                 ring: r,
                 empty_polls: 0,
+                corrupt: 0,
+                claimed: false,
             });
+        }
+        for r in &mut rings {
+            r.claim()?;
         }
         Ok(ShmConsumer { region, rings })
     }
@@ -306,6 +311,12 @@ impl ShmRegion {
     /// The region's file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Byte offset in the file of slot `slot` of ring `ring` (for tools and tests that
+    /// inspect a ring); `ring` and `slot` must be within the geometry.
+    pub fn slot_offset(&self, ring: usize, slot: usize) -> usize {
+        self.layout.slot_offset(ring, slot)
     }
 
     /// The producer's pid.
@@ -368,19 +379,25 @@ impl ShmRegion {
         if self.header_u32(OFF_STATE).load(Ordering::Acquire) == STATE_CLOSED {
             return ProducerStatus::Closed;
         }
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
-            return ProducerStatus::Gone;
-        };
-        if pid <= 0 {
-            return ProducerStatus::Gone;
-        }
-        // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid, 0) };
-        if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            ProducerStatus::Gone
-        } else {
+        if pid_alive(self.pid) {
             ProducerStatus::Running
+        } else {
+            ProducerStatus::Gone
         }
     }
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)` does not fail with `ESRCH`; a zombie counts
+/// as alive until reaped).
+pub(super) fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }

@@ -9,7 +9,9 @@
 //!
 //! Configuration (`tagger.toml`): `fail = true` makes the constructor fail;
 //! `panic_every = N` makes `on_event` panic on every Nth `PktIn`; `sleep_every = N` with
-//! `sleep_ms = M` makes it sleep M ms on every Nth `PktIn` (a slow callback).
+//! `sleep_ms = M` makes it sleep M ms on every Nth `PktIn` (a slow callback);
+//! `rearm_zero = true` sets a core timer with delay 0 at every connection start and sets it
+//! again, with delay 0, from its own callback (a timer chain that never ends).
 #![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::*;
@@ -31,6 +33,7 @@ pub struct Tagger {
     panic_every: u64,
     sleep_every: u64,
     sleep_ms: u64,
+    rearm_zero: bool,
     packets: u64,
 }
 
@@ -73,6 +76,7 @@ impl Monitor for Tagger {
             panic_every,
             sleep_every: number("sleep_every")?,
             sleep_ms: number("sleep_ms")?,
+            rearm_zero: config_value(config, "rearm_zero") == Some("true"),
             packets: 0,
         })
     }
@@ -100,6 +104,9 @@ impl Monitor for Tagger {
                 }
             }
             EventKind::ConnStart => {
+                if self.rearm_zero {
+                    let _ = cx.set_core_timer(0, 1);
+                }
                 let (flow, serial) = Self::flow_name(cx, ev.flow);
                 let _ = cx.emit(&format!(
                     "{{\"tag\":\"{TAG}\",\"ev\":\"start\",\"flow\":\"{flow}\",\"serial\":{serial}}}"
@@ -117,6 +124,12 @@ impl Monitor for Tagger {
                 ));
             }
             _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>, _flow: Option<Flow>, tag: u64) {
+        if self.rearm_zero {
+            let _ = cx.set_core_timer(0, tag);
         }
     }
 }
