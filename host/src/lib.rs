@@ -6,16 +6,19 @@
 //! - [`wire`]: zero-copy, panic-free views of link, IP and TCP headers.
 //! - [`flow`]: the sans-I/O engine: flow table, both-sided TCP state, receive buffers,
 //!   events and the `ppeek`/`peek` read API. Time is an input; it never reads a clock.
+//! - [`filter`]: stream filters in tcpdump syntax, compiled and matched by libpcap (FFI,
+//!   like `io` and `plugin`).
 //! - [`io`]: packet sources (capture files today).
 //! - [`plugin`]: monitor plugins: loading, generations, hot reload, the host side of the ABI.
 //! - [`run`]: `flowpeek run`: a source, the engine and the plugins, with stats.
 //! - [`worker`]: one thread per core, pinned, sharded by the symmetric flow hash.
 //! - [`streams`]: the `flowpeek streams` report built on the engine's read API.
 //! - [`sys`]: thread affinity, huge pages and prefetch hints: the only `unsafe` outside
-//!   `io` and `plugin`.
+//!   `io`, `plugin` and `filter`.
 //! - [`trace`]: the `flowpeek events` trace, one line per callback in mOS's vocabulary.
 #![deny(unsafe_code)]
 
+pub mod filter;
 pub mod flow;
 pub mod io;
 pub mod plugin;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use flowpeek::filter::StreamFilter;
 use flowpeek::flow::{Config, OverlapPolicy};
 use flowpeek::streams::{self, StreamsOptions};
 
@@ -191,6 +192,16 @@ struct EngineArgs {
     /// as mOS].
     #[arg(long)]
     time_wait: Option<u64>,
+    /// Track only connections whose first packet (the SYN, or the first one seen of a
+    /// mid-stream connection) matches this tcpdump expression, compiled and matched by
+    /// libpcap; the others get no buffer and no event, before any monitor. Example:
+    /// -f 'tcp port 80'.
+    #[arg(long, short = 'f', value_name = "EXPR", value_parser = parse_filter)]
+    filter: Option<StreamFilter>,
+}
+
+fn parse_filter(expr: &str) -> Result<StreamFilter, String> {
+    StreamFilter::new(expr).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -269,6 +280,7 @@ impl EngineArgs {
         if let Some(v) = self.drop_truncated {
             cfg.drop_truncated = v;
         }
+        cfg.filter = self.filter.clone();
         if self.no_midstream {
             cfg.midstream = false;
         } else if self.midstream {

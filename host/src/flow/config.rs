@@ -5,6 +5,7 @@
 //! that changes while traffic flows (that is the table's, the timers', the stats').
 
 use super::buffer::OverlapPolicy;
+use crate::filter::StreamFilter;
 
 /// Nanoseconds per second (timestamps are ns).
 pub(crate) const NANOS: u64 = 1_000_000_000;
@@ -35,6 +36,9 @@ pub struct Config {
     /// Track connections whose SYN was not seen (marked partial). Off: such packets are
     /// `Orphan`s, as in mOS.
     pub midstream: bool,
+    /// Stream filter applied before any monitor (`--filter`): a flow whose first packet
+    /// does not match is not tracked (counted in [`Stats::filtered`](super::Stats)).
+    pub filter: Option<StreamFilter>,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             verify_checksums: false,
             drop_truncated: false,
             midstream: true,
+            filter: None,
         }
     }
 }

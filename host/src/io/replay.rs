@@ -130,7 +130,7 @@ impl Source for PcapReplay<'_> {
                 sink.elsewhere(ts);
                 continue;
             }
-            sink.decoded(&decoded, p.data, ts);
+            sink.decoded(p.link, &decoded, p.data, ts);
             own += 1;
             if own == self.batch {
                 return Ok(Batch::Frames(own));

@@ -98,6 +98,7 @@ pub trait Sink {
     /// decoded once.
     fn decoded(
         &mut self,
+        link: Option<LinkType>,
         decoded: &Option<Result<Decoded<'_>, DecodeError>>,
         frame: &[u8],
         ts: u64,

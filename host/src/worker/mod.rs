@@ -377,11 +377,12 @@ impl<M: Meter> Sink for Feed<M> {
     #[inline]
     fn decoded(
         &mut self,
+        link: Option<LinkType>,
         decoded: &Option<Result<Decoded<'_>, DecodeError>>,
         frame: &[u8],
         ts: u64,
     ) {
-        self.engine.on_decoded(decoded, frame, ts);
+        self.engine.on_decoded(link, decoded, frame, ts);
     }
 
     #[inline]
