@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use flowpeek::filter::StreamFilter;
 use flowpeek::flow::{Config, OverlapPolicy};
 use flowpeek::streams::{self, StreamsOptions};
 
@@ -224,6 +225,16 @@ struct EngineArgs {
     /// [default: 4096].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     defrag_max_datagrams: Option<u32>,
+    /// Track only connections whose first packet (the SYN, or the first one seen of a
+    /// mid-stream connection) matches this tcpdump expression, compiled and matched by
+    /// libpcap; the others get no buffer and no event, before any monitor. Example:
+    /// -f 'tcp port 80'.
+    #[arg(long, short = 'f', value_name = "EXPR", value_parser = parse_filter)]
+    filter: Option<StreamFilter>,
+}
+
+fn parse_filter(expr: &str) -> Result<StreamFilter, String> {
+    StreamFilter::new(expr).map_err(|e| e.to_string())
 }
 
 /// `--defrag-policy`: the names of [`flowpeek::ip::Policy`].
@@ -322,6 +333,7 @@ impl EngineArgs {
         if let Some(v) = self.drop_truncated {
             cfg.drop_truncated = v;
         }
+        cfg.filter = self.filter.clone();
         if self.no_midstream {
             cfg.midstream = false;
         } else if self.midstream {

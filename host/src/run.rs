@@ -218,7 +218,7 @@ impl RunReport {
         let engine = |s: &Stats| {
             serde_json::json!({
                 "packets": s.packets, "bytes": s.bytes, "malformed": s.malformed, "not_tcp": s.not_tcp,
-                "ip_fragments": s.ip_fragments, "orphans": s.orphans, "late": s.late, "flows": s.flows_created,
+                "ip_fragments": s.ip_fragments, "orphans": s.orphans, "late": s.late, "filtered": s.filtered, "flows": s.flows_created,
                 "flows_evicted": s.flows_evicted, "flows_timed_out": s.flows_timed_out, "events": s.events,
                 "bytes_missing": s.bytes_missing, "bytes_refused": s.bytes_refused, "buffer_memory_refusals": s.buffer_memory_refusals,
                 "fragment_limit_drops": s.fragment_limit_drops, "bytes_beyond_window": s.bytes_beyond_window,

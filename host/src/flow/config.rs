@@ -5,6 +5,7 @@
 //! that changes while traffic flows (that is the table's, the timers', the stats').
 
 use super::buffer::OverlapPolicy;
+use crate::filter::StreamFilter;
 
 /// Nanoseconds per second (timestamps are ns).
 pub(crate) const NANOS: u64 = 1_000_000_000;
@@ -49,6 +50,9 @@ pub struct Config {
     /// Closed connections remembered so that their late packets are counted, not taken
     /// for new flows (about this many; 0: none).
     pub tombstones: u32,
+    /// Stream filter applied before any monitor (`--filter`): a flow whose first packet
+    /// does not match is not tracked (counted in [`Stats::filtered`](super::Stats)).
+    pub filter: Option<StreamFilter>,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             replay_cores: 0,
             gap_skip_after: 64,
             tombstones: 65536,
+            filter: None,
         }
     }
 }

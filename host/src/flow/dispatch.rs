@@ -15,6 +15,8 @@ use super::engine::Engine;
 use super::monitor::{BufferRequest, Subscriptions};
 use super::table::{FlowIdx, LastPacket};
 use super::types::*;
+use crate::filter::StreamFilter;
+use crate::wire::LinkType;
 
 /// Why an event is being dispatched: decides the monitor order (SPEC §2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +115,13 @@ pub(crate) struct Dispatch {
     /// The orphan packet being delivered (`last_packet` of an `Orphan` handle).
     pub(crate) orphan: LastPacket,
     pub(crate) orphan_addrs: Option<(SocketAddr, SocketAddr)>,
+    /// The filter applied before any monitor (`Config::filter`).
+    pub(crate) global: Option<StreamFilter>,
+    /// Each monitor's own filter (`None`: every flow).
+    pub(crate) filters: Vec<Option<StreamFilter>>,
+    /// The masks a new flow starts with when some monitor has a filter (reused: no
+    /// allocation per flow).
+    flow_masks: Vec<u64>,
 }
 
 impl Dispatch {
@@ -127,7 +136,48 @@ impl Dispatch {
             delivering: false,
             orphan: LastPacket::default(),
             orphan_addrs: None,
+            global: None,
+            filters: Vec::new(),
+            flow_masks: Vec::new(),
         }
+    }
+
+    /// Whether the packet that would start a flow passes the global filter.
+    #[inline]
+    pub(crate) fn global_passes(&mut self, link: Option<LinkType>, frame: &[u8]) -> bool {
+        match &mut self.global {
+            None => true,
+            Some(f) => f.matches(link, frame),
+        }
+    }
+
+    /// Sets monitor `monitor`'s filter, for flows that start from now on.
+    pub(crate) fn set_filter(&mut self, monitor: usize, filter: Option<StreamFilter>) {
+        if self.filters.len() <= monitor {
+            self.filters.resize_with(monitor + 1, || None);
+        }
+        self.filters[monitor] = filter;
+    }
+
+    /// Evaluates the monitors' filters on the first packet of a flow: `false` when some
+    /// monitor has a filter and no monitor matches (the flow is not tracked). Otherwise
+    /// [`masks`](Self::masks) and [`wanted_capacity`](Self::wanted_capacity) leave out the
+    /// monitors whose filter did not match, until the next call.
+    pub(crate) fn select(&mut self, link: Option<LinkType>, frame: &[u8]) -> bool {
+        self.flow_masks.clear();
+        if self.filters.iter().all(Option::is_none) {
+            return true;
+        }
+        let mut any = false;
+        for (i, s) in self.subs.iter().enumerate() {
+            let pass = match self.filters.get_mut(i) {
+                Some(Some(f)) => f.matches(link, frame),
+                _ => true,
+            };
+            any |= pass;
+            self.flow_masks.push(if pass { s.mask } else { 0 });
+        }
+        any
     }
 
     /// Whether any monitor subscribed to `bit` (for some flow).
@@ -140,7 +190,11 @@ impl Dispatch {
     /// asked for (`default` for [`BufferRequest::Default`]).
     pub(crate) fn wanted_capacity(&self, default: u32) -> [u32; 2] {
         let mut caps = [0u32; 2];
-        for s in &self.subs {
+        for (i, s) in self.subs.iter().enumerate() {
+            // A monitor whose filter refused the flow asks for nothing.
+            if self.flow_masks.get(i) == Some(&0) && s.mask != 0 {
+                continue;
+            }
             for (i, req) in s.buffers.iter().enumerate() {
                 let c = match *req {
                     BufferRequest::Off => 0,
@@ -156,7 +210,11 @@ impl Dispatch {
     /// The subscription masks a new flow starts with, one per monitor.
     #[inline]
     pub(crate) fn masks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.subs.iter().map(|s| s.mask)
+        let filtered = !self.flow_masks.is_empty();
+        self.subs
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| if filtered { self.flow_masks[i] } else { s.mask })
     }
 }
 

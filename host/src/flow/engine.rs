@@ -22,6 +22,7 @@ use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
 use super::tombstone::{Space, Tombstones, Verdict};
 use super::types::*;
+use crate::filter::StreamFilter;
 use crate::io::shard::shard_of;
 use crate::ip::{Defragmenter, Outcome};
 use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
@@ -38,6 +39,8 @@ pub(crate) struct Core {
     pub(crate) stats: Stats,
     pub(crate) marks: NewDataMarks,
     pub(crate) tombs: Tombstones,
+    /// The link type of the frame being processed: stream filters need it.
+    pub(crate) link: Option<LinkType>,
 }
 
 impl Core {
@@ -90,6 +93,7 @@ impl Engine {
                 marks: NewDataMarks::new(),
                 tombs: Tombstones::new(cfg.tombstones),
                 now: 0,
+                link: None,
                 cfg,
             },
             monitors,
@@ -97,10 +101,21 @@ impl Engine {
             defrag,
             datagram: Vec::new(),
         };
+        engine.core.dispatch.global = engine.core.cfg.filter.clone();
         for m in 0..nmon {
+            let filter = engine.monitors[m].filter();
+            engine.core.dispatch.set_filter(m, filter);
             engine.setup_monitor(m);
         }
         engine
+    }
+
+    /// Sets monitor `monitor`'s stream filter (`None`: every flow) for flows that start
+    /// from now on; flows already tracked keep the monitors they had.
+    pub fn set_monitor_filter(&mut self, monitor: usize, filter: Option<StreamFilter>) {
+        if monitor < self.monitors.len() {
+            self.core.dispatch.set_filter(monitor, filter);
+        }
     }
 
     /// The counters.
@@ -143,6 +158,7 @@ impl Engine {
         let d = &mut self.core.dispatch;
         d.subs.push(monitor.subscriptions());
         d.any_mask |= d.subs[old].mask;
+        d.set_filter(old, monitor.filter());
         self.monitors.push(monitor);
         self.setup_monitor(old);
         old
@@ -244,6 +260,7 @@ impl Engine {
     ) {
         self.core.stats.packets += 1;
         self.core.stats.bytes += frame.len() as u64;
+        self.core.link = link;
         match decoded {
             None => self.core.stats.unsupported_link += 1,
             Some(Ok(Decoded::Tcp(seg))) => {
@@ -548,8 +565,18 @@ impl Engine {
         }
         let starts = flags.syn() && !flags.ack() && !flags.rst();
         let midstream = self.core.cfg.midstream && !flags.rst();
+        let link = self.core.link;
+        // Filters are applied before any monitor sees the packet: orphans included.
+        if !self.core.dispatch.global_passes(link, frame) {
+            self.core.stats.filtered += 1;
+            return None;
+        }
         if !starts && !midstream {
             self.orphan(seg, frame);
+            return None;
+        }
+        if !self.core.dispatch.select(link, frame) {
+            self.core.stats.filtered += 1;
             return None;
         }
         if self.core.table.is_full() {

@@ -7,6 +7,7 @@
 use super::api::{Cx, Errno};
 use super::dispatch::{define_user_event, Filter, UserEvent};
 use super::types::{Event, EventKind, FlowHandle, Hook};
+use crate::filter::StreamFilter;
 
 /// How much receive buffer a monitor wants for one side of every flow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,6 +88,13 @@ pub trait Monitor {
     /// define user events and subscribe to them here.
     fn setup(&mut self, setup: &mut Setup<'_>) {
         let _ = setup;
+    }
+
+    /// This monitor's stream filter (tcpdump syntax): flows whose first packet it does not
+    /// match never reach this monitor. Read when the monitor is installed; change it later
+    /// with [`Engine::set_monitor_filter`](super::Engine::set_monitor_filter).
+    fn filter(&self) -> Option<StreamFilter> {
+        None
     }
 
     /// Called for every subscribed event.

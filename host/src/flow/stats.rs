@@ -26,6 +26,10 @@ pub struct Stats {
     pub truncated_dropped: u64,
     /// Packets that matched no flow and could not start one.
     pub orphans: u64,
+    /// Flows not tracked because no filter matched their first packet (the `--filter`, or
+    /// every monitor's own). A refused flow is not remembered: with mid-stream pick-up each
+    /// later packet of it is refused again, and counted again.
+    pub filtered: u64,
     /// Flows created.
     pub flows_created: u64,
     /// Flows created mid-stream (no SYN seen).
@@ -73,6 +77,7 @@ impl Stats {
         self.bad_checksum += other.bad_checksum;
         self.truncated_dropped += other.truncated_dropped;
         self.orphans += other.orphans;
+        self.filtered += other.filtered;
         self.flows_created += other.flows_created;
         self.flows_partial += other.flows_partial;
         self.flows_evicted += other.flows_evicted;
@@ -127,6 +132,7 @@ mod tests {
                 ..crate::ip::Stats::default()
             },
             bytes_refused: 24,
+            filtered: 25,
         };
         let mut sum = Stats::default();
         sum.merge(&one);

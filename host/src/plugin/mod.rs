@@ -391,6 +391,7 @@ impl PluginHost {
                         let idx = self.entries[i].monitor;
                         let subs = slot.borrow().engine_subscriptions();
                         engine.extend_subscriptions(idx, subs);
+                        engine.set_monitor_filter(idx, slot.borrow().filter());
                         engine.setup_monitor(idx);
                         engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
                     }

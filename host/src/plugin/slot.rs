@@ -18,6 +18,7 @@ use flowpeek_plugin_api::codes;
 use super::budget::{CoreBeat, OverrunPolicy};
 use super::ffi::{self, CallCtx, Sink, HOST_API};
 use super::load::Library;
+use crate::filter::{self, StreamFilter};
 use crate::flow::{
     Cx, Detail, EndReason, Event, EventKind, EventSide, Filter, FlowHandle, Hook, Monitor, Setup,
     Side, Subscriptions,
@@ -94,6 +95,8 @@ pub struct PluginSlot {
     beat: Arc<CoreBeat>,
     plugin_id: u32,
     policy: OverrunPolicy,
+    /// The newest generation's stream filter (`filter` in `<name>.toml`).
+    filter: Option<StreamFilter>,
     /// Counters.
     pub stats: PluginStats,
 }
@@ -113,6 +116,7 @@ impl PluginSlot {
             beat: Arc::new(CoreBeat::default()),
             plugin_id: 0,
             policy: OverrunPolicy::Warn,
+            filter: None,
             stats: PluginStats::default(),
         }
     }
@@ -140,8 +144,15 @@ impl PluginSlot {
     }
 
     /// Makes this core's instance from `lib` and makes it the newest generation; older ones
-    /// drain from the next `arm`. Returns the constructor's error, leaving the slot as it was.
+    /// drain from the next `arm`. Returns the constructor's error, or libpcap's for a bad
+    /// `filter` in `config`, leaving the slot as it was.
     pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
+        let filter = match filter::toml_filter(config) {
+            Some(expr) => {
+                Some(StreamFilter::new(&expr).map_err(|e| format!("{}: {e}", self.name))?)
+            }
+            None => None,
+        };
         let made = (lib.module.new())(self.core, config.into());
         let obj = match made.into_result() {
             Ok(obj) => obj,
@@ -160,6 +171,7 @@ impl PluginSlot {
             drain_deadline: None,
         });
         self.newest = Some(self.gens.len() - 1);
+        self.filter = filter;
         self.stats.generations += 1;
         Ok(subs)
     }
@@ -178,6 +190,11 @@ impl PluginSlot {
         if self.next_drain != u64::MAX {
             let _ = cx.set_core_timer(self.next_drain.saturating_sub(cx.now()), DRAIN_TIMER);
         }
+    }
+
+    /// The newest generation's stream filter, for the flows that start from now on.
+    pub fn filter(&self) -> Option<StreamFilter> {
+        self.filter.clone()
     }
 
     /// The engine subscriptions for this slot: what the plugin asked for, plus `ConnEnd`
@@ -417,6 +434,10 @@ impl Monitor for SlotMonitor {
 
     fn subscriptions(&self) -> Subscriptions {
         self.0.borrow().engine_subscriptions()
+    }
+
+    fn filter(&self) -> Option<StreamFilter> {
+        self.0.borrow().filter()
     }
 
     fn setup(&mut self, setup: &mut Setup<'_>) {
