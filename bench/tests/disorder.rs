@@ -121,7 +121,7 @@ fn modes() -> Vec<(&'static str, MangleConfig)> {
 }
 
 #[test]
-#[ignore = "issue 11: window-32 shuffles of whole short connections and bulk ACK-first/FIN-first still miss (docs/spec-disorder.md)"]
+#[ignore = "issue 11: window-32 shuffles of whole short connections and bulk ACK-first/FIN-first still miss (docs/SPEC.md §3.1)"]
 fn mangled_gen_captures_reassemble_like_the_clean_ones() {
     let mut failures = Vec::new();
     for capture in [

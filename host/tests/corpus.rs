@@ -567,7 +567,7 @@ fn apply_spec6_rows(theirs: &mut Vec<String>, ours: &mut Vec<String>) -> Vec<&'s
 }
 
 /// Flows that still differ from mOS under `--profile mos` after SPEC §6's rows, each with
-/// the reason found by reading the packets (docs/spec-handshake.md lists the new rows).
+/// the reason found by reading the packets (docs/SPEC.md §6 lists the new rows).
 const MOS_KNOWN: &[(&str, &str, &str)] = &[
     ("fin_retransmission", "10.1.30.117:55344>17.167.193.62:443",
      "mOS (resilient build) takes a FIN/ACK in SYN_RCVD for the missing ACK and forgets the FIN"),

@@ -1451,7 +1451,7 @@ fn gap_skip_keeps_earlier_bytes_and_raises_no_overrun() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Disorder on the tap (docs/spec-disorder.md)
+// Disorder on the tap (docs/SPEC.md §3.1)
 // ---------------------------------------------------------------------------------------
 
 /// The server's ACK overtakes the data it acknowledges: the gap waits, the data fills it,

@@ -1,6 +1,6 @@
 //! Simultaneous open and split handshakes (3-, 4- and 5-way): the exact events of each, one
 //! packet per batch, and suricata-verify's `tcp-split-handshake-*` captures through the
-//! event log (docs/spec-handshake.md says which transitions follow RFC 793 and where mOS
+//! event log (docs/SPEC.md §5.1 says which transitions follow RFC 793 and where mOS
 //! shows something else).
 
 mod common;

@@ -1,5 +1,5 @@
 //! Disorder on the tap: what a reordered or duplicated packet must not change (SPEC §3,
-//! docs/spec-disorder.md). A SPAN port or a merge of per-queue captures moves packets by up
+//! docs/SPEC.md §3.1). A SPAN port or a merge of per-queue captures moves packets by up
 //! to a few dozen places; the receiving host saw them in sequence order.
 //!
 //! Owns, per side (the side that *receives* a stream, [`Held`]):
