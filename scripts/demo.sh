@@ -13,6 +13,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$FLOWPEEK_ROOT"
+require_packages demo "${BUILD_PACKAGES[@]}"
 secs=${SECONDS_TO_RUN:-5}
 cores=${CORES:-2}
 rate=${RATE:-300000}

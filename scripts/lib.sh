@@ -35,3 +35,30 @@ require_corpus() {
         exit 1
     fi
 }
+
+# Debian packages a script needs: those missing are installed when this is root on Debian;
+# otherwise the script stops and names them. $1 names the caller, the rest are packages.
+require_packages() {
+    local who=$1 p missing=()
+    shift
+    for p in "$@"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "$who: installing ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+        return 0
+    fi
+    echo "$who: missing Debian packages: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})" >&2
+    exit 1
+}
+
+# What the build needs: flowpeek links libpcap (stream filters use its compiler and matcher).
+BUILD_PACKAGES=(libpcap-dev)
+# What the test suite adds: g++ (libFuzzer is compiled from C++), rsync (the reload torture
+# test writes plugins with rsync --inplace), tshark (the corpus's fragment cases are compared
+# with tshark's follow), tcpdump (the filter tests compare with its selection).
+TEST_PACKAGES=(libpcap-dev g++ rsync tshark tcpdump)

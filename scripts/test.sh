@@ -13,6 +13,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$FLOWPEEK_ROOT"
+require_packages test "${TEST_PACKAGES[@]}"
 require_corpus test
 echo "test: cargo fmt --all --check" >&2
 cargo fmt --all --check
