@@ -48,9 +48,11 @@ impl<'a> PcapReplay<'a> {
         batch: usize,
     ) -> Self {
         // Looping shifts each pass after the previous one; a single pass needs no extra read.
+        // At least the tombstones' lifetime apart, so that a connection replayed with its
+        // own ISNs is a new connection, not a late copy of the closed one.
         let shift_per_pass = if loops > 1 {
             let (first, last) = time_span(capture);
-            last.saturating_sub(first) + 1_000_000_000
+            last.saturating_sub(first).max(crate::flow::TOMBSTONE_TTL) + 1_000_000_000
         } else {
             0
         };
