@@ -162,6 +162,13 @@ fn a_library_overwritten_in_place_never_takes_the_host_down() {
         eprintln!("offset {offset}:\n{}", r.stderr.trim_end());
         r.expect_ok(&format!("overwritten at {offset}"));
         expect_tagger_ran(logs.path(), "overwritten in place");
+        // Where the new bytes land depends on the build's layout: 4096 is always in the
+        // dynamic section and relocations (loading breaks); deeper, the damage may fall in
+        // code that loads and is never run here, which no check can see (README: use rename).
+        // The host must survive either way, and a refusal must say why.
+        if offset != 4096 && !r.stderr.contains("plugin not loaded") {
+            continue;
+        }
         r.expect_says(
             &format!("overwritten at {offset}"),
             &[&format!("{}: ", so.display()), "plugin not loaded"],
