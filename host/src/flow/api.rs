@@ -177,6 +177,7 @@ impl<'a> Cx<'a> {
         if buf.is_empty() {
             return Ok(0);
         }
+        s.read.set(true);
         s.buf
             .as_ref()
             .and_then(|b| b.read(off, buf))
@@ -199,6 +200,7 @@ impl<'a> Cx<'a> {
         if !s.opened {
             return Err(Errno::NotConn);
         }
+        s.read.set(true);
         let b = s.buf.as_ref().ok_or(Errno::NoData)?;
         let (start, flen) = b
             .fragments()
@@ -224,6 +226,7 @@ impl<'a> Cx<'a> {
         if !s.opened {
             return Err(Errno::NotConn.into());
         }
+        s.read.set(true);
         let cursor_slot = &mut mf.cursor[side.index()];
         let cursor = *cursor_slot;
         let Some(b) = s.buf.as_ref() else {
@@ -261,12 +264,14 @@ impl<'a> Cx<'a> {
         if s.capacity == 0 && s.buf.is_none() {
             return Err(Errno::Inval);
         }
+        s.read.set(true);
         Ok(s.buf.iter().flat_map(|b| b.fragments()))
     }
 
     /// Positions in `side`'s stream.
     pub fn buffer_info(&self, h: FlowHandle, side: Side) -> Result<BufferInfo, Errno> {
         let (slot, s) = self.side_state(h, side)?;
+        s.read.set(true);
         let cursor = if self.monitor == FILTER {
             0
         } else {

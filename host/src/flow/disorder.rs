@@ -159,7 +159,7 @@ impl Engine {
 
     /// A stream whose first segment was not its SYN (mid-stream, or the SYN was only
     /// overtaken): a segment before the guessed start of `receiver`'s stream, or its SYN, moves the
-    /// start back, as long as nothing of the stream was delivered. Rare: it copies the
+    /// start back, as long as nothing of the stream was delivered or read by a monitor. Rare: it copies the
     /// few bytes stored so far.
     pub(crate) fn rebase_guess(&mut self, slot: FlowIdx, receiver: Side, syn: bool, seq: u32) {
         let f = self.core.table.flow_mut(slot);
@@ -173,7 +173,8 @@ impl Engine {
         if !h.base_guess {
             return;
         }
-        if r.newdata_mark > 0 {
+        // Once delivered (NewData) or looked at by a monitor, the offsets are fixed.
+        if r.newdata_mark > 0 || r.read.get() {
             h.base_guess = false;
             return;
         }
@@ -404,8 +405,8 @@ impl Engine {
         }
         let f = self.core.table.flow_mut(slot);
         for (h, s) in f.held.iter_mut().zip(&f.sides) {
-            // Once data was delivered, the start stays where it is.
-            h.base_guess &= s.newdata_mark == 0;
+            // Once data was delivered or read, the start stays where it is.
+            h.base_guess &= s.newdata_mark == 0 && !s.read.get();
         }
         f.disorder = f.held.iter().any(Held::pending);
         true

@@ -6,6 +6,8 @@
 //! the state machine. Must not: store payload (that is [`super::reassembly`]), emit events
 //! (the transitions return what changed; the engine emits), or touch the flow table.
 
+use std::cell::Cell;
+
 use super::buffer::{OverlapPolicy, RecvBuffer};
 use super::types::{EndReason, Side, TcpState};
 use crate::wire::TcpSegment;
@@ -51,6 +53,10 @@ pub(crate) struct SideState {
     /// The budget refused this side a buffer (or its growth): bytes it could not store
     /// count as missing.
     pub(crate) refused: bool,
+    /// A monitor looked at this side's stored bytes or positions (ppeek, peek, fragments,
+    /// buffer info): from then on the stream's offsets are fixed, and a guessed start is
+    /// never moved (see [`super::disorder`]). A `Cell` because reads take `&self`.
+    pub(crate) read: Cell<bool>,
 }
 
 impl SideState {
@@ -81,6 +87,7 @@ impl SideState {
             missing: 0,
             overlap_bytes: 0,
             refused: false,
+            read: Cell::new(false),
         }
     }
 

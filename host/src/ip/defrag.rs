@@ -827,15 +827,15 @@ impl Defragmenter {
         let old_charge = std::mem::replace(&mut t.charge, charge);
         let complete = t.end.is_some_and(|e| e == t.covered) && !t.head.is_empty();
         self.stats.memory = self.stats.memory - old_charge as u64 + charge as u64;
-        if !complete {
-            let fits = self.enforce_memory(&key);
-            self.stats.peak_memory = self.stats.peak_memory.max(self.stats.memory);
-            if !fits {
-                return self.discard(&key, DropReason::Memory);
-            }
-            return Outcome::Held;
+        // The cap holds at every instant, the moment a datagram completes too: a datagram
+        // that alone is over it is discarded, complete or not.
+        if !self.enforce_memory(&key) {
+            return self.discard(&key, DropReason::Memory);
         }
         self.stats.peak_memory = self.stats.peak_memory.max(self.stats.memory);
+        if !complete {
+            return Outcome::Held;
+        }
         let Some(t) = self.remove(&key) else {
             return Outcome::Held;
         };

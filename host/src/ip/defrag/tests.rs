@@ -476,6 +476,43 @@ fn past_the_memory_cap_the_oldest_is_evicted_and_a_datagram_alone_past_it_droppe
 }
 
 #[test]
+fn the_cap_holds_when_a_datagram_completes_too() {
+    // Found by the defrag fuzzer: the fragment that completes a datagram pushed the held
+    // bytes past the cap for an instant, so `peak_memory` went over it. Now the others are
+    // evicted first, and a datagram that alone is over the cap is dropped, complete or not.
+    let cfg = Config {
+        memory: 8 * 1024,
+        ..Config::default()
+    };
+    let mut d = Defragmenter::new(cfg);
+    for id in 0..6u16 {
+        let f = v4_packet(17, id, 0, true, &[1; 1024]);
+        assert_eq!(d.push(LinkType::RawIp, &f, S), Outcome::Held);
+    }
+    let data = payload(4096);
+    let frames = split_v4(&data, &[2048], 77);
+    assert_eq!(d.push(LinkType::RawIp, &frames[0], S), Outcome::Held);
+    assert!(matches!(
+        d.push(LinkType::RawIp, &frames[1], S),
+        Outcome::Complete(_)
+    ));
+    let st = *d.stats();
+    assert!(st.evictions > 0, "{st:?}");
+    assert!(st.peak_memory <= 8 * 1024, "{st:?}");
+
+    let big = payload(12 * 1024);
+    let frames = split_v4(&big, &[6 * 1024], 78);
+    assert_eq!(d.push(LinkType::RawIp, &frames[0], S), Outcome::Held);
+    assert_eq!(
+        d.push(LinkType::RawIp, &frames[1], S),
+        Outcome::Dropped(DropReason::Memory)
+    );
+    let st = *d.stats();
+    assert!(st.peak_memory <= 8 * 1024, "{st:?}");
+    assert_eq!(st.memory, 0, "{st:?}");
+}
+
+#[test]
 fn a_million_first_fragments_stay_within_the_cap() {
     for (cfg, bound) in [
         (Config::default(), "datagrams"),
