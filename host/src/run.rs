@@ -223,6 +223,7 @@ impl RunReport {
                 "bytes_missing": s.bytes_missing, "bytes_refused": s.bytes_refused, "buffer_memory_refusals": s.buffer_memory_refusals,
                 "fragment_limit_drops": s.fragment_limit_drops, "bytes_beyond_window": s.bytes_beyond_window,
                 "defrag": defrag_json(&s.defrag),
+                "handoff": {"sent": s.handed_off, "dropped": s.handoff_dropped, "received": s.handed_in},
                 "unsupported_link": s.unsupported_link,
             })
         };
@@ -299,6 +300,16 @@ pub fn run(
         // Fails here, with the reason and the fix, when netmap is not there.
         drop(NetmapPort::open_spec(p.clone()).map_err(SourceError::from)?);
     }
+    // A capture replay has every core reassemble every datagram; live sources hand a
+    // datagram to the core of its flow.
+    let mut handoffs: Vec<Option<_>> = if cores > 1 && !matches!(opts.source, Source::Pcap(_)) {
+        worker::handoff::ports(cores)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
@@ -317,6 +328,7 @@ pub fn run(
                     pin: cores > 1,
                     latency_sample: opts.latency_sample,
                     latency_warmup: opts.latency_warmup,
+                    handoff: handoffs.get_mut(core).and_then(Option::take),
                 };
                 let source = opts.source.clone();
                 let shm_ring = shm_rings.get_mut(core).and_then(Option::take);

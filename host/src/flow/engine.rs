@@ -76,7 +76,20 @@ pub struct Engine {
     /// The last reassembled datagram, copied out of `defrag` so that the engine can be
     /// borrowed whole while it is processed (reused).
     datagram: Vec<u8>,
+    /// Live multi-core sources: where a datagram reassembled here for a flow of another core
+    /// goes (see [`Engine::set_handoff`]).
+    handoff: Option<Handoff>,
 }
+
+/// The way out for datagrams of other cores' flows: the cores of the run, and the sender
+/// (to core, link, frame, time, overlap differs) that returns false when it dropped one.
+struct Handoff {
+    cores: usize,
+    send: HandoffSend,
+}
+
+/// See [`Engine::set_handoff`].
+pub type HandoffSend = Box<dyn FnMut(usize, LinkType, &[u8], u64, bool) -> bool + Send>;
 
 impl Engine {
     /// An engine with `monitors`, visited in this (load) order.
@@ -100,6 +113,7 @@ impl Engine {
             user_events: Vec::new(),
             defrag,
             datagram: Vec::new(),
+            handoff: None,
         };
         engine.core.dispatch.global = engine.core.cfg.filter.clone();
         for m in 0..nmon {
@@ -315,31 +329,88 @@ impl Engine {
             self.core.stats.defrag = *self.defrag.stats();
         }
         if let Some(overlap_differs) = complete {
-            match wire::decode(link, &datagram) {
-                Ok(Decoded::Tcp(seg))
-                    if cores > 1
-                        && shard_of(
-                            symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
-                            cores,
-                        ) != usize::from(self.core.cfg.core) => {}
-                Ok(Decoded::Tcp(seg)) => {
-                    if self.core.cfg.verify_checksums
-                        && wire::tcp_checksum_ok(&datagram, &seg) == Some(false)
-                    {
-                        self.core.stats.bad_checksum += 1;
-                    } else {
-                        self.on_segment(&seg, &datagram, ts);
-                        if overlap_differs {
-                            self.ip_overlap(&seg, &datagram);
-                        }
-                    }
-                }
-                Ok(_) if counts => self.core.stats.not_tcp += 1,
-                Err(_) if counts => self.core.stats.malformed += 1,
-                Ok(_) | Err(_) => {}
-            }
+            self.on_datagram(link, &datagram, ts, overlap_differs, counts);
         }
         self.datagram = datagram;
+    }
+
+    /// A datagram the defragmenter completed: processed here if its flow is this core's,
+    /// else left to the core that owns it (a replay, where every core reassembles every
+    /// datagram) or handed to it (a live source, [`Engine::set_handoff`]).
+    fn on_datagram(
+        &mut self,
+        link: LinkType,
+        datagram: &[u8],
+        ts: u64,
+        overlap_differs: bool,
+        counts: bool,
+    ) {
+        let me = usize::from(self.core.cfg.core);
+        let cores = match &self.handoff {
+            Some(h) => h.cores,
+            None => self.core.cfg.replay_cores,
+        };
+        match wire::decode(link, datagram) {
+            Ok(Decoded::Tcp(seg)) => {
+                let owner = if cores > 1 {
+                    shard_of(
+                        symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
+                        cores,
+                    )
+                } else {
+                    me
+                };
+                if owner == me {
+                    self.datagram_segment(&seg, datagram, ts, overlap_differs);
+                } else if let Some(h) = self.handoff.as_mut() {
+                    if (h.send)(owner, link, datagram, ts, overlap_differs) {
+                        self.core.stats.handed_off += 1;
+                    } else {
+                        self.core.stats.handoff_dropped += 1;
+                    }
+                }
+            }
+            Ok(_) if counts => self.core.stats.not_tcp += 1,
+            Err(_) if counts => self.core.stats.malformed += 1,
+            Ok(_) | Err(_) => {}
+        }
+    }
+
+    fn datagram_segment(
+        &mut self,
+        seg: &TcpSegment<'_>,
+        datagram: &[u8],
+        ts: u64,
+        overlap_differs: bool,
+    ) {
+        if self.core.cfg.verify_checksums && wire::tcp_checksum_ok(datagram, seg) == Some(false) {
+            self.core.stats.bad_checksum += 1;
+        } else {
+            self.on_segment(seg, datagram, ts);
+            if overlap_differs {
+                self.ip_overlap(seg, datagram);
+            }
+        }
+    }
+
+    /// Live multi-core sources: the fragments of a datagram all reach one core (only the
+    /// first carries the ports the sharding hash needs), which reassembles it; when its
+    /// flow belongs to another of the `cores` cores, the datagram goes to `send` (to core,
+    /// link, frame, time, overlap differs; false when dropped), and that core processes it
+    /// with [`Engine::on_handed`]. Counted as `handed_off` and `handoff_dropped`.
+    pub fn set_handoff(&mut self, cores: usize, send: HandoffSend) {
+        self.handoff = Some(Handoff { cores, send });
+    }
+
+    /// A datagram another core reassembled for a flow of this core (see
+    /// [`Engine::set_handoff`]). Its fragments were counted as packets where they arrived.
+    pub fn on_handed(&mut self, link: LinkType, datagram: &[u8], ts: u64, overlap_differs: bool) {
+        self.core.stats.handed_in += 1;
+        self.core.now = self.core.now.max(ts);
+        match wire::decode(link, datagram) {
+            Ok(Decoded::Tcp(seg)) => self.datagram_segment(&seg, datagram, ts, overlap_differs),
+            Ok(_) | Err(_) => self.core.stats.malformed += 1,
+        }
     }
 
     /// A datagram whose fragments overlapped with bytes that differ was processed: an

@@ -125,6 +125,11 @@ pub fn quick_frame_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
     if vihl >> 4 != 4 || ihl < 20 || *ip.get(9)? != 6 {
         return None;
     }
+    // A fragment (more fragments, or an offset): only the first has the ports, so none is
+    // hashed by them; the decoder says what it is.
+    if u16::from_be_bytes(ip.get(6..8)?.try_into().ok()?) & 0x3fff != 0 {
+        return None;
+    }
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_be_bytes(ip.get(at..at + 4)?.try_into().ok()?))
     };
@@ -137,6 +142,26 @@ pub fn quick_frame_hash(link: Option<LinkType>, frame: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_hash_leaves_fragments_to_the_decoder() {
+        let mut ip = vec![
+            0x45, 0, 0, 40, 0, 1, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[0x04, 0xd2, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
+        ip.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+        let whole = quick_frame_hash(Some(LinkType::RawIp), &ip);
+        assert!(whole.is_some());
+        for flags_offset in [0x2000u16, 0x0001, 0x2005] {
+            let mut f = ip.clone();
+            f[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+            assert_eq!(quick_frame_hash(Some(LinkType::RawIp), &f), None);
+        }
+        // Don't-fragment is no fragment.
+        let mut df = ip.clone();
+        df[6] = 0x40;
+        assert_eq!(quick_frame_hash(Some(LinkType::RawIp), &df), whole);
+    }
 
     #[test]
     fn both_directions_share_key_and_hash() {

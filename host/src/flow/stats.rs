@@ -62,6 +62,13 @@ pub struct Stats {
     /// The defragmenter's counters (datagrams reassembled, overlaps, timeouts, evictions,
     /// drops by reason).
     pub defrag: crate::ip::Stats,
+    /// Live multi-core sources: datagrams reassembled here and sent to the core of their
+    /// flow (`worker::handoff`).
+    pub handed_off: u64,
+    /// Such datagrams dropped: their core had too many waiting, or had ended.
+    pub handoff_dropped: u64,
+    /// Datagrams another core reassembled for a flow of this core.
+    pub handed_in: u64,
 }
 
 impl Stats {
@@ -93,6 +100,9 @@ impl Stats {
         self.flows_live += other.flows_live;
         self.buffer_bytes += other.buffer_bytes;
         self.defrag.add(&other.defrag);
+        self.handed_off += other.handed_off;
+        self.handoff_dropped += other.handoff_dropped;
+        self.handed_in += other.handed_in;
     }
 }
 
@@ -133,6 +143,9 @@ mod tests {
             },
             bytes_refused: 24,
             filtered: 25,
+            handed_off: 26,
+            handoff_dropped: 27,
+            handed_in: 28,
         };
         let mut sum = Stats::default();
         sum.merge(&one);

@@ -179,6 +179,9 @@ pub struct WorkerSpec {
     pub latency_sample: u64,
     /// Stamps within this many ns after the first are warm-up, not recorded.
     pub latency_warmup: u64,
+    /// Live multi-core sources: this core's ends of the datagram handoff between cores
+    /// ([`handoff::ports`]; `None`: one core, or a replay, where every core reassembles).
+    pub handoff: Option<(handoff::Outbox, handoff::Inbox)>,
 }
 
 /// Pins the thread (when asked), then opens `input` on it, so that the source's memory is
@@ -215,8 +218,15 @@ pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerErr
 }
 
 /// Runs one core over `source` until it ends or `spec.stop` is set; returns what it did.
-pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, WorkerError> {
-    let (mut host, engine) = start_core(&spec)?;
+pub fn run<S: Source>(mut spec: WorkerSpec, mut source: S) -> Result<CoreReport, WorkerError> {
+    let (mut host, mut engine) = start_core(&spec)?;
+    let mut inbox = spec.handoff.take().map(|(mut out, inbox)| {
+        engine.set_handoff(
+            spec.cores,
+            Box::new(move |to, link, frame, ts, differs| out.send(to, link, frame, ts, differs)),
+        );
+        inbox
+    });
     source.start();
     if S::STAMPS && spec.latency_sample > 0 {
         let meter = Latency {
@@ -227,14 +237,16 @@ pub fn run<S: Source>(spec: WorkerSpec, mut source: S) -> Result<CoreReport, Wor
             histogram: latency_histogram(),
         };
         let mut feed = Feed::new(engine, meter);
-        let error = drive(&spec, &mut source, &mut feed, &mut host);
+        let error = drive(&spec, &mut source, &mut feed, &mut host, &mut inbox);
+        feed.finish_handoff(&mut inbox);
         let latency = Some(feed.meter.histogram);
         let mut report = end_core(&spec, feed.engine, host, error, latency);
         report.corrupt_frames = source.corrupt_frames();
         Ok(report)
     } else {
         let mut feed = Feed::new(engine, NoMeter);
-        let error = drive(&spec, &mut source, &mut feed, &mut host);
+        let error = drive(&spec, &mut source, &mut feed, &mut host, &mut inbox);
+        feed.finish_handoff(&mut inbox);
         let mut report = end_core(&spec, feed.engine, host, error, None);
         report.corrupt_frames = source.corrupt_frames();
         Ok(report)
@@ -247,6 +259,7 @@ fn drive<S: Source, M: Meter>(
     src: &mut S,
     feed: &mut Feed<M>,
     host: &mut PluginHost,
+    inbox: &mut Option<handoff::Inbox>,
 ) -> Option<SourceError> {
     let spins = S::IDLE == Idle::Spin;
     let blocks = S::IDLE == Idle::Blocks;
@@ -264,7 +277,12 @@ fn drive<S: Source, M: Meter>(
         } else {
             FULL_POLL_EVERY
         };
-        if spins && idle_spins > 0 && idle_spins % every != 0 && src.is_empty() {
+        if spins
+            && idle_spins > 0
+            && idle_spins % every != 0
+            && src.is_empty()
+            && inbox.as_ref().map_or(true, handoff::Inbox::is_empty)
+        {
             idle_spins += 1;
             nap(idle_spins);
             continue;
@@ -285,9 +303,11 @@ fn drive<S: Source, M: Meter>(
             Ok(Batch::Frames(n)) => {
                 idle_spins = 0;
                 since_clock += n;
+                feed.take_handoff(inbox);
                 feed.engine.end_batch();
             }
             Ok(Batch::Empty) => {
+                feed.take_handoff(inbox);
                 // Idle: timers and idle expiry still run, on wall time; reloads still apply.
                 now = wall_ns();
                 since_clock = 0;
@@ -348,6 +368,29 @@ impl<M: Meter> Feed<M> {
             meter,
             #[cfg(test)]
             hints: 0,
+        }
+    }
+}
+
+impl<M> Feed<M> {
+    /// The datagrams other cores reassembled for this core's flows (live multi-core
+    /// sources only).
+    #[inline]
+    fn take_handoff(&mut self, inbox: &mut Option<handoff::Inbox>) {
+        if let Some(inbox) = inbox {
+            let engine = &mut self.engine;
+            inbox.drain(|p| engine.on_handed(p.link, &p.frame, p.ts, p.overlap_differs));
+        }
+    }
+
+    /// The source ended: the datagrams the other cores still send until they end too.
+    fn finish_handoff(&mut self, inbox: &mut Option<handoff::Inbox>) {
+        if let Some(inbox) = inbox {
+            let engine = &mut self.engine;
+            inbox.finish(handoff::END_GRACE, |p| {
+                engine.on_handed(p.link, &p.frame, p.ts, p.overlap_differs);
+            });
+            engine.end_batch();
         }
     }
 }
@@ -513,5 +556,6 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+pub mod handoff;
 #[cfg(test)]
 mod tests;

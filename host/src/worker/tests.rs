@@ -106,11 +106,12 @@ fn run_image(flows: u32) -> (u64, u64) {
         pin: false,
         latency_sample: 0,
         latency_warmup: 0,
+        handoff: None,
     };
     let mut src = KernelImage::new((0..flows).map(syn).collect(), stop);
     let (mut host, engine) = start_core(&spec).unwrap();
     let mut feed = Feed::new(engine, NoMeter);
-    let error = drive(&spec, &mut src, &mut feed, &mut host);
+    let error = drive(&spec, &mut src, &mut feed, &mut host, &mut None);
     assert!(error.is_none(), "{error:?}");
     let _ = std::fs::remove_dir_all(&dir);
     (feed.engine.stats().packets, feed.hints)
