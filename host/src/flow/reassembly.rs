@@ -189,7 +189,7 @@ impl Engine {
         let core = &mut self.core;
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let policy = side.overlap;
-        let before = side.contig();
+        let before = side.buf_contig();
         let room = core.table.pool.room(core.stats.buffer_bytes);
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
         let out = side
@@ -219,7 +219,7 @@ impl Engine {
         }
         let core = &mut self.core;
         let side = &mut core.table.flow_mut(slot).sides[receiver.index()];
-        let after = side.contig();
+        let after = side.buf_contig();
         side.rx_next = after;
         if after > before {
             core.marks.mark(&mut core.table, slot, receiver);
@@ -292,9 +292,10 @@ impl Engine {
             return;
         }
         buf.skip_to(to);
+        let after = buf.contig_end();
         s.missing += to - contig;
         core.stats.bytes_missing += to - contig;
-        s.rx_next = s.contig();
+        s.rx_next = after;
         // Readers learn about the skipped bytes through `peek` (`Lost`); data after the gap
         // is new contiguous data.
         core.marks.mark(&mut core.table, slot, side);
