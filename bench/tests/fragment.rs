@@ -321,3 +321,191 @@ fn live_workers_hand_reassembled_datagrams_to_their_flows_core() {
         want.len()
     );
 }
+
+#[path = "../../host/tests/netns/mod.rs"]
+#[macro_use]
+mod netns;
+
+/// Writes the first `n` packets of `input` to `output` (pcap, microseconds, its link type).
+fn write_first(input: &Path, output: &Path, n: usize) {
+    use std::io::Write;
+    let cap = flowpeek::io::pcap::CaptureFile::open(input).expect("capture");
+    let mut out = Vec::new();
+    for (i, p) in cap.packets().take(n).enumerate() {
+        let p = p.expect("packet");
+        if i == 0 {
+            out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+            out.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&262_144u32.to_le_bytes());
+            out.extend_from_slice(&p.link_code.to_le_bytes());
+        }
+        let (s, us) = (
+            p.ts_nanos / 1_000_000_000,
+            p.ts_nanos % 1_000_000_000 / 1000,
+        );
+        for v in [s as u32, us as u32, p.data.len() as u32, p.orig_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(p.data);
+    }
+    std::fs::File::create(output)
+        .and_then(|mut f| f.write_all(&out))
+        .expect("write the cut capture");
+}
+
+/// Sends every frame of `capture` out of interface `ifname` (a packet socket), a few
+/// thousand a second, as a tap in front of a real link would see them.
+fn send_frames(ifname: &str, capture: &Path) -> usize {
+    use std::ffi::CString;
+    let cap = flowpeek::io::pcap::CaptureFile::open(capture).expect("capture");
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    #[allow(unsafe_code)]
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let name = CString::new(ifname).unwrap();
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index > 0, "no interface {ifname}");
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        let mut sent = 0;
+        for p in cap.packets() {
+            let p = p.expect("packet");
+            loop {
+                let n = libc::sendto(
+                    fd,
+                    p.data.as_ptr().cast(),
+                    p.data.len(),
+                    0,
+                    std::ptr::addr_of!(addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if n >= 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::ENOBUFS), "sendto: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            sent += 1;
+            if sent % 32 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+        }
+        libc::close(fd);
+        sent
+    }
+}
+
+/// Live AF_PACKET with two cores: fragments sent on a veth reach one core (the fanout
+/// program hashes a fragment by its addresses), which reassembles each datagram and hands
+/// it to its flow's core. Every direction's bytes equal the clean capture's.
+#[test]
+fn live_afpacket_cores_reassemble_fragments_sent_on_a_veth() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use flowpeek::run::{RunOptions, Source};
+
+    require_live!();
+    let net = netns::Net::up('f');
+    let dir = plugin_util::TempDir::new("fragment-veth");
+    plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
+    let clean = dir.join("cut.pcap");
+    write_first(&gen("http-small.pcap"), &clean, 4000);
+    let frags = dir.join("cut.fragmented.pcap");
+    let cfg = FragmentConfig {
+        max_fragments: 4,
+        seed: 11,
+        ..FragmentConfig::default()
+    };
+    let rep = fragment_file(&clean, &frags, &cfg).expect("fragment");
+    assert!(rep.fragmented > 500, "{rep:?}");
+    // Per connection, what each direction delivered (bytes and hash): a live run ends
+    // by a stop, a capture at its end, so the close is not compared.
+    let records = |logs: &Path| -> HashMap<String, String> {
+        std::fs::read_to_string(logs.join("streamhash.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let j: serde_json::Value = serde_json::from_str(l).unwrap();
+                let k = format!("{} {}", j["client"], j["server"]);
+                (k, format!("{} {}", j["c2s"], j["s2c"]))
+            })
+            .collect()
+    };
+    let opts = |source: Source, logs: &Path, cores: usize| RunOptions {
+        source,
+        plugins: dir.path().into(),
+        log_dir: logs.into(),
+        engine: Config {
+            tcp_timeout: 3600 * 1_000_000_000,
+            buffer_capacity: 1 << 20,
+            ..Config::default()
+        },
+        pace: 0,
+        loops: 1,
+        drain_timeout: 3600 * 1_000_000_000,
+        watch: false,
+        cores,
+        latency_sample: 0,
+        budget: Default::default(),
+        latency_warmup: 0,
+    };
+    let want_logs = plugin_util::TempDir::new("fragment-veth-want");
+    let stop = Arc::new(AtomicBool::new(false));
+    flowpeek::run::run(
+        &opts(Source::Pcap(clean), want_logs.path(), 1),
+        &stop,
+        |_| {},
+    )
+    .expect("clean run");
+    let want = records(want_logs.path());
+    assert!(want.len() > 50, "{} connections in the cut", want.len());
+
+    let logs = plugin_util::TempDir::new("fragment-veth-got");
+    let run_opts = opts(Source::AfPacket(net.if_a.clone()), logs.path(), 2);
+    let report = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            netns::enter_netns(&net.ns_a);
+            flowpeek::run::run(&run_opts, &stop, |_| {})
+        });
+        // The log file appears when the plugins are loaded, just before the sockets open.
+        let t0 = std::time::Instant::now();
+        while !logs.join("streamhash.jsonl").exists() && t0.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let sender = s.spawn(|| {
+            netns::enter_netns(&net.ns_b);
+            send_frames(&net.if_b, &frags)
+        });
+        assert_eq!(sender.join().expect("sender"), rep.frames_out);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        capture.join().expect("capture thread").expect("live run")
+    });
+    let s = &report.stats;
+    assert_eq!(s.defrag.reassembled, rep.fragmented as u64, "{s:?}");
+    assert!(s.handed_off > 0, "no datagram changed core: {s:?}");
+    assert_eq!((s.handed_off, s.handoff_dropped), (s.handed_in, 0), "{s:?}");
+    let got = records(logs.path());
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: want {v}, got {:?}", got.get(k)))
+        .take(4)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} connections live, {} in the capture; differ: {wrong:#?}",
+        got.len(),
+        want.len()
+    );
+}

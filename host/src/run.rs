@@ -302,19 +302,21 @@ pub fn run(
     }
     // A capture replay has every core reassemble every datagram; live sources hand a
     // datagram to the core of its flow.
-    let mut handoffs: Vec<Option<_>> = if cores > 1 && !matches!(opts.source, Source::Pcap(_)) {
-        worker::handoff::ports(cores)
-            .into_iter()
-            .map(Some)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let mut handoffs: Vec<Option<_>> =
+        if cores > 1 && matches!(opts.source, Source::Shm(_) | Source::AfPacket(_)) {
+            worker::handoff::ports(cores)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            Vec::new()
+        };
     let counters: Vec<Arc<CoreCounters>> = (0..cores)
         .map(|_| Arc::new(CoreCounters::default()))
         .collect();
     // One AF_PACKET fanout group per run.
     let group = (std::process::id() & 0xffff) as u16;
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results: Vec<Result<CoreReport, WorkerError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
             .map(|core| {
@@ -331,6 +333,7 @@ pub fn run(
                     handoff: handoffs.get_mut(core).and_then(Option::take),
                 };
                 let source = opts.source.clone();
+                let joined = Arc::clone(&joined);
                 let shm_ring = shm_rings.get_mut(core).and_then(Option::take);
                 let (loops, pace) = (opts.loops, opts.pace);
                 std::thread::Builder::new()
@@ -338,7 +341,11 @@ pub fn run(
                     .spawn_scoped(scope, move || {
                         let input = match source {
                             Source::Pcap(path) => Input::Pcap(PcapShard { path, loops, pace }),
-                            Source::AfPacket(ifname) => Input::AfPacket { ifname, group },
+                            Source::AfPacket(ifname) => Input::AfPacket {
+                                ifname,
+                                group,
+                                joined,
+                            },
                             Source::Netmap(mut p) => {
                                 if cores > 1 {
                                     p.ring = Some(core as u16);

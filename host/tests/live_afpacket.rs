@@ -16,10 +16,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,114 +30,16 @@ use flowpeek::io::afpacket::{AfPacketSocket, FanoutGroup, FanoutMode, RingConfig
 use flowpeek::streams::{StreamHasher, StreamRecord};
 use sha2::{Digest, Sha256};
 
+#[macro_use]
+mod netns;
+use netns::{enter_netns, Net};
+
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const PORT: u16 = 5000;
 const SIZES: [usize; 4] = [1, 1024, 100_000, 1_000_000];
 const CONNECTIONS: usize = 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Why the live tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    // SAFETY: `geteuid` has no preconditions.
-    #[allow(unsafe_code)]
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!(
-            "not root (euid {euid}): namespaces, veth pairs and packet sockets need root"
-        ));
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is not available".into()),
-    }
-}
-
-macro_rules! require_live {
-    () => {
-        if let Some(why) = unavailable() {
-            eprintln!("skipping live AF_PACKET test: {why}");
-            return;
-        }
-    };
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop.
-struct Net {
-    ns_a: String,
-    ns_b: String,
-    if_a: String,
-}
-
-impl Net {
-    fn up(tag: char) -> Net {
-        let base = format!("fp{}{tag}", std::process::id() % 1_000_000);
-        let net = Net {
-            ns_a: format!("{base}-a"),
-            ns_b: format!("{base}-b"),
-            if_a: format!("{base}0"),
-        };
-        let if_b = format!("{base}1");
-        // Leftovers of an earlier run with the same pid.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &net.ns_a])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &net.ns_b])
-            .output();
-        ip(&["netns", "add", &net.ns_a]);
-        ip(&["netns", "add", &net.ns_b]);
-        ip(&[
-            "link", "add", &net.if_a, "netns", &net.ns_a, "type", "veth", "peer", "name", &if_b,
-            "netns", &net.ns_b,
-        ]);
-        for (ns, ifname, addr) in [
-            (&net.ns_a, &net.if_a, "10.77.0.1/24"),
-            (&net.ns_b, &if_b, "10.77.0.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", ifname]);
-            ip(&["-n", ns, "link", "set", ifname, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            // Wire-sized frames when ethtool is there; otherwise GSO super-packets, which
-            // TPACKET_V3 delivers whole.
-            let _ = Command::new("ip")
-                .args(["netns", "exec", ns, "ethtool", "-K", ifname])
-                .args(["tso", "off", "gso", "off", "gro", "off"])
-                .output();
-        }
-        net
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns_a])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns_b])
-            .output();
-    }
-}
-
-/// Moves the calling thread into network namespace `ns`.
-fn enter_netns(ns: &str) {
-    let f = File::open(format!("/var/run/netns/{ns}")).expect("open namespace");
-    // SAFETY: `f` is an open namespace file; setns only changes this thread's namespace.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

@@ -76,20 +76,24 @@ pub struct Engine {
     /// The last reassembled datagram, copied out of `defrag` so that the engine can be
     /// borrowed whole while it is processed (reused).
     datagram: Vec<u8>,
-    /// Live multi-core sources: where a datagram reassembled here for a flow of another core
-    /// goes (see [`Engine::set_handoff`]).
-    handoff: Option<Handoff>,
+    /// Live multi-core sources: which core a datagram reassembled here belongs to, and the
+    /// way there (see [`Engine::set_handoff`]).
+    handoff: Option<HandoffRoute>,
 }
 
-/// The way out for datagrams of other cores' flows: the cores of the run, and the sender
-/// (to core, link, frame, time, overlap differs) that returns false when it dropped one.
-struct Handoff {
-    cores: usize,
-    send: HandoffSend,
+/// Where a reassembled datagram went (see [`Engine::set_handoff`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handed {
+    /// Its flow is this core's: processed here.
+    Here,
+    /// Sent to its flow's core.
+    Sent,
+    /// Its flow's core could not take it: dropped (counted).
+    Dropped,
 }
 
-/// See [`Engine::set_handoff`].
-pub type HandoffSend = Box<dyn FnMut(usize, LinkType, &[u8], u64, bool) -> bool + Send>;
+/// See [`Engine::set_handoff`]: (link, frame, time, overlap differs) → where it went.
+pub type HandoffRoute = Box<dyn FnMut(LinkType, &[u8], u64, bool) -> Handed + Send>;
 
 impl Engine {
     /// An engine with `monitors`, visited in this (load) order.
@@ -345,29 +349,31 @@ impl Engine {
         overlap_differs: bool,
         counts: bool,
     ) {
-        let me = usize::from(self.core.cfg.core);
-        let cores = match &self.handoff {
-            Some(h) => h.cores,
-            None => self.core.cfg.replay_cores,
-        };
         match wire::decode(link, datagram) {
             Ok(Decoded::Tcp(seg)) => {
-                let owner = if cores > 1 {
-                    shard_of(
-                        symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
-                        cores,
-                    )
-                } else {
-                    me
-                };
-                if owner == me {
-                    self.datagram_segment(&seg, datagram, ts, overlap_differs);
-                } else if let Some(h) = self.handoff.as_mut() {
-                    if (h.send)(owner, link, datagram, ts, overlap_differs) {
-                        self.core.stats.handed_off += 1;
-                    } else {
-                        self.core.stats.handoff_dropped += 1;
+                let here = match self.handoff.as_mut() {
+                    Some(route) => match route(link, datagram, ts, overlap_differs) {
+                        Handed::Here => true,
+                        Handed::Sent => {
+                            self.core.stats.handed_off += 1;
+                            false
+                        }
+                        Handed::Dropped => {
+                            self.core.stats.handoff_dropped += 1;
+                            false
+                        }
+                    },
+                    None => {
+                        let cores = self.core.cfg.replay_cores;
+                        cores <= 1
+                            || shard_of(
+                                symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
+                                cores,
+                            ) == usize::from(self.core.cfg.core)
                     }
+                };
+                if here {
+                    self.datagram_segment(&seg, datagram, ts, overlap_differs);
                 }
             }
             Ok(_) if counts => self.core.stats.not_tcp += 1,
@@ -394,12 +400,13 @@ impl Engine {
     }
 
     /// Live multi-core sources: the fragments of a datagram all reach one core (only the
-    /// first carries the ports the sharding hash needs), which reassembles it; when its
-    /// flow belongs to another of the `cores` cores, the datagram goes to `send` (to core,
-    /// link, frame, time, overlap differs; false when dropped), and that core processes it
-    /// with [`Engine::on_handed`]. Counted as `handed_off` and `handoff_dropped`.
-    pub fn set_handoff(&mut self, cores: usize, send: HandoffSend) {
-        self.handoff = Some(Handoff { cores, send });
+    /// first carries the ports the sharding hash needs), which reassembles it. `route` says
+    /// whose flow it is, the source's way (`worker::handoff`), and sends it there if not
+    /// this core's; that core processes it with [`Engine::on_handed`]. Counted as
+    /// `handed_off` and `handoff_dropped`. Without a route, a datagram is processed here
+    /// (or, in a replay, by the core of its flow: every core reassembles every datagram).
+    pub fn set_handoff(&mut self, route: HandoffRoute) {
+        self.handoff = Some(route);
     }
 
     /// A datagram another core reassembled for a flow of this core (see

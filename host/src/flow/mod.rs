@@ -49,7 +49,7 @@ pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
 pub use config::Config;
 pub use dispatch::{Filter, ForeignFilter, UserFilter};
-pub use engine::{Engine, HandoffSend};
+pub use engine::{Engine, Handed, HandoffRoute};
 pub use key::{quick_frame_hash, symmetric_hash};
 pub use monitor::{BufferRequest, Monitor, Setup, Subscriptions};
 pub use stats::Stats;

@@ -19,6 +19,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::flow::Handed;
+use crate::io::shard;
 use crate::wire::LinkType;
 
 /// Buffers (and channel slots) per ordered pair of cores: datagrams in flight from one core
@@ -63,9 +65,54 @@ struct Incoming {
     empties: SyncSender<Vec<u8>>,
 }
 
+/// How a source shards, so that a datagram goes where the source sends its flow's other
+/// packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Owner {
+    /// The symmetric flow hash modulo the cores (the shm producer, [`shard::frame_shard`]).
+    #[default]
+    FlowHash,
+    /// The AF_PACKET fanout program's hash modulo the sockets, which joined the group in
+    /// core order ([`shard::fanout_hash`]).
+    Fanout,
+}
+
+impl Owner {
+    /// The core of a whole (reassembled) frame among `cores`.
+    pub fn of(self, link: LinkType, frame: &[u8], cores: usize) -> usize {
+        match self {
+            Owner::FlowHash => shard::frame_shard(link, frame, cores),
+            Owner::Fanout => {
+                let (proto, net) = match link {
+                    LinkType::Ethernet => {
+                        let mut at = 12;
+                        // A tag the capture kept: the fanout program sees past it.
+                        while matches!(frame.get(at..at + 2), Some([0x81, 0x00] | [0x88, 0xa8])) {
+                            at += 4;
+                        }
+                        match frame.get(at..at + 2) {
+                            Some(&[a, b]) => (u16::from_be_bytes([a, b]), &frame[at + 2..]),
+                            _ => return 0,
+                        }
+                    }
+                    LinkType::RawIp => match frame.first().map(|b| b >> 4) {
+                        Some(4) => (0x0800, frame),
+                        Some(6) => (0x86dd, frame),
+                        _ => return 0,
+                    },
+                    _ => return 0,
+                };
+                (shard::fanout_hash(proto, net) as usize) % cores.max(1)
+            }
+        }
+    }
+}
+
 /// A core's sending ends of the channels to every other core (held by its engine).
 pub struct Outbox {
     out: Vec<Option<Outgoing>>,
+    core: usize,
+    owner: Owner,
 }
 
 /// A core's receiving ends of the channels from every other core (held by its worker loop).
@@ -93,6 +140,8 @@ pub fn ports(cores: usize) -> Vec<(Outbox, Inbox)> {
             (
                 Outbox {
                     out: (0..cores).map(|_| None).collect(),
+                    core: 0,
+                    owner: Owner::FlowHash,
                 },
                 Inbox {
                     inc: (0..cores).map(|_| None).collect(),
@@ -103,6 +152,9 @@ pub fn ports(cores: usize) -> Vec<(Outbox, Inbox)> {
             )
         })
         .collect();
+    for (core, port) in ports.iter_mut().enumerate() {
+        port.0.core = core;
+    }
     for from in 0..cores {
         for to in 0..cores {
             if from == to {
@@ -127,6 +179,30 @@ pub fn ports(cores: usize) -> Vec<(Outbox, Inbox)> {
 }
 
 impl Outbox {
+    /// Sets how the source shards (the default is [`Owner::FlowHash`]).
+    pub fn set_owner(&mut self, owner: Owner) {
+        self.owner = owner;
+    }
+
+    /// Routes a reassembled datagram: processed here if its flow is this core's, else sent
+    /// to its flow's core (see [`Outbox::send`]).
+    pub fn route(
+        &mut self,
+        link: LinkType,
+        frame: &[u8],
+        ts: u64,
+        overlap_differs: bool,
+    ) -> Handed {
+        let to = self.owner.of(link, frame, self.out.len());
+        if to == self.core {
+            Handed::Here
+        } else if self.send(to, link, frame, ts, overlap_differs) {
+            Handed::Sent
+        } else {
+            Handed::Dropped
+        }
+    }
+
     /// Sends a copy of `frame` to core `to`; false (the datagram is dropped) when `to` is
     /// this core, unknown, gone, or still has [`BUFFERS_PER_PAIR`] datagrams not processed
     /// after [`FULL_WAIT`].

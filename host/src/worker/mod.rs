@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ const FULL_POLL_EVERY_NAPPING: u32 = 16;
 /// While frames stream in small batches, the clock is read once per this many frames: a
 /// vDSO clock read costs as much as processing a packet.
 const CLOCK_EVERY: usize = 256;
+
+/// How long a core waits for the cores before it to join the AF_PACKET fanout group.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a blocking source waits in the kernel before the loop runs its timers.
 const WAIT: Duration = Duration::from_millis(100);
@@ -149,6 +152,9 @@ pub enum Input {
         ifname: String,
         /// The fanout group id (one per run).
         group: u16,
+        /// Sockets of the group opened so far (shared by the run's cores): core N joins
+        /// after cores 0..N.
+        joined: Arc<AtomicUsize>,
     },
     /// A netmap port (one ring, or all of them on one core).
     Netmap(PortSpec),
@@ -199,17 +205,41 @@ pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerErr
             spec.engine.replay_cores = cores;
             run(spec, replay)
         }
-        Input::AfPacket { ifname, group } => {
+        Input::AfPacket {
+            ifname,
+            group,
+            joined,
+        } => {
             let fanout = (spec.cores > 1).then_some(FanoutGroup {
                 id: group,
                 mode: FanoutMode::Symmetric,
             });
-            let sock = AfPacketSocket::open(&ifname, fanout, RingConfig::default())
-                .map_err(SourceError::from)?;
+            // The kernel numbers a group's sockets in the order they join, and the fanout
+            // program's hash picks one by that number: joining in core order makes it the
+            // core, so a datagram reassembled elsewhere can be handed to its flow's core.
+            let t0 = std::time::Instant::now();
+            while joined.load(Ordering::Acquire) < spec.core && t0.elapsed() < JOIN_WAIT {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let in_order = joined.load(Ordering::Acquire) == spec.core;
+            let sock = AfPacketSocket::open(&ifname, fanout, RingConfig::default());
+            joined.fetch_add(1, Ordering::AcqRel);
+            let sock = sock.map_err(SourceError::from)?;
+            let mut spec = spec;
+            match spec.handoff.as_mut() {
+                Some((out, _)) if in_order => out.set_owner(handoff::Owner::Fanout),
+                // A core before this one did not join in time: the numbering is unknown,
+                // so datagrams are processed where they are reassembled.
+                _ => spec.handoff = None,
+            }
             run(spec, sock)
         }
         Input::Netmap(port) => {
             let port = NetmapPort::open_spec(port).map_err(SourceError::from)?;
+            // The NIC's RSS hash, not ours, spreads flows over the rings: a datagram is
+            // processed by the core that reassembled it.
+            let mut spec = spec;
+            spec.handoff = None;
             run(spec, port)
         }
         Input::Shm(Some(ring)) => run(spec, ring),
@@ -221,10 +251,9 @@ pub fn run_input(spec: WorkerSpec, input: Input) -> Result<CoreReport, WorkerErr
 pub fn run<S: Source>(mut spec: WorkerSpec, mut source: S) -> Result<CoreReport, WorkerError> {
     let (mut host, mut engine) = start_core(&spec)?;
     let mut inbox = spec.handoff.take().map(|(mut out, inbox)| {
-        engine.set_handoff(
-            spec.cores,
-            Box::new(move |to, link, frame, ts, differs| out.send(to, link, frame, ts, differs)),
-        );
+        engine.set_handoff(Box::new(move |link, frame, ts, differs| {
+            out.route(link, frame, ts, differs)
+        }));
         inbox
     });
     source.start();
