@@ -18,6 +18,7 @@
 #![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
 
 pub mod budget;
+pub mod cabi;
 pub mod elf;
 pub mod ffi;
 pub mod load;
