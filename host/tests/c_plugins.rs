@@ -205,3 +205,136 @@ fn cstreams_bytes_equal_flowpeek_streams_on_the_corpus() {
         diffs[..diffs.len().min(5)].join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Every errno of the man page, from C
+// ---------------------------------------------------------------------------------------
+
+/// Runs the probe monitor in `mode` over `script` (batches of segments); returns its records.
+fn probe(mode: &str, script: &[Vec<Seg>]) -> Vec<serde_json::Value> {
+    let dir = TempDir::new(&format!("probe-{mode}"));
+    let logs = TempDir::new(&format!("probe-{mode}-logs"));
+    place(&cc(&test_src("probe.c"), "probe"), dir.path(), "libprobe.so");
+    std::fs::write(dir.join("probe.toml"), format!("mode = {mode}\n")).unwrap();
+    let (mut host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, SEC, false).unwrap();
+    assert!(host.failures.is_empty(), "{:?}", host.failures);
+    let log = new_log();
+    let mut net = Net::new(Config::default(), &log, monitors);
+    for batch in script {
+        net.batch(batch);
+    }
+    net.engine.finish(EndReason::Eof);
+    host.shutdown(&mut net.engine);
+    host.flush();
+    records(&logs.join("probe.jsonl"))
+}
+
+/// A connection with a request and a reply, each packet its own batch, then the close.
+fn exchange(c: &Conn) -> Vec<Vec<Seg>> {
+    let mut out: Vec<Vec<Seg>> = c.handshake().into_iter().map(|s| vec![s]).collect();
+    out.push(vec![c.c(0, 0, ACK | PSH).data(&pattern(100, 1))]);
+    out.push(vec![c.s(0, 100, ACK | PSH).data(&pattern(50, 2))]);
+    out.push(vec![c.c(100, 50, FIN | ACK)]);
+    out.push(vec![c.s(50, 101, FIN | ACK)]);
+    out.push(vec![c.c(101, 51, ACK)]);
+    out
+}
+
+/// The records `what`, as (ret, errno).
+fn results(recs: &[serde_json::Value], what: &str) -> Vec<(i64, String)> {
+    recs.iter()
+        .filter(|r| r["what"] == what)
+        .map(|r| (r["ret"].as_i64().unwrap(), r["errno"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn failed(errno: &str) -> (i64, String) {
+    (-1, errno.to_string())
+}
+
+#[test]
+fn eacces_for_another_context_and_outside_a_callback() {
+    let recs = probe("eacces", &exchange(&Conn::v4()));
+    assert_eq!(results(&recs, "init_ppeek"), [failed("EACCES")], "{recs:?}");
+    assert_eq!(results(&recs, "foreign_mctx"), [failed("EACCES")]);
+    assert_eq!(results(&recs, "null_mctx"), [failed("EACCES")]);
+}
+
+#[test]
+fn ebadf_for_a_socket_that_names_no_live_flow() {
+    let a = Conn::v4();
+    let b = Conn::new("10.0.0.1:40001", "10.0.0.2:80");
+    let mut script = exchange(&a);
+    script.extend(exchange(&b));
+    let recs = probe("ebadf", &script);
+    assert_eq!(results(&recs, "never_a_socket"), [failed("EBADF"), failed("EBADF")]);
+    assert_eq!(results(&recs, "negative"), [failed("EBADF"), failed("EBADF")]);
+    // The second connection reads through the first one's socket, ended by then.
+    assert_eq!(results(&recs, "ended_flow"), [failed("EBADF")], "{recs:?}");
+}
+
+#[test]
+fn einval_for_a_disabled_buffer_a_bad_side_and_a_wrong_hook() {
+    let recs = probe("einval", &exchange(&Conn::v4()));
+    assert_eq!(results(&recs, "disable_svrbuf"), [(0, "0".to_string())], "{recs:?}");
+    assert_eq!(results(&recs, "disabled_side"), [failed("EINVAL")]);
+    assert_eq!(results(&recs, "bad_side"), [failed("EINVAL")]);
+    // mOS's event/hook rule: CONN_NEW_DATA only at MOS_NULL.
+    assert_eq!(results(&recs, "init_bad_hook"), [failed("EINVAL")]);
+}
+
+#[test]
+fn esocktnosupport_for_the_monitoring_socket() {
+    let recs = probe("esocktnosupport", &exchange(&Conn::v4()));
+    assert_eq!(results(&recs, "monitoring_socket"), [failed("ESOCKTNOSUPPORT")], "{recs:?}");
+}
+
+#[test]
+fn enotconn_for_a_side_whose_stream_does_not_exist_yet() {
+    let recs = probe("enotconn", &exchange(&Conn::v4()));
+    // At the client's SYN (CONN_START, MOS_HK_SND) the server has received nothing yet.
+    assert_eq!(results(&recs, "svr_at_syn"), [failed("ENOTCONN")], "{recs:?}");
+}
+
+#[test]
+fn enodata_where_no_byte_is_stored() {
+    let recs = probe("enodata", &exchange(&Conn::v4()));
+    let beyond = results(&recs, "beyond");
+    assert_eq!(beyond, [failed("ENODATA"), failed("ENODATA")], "{recs:?}");
+    // The same callbacks read offset 0: the request (100 bytes) and the reply (50).
+    let at_zero = results(&recs, "at_zero");
+    assert_eq!(at_zero, [(100, "0".to_string()), (50, "0".to_string())]);
+}
+
+#[test]
+fn eperm_after_the_monitor_stopped_monitoring_the_flow() {
+    let recs = probe("eperm", &exchange(&Conn::v4()));
+    assert_eq!(results(&recs, "before_stop"), [(100, "0".to_string())], "{recs:?}");
+    assert_eq!(results(&recs, "stop_both"), [(0, "0".to_string())]);
+    assert_eq!(results(&recs, "after_stop"), [failed("EPERM")]);
+}
+
+/// Client bytes [0, 100) and [200, 300) in one batch: NEW_DATA sees both fragments.
+#[test]
+fn short_reads_at_a_gap_and_offsets_inside_an_out_of_order_fragment() {
+    let c = Conn::v4();
+    let data = pattern(300, 7);
+    let mut script: Vec<Vec<Seg>> = c.handshake().into_iter().map(|s| vec![s]).collect();
+    script.push(vec![
+        c.c(0, 0, ACK).data(&data[..100]),
+        c.c(200, 0, ACK).data(&data[200..]),
+    ]);
+    let recs = probe("gap", &script);
+    // The first CONN_NEW_DATA (the capture's end later skips the gap and raises another).
+    let frag = recs.iter().find(|r| r["what"] == "fragments").expect("fragments");
+    assert_eq!((frag["ret"].as_i64(), frag["hex"].as_str()), (Some(2), Some("0+100,200+100")));
+    let hex = |b: &[u8]| b.iter().take(8).map(|x| format!("{x:02x}")).collect::<String>();
+    let one = |what: &str| {
+        let r = recs.iter().find(|r| r["what"] == what).unwrap_or_else(|| panic!("{what}"));
+        (r["ret"].as_i64().unwrap(), r["hex"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(one("from_zero"), (100, hex(&data[..100])), "stops at the gap");
+    assert_eq!(results(&recs, "in_gap")[0], failed("ENODATA"));
+    assert_eq!(one("inside_ooo"), (50, hex(&data[250..])), "to the fragment's end");
+    assert_eq!(one("ooo_start"), (100, hex(&data[200..])));
+}

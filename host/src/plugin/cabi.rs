@@ -59,6 +59,8 @@ const MOS_SVROVERLAP: c_int = 0x10;
 /// User-defined event `k` is bit `UDE_SHIFT + k` of `event_t`.
 const UDE_SHIFT: u32 = 32;
 const MAX_UDE: usize = 32;
+/// How many freed flow sockets wait before their ids are reused.
+const REUSE_AFTER: usize = 1024;
 
 /// The built-in events: (mOS bit, engine event, the hooks mOS accepts for it).
 const BUILTIN: [(u64, BuiltinEvent, &[Hook]); 9] = [
@@ -435,7 +437,14 @@ impl Instance {
             ends: 0,
             overrides: Vec::new(),
         });
-        let id = match self.free.pop_front() {
+        // Freed ids wait in line before reuse, so that a stale id gives EBADF for a while
+        // instead of naming another flow.
+        let reuse = if self.free.len() > REUSE_AFTER {
+            self.free.pop_front()
+        } else {
+            None
+        };
+        let id = match reuse {
             Some(id) => {
                 self.socks[id] = Sock::Flow(fs);
                 id
