@@ -52,7 +52,9 @@ fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
 fn cc(src: &Path, name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<(PathBuf, String, PathBuf)>>> = OnceLock::new();
     static STORE: OnceLock<TempDirHolder> = OnceLock::new();
-    let store = &STORE.get_or_init(|| TempDirHolder(TempDir::new("c-built"))).0;
+    let store = &STORE
+        .get_or_init(|| TempDirHolder(TempDir::new("c-built")))
+        .0;
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
@@ -60,7 +62,10 @@ fn cc(src: &Path, name: &str) -> PathBuf {
     if let Some(b) = built.iter().find(|b| b.0 == src && b.1 == name) {
         return b.2.clone();
     }
-    let out = store.join(&format!("lib{name}.so"));
+    let stem = src.file_stem().unwrap().to_string_lossy();
+    let dir = store.join(&*stem);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("lib{name}.so"));
     let st = Command::new("cc")
         .current_dir(workspace())
         .args(["-shared", "-fPIC", "-I", "plugin-api/c/include"])
@@ -129,7 +134,11 @@ fn direction_key(r: &serde_json::Value) -> String {
 #[test]
 fn cstreams_bytes_equal_flowpeek_streams_on_the_corpus() {
     let dir = TempDir::new("cstreams");
-    place(&cc(&shipped("cstreams.c"), "cstreams"), dir.path(), "libcstreams.so");
+    place(
+        &cc(&shipped("cstreams.c"), "cstreams"),
+        dir.path(),
+        "libcstreams.so",
+    );
     let files = captures();
     assert!(files.len() >= 200, "{} captures", files.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -195,8 +204,14 @@ fn cstreams_bytes_equal_flowpeek_streams_on_the_corpus() {
     });
     let diffs = diffs.into_inner().unwrap();
     let (conns, bytes) = *compared.lock().unwrap();
-    eprintln!("{} captures, {conns} connections, {bytes} bytes compared", files.len());
-    assert!(conns > 10_000 && bytes > 10_000_000, "{conns} connections, {bytes} bytes");
+    eprintln!(
+        "{} captures, {conns} connections, {bytes} bytes compared",
+        files.len()
+    );
+    assert!(
+        conns > 10_000 && bytes > 10_000_000,
+        "{conns} connections, {bytes} bytes"
+    );
     assert!(
         diffs.is_empty(),
         "{} of {} captures differ:\n{}",
@@ -214,7 +229,11 @@ fn cstreams_bytes_equal_flowpeek_streams_on_the_corpus() {
 fn probe(mode: &str, script: &[Vec<Seg>]) -> Vec<serde_json::Value> {
     let dir = TempDir::new(&format!("probe-{mode}"));
     let logs = TempDir::new(&format!("probe-{mode}-logs"));
-    place(&cc(&test_src("probe.c"), "probe"), dir.path(), "libprobe.so");
+    place(
+        &cc(&test_src("probe.c"), "probe"),
+        dir.path(),
+        "libprobe.so",
+    );
     std::fs::write(dir.join("probe.toml"), format!("mode = {mode}\n")).unwrap();
     let (mut host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, SEC, false).unwrap();
     assert!(host.failures.is_empty(), "{:?}", host.failures);
@@ -244,7 +263,12 @@ fn exchange(c: &Conn) -> Vec<Vec<Seg>> {
 fn results(recs: &[serde_json::Value], what: &str) -> Vec<(i64, String)> {
     recs.iter()
         .filter(|r| r["what"] == what)
-        .map(|r| (r["ret"].as_i64().unwrap(), r["errno"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["ret"].as_i64().unwrap(),
+                r["errno"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -267,8 +291,14 @@ fn ebadf_for_a_socket_that_names_no_live_flow() {
     let mut script = exchange(&a);
     script.extend(exchange(&b));
     let recs = probe("ebadf", &script);
-    assert_eq!(results(&recs, "never_a_socket"), [failed("EBADF"), failed("EBADF")]);
-    assert_eq!(results(&recs, "negative"), [failed("EBADF"), failed("EBADF")]);
+    assert_eq!(
+        results(&recs, "never_a_socket"),
+        [failed("EBADF"), failed("EBADF")]
+    );
+    assert_eq!(
+        results(&recs, "negative"),
+        [failed("EBADF"), failed("EBADF")]
+    );
     // The second connection reads through the first one's socket, ended by then.
     assert_eq!(results(&recs, "ended_flow"), [failed("EBADF")], "{recs:?}");
 }
@@ -276,7 +306,11 @@ fn ebadf_for_a_socket_that_names_no_live_flow() {
 #[test]
 fn einval_for_a_disabled_buffer_a_bad_side_and_a_wrong_hook() {
     let recs = probe("einval", &exchange(&Conn::v4()));
-    assert_eq!(results(&recs, "disable_svrbuf"), [(0, "0".to_string())], "{recs:?}");
+    assert_eq!(
+        results(&recs, "disable_svrbuf"),
+        [(0, "0".to_string())],
+        "{recs:?}"
+    );
     assert_eq!(results(&recs, "disabled_side"), [failed("EINVAL")]);
     assert_eq!(results(&recs, "bad_side"), [failed("EINVAL")]);
     // mOS's event/hook rule: CONN_NEW_DATA only at MOS_NULL.
@@ -286,14 +320,22 @@ fn einval_for_a_disabled_buffer_a_bad_side_and_a_wrong_hook() {
 #[test]
 fn esocktnosupport_for_the_monitoring_socket() {
     let recs = probe("esocktnosupport", &exchange(&Conn::v4()));
-    assert_eq!(results(&recs, "monitoring_socket"), [failed("ESOCKTNOSUPPORT")], "{recs:?}");
+    assert_eq!(
+        results(&recs, "monitoring_socket"),
+        [failed("ESOCKTNOSUPPORT")],
+        "{recs:?}"
+    );
 }
 
 #[test]
 fn enotconn_for_a_side_whose_stream_does_not_exist_yet() {
     let recs = probe("enotconn", &exchange(&Conn::v4()));
     // At the client's SYN (CONN_START, MOS_HK_SND) the server has received nothing yet.
-    assert_eq!(results(&recs, "svr_at_syn"), [failed("ENOTCONN")], "{recs:?}");
+    assert_eq!(
+        results(&recs, "svr_at_syn"),
+        [failed("ENOTCONN")],
+        "{recs:?}"
+    );
 }
 
 #[test]
@@ -309,7 +351,11 @@ fn enodata_where_no_byte_is_stored() {
 #[test]
 fn eperm_after_the_monitor_stopped_monitoring_the_flow() {
     let recs = probe("eperm", &exchange(&Conn::v4()));
-    assert_eq!(results(&recs, "before_stop"), [(100, "0".to_string())], "{recs:?}");
+    assert_eq!(
+        results(&recs, "before_stop"),
+        [(100, "0".to_string())],
+        "{recs:?}"
+    );
     assert_eq!(results(&recs, "stop_both"), [(0, "0".to_string())]);
     assert_eq!(results(&recs, "after_stop"), [failed("EPERM")]);
 }
@@ -326,15 +372,317 @@ fn short_reads_at_a_gap_and_offsets_inside_an_out_of_order_fragment() {
     ]);
     let recs = probe("gap", &script);
     // The first CONN_NEW_DATA (the capture's end later skips the gap and raises another).
-    let frag = recs.iter().find(|r| r["what"] == "fragments").expect("fragments");
-    assert_eq!((frag["ret"].as_i64(), frag["hex"].as_str()), (Some(2), Some("0+100,200+100")));
-    let hex = |b: &[u8]| b.iter().take(8).map(|x| format!("{x:02x}")).collect::<String>();
-    let one = |what: &str| {
-        let r = recs.iter().find(|r| r["what"] == what).unwrap_or_else(|| panic!("{what}"));
-        (r["ret"].as_i64().unwrap(), r["hex"].as_str().unwrap_or("").to_string())
+    let frag = recs
+        .iter()
+        .find(|r| r["what"] == "fragments")
+        .expect("fragments");
+    assert_eq!(
+        (frag["ret"].as_i64(), frag["hex"].as_str()),
+        (Some(2), Some("0+100,200+100"))
+    );
+    let hex = |b: &[u8]| {
+        b.iter()
+            .take(8)
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
     };
-    assert_eq!(one("from_zero"), (100, hex(&data[..100])), "stops at the gap");
+    let one = |what: &str| {
+        let r = recs
+            .iter()
+            .find(|r| r["what"] == what)
+            .unwrap_or_else(|| panic!("{what}"));
+        (
+            r["ret"].as_i64().unwrap(),
+            r["hex"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        one("from_zero"),
+        (100, hex(&data[..100])),
+        "stops at the gap"
+    );
     assert_eq!(results(&recs, "in_gap")[0], failed("ENODATA"));
-    assert_eq!(one("inside_ooo"), (50, hex(&data[250..])), "to the fragment's end");
+    assert_eq!(
+        one("inside_ooo"),
+        (50, hex(&data[250..])),
+        "to the fragment's end"
+    );
     assert_eq!(one("ooo_start"), (100, hex(&data[200..])));
+}
+
+// ---------------------------------------------------------------------------------------
+// Filters, refusals
+// ---------------------------------------------------------------------------------------
+
+fn two_servers() -> Vec<Vec<Seg>> {
+    let mut s = exchange(&Conn::new("10.0.0.1:40000", "10.0.0.2:80"));
+    s.extend(exchange(&Conn::new("10.0.0.1:40001", "10.0.0.2:8080")));
+    s
+}
+
+#[test]
+fn a_bound_filter_narrows_the_flows_and_the_toml_overrides_it() {
+    // mtcp_bind_monitor_filter(stream_syn_filter = "tcp port 8080").
+    let recs = probe("filter", &two_servers());
+    assert_eq!(
+        results(&recs, "server_port"),
+        [(8080, "0".to_string())],
+        "{recs:?}"
+    );
+    // `filter = "tcp port 80"` in probe.toml wins over the bound filter.
+    let dir = TempDir::new("probe-filter-toml");
+    let logs = TempDir::new("probe-filter-toml-logs");
+    place(
+        &cc(&test_src("probe.c"), "probe"),
+        dir.path(),
+        "libprobe.so",
+    );
+    std::fs::write(
+        dir.join("probe.toml"),
+        "mode = filter\nfilter = \"tcp port 80\"\n",
+    )
+    .unwrap();
+    let (mut host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, SEC, false).unwrap();
+    let mut net = Net::new(Config::default(), &new_log(), monitors);
+    for b in two_servers() {
+        net.batch(&b);
+    }
+    net.engine.finish(EndReason::Eof);
+    host.shutdown(&mut net.engine);
+    host.flush();
+    let recs = records(&logs.join("probe.jsonl"));
+    assert_eq!(
+        results(&recs, "server_port"),
+        [(80, "0".to_string())],
+        "{recs:?}"
+    );
+}
+
+/// Opens a directory holding `libbad.so` built from `src`; returns the load failures.
+fn load_failures(src: &str, toml: Option<&str>) -> Vec<String> {
+    let dir = TempDir::new("c-refused");
+    let logs = TempDir::new("c-refused-logs");
+    place(
+        &cc(&test_src(src), src.trim_end_matches(".c")),
+        dir.path(),
+        "libbad.so",
+    );
+    if let Some(t) = toml {
+        std::fs::write(dir.join("bad.toml"), t).unwrap();
+    }
+    let (host, monitors) = PluginHost::open(dir.path(), logs.path(), 0, SEC, false).unwrap();
+    assert!(monitors.is_empty());
+    host.failures
+}
+
+#[test]
+fn init_returning_minus_one_refuses_the_plugin() {
+    let f = load_failures("probe.c", Some("mode = refuse\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("mos_plugin_init returned -1"), "{f:?}");
+}
+
+#[test]
+fn a_bad_bound_filter_refuses_the_plugin() {
+    let f = load_failures("probe.c", Some("mode = badfilter\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("mos_plugin_init returned -1"), "{f:?}");
+}
+
+#[test]
+fn a_library_of_neither_kind_is_refused_naming_both() {
+    let f = load_failures("neither.c", None);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("export_monitor!") && f[0].contains("mos_plugin_init"),
+        "{f:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The shipped stats monitor against the Rust midstat
+// ---------------------------------------------------------------------------------------
+
+/// A midstat record without the fields only the Rust one has (`start`).
+fn stats_key(r: &serde_json::Value) -> serde_json::Value {
+    let mut r = r.clone();
+    if let Some(rows) = r["table"].as_array_mut() {
+        for row in rows {
+            row.as_object_mut().unwrap().remove("start");
+        }
+    }
+    r
+}
+
+#[test]
+fn cmidstat_counts_equal_the_rust_midstat() {
+    let dir = TempDir::new("cmidstat");
+    place(
+        &cc(&shipped("cmidstat.c"), "cmidstat"),
+        dir.path(),
+        "libcmidstat.so",
+    );
+    place(
+        &build("flowpeek-plugin-midstat", "midstat", &[]),
+        dir.path(),
+        "midstat.so",
+    );
+    for t in ["interval_ms = 250\nmax_rows = 50\n"] {
+        std::fs::write(dir.join("midstat.toml"), t).unwrap();
+        std::fs::write(dir.join("cmidstat.toml"), t).unwrap();
+    }
+    let mut rows = 0;
+    for capture in [
+        "gen/http-keepalive.pcap",
+        "gen/mixed.pcap",
+        "gen/http-small.pcap",
+    ] {
+        let logs = TempDir::new("cmidstat-logs");
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = flowpeek::run::run(
+            &run_opts(&corpus().join(capture), dir.path(), logs.path()),
+            &stop,
+            |_| {},
+        )
+        .unwrap();
+        assert!(
+            report.load_failures.is_empty(),
+            "{:?}",
+            report.load_failures
+        );
+        let c = records(&logs.join("cmidstat.jsonl"));
+        let r = records(&logs.join("midstat.jsonl"));
+        assert!(r.len() >= 2, "{capture}: {} Rust records", r.len());
+        assert_eq!(c.len(), r.len(), "{capture}: record counts");
+        for (k, (c, r)) in c.iter().zip(&r).enumerate() {
+            assert_eq!(stats_key(c), stats_key(r), "{capture}: record {k}");
+            rows += r["table"].as_array().unwrap().len();
+        }
+    }
+    assert!(rows > 100, "{rows} rows compared");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hot reload
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_c_plugin_hot_reloaded_under_traffic_with_the_binary() {
+    let v1 = cc(&test_src("tagger.c"), "tagger");
+    let v2 = cc(&test_src("tagger_v2.c"), "tagger");
+    let dir = TempDir::new("c-reload");
+    let logs = TempDir::new("c-reload-logs");
+    let stats = logs.join("stats.json");
+    place(&v1, dir.path(), "libtagger.so");
+    let capture = corpus().join("gen/http-small.pcap");
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+        .arg("run")
+        .arg(format!("--source=pcap:{}", capture.display()))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--log-dir")
+        .arg(logs.path())
+        .arg("--stats")
+        .arg(&stats)
+        .args([
+            "--pace",
+            "25000",
+            "--drain-timeout",
+            "3600",
+            "--quiet",
+            "--cores",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let tmp = dir.join("libtagger.so.tmp");
+    std::fs::copy(&v2, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("libtagger.so")).unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("flowpeek run did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let recs = records(&logs.join("tagger.jsonl"));
+    let first_v2 = recs
+        .iter()
+        .position(|r| r["tag"] == "v2")
+        .expect("v2 records");
+    assert!(
+        !recs[first_v2..]
+            .iter()
+            .any(|r| r["tag"] == "v1" && r["ev"] == "start"),
+        "new flows go to the newest generation"
+    );
+    let (v1n, v2n) = check_no_flow_switched(&recs);
+    assert!(v1n > 0 && v2n > 0, "v1 {v1n}, v2 {v2n}");
+    assert_eq!(v1n + v2n, 9000, "every connection, once");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let t = &s["plugins"]["tagger"];
+    assert_eq!(t["generations"], 2, "{s}");
+    assert!(t["retired"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["load_failures"].as_array().unwrap().len(), 0, "{s}");
+}
+
+#[test]
+fn hot_reload_in_process_keeps_every_flow_on_its_generation() {
+    let dir = TempDir::new("c-reload-lib");
+    let logs = TempDir::new("c-reload-lib-logs");
+    let file = place(
+        &cc(&test_src("tagger.c"), "tagger"),
+        dir.path(),
+        "libtagger.so",
+    );
+    let v2 = cc(&test_src("tagger_v2.c"), "tagger");
+    let (mut host, monitors) =
+        PluginHost::open(dir.path(), logs.path(), 0, 3600 * SEC, false).unwrap();
+    assert!(host.failures.is_empty(), "{:?}", host.failures);
+    let cap = flowpeek::io::pcap::CaptureFile::open(&corpus().join("gen/http-small.pcap")).unwrap();
+    let mut engine = flowpeek::flow::Engine::new(Config::default(), monitors);
+    let mut during = Vec::new();
+    for (i, p) in cap.packets().enumerate() {
+        if i >= 40_000 && during.is_empty() && engine.stats().flows_live > 0 {
+            engine.end_batch();
+            host.apply(
+                Update::Loaded {
+                    file: file.clone(),
+                    lib: load::load(&v2).unwrap(),
+                    config: String::new(),
+                },
+                &mut engine,
+            );
+            during = host.live_generations()["tagger"].clone();
+        }
+        let p = p.unwrap();
+        engine.on_frame(p.link, p.data, p.ts_nanos);
+        if i % 32 == 31 {
+            engine.end_batch();
+        }
+    }
+    engine.end_batch();
+    assert_eq!(during, ["v1", "v2"]);
+    engine.finish(EndReason::Eof);
+    assert_eq!(
+        host.live_generations()["tagger"],
+        ["v2"],
+        "v1 retired after its last flow"
+    );
+    host.shutdown(&mut engine);
+    host.flush();
+    let st = host.stats()["tagger"].clone();
+    assert_eq!((st.generations, st.retired), (2, 2), "{st:?}");
+    let (v1n, v2n) = check_no_flow_switched(&records(&logs.join("tagger.jsonl")));
+    assert!(
+        v1n > 0 && v2n > 0 && v1n + v2n == 9000,
+        "v1 {v1n}, v2 {v2n}"
+    );
 }

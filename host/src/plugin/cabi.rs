@@ -24,8 +24,7 @@ use flowpeek_plugin_api::abi::{
     FfiSubscriptions, HostApi, HostCx, MonitorObj, MonitorVTable, SetupCx,
 };
 use flowpeek_plugin_api::codes::{
-    BuiltinEvent, Errno, Hook, BUFFER_DEFAULT, BUFFER_OFF, FAMILY_V6, SIDE_BOTH,
-    USER_EVENT_BASE,
+    BuiltinEvent, Errno, Hook, BUFFER_DEFAULT, BUFFER_OFF, FAMILY_V6, SIDE_BOTH, USER_EVENT_BASE,
 };
 
 use super::load::LoadError;
@@ -69,7 +68,11 @@ const BUILTIN: [(u64, BuiltinEvent, &[Hook]); 9] = [
     (1 << 4, BuiltinEvent::NewData, &[Hook::None]),
     (1 << 5, BuiltinEvent::Error, &[Hook::None]),
     (1 << 6, BuiltinEvent::Timeout, &[Hook::None]),
-    (1 << 7, BuiltinEvent::TcpStateChange, &[Hook::Snd, Hook::Rcv]),
+    (
+        1 << 7,
+        BuiltinEvent::TcpStateChange,
+        &[Hook::Snd, Hook::Rcv],
+    ),
     (1 << 8, BuiltinEvent::Orphan, &[Hook::None]),
     (1 << 9, BuiltinEvent::Rexmit, &[Hook::Rcv]),
     (1 << 10, BuiltinEvent::ConnEnd, &[Hook::Snd, Hook::Rcv]),
@@ -161,11 +164,19 @@ pub(crate) fn open(path: &Path, raw: &'static RawLibrary) -> Result<CLib, LoadEr
         .ok()
         .map(|s| *s);
     // SAFETY: data symbols that mos_api.h defines: a `uint32_t` and a pointer to the table.
-    let abi = unsafe { raw.get::<*const u32>(b"flowpeek_mos_abi\0") }
-        .map_err(|_| bad("it was not built with mos_api.h (no flowpeek_mos_abi symbol); #include <mos_api.h>".into()))?;
+    let abi = unsafe { raw.get::<*const u32>(b"flowpeek_mos_abi\0") }.map_err(|_| {
+        bad(
+            "it was not built with mos_api.h (no flowpeek_mos_abi symbol); #include <mos_api.h>"
+                .into(),
+        )
+    })?;
     // SAFETY: as above.
-    let table = unsafe { raw.get::<*mut *const MosApi>(b"flowpeek_mos_host\0") }
-        .map_err(|_| bad("it was not built with mos_api.h (no flowpeek_mos_host symbol); #include <mos_api.h>".into()))?;
+    let table = unsafe { raw.get::<*mut *const MosApi>(b"flowpeek_mos_host\0") }.map_err(|_| {
+        bad(
+            "it was not built with mos_api.h (no flowpeek_mos_host symbol); #include <mos_api.h>"
+                .into(),
+        )
+    })?;
     let abi_ptr: *const u32 = *abi;
     let table_ptr: *mut *const MosApi = *table;
     if abi_ptr.is_null() || table_ptr.is_null() {
@@ -182,12 +193,14 @@ pub(crate) fn open(path: &Path, raw: &'static RawLibrary) -> Result<CLib, LoadEr
     // the library runs before this store (it exports no constructors the header asks for).
     unsafe { table_ptr.write(&MOS_API) };
     // SAFETY: an optional `const char mos_plugin_version[]`, NUL-terminated by the compiler.
-    let version = unsafe { raw.get::<c_char>(b"mos_plugin_version\0") }
+    let version = unsafe { raw.get::<*const c_char>(b"mos_plugin_version\0") }
         .ok()
-        .map(|s| {
-            let p: *const c_char = &*s;
-            // SAFETY: as above; read up to its NUL.
-            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        .map(|s| *s)
+        .filter(|p| !p.is_null())
+        .map(|p| {
+            // SAFETY: as above; read up to its NUL (at most 64 bytes are kept).
+            let v = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+            v.chars().take(64).collect::<String>()
         })
         .unwrap_or_else(|| "c".into());
     Ok(CLib {
@@ -332,7 +345,9 @@ pub(crate) fn instantiate(
     if r != 0 {
         // SAFETY: made just above; dropped once.
         unsafe { (VTABLE.drop)(obj.this) };
-        return Err(format!("mos_plugin_init returned {r}: the plugin refused to load"));
+        return Err(format!(
+            "mos_plugin_init returned {r}: the plugin refused to load"
+        ));
     }
     // SAFETY: `obj.this` is the instance made above.
     let filter = unsafe { &*obj.this.cast::<Instance>() }.filter.clone();
@@ -360,7 +375,8 @@ unsafe fn inst<'a>(this: *mut c_void) -> &'a mut Instance {
 unsafe extern "C" fn vt_subscriptions(this: *mut c_void) -> FfiSubscriptions {
     // SAFETY: called by the slot on a live instance.
     let i = unsafe { inst(this) };
-    let mut mask = BuiltinEvent::ConnEnd.mask_bit(Hook::Snd) | BuiltinEvent::ConnEnd.mask_bit(Hook::Rcv);
+    let mut mask =
+        BuiltinEvent::ConnEnd.mask_bit(Hook::Snd) | BuiltinEvent::ConnEnd.mask_bit(Hook::Rcv);
     for r in &i.regs {
         if r.raw {
             mask |= BuiltinEvent::PktIn.mask_bit(Hook::Snd);
@@ -726,10 +742,22 @@ pub struct MosApi {
     raise_event: unsafe extern "C" fn(*mut Ctx, u64) -> c_int,
     peek: unsafe extern "C" fn(*mut Ctx, c_int, c_int, *mut c_char, usize, *mut u64) -> isize,
     ppeek: unsafe extern "C" fn(*mut Ctx, c_int, c_int, *mut c_char, usize, u64) -> isize,
-    getsockopt:
-        unsafe extern "C" fn(*mut Ctx, c_int, c_int, c_int, *mut c_void, *mut libc::socklen_t) -> c_int,
-    setsockopt:
-        unsafe extern "C" fn(*mut Ctx, c_int, c_int, c_int, *const c_void, libc::socklen_t) -> c_int,
+    getsockopt: unsafe extern "C" fn(
+        *mut Ctx,
+        c_int,
+        c_int,
+        c_int,
+        *mut c_void,
+        *mut libc::socklen_t,
+    ) -> c_int,
+    setsockopt: unsafe extern "C" fn(
+        *mut Ctx,
+        c_int,
+        c_int,
+        c_int,
+        *const c_void,
+        libc::socklen_t,
+    ) -> c_int,
     getpeername: unsafe extern "C" fn(
         *mut Ctx,
         c_int,
@@ -740,7 +768,8 @@ pub struct MosApi {
     getlastpkt: unsafe extern "C" fn(*mut Ctx, c_int, c_int, *mut PktInfo) -> c_int,
     get_uctx: unsafe extern "C" fn(*mut Ctx, c_int, *mut c_int) -> *mut c_void,
     set_uctx: unsafe extern "C" fn(*mut Ctx, c_int, *mut c_void) -> c_int,
-    settimer: unsafe extern "C" fn(*mut Ctx, c_int, *const libc::timeval, Option<Callback>) -> c_int,
+    settimer:
+        unsafe extern "C" fn(*mut Ctx, c_int, *const libc::timeval, Option<Callback>) -> c_int,
     now_ns: unsafe extern "C" fn(*mut Ctx, *mut c_int) -> u64,
     emit: unsafe extern "C" fn(*mut Ctx, *const c_char, usize) -> c_int,
 }
@@ -984,7 +1013,9 @@ unsafe extern "C" fn h_register_callback(
             } else if let Some((_, hooks)) = builtin_of_bit(bit) {
                 hooks.contains(&hook)
             } else if let Some(k) = ude_index(bit) {
-                i.udes.get(k).is_some_and(|u| ude_hooks(i, u.base).contains(&hook))
+                i.udes
+                    .get(k)
+                    .is_some_and(|u| ude_hooks(i, u.base).contains(&hook))
             } else {
                 false
             };
@@ -1063,8 +1094,8 @@ fn define(event: u64, filter: Option<FilterFn>, arg: *mut FilterArg, err: *mut c
         if event.count_ones() != 1 {
             return Err(EINVAL);
         }
-        let known = builtin_of_bit(event).is_some()
-            || ude_index(event).is_some_and(|k| k < i.udes.len());
+        let known =
+            builtin_of_bit(event).is_some() || ude_index(event).is_some_and(|k| k < i.udes.len());
         if !known {
             return Err(EINVAL);
         }
@@ -1281,7 +1312,18 @@ unsafe extern "C" fn h_getsockopt(
                     unsafe { put(val, len, full) }
                 } else {
                     // SAFETY: as above.
-                    unsafe { put(val, len, [full.init_seq, full.last_byte_read, full.next_byte_expected, full.last_byte_received]) }
+                    unsafe {
+                        put(
+                            val,
+                            len,
+                            [
+                                full.init_seq,
+                                full.last_byte_read,
+                                full.next_byte_expected,
+                                full.last_byte_received,
+                            ],
+                        )
+                    }
                 }
             }
             MOS_TCP_STATE_CLI | MOS_TCP_STATE_SVR => {
@@ -1319,7 +1361,8 @@ unsafe extern "C" fn h_setsockopt(
     len: libc::socklen_t,
 ) -> c_int {
     status((|| {
-        if level != SOL_MONSOCKET || val.is_null() || (len as usize) < std::mem::size_of::<c_int>() {
+        if level != SOL_MONSOCKET || val.is_null() || (len as usize) < std::mem::size_of::<c_int>()
+        {
             return Err(EINVAL);
         }
         // SAFETY: the plugin passes an int (checked length).
@@ -1333,8 +1376,11 @@ unsafe extern "C" fn h_setsockopt(
             return match name {
                 MOS_CLIBUF | MOS_SVRBUF => {
                     let n = u32::try_from(v).map_err(|_| EINVAL)?;
-                    i.buffers[usize::from(name == MOS_SVRBUF)] =
-                        if n == 0 { BUFFER_OFF } else { n.min(BUFFER_DEFAULT - 1) };
+                    i.buffers[usize::from(name == MOS_SVRBUF)] = if n == 0 {
+                        BUFFER_OFF
+                    } else {
+                        n.min(BUFFER_DEFAULT - 1)
+                    };
                     Ok(0)
                 }
                 _ => Err(ENOPROTOOPT),
@@ -1354,7 +1400,10 @@ unsafe extern "C" fn h_setsockopt(
                 unsafe { (api.set_overlap_policy)(ctx, flow, u8::from(name == MOS_SVROVERLAP), p) }
             }
             MOS_STOP_MON => {
-                let s = u8::try_from(v).ok().filter(|s| *s <= SIDE_BOTH).ok_or(EINVAL)?;
+                let s = u8::try_from(v)
+                    .ok()
+                    .filter(|s| *s <= SIDE_BOTH)
+                    .ok_or(EINVAL)?;
                 // SAFETY: as above.
                 unsafe { (api.stop_monitoring)(ctx, flow, s) }
             }
@@ -1441,7 +1490,12 @@ unsafe extern "C" fn h_getpeername(
     })())
 }
 
-unsafe extern "C" fn h_getlastpkt(mctx: *mut Ctx, sock: c_int, side: c_int, p: *mut PktInfo) -> c_int {
+unsafe extern "C" fn h_getlastpkt(
+    mctx: *mut Ctx,
+    sock: c_int,
+    side: c_int,
+    p: *mut PktInfo,
+) -> c_int {
     status((|| {
         let (i, api, ctx) = running(mctx)?;
         if p.is_null() {
@@ -1471,7 +1525,11 @@ unsafe extern "C" fn h_getlastpkt(mctx: *mut Ctx, sock: c_int, side: c_int, p: *
             payload: std::ptr::null_mut(),
             ts_ns: l.ts,
             tcp_flags: l.flags,
-            sender: if l.sender == SIDE_BOTH { -1 } else { l.sender as i8 },
+            sender: if l.sender == SIDE_BOTH {
+                -1
+            } else {
+                l.sender as i8
+            },
         };
         // SAFETY: the plugin's out-pointer (checked non-null).
         unsafe { p.write_unaligned(info) };
@@ -1608,7 +1666,10 @@ mod tests {
     #[test]
     fn event_bits_are_mos_s() {
         assert_eq!(bit_of_builtin(BuiltinEvent::ConnEnd), 1 << 10);
-        assert_eq!(builtin_of_bit(1 << 4).map(|b| b.0), Some(BuiltinEvent::NewData));
+        assert_eq!(
+            builtin_of_bit(1 << 4).map(|b| b.0),
+            Some(BuiltinEvent::NewData)
+        );
         assert!(builtin_of_bit(1 << 1).is_none(), "PKT_OUT is deprecated");
         assert_eq!(ude_index(1 << 33), Some(1));
         assert_eq!(ude_index(1 << 9), None);

@@ -636,7 +636,8 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
     let raw: &'static RawLibrary = Box::leak(Box::new(raw));
     RETAINED.fetch_add(1, Ordering::Relaxed);
     // SAFETY: only the symbols' addresses are taken.
-    let has_root = unsafe { raw.get::<*const u8>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }.is_ok();
+    let has_root =
+        unsafe { raw.get::<*const u8>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }.is_ok();
     // SAFETY: as above.
     let has_init = unsafe { raw.get::<*const u8>(b"mos_plugin_init\0") }.is_ok();
     if !has_root && has_init {

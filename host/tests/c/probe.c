@@ -2,6 +2,7 @@
  * A C test monitor for host/tests/c_plugins.rs: `mode = NAME` in probe.toml chooses what it
  * provokes; each result is emitted as {"what":"...","ret":R,"errno":"NAME"[,"hex":"..."]}.
  */
+#include <arpa/inet.h>
 #include <mos_api.h>
 #include <stdio.h>
 #include <string.h>
@@ -82,6 +83,11 @@ static void on_start(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *
 		ppeek_say(mctx, "bad_side", sock, 7, 16, 0);
 	} else if (!strcmp(mode, "esocktnosupport")) {
 		ppeek_say(mctx, "monitoring_socket", lsock, MOS_SIDE_SVR, 16, 0);
+	} else if (!strcmp(mode, "filter")) {
+		struct sockaddr_in a[2];
+		socklen_t len = sizeof(a);
+		int r = mtcp_getpeername(mctx, sock, (struct sockaddr *)a, &len, MOS_SIDE_BOTH);
+		say(mctx, "server_port", r == 0 ? ntohs(a[1].sin_port) : r, errno, NULL);
 	} else if (!strcmp(mode, "enotconn")) {
 		ppeek_say(mctx, "cli_at_syn", sock, MOS_SIDE_CLI, 16, 0);
 		ppeek_say(mctx, "svr_at_syn", sock, MOS_SIDE_SVR, 16, 0);
@@ -141,6 +147,18 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 	lsock = mtcp_socket(mctx, AF_INET, MOS_SOCK_MONITOR_STREAM, 0);
 	if (lsock < 0)
 		return -1;
+	if (!strcmp(mode, "filter")) {
+		union monitor_filter ft = {0};
+		ft.stream_syn_filter = "tcp port 8080";
+		if (mtcp_bind_monitor_filter(mctx, lsock, &ft) < 0)
+			return -1;
+	}
+	if (!strcmp(mode, "badfilter")) {
+		union monitor_filter ft = {0};
+		ft.stream_syn_filter = "tcp port eighty";
+		if (mtcp_bind_monitor_filter(mctx, lsock, &ft) < 0)
+			return -1;
+	}
 	errno = 0;
 	reg_ret = mtcp_register_callback(mctx, lsock, MOS_ON_CONN_NEW_DATA, MOS_HK_SND, on_data);
 	reg_errno = errno;
