@@ -63,7 +63,7 @@ fn cc(src: &Path, name: &str) -> PathBuf {
         return b.2.clone();
     }
     let stem = src.file_stem().unwrap().to_string_lossy();
-    let dir = store.join(&*stem);
+    let dir = store.join(&stem);
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("lib{name}.so"));
     let st = Command::new("cc")
@@ -527,10 +527,9 @@ fn cmidstat_counts_equal_the_rust_midstat() {
         dir.path(),
         "midstat.so",
     );
-    for t in ["interval_ms = 250\nmax_rows = 50\n"] {
-        std::fs::write(dir.join("midstat.toml"), t).unwrap();
-        std::fs::write(dir.join("cmidstat.toml"), t).unwrap();
-    }
+    let conf = "interval_ms = 250\nmax_rows = 50\n";
+    std::fs::write(dir.join("midstat.toml"), conf).unwrap();
+    std::fs::write(dir.join("cmidstat.toml"), conf).unwrap();
     let mut rows = 0;
     for capture in [
         "gen/http-keepalive.pcap",
@@ -685,4 +684,46 @@ fn hot_reload_in_process_keeps_every_flow_on_its_generation() {
         v1n > 0 && v2n > 0 && v1n + v2n == 9000,
         "v1 {v1n}, v2 {v2n}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// User-defined events, per-flow registrations
+// ---------------------------------------------------------------------------------------
+
+/// mtcp_define_event on CONN_NEW_DATA with a filter that reads the flow (request side
+/// only), a callback for it, and a child from mtcp_alloc_event raised from that callback.
+#[test]
+fn user_defined_events_filter_fire_and_raise() {
+    let recs = probe("ude", &exchange(&Conn::v4()));
+    // The filter ran (for the request, before its event), could ppeek, and could not peek
+    // (a filter has no cursor of its own).
+    assert_eq!(
+        results(&recs, "filter_calls"),
+        [(1, "0".to_string())],
+        "{recs:?}"
+    );
+    assert_eq!(results(&recs, "filter_peek"), [failed("EACCES")]);
+    assert_eq!(results(&recs, "filter_ppeek"), [(4, "0".to_string())]);
+    // It let only the request side through; the child fired once from its callback.
+    assert_eq!(
+        results(&recs, "ude_side"),
+        [(1, "0".to_string())],
+        "{recs:?}"
+    );
+    assert_eq!(results(&recs, "raise"), [(0, "0".to_string())]);
+    assert_eq!(results(&recs, "raised_side"), [(1, "0".to_string())]);
+    // Defining the same (event, filter, arg) again gives the same event.
+    assert_eq!(results(&recs, "same_event"), [(1, "0".to_string())]);
+}
+
+/// A NULL callback on a flow's socket unregisters for that flow only.
+#[test]
+fn a_null_callback_on_a_flow_socket_unregisters_that_flow_only() {
+    let recs = probe("unreg", &two_servers());
+    let ports: Vec<i64> = results(&recs, "data_port")
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(ports, [80, 80], "{recs:?}");
+    assert_eq!(results(&recs, "unregister"), [(0, "0".to_string())]);
 }

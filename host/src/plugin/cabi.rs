@@ -545,8 +545,8 @@ unsafe extern "C" fn vt_on_event(this: *mut c_void, host: *mut HostCx, ev: *cons
     let ip = this.cast::<Instance>();
     // SAFETY: the slot calls with a live instance, HostCx and event.
     let ev = unsafe { *ev };
-    // SAFETY: as above; the reference ends before any plugin code runs.
     let (bit, arg, id, cb, raw_cb, prev_host, prev_cur) = {
+        // SAFETY: as above; the reference ends before any plugin code runs.
         let i = unsafe { &mut *ip };
         let prev_host = std::mem::replace(&mut i.host, host);
         let prev_cur = i.current.replace((ev.flow, ev.side));
@@ -615,8 +615,8 @@ unsafe extern "C" fn vt_on_timer(
     tag: u64,
 ) -> i32 {
     let ip = this.cast::<Instance>();
-    // SAFETY: the slot calls with a live instance; the reference ends before plugin code.
     let (found, prev) = {
+        // SAFETY: the slot calls with a live instance; the reference ends before plugin code.
         let i = unsafe { &mut *ip };
         let prev = std::mem::replace(&mut i.host, host);
         i.arm_pending();
@@ -1474,7 +1474,9 @@ unsafe extern "C" fn h_getpeername(
         let room = unsafe { *len } as usize;
         let out = out.cast::<u8>();
         let n = match side {
+            // SAFETY: `out` holds `room` bytes (the plugin's *addrlen).
             0 => unsafe { write_addr(&a.client, out, room)? },
+            // SAFETY: as above.
             1 => unsafe { write_addr(&a.server, out, room)? },
             2 => {
                 // SAFETY: `out` holds `room` bytes; the second address follows the first.

@@ -11,6 +11,7 @@ static char mode[64];
 static int lsock = -1;
 static int init_ret, init_errno, reg_ret, reg_errno;
 static int told;
+static int server_port(mctx_t mctx, int sock);
 static int stale = -1;
 
 static const char *ename(int e)
@@ -83,6 +84,11 @@ static void on_start(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *
 		ppeek_say(mctx, "bad_side", sock, 7, 16, 0);
 	} else if (!strcmp(mode, "esocktnosupport")) {
 		ppeek_say(mctx, "monitoring_socket", lsock, MOS_SIDE_SVR, 16, 0);
+	} else if (!strcmp(mode, "unreg")) {
+		if (server_port(mctx, sock) == 8080) {
+			int r = mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, NULL);
+			say(mctx, "unregister", r, errno, NULL);
+		}
 	} else if (!strcmp(mode, "filter")) {
 		struct sockaddr_in a[2];
 		socklen_t len = sizeof(a);
@@ -94,11 +100,64 @@ static void on_start(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *
 	}
 }
 
+static event_t ev_req, ev_child, ev_again;
+static int filter_arg_value = 42;
+static int filter_peek, filter_peek_errno, filter_ppeek, filter_calls;
+static struct filter_arg farg = {&filter_arg_value, sizeof(filter_arg_value)};
+
+static int server_port(mctx_t mctx, int sock)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	if (mtcp_getpeername(mctx, sock, (struct sockaddr *)&a, &len, MOS_SIDE_SVR) < 0)
+		return -1;
+	return ntohs(a.sin_port);
+}
+
+/* The request side only; it reads the flow, and may not peek. */
+static bool is_request(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
+{
+	char b[4];
+	(void)ev;
+	errno = 0;
+	filter_peek = (int)mtcp_peek(mctx, sock, side, b, sizeof(b));
+	filter_peek_errno = errno;
+	filter_ppeek = (int)mtcp_ppeek(mctx, sock, side, b, sizeof(b), 0);
+	filter_calls++;
+	return side == MOS_SIDE_SVR && arg == &farg && *(int *)arg->arg == 42;
+}
+
+static void on_child(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
+{
+	(void)sock;
+	(void)arg;
+	if (ev == ev_child)
+		say(mctx, "raised_side", side, 0, NULL);
+}
+
+static void on_req(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
+{
+	(void)sock;
+	if (ev != ev_req || arg != &farg)
+		return;
+	say(mctx, "ude_side", side, 0, NULL);
+	/* Records emitted inside a filter are discarded: report what it saw from here. */
+	say(mctx, "filter_calls", filter_calls, 0, NULL);
+	say(mctx, "filter_peek", filter_peek, filter_peek_errno, NULL);
+	say(mctx, "filter_ppeek", filter_ppeek, 0, NULL);
+	say(mctx, "same_event", ev_again == ev_req, 0, NULL);
+	errno = 0;
+	int r = mtcp_raise_event(mctx, ev_child);
+	say(mctx, "raise", r, errno, NULL);
+}
+
 static void on_data(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
 {
 	(void)ev;
 	(void)arg;
-	if (!strcmp(mode, "enodata")) {
+	if (!strcmp(mode, "unreg")) {
+		say(mctx, "data_port", server_port(mctx, sock), 0, NULL);
+	} else if (!strcmp(mode, "enodata")) {
 		ppeek_say(mctx, "beyond", sock, side, 16, 1ull << 40);
 		ppeek_say(mctx, "at_zero", sock, side, 4096, 0);
 	} else if (!strcmp(mode, "eperm")) {
@@ -151,6 +210,15 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 		union monitor_filter ft = {0};
 		ft.stream_syn_filter = "tcp port 8080";
 		if (mtcp_bind_monitor_filter(mctx, lsock, &ft) < 0)
+			return -1;
+	}
+	if (!strcmp(mode, "ude")) {
+		ev_req = mtcp_define_event(MOS_ON_CONN_NEW_DATA, is_request, &farg);
+		ev_again = mtcp_define_event(MOS_ON_CONN_NEW_DATA, is_request, &farg);
+		ev_child = mtcp_alloc_event(ev_req);
+		if (!ev_req || !ev_child ||
+		    mtcp_register_callback(mctx, lsock, ev_req, MOS_NULL, on_req) < 0 ||
+		    mtcp_register_callback(mctx, lsock, ev_child, MOS_NULL, on_child) < 0)
 			return -1;
 	}
 	if (!strcmp(mode, "badfilter")) {

@@ -137,7 +137,8 @@ typedef struct filter_arg {
  * filter_arg of a user-defined event, NULL for built-in events and timers. */
 typedef void (*callback_t)(mctx_t mctx, int sock, int side, event_t event, filter_arg_t *arg);
 /** A user-defined event's filter: true raises the event. It may read the flow (mtcp_ppeek,
- * mtcp_getsockopt ...) but not mtcp_peek (EACCES: a filter has no cursor of its own). */
+ * mtcp_getsockopt ...) but not mtcp_peek (EACCES: a filter has no cursor of its own);
+ * records it emits are discarded. */
 typedef bool (*filter_t)(mctx_t mctx, int sock, int side, event_t event, filter_arg_t *arg);
 
 /* ---- socket options (SOL_MONSOCKET) --------------------------------------------------- */
