@@ -727,3 +727,47 @@ fn a_null_callback_on_a_flow_socket_unregisters_that_flow_only() {
     assert_eq!(ports, [80, 80], "{recs:?}");
     assert_eq!(results(&recs, "unregister"), [(0, "0".to_string())]);
 }
+
+/// The C template of plugins/template builds with the documented command and counts what
+/// `flowpeek streams` counts.
+#[test]
+fn the_c_template_builds_and_counts_every_byte() {
+    let dir = TempDir::new("c-template");
+    let logs = TempDir::new("c-template-logs");
+    let lib = cc(&workspace().join("plugins/template/monitor.c"), "monitor");
+    place(&lib, dir.path(), "libmonitor.so");
+    let capture = corpus().join("gen/http-keepalive.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let report =
+        flowpeek::run::run(&run_opts(&capture, dir.path(), logs.path()), &stop, |_| {}).unwrap();
+    assert!(
+        report.load_failures.is_empty(),
+        "{:?}",
+        report.load_failures
+    );
+    let key = |r: &serde_json::Value, c2s: &serde_json::Value, s2c: &serde_json::Value| {
+        format!("{} {} {c2s} {s2c}", r["client"], r["server"])
+    };
+    let mut got: Vec<String> = records(&logs.join("monitor.jsonl"))
+        .iter()
+        .map(|r| key(r, &r["c2s"], &r["s2c"]))
+        .collect();
+    let opts = flowpeek::streams::StreamsOptions {
+        sha256: false,
+        engine: big_config(),
+        buffer: 1 << 18,
+    };
+    let want = flowpeek::streams::run(&capture, &opts, |_, _| {}).unwrap();
+    let mut want: Vec<String> = want
+        .records
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            key(&v, &v["c2s"]["bytes"], &v["s2c"]["bytes"])
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert!(want.len() > 100, "{} connections", want.len());
+    assert_eq!(got, want);
+}
