@@ -1,7 +1,9 @@
 //! Loading a plugin file: the ownership checks on what is really opened, a private copy taken
 //! from that descriptor, the ELF checks on the copy, a test load in a child process
 //! ([`super::probe`]), then dlopen, the root-module header checked against the library's own
-//! mapping, abi_stable's layout check, the API version and the plugin's name.
+//! mapping, abi_stable's layout check, the API version and the plugin's name. A library with
+//! no root module that exports `mos_plugin_init` is a C plugin ([`super::cabi`]: its
+//! `mos_api.h` table version is checked instead); one with neither is refused.
 //!
 //! Owns: [`load`] and everything it refuses ([`LoadError`]). Libraries are never unloaded
 //! (Rust thread-local destructors make `dlclose` unsound); each load is one retained image.
