@@ -771,3 +771,76 @@ fn the_c_template_builds_and_counts_every_byte() {
     assert!(want.len() > 100, "{} connections", want.len());
     assert_eq!(got, want);
 }
+
+/// cstreams on 1 and 2 worker cores (one instance per core, each with its own context):
+/// the same records, order aside.
+#[test]
+fn cstreams_gives_the_same_records_on_two_cores() {
+    let dir = TempDir::new("cstreams-cores");
+    place(
+        &cc(&shipped("cstreams.c"), "cstreams"),
+        dir.path(),
+        "libcstreams.so",
+    );
+    let capture = corpus().join("gen/mixed.pcap");
+    let mut outs = Vec::new();
+    for cores in [1, 2] {
+        let logs = TempDir::new("cstreams-cores-logs");
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = RunOptions {
+            cores,
+            ..run_opts(&capture, dir.path(), logs.path())
+        };
+        let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();
+        assert!(
+            report.load_failures.is_empty(),
+            "{:?}",
+            report.load_failures
+        );
+        let mut recs: Vec<String> = records(&logs.join("cstreams.jsonl"))
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        recs.sort();
+        outs.push(recs);
+    }
+    assert!(outs[0].len() > 1000, "{} records", outs[0].len());
+    assert_eq!(outs[0], outs[1]);
+}
+
+/// IPv6 flows: mtcp_getpeername gives sockaddr_in6 (flowpeek's addition; mOS 0.3 is IPv4
+/// only), two of them for MOS_SIDE_BOTH, and EINVAL when the caller's room is a sockaddr_in.
+#[test]
+fn getpeername_gives_ipv6_addresses() {
+    let recs = probe(
+        "addr6",
+        &exchange(&Conn::new("[2001:db8::1]:40000", "[2001:db8::2]:443")),
+    );
+    let n = std::mem::size_of::<libc::sockaddr_in6>() as i64;
+    assert_eq!(
+        results(&recs, "both_len"),
+        [(2 * n, "0".to_string())],
+        "{recs:?}"
+    );
+    assert_eq!(
+        results(&recs, "cli_family_port"),
+        [(40000, "0".to_string())]
+    );
+    assert_eq!(results(&recs, "svr_family_port"), [(443, "0".to_string())]);
+    assert_eq!(results(&recs, "v6_into_sockaddr_in"), [failed("EINVAL")]);
+}
+
+/// A MOS_SOCK_MONITOR_RAW socket with MOS_ON_PKT_IN at MOS_NULL sees every packet once; its
+/// socket is not a flow's (ESOCKTNOSUPPORT from mtcp_ppeek); mos_plugin_exit may emit.
+#[test]
+fn a_raw_socket_sees_every_packet() {
+    let script = exchange(&Conn::v4());
+    let packets = script.iter().map(Vec::len).sum::<usize>() as i64;
+    let recs = probe("raw", &script);
+    assert_eq!(
+        results(&recs, "raw_packets"),
+        [(packets, "0".to_string())],
+        "{recs:?}"
+    );
+    assert_eq!(results(&recs, "raw_ppeek"), [failed("ESOCKTNOSUPPORT")]);
+}

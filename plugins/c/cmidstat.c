@@ -45,10 +45,10 @@ struct core {
 	uint64_t live;
 	char *line;
 	size_t cap;
+	long interval_ms;
+	unsigned long max_rows;
 };
 static struct core cores[MAX_CORES];
-static long interval_ms = 1000;
-static unsigned long max_rows = 1000;
 
 static const char *state_name(int s)
 {
@@ -184,11 +184,11 @@ static void report(mctx_t mctx, int last)
 	    (unsigned long long)(ts / 1000000000ull),
 	    (unsigned long long)(ts % 1000000000ull / 1000ull), mctx->cpu,
 	    (unsigned long long)c->live,
-	    (unsigned long long)(c->live > max_rows ? c->live - max_rows : 0));
+	    (unsigned long long)(c->live > c->max_rows ? c->live - c->max_rows : 0));
 	if (last)
 		put(c, &at, "\"final\":true,");
 	put(c, &at, "\"table\":[");
-	for (struct row *r = c->head.next; r != &c->head && shown < max_rows; r = r->next) {
+	for (struct row *r = c->head.next; r != &c->head && shown < c->max_rows; r = r->next) {
 		put(c, &at,
 		    "%s{\"client\":\"%s\",\"server\":\"%s\",\"cli_state\":\"%s\",\"svr_state\":\"%s\","
 		    "\"c2s_bytes\":%llu,\"s2c_bytes\":%llu}",
@@ -206,7 +206,10 @@ static void tick(mctx_t mctx, int id, int side, event_t ev, filter_arg_t *arg)
 	(void)side;
 	(void)ev;
 	(void)arg;
-	struct timeval tv = {interval_ms / 1000, (interval_ms % 1000) * 1000};
+	struct core *c = core_of(mctx);
+	if (!c)
+		return;
+	struct timeval tv = {c->interval_ms / 1000, (c->interval_ms % 1000) * 1000};
 	report(mctx, 0);
 	mtcp_settimer(mctx, id, &tv, tick);
 }
@@ -220,21 +223,23 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 	if (!c)
 		return -1;
 	c->head.next = c->head.prev = &c->head;
+	c->interval_ms = 1000;
+	c->max_rows = 1000;
 	while (p && *p) {
 		long v;
 		if (sscanf(p, " interval_ms = %ld", &v) == 1)
-			interval_ms = v;
+			c->interval_ms = v;
 		else if (sscanf(p, " max_rows = %ld", &v) == 1 && v >= 0)
-			max_rows = (unsigned long)v;
+			c->max_rows = (unsigned long)v;
 		p = strchr(p, '\n');
 		if (p)
 			p++;
 	}
-	if (interval_ms < 1) {
+	if (c->interval_ms < 1) {
 		fprintf(stderr, "cmidstat: interval_ms must be at least 1\n");
 		return -1;
 	}
-	struct timeval tv = {interval_ms / 1000, (interval_ms % 1000) * 1000};
+	struct timeval tv = {c->interval_ms / 1000, (c->interval_ms % 1000) * 1000};
 	sock = mtcp_socket(mctx, AF_INET, MOS_SOCK_MONITOR_STREAM, 0);
 	if (sock < 0 ||
 	    mtcp_setsockopt(mctx, sock, SOL_MONSOCKET, MOS_CLIBUF, &zero, sizeof(zero)) < 0 ||

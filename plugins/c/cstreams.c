@@ -41,12 +41,17 @@ struct conn {
 	uint64_t mismatch;
 };
 
-static uint32_t crc_table[256];
-static char rbuf[65536];
-static char pbuf[65536];
+/* Callbacks of different cores run on different threads: per-thread scratch space. */
+static __thread uint32_t crc_table[256];
+static __thread int crc_ready;
+static __thread char rbuf[65536];
+static __thread char pbuf[65536];
 
 static void crc_init(void)
 {
+	if (crc_ready)
+		return;
+	crc_ready = 1;
 	for (uint32_t i = 0; i < 256; i++) {
 		uint32_t c = i;
 		for (int k = 0; k < 8; k++)
@@ -57,6 +62,7 @@ static void crc_init(void)
 
 static uint32_t crc_add(uint32_t crc, const char *p, size_t n)
 {
+	crc_init();
 	crc = ~crc;
 	for (size_t i = 0; i < n; i++)
 		crc = crc_table[(crc ^ (uint8_t)p[i]) & 0xff] ^ (crc >> 8);
@@ -163,7 +169,6 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 	int buffer = 262144;
 	int sock;
 	const char *p = config;
-	crc_init();
 	while (p && *p) {
 		int v;
 		if (sscanf(p, " buffer = %d", &v) == 1)

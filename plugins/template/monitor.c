@@ -22,7 +22,8 @@ struct conn {
 	int ends;
 };
 
-static char buf[16384];
+/* Callbacks of different cores run on different threads: per-thread scratch space. */
+static __thread char buf[16384];
 
 static void addr(mctx_t mctx, int sock, int side, char *out, size_t room)
 {

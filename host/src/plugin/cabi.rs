@@ -343,8 +343,12 @@ pub(crate) fn instantiate(
         vtable: &VTABLE,
     };
     if r != 0 {
+        // A refused init gets no mos_plugin_exit.
         // SAFETY: made just above; dropped once.
-        unsafe { (VTABLE.drop)(obj.this) };
+        unsafe {
+            (*obj.this.cast::<Instance>()).exited = true;
+            (VTABLE.drop)(obj.this);
+        }
         return Err(format!(
             "mos_plugin_init returned {r}: the plugin refused to load"
         ));
@@ -1259,21 +1263,16 @@ unsafe extern "C" fn h_getsockopt(
                 let side = u8::from(name == MOS_FRAGINFO_SVRBUF);
                 // SAFETY: the plugin's in/out length.
                 let cap = unsafe { *len } as usize;
-                let mut tmp = [FfiFragment::default(); 64];
-                // SAFETY: the running callback's context; `tmp` has 64 places.
-                let n = unsafe { (api.fragments)(ctx, flow, side, tmp.as_mut_ptr(), tmp.len()) };
+                // A side holds at most MAX_FRAGMENTS fragments: no allocation.
+                let mut all = [FfiFragment::default(); crate::flow::MAX_FRAGMENTS];
+                // SAFETY: the running callback's context; `all` has room for its length.
+                let n = unsafe { (api.fragments)(ctx, flow, side, all.as_mut_ptr(), all.len()) };
                 if n < 0 {
                     return Err(n as c_int);
                 }
-                let n = n as usize;
-                let mut all = tmp[..n.min(64)].to_vec();
-                if n > 64 {
-                    all.resize(n, FfiFragment::default());
-                    // SAFETY: as above, with room for `n`.
-                    unsafe { (api.fragments)(ctx, flow, side, all.as_mut_ptr(), n) };
-                }
+                let n = (n as usize).min(all.len());
                 let out = val.cast::<RingFragment>();
-                for (k, f) in all.iter().take(cap).enumerate() {
+                for (k, f) in all[..n].iter().take(cap).enumerate() {
                     // SAFETY: the plugin's array holds `cap` elements (mOS's contract).
                     unsafe {
                         out.add(k).write_unaligned(RingFragment {

@@ -13,6 +13,9 @@ static int init_ret, init_errno, reg_ret, reg_errno;
 static int told;
 static int server_port(mctx_t mctx, int sock);
 static int stale = -1;
+static int rsock = -1;
+static long raw_packets;
+static int raw_errno;
 
 static const char *ename(int e)
 {
@@ -84,6 +87,19 @@ static void on_start(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *
 		ppeek_say(mctx, "bad_side", sock, 7, 16, 0);
 	} else if (!strcmp(mode, "esocktnosupport")) {
 		ppeek_say(mctx, "monitoring_socket", lsock, MOS_SIDE_SVR, 16, 0);
+	} else if (!strcmp(mode, "addr6")) {
+		struct sockaddr_in6 a[2];
+		struct sockaddr_in small;
+		socklen_t len = sizeof(a);
+		int r = mtcp_getpeername(mctx, sock, (struct sockaddr *)a, &len, MOS_SIDE_BOTH);
+		say(mctx, "both_len", r == 0 ? (long)len : r, errno, NULL);
+		say(mctx, "cli_family_port",
+		    r == 0 && a[0].sin6_family == AF_INET6 ? ntohs(a[0].sin6_port) : -2, 0, NULL);
+		say(mctx, "svr_family_port",
+		    r == 0 && a[1].sin6_family == AF_INET6 ? ntohs(a[1].sin6_port) : -2, 0, NULL);
+		len = sizeof(small);
+		r = mtcp_getpeername(mctx, sock, (struct sockaddr *)&small, &len, MOS_SIDE_CLI);
+		say(mctx, "v6_into_sockaddr_in", r, errno, NULL);
 	} else if (!strcmp(mode, "unreg")) {
 		if (server_port(mctx, sock) == 8080) {
 			int r = mtcp_register_callback(mctx, sock, MOS_ON_CONN_NEW_DATA, MOS_NULL, NULL);
@@ -183,6 +199,27 @@ static void on_data(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *a
 	}
 }
 
+static void on_raw(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
+{
+	char b[4];
+	(void)side;
+	(void)arg;
+	if (ev != MOS_ON_PKT_IN || sock != rsock)
+		return;
+	raw_packets++;
+	errno = 0;
+	if (mtcp_ppeek(mctx, sock, MOS_SIDE_SVR, b, sizeof(b), 0) < 0)
+		raw_errno = errno;
+}
+
+void mos_plugin_exit(mctx_t mctx)
+{
+	if (!strcmp(mode, "raw")) {
+		say(mctx, "raw_packets", raw_packets, 0, NULL);
+		say(mctx, "raw_ppeek", -1, raw_errno, NULL);
+	}
+}
+
 static void on_end(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
 {
 	(void)mctx;
@@ -210,6 +247,11 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 		union monitor_filter ft = {0};
 		ft.stream_syn_filter = "tcp port 8080";
 		if (mtcp_bind_monitor_filter(mctx, lsock, &ft) < 0)
+			return -1;
+	}
+	if (!strcmp(mode, "raw")) {
+		rsock = mtcp_socket(mctx, AF_INET, MOS_SOCK_MONITOR_RAW, 0);
+		if (rsock < 0 || mtcp_register_callback(mctx, rsock, MOS_ON_PKT_IN, MOS_NULL, on_raw) < 0)
 			return -1;
 	}
 	if (!strcmp(mode, "ude")) {
