@@ -844,3 +844,38 @@ fn a_raw_socket_sees_every_packet() {
     );
     assert_eq!(results(&recs, "raw_ppeek"), [failed("ESOCKTNOSUPPORT")]);
 }
+
+/// The callback time budget and the counters apply to C plugins: a callback that sleeps
+/// 300 ms on every 40,000th packet, under a 50 ms budget, is an overrun each time.
+#[test]
+fn a_slow_c_callback_is_counted_under_the_budget() {
+    use flowpeek::plugin::{CallBudget, OverrunPolicy};
+    let dir = TempDir::new("c-slow");
+    let logs = TempDir::new("c-slow-logs");
+    place(
+        &cc(&test_src("probe.c"), "probe"),
+        dir.path(),
+        "libprobe.so",
+    );
+    std::fs::write(dir.join("probe.toml"), "mode = slow\n").unwrap();
+    let capture = corpus().join("gen/http-small.pcap");
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions {
+        budget: CallBudget {
+            limit: std::time::Duration::from_millis(50),
+            policy: OverrunPolicy::Warn,
+        },
+        ..run_opts(&capture, dir.path(), logs.path())
+    };
+    let report = flowpeek::run::run(&opts, &stop, |_| {}).unwrap();
+    let p = &report.plugins["probe"];
+    let sleeps = report.stats.packets / 40_000;
+    assert!(sleeps >= 2, "{} packets", report.stats.packets);
+    assert_eq!(
+        p.overruns, sleeps,
+        "each 300 ms callback and nothing else: {p:?}"
+    );
+    // Every packet (PKT_IN), the starts and both ends of every connection.
+    assert!(p.events > report.stats.packets, "{p:?}");
+    assert_eq!(p.generations, 1);
+}

@@ -6,6 +6,7 @@
 #include <mos_api.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static char mode[64];
 static int lsock = -1;
@@ -199,6 +200,22 @@ static void on_data(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *a
 	}
 }
 
+static long slow_packets;
+
+/* Sleeps 300 ms on every 40,000th packet. */
+static void on_slow(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
+{
+	(void)mctx;
+	(void)sock;
+	(void)side;
+	(void)ev;
+	(void)arg;
+	if (++slow_packets % 40000 == 0) {
+		struct timespec ts = {0, 300 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+}
+
 static void on_raw(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *arg)
 {
 	char b[4];
@@ -249,6 +266,9 @@ int mos_plugin_init(mctx_t mctx, const char *config)
 		if (mtcp_bind_monitor_filter(mctx, lsock, &ft) < 0)
 			return -1;
 	}
+	if (!strcmp(mode, "slow") &&
+	    mtcp_register_callback(mctx, lsock, MOS_ON_PKT_IN, MOS_HK_SND, on_slow) < 0)
+		return -1;
 	if (!strcmp(mode, "raw")) {
 		rsock = mtcp_socket(mctx, AF_INET, MOS_SOCK_MONITOR_RAW, 0);
 		if (rsock < 0 || mtcp_register_callback(mctx, rsock, MOS_ON_PKT_IN, MOS_NULL, on_raw) < 0)
