@@ -526,12 +526,12 @@ pub fn load(path: &Path) -> Result<Library, LoadError> {
         ElfError::NotElf(detail) => LoadError::NotALibrary {
             path: path.into(),
             detail,
-            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"])",
+            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]), or a C plugin with cc -shared -fPIC -I plugin-api/c/include",
         },
         ElfError::Foreign(detail) => LoadError::NotALibrary {
             path: path.into(),
             detail,
-            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]) for this machine",
+            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]), or a C plugin with cc -shared -fPIC, for this machine",
         },
     })?;
     let dir = PrivateDir::create().map_err(|source| LoadError::Copy {

@@ -208,7 +208,8 @@ enum { MOS_OVERLAP_POLICY_FIRST = 0, MOS_OVERLAP_POLICY_LAST, MOS_OVERLAP_CNT };
 
 /** The last packet of a flow (mtcp_getlastpkt). `offset` is its position in its sender's
  * stream (flowpeek: mOS 0.3 computes it in the wrong direction). The header pointers are
- * NULL in this version; flowpeek adds the sender, the TCP flags and a 64-bit timestamp. */
+ * NULL and eth_len / ip_len 0 in this version; flowpeek adds the sender, the TCP flags and a
+ * 64-bit timestamp. */
 struct pkt_info {
 	uint32_t cur_ts;     /* packet time, microseconds (wraps, as in mOS) */
 	int8_t in_ifidx;     /* -1: not known */
@@ -232,8 +233,9 @@ struct pkt_info {
 /** A monitor's filter in tcpdump syntax, compiled and matched by libpcap (any expression
  * libpcap takes, not only mOS's keyword subset). stream_syn_filter decides on each flow's
  * first packet (its SYN, or the first packet seen of a flow picked up mid-stream) whether
- * the flow is tracked for this monitor; stream_orphan_filter narrows the ORPHAN packets it
- * gets; raw_pkt_filter decides per flow for a raw socket (flowpeek: not per packet). A
+ * the flow is tracked for this monitor; raw_pkt_filter decides per flow for a raw socket
+ * (flowpeek: not per packet). stream_orphan_filter is checked but not applied yet: ORPHAN
+ * callbacks get every orphan that flowpeek's --filter lets through. A
  * `filter = "..."` in <name>.toml overrides stream_syn_filter / raw_pkt_filter. */
 union monitor_filter {
 	char *raw_pkt_filter;
