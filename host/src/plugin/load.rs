@@ -1,7 +1,9 @@
 //! Loading a plugin file: the ownership checks on what is really opened, a private copy taken
 //! from that descriptor, the ELF checks on the copy, a test load in a child process
 //! ([`super::probe`]), then dlopen, the root-module header checked against the library's own
-//! mapping, abi_stable's layout check, the API version and the plugin's name.
+//! mapping, abi_stable's layout check, the API version and the plugin's name. A library with
+//! no root module that exports `mos_plugin_init` is a C plugin ([`super::cabi`]: its
+//! `mos_api.h` table version is checked instead); one with neither is refused.
 //!
 //! Owns: [`load`] and everything it refuses ([`LoadError`]). Libraries are never unloaded
 //! (Rust thread-local destructors make `dlclose` unsound); each load is one retained image.
@@ -21,25 +23,56 @@ use abi_stable::library::{
     lib_header_from_raw_library, AbiHeader, LibHeader, LibraryError, RawLibrary,
     ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
-use flowpeek_plugin_api::abi::{PluginModRef, API_VERSION, MIN_API_VERSION};
+use flowpeek_plugin_api::abi::{MonitorObj, PluginModRef, API_VERSION, MIN_API_VERSION};
 
 use super::elf::{self, ElfError};
 
-/// A plugin library, loaded and checked.
+/// A plugin library, loaded and checked: a Rust plugin (abi_stable root module) or a C
+/// plugin (`mos_plugin_init`, [`super::cabi`]).
 #[derive(Clone, Copy)]
 pub struct Library {
-    /// The root module.
-    pub module: PluginModRef,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Rust(PluginModRef),
+    C(&'static super::cabi::CLib),
 }
 
 impl Library {
     /// The plugin's name (its records go to `<name>.jsonl`; checked by [`check_name`]).
     pub fn name(&self) -> String {
-        (self.module.name())().to_string()
+        match self.kind {
+            Kind::Rust(m) => (m.name())().to_string(),
+            Kind::C(c) => c.name().to_string(),
+        }
     }
     /// The plugin's own version.
     pub fn version(&self) -> String {
-        (self.module.version())().to_string()
+        match self.kind {
+            Kind::Rust(m) => (m.version())().to_string(),
+            Kind::C(c) => c.version().to_string(),
+        }
+    }
+    /// Whether it is a C plugin (mos_api.h).
+    pub fn is_c(&self) -> bool {
+        matches!(self.kind, Kind::C(_))
+    }
+    /// Makes the instance of one core from the configuration text; also returns the stream
+    /// filter a C plugin bound with `mtcp_bind_monitor_filter`.
+    pub(crate) fn instantiate(
+        &self,
+        core: u32,
+        config: &str,
+    ) -> Result<(MonitorObj, Option<String>), String> {
+        match self.kind {
+            Kind::Rust(m) => (m.new())(core, config.into())
+                .into_result()
+                .map(|obj| (obj, None))
+                .map_err(|e| format!("the constructor failed: {e}")),
+            Kind::C(c) => super::cabi::instantiate(c, core, config),
+        }
     }
 }
 
@@ -123,11 +156,19 @@ pub enum LoadError {
         /// The loader's message.
         detail: String,
     },
-    /// No root module symbol.
-    #[error("{path}: no flowpeek root module; export one with flowpeek_plugin_api::export_monitor!(YourMonitor)")]
+    /// Neither a root module symbol nor `mos_plugin_init`.
+    #[error("{path}: no flowpeek root module and no mos_plugin_init: a Rust plugin exports a root module with flowpeek_plugin_api::export_monitor!(YourMonitor); a C plugin includes mos_api.h and exports int mos_plugin_init(mctx_t, const char *)")]
     MissingRootModule {
         /// The file.
         path: PathBuf,
+    },
+    /// A C plugin that cannot be hosted.
+    #[error("{path}: refused as a C plugin: {detail}")]
+    CPlugin {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
     },
     /// The root module symbol or its header points outside the library.
     #[error("{path}: refused: its root-module header {detail}, outside the library's own mapping: the file is damaged or forged; rebuild it with flowpeek_plugin_api::export_monitor!")]
@@ -485,12 +526,12 @@ pub fn load(path: &Path) -> Result<Library, LoadError> {
         ElfError::NotElf(detail) => LoadError::NotALibrary {
             path: path.into(),
             detail,
-            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"])",
+            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]), or a C plugin with cc -shared -fPIC -I plugin-api/c/include",
         },
         ElfError::Foreign(detail) => LoadError::NotALibrary {
             path: path.into(),
             detail,
-            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]) for this machine",
+            fix: "build the plugin as a cdylib (crate-type = [\"cdylib\"]), or a C plugin with cc -shared -fPIC, for this machine",
         },
     })?;
     let dir = PrivateDir::create().map_err(|source| LoadError::Copy {
@@ -596,6 +637,17 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
     // Never unloaded: see the module doc.
     let raw: &'static RawLibrary = Box::leak(Box::new(raw));
     RETAINED.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: only the symbols' addresses are taken.
+    let has_root =
+        unsafe { raw.get::<*const u8>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }.is_ok();
+    // SAFETY: as above.
+    let has_init = unsafe { raw.get::<*const u8>(b"mos_plugin_init\0") }.is_ok();
+    if !has_root && has_init {
+        let c: &'static super::cabi::CLib = Box::leak(Box::new(super::cabi::open(path, raw)?));
+        let lib = Library { kind: Kind::C(c) };
+        check_name(path, &lib.name())?;
+        return Ok(lib);
+    }
     check_header_pointers(path, raw, copy)?;
     // SAFETY: `raw` is leaked, so the 'static references in the header never dangle; the
     // header pointer was checked to lie in the library's mapping.
@@ -627,7 +679,9 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
             max: API_VERSION,
         });
     }
-    let lib = Library { module };
+    let lib = Library {
+        kind: Kind::Rust(module),
+    };
     check_name(path, &lib.name())?;
     Ok(lib)
 }

@@ -2,7 +2,9 @@
 //!
 //! Owns: the checks and private copies before `dlopen`, abi_stable's layout check, the API
 //! version and name checks ([`load`], [`elf`], the test load in a child process: [`probe`]),
-//! one file per plugin name ([`PluginHost`]), the host side of the ABI ([`ffi`]), generations and draining
+//! one file per plugin name ([`PluginHost`]), the host side of the ABI ([`ffi`]), C plugins
+//! written against mOS 0.3's API (`plugin-api/c/include/mos_api.h`, hosted by [`cabi`] as
+//! instances of the same ABI, so everything below applies to them), generations and draining
 //! ([`slot`]), and the directory watcher that turns file changes into new generations once a
 //! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
 //! ([`PluginHost::poll`]).
@@ -18,6 +20,7 @@
 #![allow(unsafe_code)] // dlopen and the FFI boundary; each block says why it is sound
 
 pub mod budget;
+pub mod cabi;
 pub mod elf;
 pub mod ffi;
 pub mod load;

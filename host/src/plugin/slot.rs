@@ -147,17 +147,20 @@ impl PluginSlot {
     /// drain from the next `arm`. Returns the constructor's error, or libpcap's for a bad
     /// `filter` in `config`, leaving the slot as it was.
     pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
-        let filter = match filter::toml_filter(config) {
+        let mut filter = match filter::toml_filter(config) {
             Some(expr) => {
                 Some(StreamFilter::new(&expr).map_err(|e| format!("{}: {e}", self.name))?)
             }
             None => None,
         };
-        let made = (lib.module.new())(self.core, config.into());
-        let obj = match made.into_result() {
-            Ok(obj) => obj,
-            Err(e) => return Err(format!("{}: the constructor failed: {e}", self.name)),
-        };
+        let (obj, own_filter) = lib
+            .instantiate(self.core, config)
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        // A C plugin's mtcp_bind_monitor_filter, unless <name>.toml overrides it (libpcap
+        // checked it when it was bound).
+        if filter.is_none() {
+            filter = own_filter.and_then(|e| StreamFilter::new(&e).ok());
+        }
         // SAFETY: `obj` was just made by this library's constructor.
         let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
         // Older generations stop taking new flows; `arm` starts their drain clocks.
