@@ -110,13 +110,16 @@ impl Engine {
             return false;
         }
         if !r.rx_base_known {
-            // The first segment of this stream: in order by definition, but a FIN that
-            // overtook the handshake waits for the receiver to be synchronized.
-            if flags.fin() && !flags.rst() && !synchronized(r.state) {
+            // The first segment of this stream: a FIN that overtook the handshake waits
+            // for the receiver to be synchronized; on a flow picked up mid-stream, where
+            // the start is a guess, it waits for the allowance too, so that the data it
+            // overtook (or the SYN) can move the start back before it (`rebase_guess`).
+            if flags.fin() && !flags.rst() && (!synchronized(r.state) || f.partial) {
                 let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
                 f.sides[sender.index()].tx_fin.get_or_insert(fin);
                 let h = &mut f.held[receiver.index()];
                 h.ctl = Some((Ctl::Fin, u64::from(seg.payload_len_on_wire)));
+                h.ctl_left = k.saturating_add(1);
                 f.disorder = true;
                 return true;
             }
@@ -355,6 +358,13 @@ impl Engine {
             let Some((ctl, off)) = h.ctl else { continue };
             if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
                 continue;
+            }
+            if ctl == Ctl::Fin && h.base_guess && h.ctl_left > 0 {
+                // The stream's start is still a guess: the bytes before the FIN may come.
+                h.ctl_left -= 1;
+                if h.ctl_left > 0 {
+                    continue;
+                }
             }
             if contig < off {
                 // A FIN waits as a receiving stack's would, until the stream reaches it or

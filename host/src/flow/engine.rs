@@ -430,6 +430,16 @@ impl Engine {
         };
         core.table.touch(slot, ts);
         let gen = core.table.flow(slot).gen;
+        if seg.flags.syn() && seg.flags.ack() && !seg.flags.rst() {
+            // A SYN/ACK ahead of every other packet of the stream it acknowledges (the SYN
+            // came behind it): that stream starts at its ACK number, the client's ISN + 1,
+            // so that a FIN or data that overtook the rest is placed where it belongs.
+            let s = &mut core.table.flow_mut(slot).sides[sender.index()];
+            if !s.rx_base_known {
+                s.rx_base = seg.ack;
+                s.rx_base_known = true;
+            }
+        }
         // A FIN or RST beyond the receiver's contiguous end waits for the data before it
         // (disorder.rs): the packet goes on without it.
         let stripped;
