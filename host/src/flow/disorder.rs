@@ -47,6 +47,10 @@ pub(crate) struct Held {
     pub(crate) ack_hi: Option<u32>,
     /// The stream's start is a guess (a mid-stream flow's first segment), not a SYN.
     pub(crate) base_guess: bool,
+    /// Packets of the flow left before a guessed start is final: until then its bytes are
+    /// not delivered (`NewData` waits), so that a SYN, SYN/ACK or segment that the first
+    /// one overtook can still move the start back.
+    pub(crate) guess_left: u16,
 }
 
 impl Held {
@@ -170,6 +174,11 @@ impl Engine {
         let h = &mut f.held[receiver.index()];
         if !r.rx_base_known {
             h.base_guess = !syn;
+            h.guess_left = if syn {
+                0
+            } else {
+                self.core.cfg.gap_skip_after.min(u32::from(u16::MAX)) as u16
+            };
             f.disorder |= !syn;
             return;
         }
@@ -412,11 +421,26 @@ impl Engine {
                 return false;
             }
         }
-        let f = self.core.table.flow_mut(slot);
-        for (h, s) in f.held.iter_mut().zip(&f.sides) {
-            // Once data was delivered, the start stays where it is.
-            h.base_guess &= s.newdata_mark == 0;
+        let core = &mut self.core;
+        for side in Side::BOTH {
+            let f = core.table.flow_mut(slot);
+            let (h, s) = (&mut f.held[side.index()], &f.sides[side.index()]);
+            if !h.base_guess {
+                // Bytes held back while the start was a guess (a SYN just made it final).
+                if s.contig() > s.newdata_mark && !s.newdata_pending {
+                    core.marks.mark(&mut core.table, slot, side);
+                }
+                continue;
+            }
+            // Once data was delivered, the start stays where it is; and once the allowance
+            // is over, the guess is final and its bytes are delivered.
+            h.guess_left = h.guess_left.saturating_sub(1);
+            h.base_guess = s.newdata_mark == 0 && h.guess_left > 0;
+            if !h.base_guess && s.contig() > s.newdata_mark {
+                core.marks.mark(&mut core.table, slot, side);
+            }
         }
+        let f = core.table.flow_mut(slot);
         f.disorder = f.held.iter().any(Held::pending);
         true
     }
