@@ -264,6 +264,11 @@ impl Engine {
             note(&mut f.held[side.index()]);
             return;
         }
+        if f.held[side.index()].base_guess {
+            // The guessed start may move back before this ACK (a pure ACK sent after the
+            // FIN can be the first packet seen): what it covers must still be known.
+            note(&mut f.held[side.index()]);
+        }
         let ack_off = s.offset_of(ack);
         let contig = s.contig() as i64;
         if ack_off <= contig || ack_off - contig > (1 << 30) {
