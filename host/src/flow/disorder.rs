@@ -133,7 +133,16 @@ impl Engine {
         let start = r.offset_of(seg.seq);
         let ahead = start > contig && start - contig <= (1 << 30);
         let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
-        if !ahead && !early_fin {
+        // At the guessed start of a stream (its first packet may have been sent after
+        // the data, e.g. a pure ACK): the data before it may come yet.
+        let h = &f.held[receiver.index()];
+        let guessed_fin = flags.fin()
+            && !flags.rst()
+            && h.base_guess
+            && h.guess_left > 0
+            && start >= contig
+            && start - contig <= (1 << 30);
+        if !ahead && !early_fin && !guessed_fin {
             return false;
         }
         let ctl = if flags.rst() {
