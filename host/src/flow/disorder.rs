@@ -252,6 +252,13 @@ impl Engine {
         if let Some((_, off)) = h.ctl.as_mut() {
             *off = off.saturating_add(delta);
         }
+        if h.skip_left == 0 {
+            // The bytes between the new start and what was stored may come yet, as they
+            // would after an ACK ahead: the flow waits the allowance for them, even if its
+            // FIN was already taken.
+            h.skip_to = delta;
+            h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+        }
         f.last.offset = f.last.offset.saturating_add(delta);
         let core = &mut self.core;
         core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
