@@ -783,8 +783,17 @@ fn run(a: RunArgs) -> ExitCode {
         }
         for (name, p) in &report.plugins {
             eprintln!(
-                "flowpeek:   {name}: {} events, {} records, {} failures, {} overruns, {} generations",
-                p.events, p.records, p.failures, p.overruns, p.generations
+                "flowpeek:   {name}: {} events, {} records, {} failures, {} overruns, {} generations{}",
+                p.events,
+                p.records,
+                p.failures,
+                p.overruns,
+                p.generations,
+                if p.slow_constructors > 0 {
+                    format!(", {} constructors past the budget", p.slow_constructors)
+                } else {
+                    String::new()
+                }
             );
         }
     }
