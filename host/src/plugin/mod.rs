@@ -8,7 +8,8 @@
 //! ([`PluginHost::poll`]).
 //!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
-//! thread; the worker only swaps in what is ready).
+//! thread, instances made on a constructor thread per load and core, [`construct`]; the
+//! worker only swaps in what is ready).
 //!
 //! What a plugin can and cannot do to the host: a panic in any callback is caught by the SDK
 //! and disables that instance on that core (counted); bad handles and arguments get errno
