@@ -358,8 +358,15 @@ impl Engine {
                 continue;
             }
             if contig >= h.skip_to.min(fin_off) {
-                // Filled by the data the ACK overtook.
-                h.skip_left = 0;
+                // Filled by the data the ACK overtook. A later ACK that went further gets
+                // its own allowance for the gaps it covers.
+                let more = h.ack_max.min(fin_off);
+                if more > contig && more > h.skip_to {
+                    h.skip_to = more;
+                    h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+                } else {
+                    h.skip_left = 0;
+                }
                 continue;
             }
             h.skip_left -= 1;

@@ -512,8 +512,17 @@ impl Engine {
             }
         }
         let flow = self.core.table.flow_mut(slot);
-        flow.last.offset =
-            reassembly::stream_offset(&mut flow.sides[receiver.index()], flags, data_seq);
+        let r = &mut flow.sides[receiver.index()];
+        flow.last.offset = if !r.rx_base_known
+            && payload.is_empty()
+            && wire_flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) == 0
+        {
+            // A pure ACK does not place the start of a stream not seen yet: it may have
+            // been sent after all of it (a sender's last ACK, overtaking its data).
+            0
+        } else {
+            reassembly::stream_offset(r, flags, data_seq)
+        };
         // Data on a RST is stored too: a monitor wants to see what the RST carried.
         if !payload.is_empty() && flow.sides[receiver.index()].rx_base_known {
             self.receive_data(slot, receiver, data_seq, payload, order, pkt);
