@@ -36,9 +36,12 @@ pub(crate) struct Held {
     /// Highest stream offset this side's ACKs acknowledged beyond the contiguous end at the
     /// time (0: none). Unclamped: an ACK of a FIN not seen yet is one past the data.
     pub(crate) ack_max: u64,
-    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0.
+    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0. It
+    /// counts packets of the flow that find the stream where it was (`skip_mark`: the low
+    /// bits of the contiguous end at the last count): while the gap fills, it waits.
     pub(crate) skip_to: u64,
     pub(crate) skip_left: u32,
+    pub(crate) skip_mark: u32,
     /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
     pub(crate) ctl: Option<(Ctl, u64)>,
     pub(crate) ctl_left: u32,
@@ -306,6 +309,7 @@ impl Engine {
         } else if h.skip_left == 0 {
             h.skip_to = clamped as u64;
             h.skip_left = k.saturating_add(1);
+            h.skip_mark = contig as u32;
             f.disorder = true;
         }
     }
@@ -367,6 +371,13 @@ impl Engine {
                 } else {
                     h.skip_left = 0;
                 }
+                continue;
+            }
+            if contig as u32 != h.skip_mark {
+                // The stream moved on: the data the ACK overtook is arriving (an ACK
+                // covering a long run, e.g. after receive offload, overtakes all of it).
+                h.skip_mark = contig as u32;
+                h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
                 continue;
             }
             h.skip_left -= 1;
