@@ -398,8 +398,11 @@ impl Engine {
                 && seg.flags.syn()
                 && f.sides.iter().all(|s| s.finished)
                 && !f.sides.iter().any(|s| {
-                    // Its own SYN, overtaken: not a new connection.
-                    s.rx_base_known && s.rx_base == seg.seq.wrapping_add(1)
+                    // Its own SYN, overtaken: not a new connection; nor its SYN/ACK, which
+                    // acknowledges the start of the client's stream.
+                    s.rx_base_known
+                        && (s.rx_base == seg.seq.wrapping_add(1)
+                            || (seg.flags.ack() && s.rx_base == seg.ack))
                 })
             {
                 // Closed, kept only for bytes its FIN may have overtaken (disorder.rs):
