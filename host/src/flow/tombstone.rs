@@ -2,7 +2,7 @@
 //! closed (a late copy from a tap, a FIN retransmission, the last ACK) is checked against,
 //! so that it is counted as `late` instead of opening a new, partial flow.
 //!
-//! Owns: [`Tombstones`], a fixed set-associative array (4 ways per set, the oldest entry
+//! Owns: [`Tombstones`], a fixed set-associative array (8 ways per set, the oldest entry
 //! of a set is replaced) of the key, both directions' sequence spaces and the close time
 //! (packet time) of flows that ended with FIN or RST. Bounded in count (`Config::
 //! tombstones`) and in memory (allocated once), and forgotten after [`TOMBSTONE_TTL`].
@@ -18,7 +18,7 @@ use crate::wire::TcpSegment;
 /// maximum segment lifetime (Linux keeps TIME_WAIT 60 s).
 pub const TOMBSTONE_TTL: u64 = 120 * super::config::NANOS;
 
-const WAYS: usize = 4;
+const WAYS: usize = 8;
 
 /// The sequence space one direction of a closed connection used.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,7 +143,7 @@ impl Tombstones {
     /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago: a segment in
     /// the sequence space its sender used (or, for a side that sent nothing, an ACK of the
     /// other's), or that connection's SYN again. Any other SYN starts a new connection;
-    /// the tombstone stays for late copies of the old one (4 ways per set).
+    /// the tombstone stays for late copies of the old one (8 ways per set).
     #[inline]
     pub(crate) fn check(
         &mut self,
