@@ -113,7 +113,15 @@ impl Engine {
         let f = self.core.table.flow_mut(slot);
         let receiver = sender.peer();
         let r = &f.sides[receiver.index()];
-        if r.capacity == 0 || f.held[receiver.index()].ctl.is_some() {
+        if r.capacity == 0 {
+            return false;
+        }
+        if let Some((Ctl::Fin, _)) = f.held[receiver.index()].ctl {
+            // A copy of the FIN already held waits with it (the first one's place counts).
+            let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
+            return flags.fin() && !flags.rst() && f.sides[sender.index()].tx_fin == Some(fin);
+        }
+        if f.held[receiver.index()].ctl.is_some() {
             return false;
         }
         if !r.rx_base_known {
