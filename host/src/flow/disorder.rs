@@ -142,6 +142,14 @@ impl Engine {
         }
         let contig = r.contig() as i64;
         let start = r.offset_of(seg.seq);
+        if flags.fin() && !flags.rst() && !r.rx_fin {
+            // A FIN behind what the stream already holds is not this stream's (a late copy
+            // of the connection before, on the same endpoints): no stack would take it.
+            let fin_off = r.offset_of(seg.seq.wrapping_add(seg.payload_len_on_wire));
+            if fin_off < contig && contig - fin_off <= (1 << 30) {
+                return true;
+            }
+        }
         let ahead = start > contig && start - contig <= (1 << 30);
         let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
         // At the guessed start of a stream (its first packet may have been sent after
