@@ -217,15 +217,17 @@ impl Engine {
             h.base_guess = false;
             return;
         }
-        let delta = r.rx_base.wrapping_sub(seq) as i32;
+        // Positive: the start moves back. Negative, only for a SYN: the guess was a
+        // stray segment before this connection's start (a late copy of the one before on
+        // the same endpoints); what lies before the SYN is not this stream's and goes.
+        let delta = i64::from(r.rx_base.wrapping_sub(seq) as i32);
         if syn {
             h.base_guess = false;
         }
-        let limit = u64::from(r.capacity.max(1)) / 2;
-        if delta <= 0 || delta as u64 > limit {
+        let limit = i64::from(r.capacity.max(1)) / 2;
+        if delta == 0 || delta > limit || (delta < 0 && !syn) {
             return;
         }
-        let delta = delta as u64;
         let mut stored = Vec::new();
         if let Some(b) = r.buf.as_ref() {
             if b.head() != 0 {
@@ -234,7 +236,11 @@ impl Engine {
             for (start, len) in b.fragments() {
                 let mut bytes = vec![0u8; len as usize];
                 b.read(start, &mut bytes);
-                stored.push((start + delta, bytes));
+                let at = start as i64 + delta;
+                let cut = (-at).clamp(0, len as i64) as usize;
+                if cut < bytes.len() {
+                    stored.push(((at.max(0)) as u64, bytes.split_off(cut)));
+                }
             }
         }
         let room = self.core.table.pool.room(self.core.stats.buffer_bytes);
@@ -265,12 +271,18 @@ impl Engine {
         let h = &mut f.held[receiver.index()];
         for off in [&mut h.ack_max, &mut h.skip_to] {
             if *off > 0 {
-                *off = off.saturating_add(delta);
+                *off = off.saturating_add_signed(delta);
             }
         }
         if let Some((_, off)) = h.ctl.as_mut() {
-            *off = off.saturating_add(delta);
+            *off = off.saturating_add_signed(delta);
         }
+        f.last.offset = f.last.offset.saturating_add_signed(delta);
+        let Ok(delta) = u64::try_from(delta) else {
+            let core = &mut self.core;
+            core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
+            return;
+        };
         if h.skip_left == 0 {
             // The bytes between the new start and what was stored may come yet, as they
             // would after an ACK ahead: the flow waits the allowance for them, even if its
@@ -278,7 +290,6 @@ impl Engine {
             h.skip_to = delta;
             h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
         }
-        f.last.offset = f.last.offset.saturating_add(delta);
         let core = &mut self.core;
         core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
     }
