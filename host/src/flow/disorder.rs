@@ -384,14 +384,20 @@ impl Engine {
             let fin_off = f.sides[side.peer().index()]
                 .tx_fin
                 .map_or(u64::MAX, |fin| s.offset_of(fin).max(0) as u64);
+            let fin_taken = s.rx_fin;
             let h = &mut f.held[side.index()];
             if h.skip_left == 0 {
                 continue;
             }
             if contig >= h.skip_to.min(fin_off) {
                 // Filled by the data the ACK overtook. A later ACK that went further gets
-                // its own allowance for the gaps it covers.
-                let more = h.ack_max.min(fin_off);
+                // its own allowance for the gaps it covers, and so do the bytes before a
+                // FIN the receiver already took.
+                let more = if fin_taken {
+                    fin_off
+                } else {
+                    h.ack_max.min(fin_off)
+                };
                 if more > contig && more > h.skip_to {
                     h.skip_to = more;
                     h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
