@@ -79,11 +79,7 @@ fn gen(name: &str) -> PathBuf {
     plugin_util::corpus().join("gen").join(name)
 }
 
-fn check(
-    capture: &str,
-    label: &str,
-    cfg: MangleConfig,
-) -> (usize, usize, usize, Vec<String>) {
+fn check(capture: &str, label: &str, cfg: MangleConfig) -> (usize, usize, usize, Vec<String>) {
     let clean_path = gen(capture);
     let dir = std::env::temp_dir().join(format!("flowpeek-disorder-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

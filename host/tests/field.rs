@@ -418,7 +418,10 @@ fn a_hung_constructor_at_start_is_reported_and_the_run_goes_on_without_it() {
         Some(1),
         "{s}"
     );
-    assert_eq!(s["packets"].as_u64(), Some(pcap_packets(&corpus().join("gen/http-small.pcap"))));
+    assert_eq!(
+        s["packets"].as_u64(),
+        Some(pcap_packets(&corpus().join("gen/http-small.pcap")))
+    );
     // The other plugin saw every connection, as it does alone.
     let with = sorted_lines(&logs.join("streamhash.jsonl"));
     assert!(!with.is_empty());
@@ -449,16 +452,21 @@ fn a_hung_constructor_on_reload_leaves_every_core_serving_the_old_generation() {
     let staged = place(&tagger(&["v2"]), plugins.path(), ".tagger.so.new");
     std::fs::rename(&staged, plugins.join("tagger.so")).unwrap();
     let out = r.finish(Duration::from_secs(120));
-    out.expect_code(0, "hung constructor on reload").expect_says(
-        "hung constructor on reload",
-        &[
-            "plugin tagger: its constructor (new) for core 0 has run for over",
-            "plugin tagger: its constructor (new) for core 1 has run for over",
-        ],
-    );
+    out.expect_code(0, "hung constructor on reload")
+        .expect_says(
+            "hung constructor on reload",
+            &[
+                "plugin tagger: its constructor (new) for core 0 has run for over",
+                "plugin tagger: its constructor (new) for core 1 has run for over",
+            ],
+        );
     let s = stats(&stats_path);
     // Every packet of both passes went through the cores.
-    assert_eq!(s["packets"].as_u64(), Some(2 * pcap_packets(&capture)), "{s}");
+    assert_eq!(
+        s["packets"].as_u64(),
+        Some(2 * pcap_packets(&capture)),
+        "{s}"
+    );
     assert_eq!(
         s["plugins"]["tagger"]["slow_constructors"].as_u64(),
         Some(2),
@@ -469,7 +477,10 @@ fn a_hung_constructor_on_reload_leaves_every_core_serving_the_old_generation() {
     let starts = recs.iter().filter(|r| r["ev"] == "start").count();
     assert!(recs.iter().all(|r| r["tag"] == "v1"));
     let first_pass = 9000;
-    assert!(starts > first_pass, "{starts} connection starts recorded by v1");
+    assert!(
+        starts > first_pass,
+        "{starts} connection starts recorded by v1"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@
 //!
 //! Owns, per side (the side that *receives* a stream, [`Held`]):
 //! - the gap-skip rule: an ACK ahead of the contiguous end arms a skip that fires only
-//!   after `gap_skip_after` more packets of the flow (or when the buffer needs the room, or
-//!   at the flow's end), so that a segment the ACK overtook can still fill the gap;
+//!   after `gap_skip_after` more packets of the flow that find the stream where it was (or
+//!   when the buffer needs the room, or at the flow's end), so that a segment the ACK
+//!   overtook can still fill the gap;
+//! - a guessed stream start (no SYN first): its bytes wait, for the same allowance, until a
+//!   SYN, SYN/ACK or overtaken segment moves it, and a FIN at it waits too;
 //! - a FIN or an in-window RST beyond the contiguous end, held until the stream reaches it
 //!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
 //!   past the gap, or the flow's end, moves the stream to it);

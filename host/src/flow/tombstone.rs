@@ -282,10 +282,11 @@ mod tests {
 
     #[test]
     fn bounded_the_oldest_of_a_set_goes_first() {
-        let mut t = Tombstones::new(4);
+        let mut t = Tombstones::new(WAYS as u32);
         assert_eq!(t.sets.len(), 1);
         let (k, _, lo) = key();
-        for i in 0..6u16 {
+        let n = WAYS as u16 + 2;
+        for i in 0..n {
             let kk = FlowKey {
                 lo_port: k.lo_port.wrapping_add(i),
                 ..k
@@ -293,8 +294,13 @@ mod tests {
             t.bury(kk, 0, lo, spaces(), u64::from(i));
         }
         assert!(t.late_of(&k, 0).is_none(), "the first two were replaced");
+        let second = FlowKey {
+            lo_port: k.lo_port.wrapping_add(1),
+            ..k
+        };
+        assert!(t.late_of(&second, 0).is_none());
         let last = FlowKey {
-            lo_port: k.lo_port.wrapping_add(5),
+            lo_port: k.lo_port.wrapping_add(n - 1),
             ..k
         };
         assert_eq!(t.late_of(&last, 0), Some(0));

@@ -304,10 +304,7 @@ impl PluginSet {
         }
         let mut built = Vec::new();
         while !waiting.is_empty() {
-            match host
-                .built_rx
-                .recv_timeout(Duration::from_millis(2))
-            {
+            match host.built_rx.recv_timeout(Duration::from_millis(2)) {
                 Ok(b) => {
                     waiting.remove(&b.load);
                     built.push(b);
