@@ -146,10 +146,11 @@ impl Engine {
         let contig = r.contig() as i64;
         let start = r.offset_of(seg.seq);
         if flags.fin() && !flags.rst() && !r.rx_fin {
-            // A FIN behind what the stream already holds is not this stream's (a late copy
-            // of the connection before, on the same endpoints): no stack would take it.
+            // A FIN behind what the stream already holds, or before its start, is not this
+            // stream's (a late copy of the connection before, on the same endpoints): no
+            // stack would take it. A FIN at the SYN's own number (-1) is taken, as mOS does.
             let fin_off = r.offset_of(seg.seq.wrapping_add(seg.payload_len_on_wire));
-            if fin_off < contig && contig - fin_off <= (1 << 30) {
+            if (fin_off < -1 || (0..contig).contains(&fin_off)) && contig - fin_off <= (1 << 30) {
                 return true;
             }
         }

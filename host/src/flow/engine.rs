@@ -502,7 +502,12 @@ impl Engine {
 
         // --- 4. Receiver side: the data first (Rexmit, Error before the merge).
         let flow = self.core.table.flow(slot);
-        if flow.disorder || (!flow.sides[receiver.index()].rx_base_known && !flags.syn()) {
+        let known = flow.sides[receiver.index()].rx_base_known;
+        // A pure ACK does not place the start of a stream not seen yet (below), nor does
+        // a RST start a guess that would keep the flow it ends.
+        let places =
+            known || !payload.is_empty() || wire_flags.0 & (TcpFlags::SYN | TcpFlags::FIN) != 0;
+        if (flow.disorder || (!known && !flags.syn())) && places {
             self.rebase_guess(slot, receiver, flags.syn(), data_seq);
             // A SYN/ACK names where the stream it acknowledges starts.
             let flow = self.core.table.flow(slot);
