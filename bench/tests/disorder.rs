@@ -14,9 +14,14 @@ use flowpeek_bench::mangle::{mangle_file, MangleConfig};
 mod plugin_util;
 
 fn records(path: &Path) -> Vec<StreamRecord> {
+    // As `flowpeek streams` sets them: 256 KiB per side, in the engine too.
+    let buffer = 256 * 1024;
     let opts = StreamsOptions {
-        engine: Config::default(),
-        buffer: 256 * 1024,
+        engine: Config {
+            buffer_capacity: buffer,
+            ..Config::default()
+        },
+        buffer,
         sha256: false,
     };
     let report = streams::run(path, &opts, |_, _| {}).expect("streams");
