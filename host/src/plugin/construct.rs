@@ -73,18 +73,33 @@ pub struct Built {
     pub slow: bool,
 }
 
-/// Starts the constructor of `lib` for `core` on a thread of its own; the result goes to
-/// `tx`. Fails only if the thread cannot be started.
-pub fn spawn(
-    file: PathBuf,
-    lib: Library,
-    config: String,
-    core: u32,
-    load: u64,
-    plugin_id: u32,
-    registrar: Registrar,
-    tx: Sender<Built>,
-) -> std::io::Result<()> {
+/// One load of a plugin file, for one core.
+pub struct Job {
+    /// The plugin file.
+    pub file: PathBuf,
+    /// Its library.
+    pub lib: Library,
+    /// The text of its configuration.
+    pub config: String,
+    /// The core the instance is for.
+    pub core: u32,
+    /// The host's number for this load.
+    pub load: u64,
+    /// The plugin's id in the watchdog's name table.
+    pub plugin_id: u32,
+}
+
+/// Starts the constructor of `job` on a thread of its own; the result goes to `tx`. Fails
+/// only if the thread cannot be started.
+pub fn spawn(job: Job, registrar: Registrar, tx: Sender<Built>) -> std::io::Result<()> {
+    let Job {
+        file,
+        lib,
+        config,
+        core,
+        load,
+        plugin_id,
+    } = job;
     std::thread::Builder::new()
         .name(format!("flowpeek-new-{core}"))
         .spawn(move || {

@@ -353,16 +353,15 @@ impl PluginHost {
         let load = self.loads;
         self.latest.insert(file.clone(), load);
         let id = self.names.id(&lib.name());
-        let started = construct::spawn(
-            file.clone(),
+        let job = construct::Job {
+            file: file.clone(),
             lib,
             config,
-            self.core,
+            core: self.core,
             load,
-            id,
-            self.registrar.clone(),
-            self.built_tx.clone(),
-        );
+            plugin_id: id,
+        };
+        let started = construct::spawn(job, self.registrar.clone(), self.built_tx.clone());
         match started {
             Ok(()) => Some(load),
             Err(e) => {
