@@ -305,7 +305,11 @@ fn late(packets: &[Packet], place: &mut Vec<(u64, u64, usize)>, rng: &mut Rng) -
     let mut added = 0;
     let n = place.len();
     let mut extra = Vec::new();
-    for s in conns.values() {
+    // In connection order: the same seed must give the same capture (a map's order is not
+    // the same from one process to the next).
+    let mut conns: Vec<(usize, Seen)> = conns.into_iter().collect();
+    conns.sort_unstable_by_key(|c| c.0);
+    for (_, s) in &conns {
         let copies = s.data.iter().chain(&s.fins).chain([&s.ack]).flatten();
         for &i in copies {
             let at = (s.last_pos + 1 + rng.below(6)).min(n - 1);
