@@ -11,7 +11,8 @@
 //! - `dup P`: each data segment is duplicated with probability P (the copy follows it).
 //! - `ack_first`: every data segment is moved behind the first ACK of the other direction
 //!   that covers it (the ACK overtakes the data it acknowledges).
-//! - `fin_first`: every FIN is moved ahead of up to three data segments of its direction.
+//! - `fin_first`: every FIN is moved ahead of up to three data segments of its direction,
+//!   at most 32 packets ahead (as far as a tap reorders).
 //! - `late`: after a connection's last packet, a few packets later, copies of one data
 //!   segment of each direction, of its FINs and of its last ACK arrive again.
 //!
@@ -245,13 +246,18 @@ fn ack_first(packets: &[Packet], place: &mut [(u64, u64, usize)]) {
 
 /// Moves every FIN (with or without data) ahead of the up to three data segments of its
 /// direction that came before it.
+/// The furthest a FIN is moved ahead (packets): the reordering a tap does. A FIN whose
+/// direction's last data is further back (a server that answered long before the client's
+/// upload ended) overtakes only what lies within this.
+const FIN_LEAD: usize = 32;
+
 fn fin_first(packets: &[Packet], place: &mut [(u64, u64, usize)]) {
     let mut recent: HashMap<(usize, bool), Vec<usize>> = HashMap::new();
     for (i, p) in packets.iter().enumerate() {
         let Some(t) = p.tcp else { continue };
         if t.fin && !t.rst {
             if let Some(list) = recent.get(&(t.conn, t.up)) {
-                if let Some(&first) = list.get(list.len().saturating_sub(3)) {
+                if let Some(&first) = list.iter().find(|&&d| i - d <= FIN_LEAD) {
                     place[i] = (place[first].0 - 1, 0, i);
                 }
             }
@@ -299,7 +305,11 @@ fn late(packets: &[Packet], place: &mut Vec<(u64, u64, usize)>, rng: &mut Rng) -
     let mut added = 0;
     let n = place.len();
     let mut extra = Vec::new();
-    for s in conns.values() {
+    // In connection order: the same seed must give the same capture (a map's order is not
+    // the same from one process to the next).
+    let mut conns: Vec<(usize, Seen)> = conns.into_iter().collect();
+    conns.sort_unstable_by_key(|c| c.0);
+    for (_, s) in &conns {
         let copies = s.data.iter().chain(&s.fins).chain([&s.ack]).flatten();
         for &i in copies {
             let at = (s.last_pos + 1 + rng.below(6)).min(n - 1);
@@ -394,6 +404,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(mangle_order(&p, &cfg).0, vec![2, 0, 1]);
+    }
+
+    #[test]
+    fn fin_first_moves_no_further_than_a_tap_reorders() {
+        // The server answered at once; its FIN comes after the client's long upload.
+        let mut p = vec![pkt(0, false, 1, Some(1), 100, false)];
+        p.extend((0..100).map(|k| pkt(0, true, 100 + k * 10, Some(101), 10, false)));
+        p.push(pkt(0, false, 101, Some(1100), 0, true));
+        let cfg = MangleConfig {
+            fin_first: true,
+            ..Default::default()
+        };
+        let order = mangle_order(&p, &cfg).0;
+        assert_eq!(order, (0..p.len()).collect::<Vec<_>>());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Disorderly captures give the streams of the clean capture: every connection of the real
 //! traffic in shared/corpus/gen, reordered by `flowpeek-bench mangle` in each of its modes,
 //! must reassemble to the same bytes (length and CRC-32 per direction) and the same close
-//! as the unmangled capture, connection by connection.
+//! as the unmangled capture, connection by connection, with no extra record; the misses
+//! left are named in [`KNOWN`] with their reason (docs/SPEC.md §3.1). About 10 s with the
+//! test profile.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +16,14 @@ use flowpeek_bench::mangle::{mangle_file, MangleConfig};
 mod plugin_util;
 
 fn records(path: &Path) -> Vec<StreamRecord> {
+    // As `flowpeek streams` sets them: 256 KiB per side, in the engine too.
+    let buffer = 256 * 1024;
     let opts = StreamsOptions {
-        engine: Config::default(),
-        buffer: 256 * 1024,
+        engine: Config {
+            buffer_capacity: buffer,
+            ..Config::default()
+        },
+        buffer,
         sha256: false,
     };
     let report = streams::run(path, &opts, |_, _| {}).expect("streams");
@@ -79,7 +86,7 @@ fn gen(name: &str) -> PathBuf {
     plugin_util::corpus().join("gen").join(name)
 }
 
-fn check(capture: &str, label: &str, cfg: MangleConfig) -> (usize, usize, usize) {
+fn check(capture: &str, label: &str, cfg: MangleConfig) -> (usize, usize, usize, Vec<String>) {
     let clean_path = gen(capture);
     let dir = std::env::temp_dir().join(format!("flowpeek-disorder-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -97,7 +104,7 @@ fn check(capture: &str, label: &str, cfg: MangleConfig) -> (usize, usize, usize)
             .map(|w| format!("\n    {w}"))
             .collect::<String>()
     );
-    (total, exact, extra)
+    (total, exact, extra, wrong)
 }
 
 fn modes() -> Vec<(&'static str, MangleConfig)> {
@@ -120,8 +127,23 @@ fn modes() -> Vec<(&'static str, MangleConfig)> {
     ]
 }
 
+/// The misses left, each named with why (docs/SPEC.md §3.1): (capture, mode, connection
+/// key as `compare` prints it, extra records). Anything else that differs fails the test,
+/// and so does one of these that starts to pass (then remove it here and in the SPEC).
+const KNOWN: &[(&str, &str, &str, usize)] = &[
+    // An iperf upload between two high ports whose server packets come first: the roles
+    // are guessed from them, and the SYN after them does not swap the roles.
+    (
+        "mixed.pcap",
+        "window32+dup8%",
+        "198.18.0.2:22382->198.18.0.1:5201#0",
+        0,
+    ),
+    // The client's RST overtakes the server's last segment, which then opens a record.
+    ("mixed.pcap", "all", "198.18.0.2:52048->198.18.0.1:80#0", 1),
+];
+
 #[test]
-#[ignore = "issue 11: window-32 shuffles of whole short connections and bulk ACK-first/FIN-first still miss (docs/SPEC.md §3.1)"]
 fn mangled_gen_captures_reassemble_like_the_clean_ones() {
     let mut failures = Vec::new();
     for capture in [
@@ -131,10 +153,25 @@ fn mangled_gen_captures_reassemble_like_the_clean_ones() {
         "mixed.pcap",
     ] {
         for (label, cfg) in modes() {
-            let (total, exact, extra) = check(capture, label, cfg);
-            if exact != total || extra != 0 {
+            let (total, exact, extra, wrong) = check(capture, label, cfg);
+            let known: Vec<_> = KNOWN
+                .iter()
+                .filter(|k| k.0 == capture && k.1 == label)
+                .collect();
+            let known_extra: usize = known.iter().map(|k| k.3).sum();
+            let unexplained: Vec<&String> = wrong
+                .iter()
+                .filter(|w| !known.iter().any(|k| w.starts_with(&format!("{}:", k.2))))
+                .collect();
+            let still: usize = known
+                .iter()
+                .filter(|k| wrong.iter().any(|w| w.starts_with(&format!("{}:", k.2))))
+                .count();
+            if !unexplained.is_empty() || extra != known_extra || still != known.len() {
                 failures.push(format!(
-                    "{capture} {label}: {exact} of {total} exact, {extra} extra"
+                    "{capture} {label}: {exact} of {total} exact, {extra} extra (named misses: {} of {} still there, {known_extra} extra expected); unexplained: {unexplained:?}",
+                    still,
+                    known.len()
                 ));
             }
         }

@@ -45,6 +45,10 @@ fn same(a: &StreamRecord, b: &StreamRecord) -> bool {
         == (b.c2s.bytes, b.c2s.crc32, b.s2c.bytes, b.s2c.crc32, b.close)
 }
 
+/// The tests that run several worker cores take turns: on a 2-CPU machine, two of them at
+/// once leave a core off its CPU for longer than a live source allows (the handoff's wait).
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn gen(name: &str) -> PathBuf {
     plugin_util::corpus().join("gen").join(name)
 }
@@ -142,6 +146,7 @@ fn fragmented_gen_captures_reassemble_like_the_clean_ones() {
 /// processed once (the fragments are counted once).
 #[test]
 fn workers_reassemble_a_fragmented_capture_like_one_core() {
+    let _one = ONE_RUN_AT_A_TIME.lock();
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -211,8 +216,9 @@ fn workers_reassemble_a_fragmented_capture_like_one_core() {
 /// every datagram and hands each to the core of its flow (`worker::handoff`): the records
 /// are the clean capture's, whichever core a flow lives on.
 #[test]
-#[ignore = "issue 11: a handshake whose SYN arrives after its SYN/ACK is marked partial"]
+#[ignore = "issue 11/16: with the producer saturating core 0, handed datagrams arrive up to a ring late; a handshake whose SYN comes after its SYN/ACK is then marked partial (bytes right), and one of 1539 connections gets an extra record"]
 fn live_workers_hand_reassembled_datagrams_to_their_flows_core() {
+    let _one = ONE_RUN_AT_A_TIME.lock();
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
@@ -408,6 +414,7 @@ fn send_frames(ifname: &str, capture: &Path) -> usize {
 /// it to its flow's core. Every direction's bytes equal the clean capture's.
 #[test]
 fn live_afpacket_cores_reassemble_fragments_sent_on_a_veth() {
+    let _one = ONE_RUN_AT_A_TIME.lock();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 

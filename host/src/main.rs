@@ -194,9 +194,11 @@ struct EngineArgs {
     #[arg(long)]
     timeout: Option<u64>,
     /// Reordering allowance, in packets of the connection (either direction). A gap the
-    /// receiver acknowledged is declared missing only after this many more packets (or
-    /// when the buffer needs the room, or at the connection's end), so that a segment the
-    /// ACK overtook still fills it. A FIN beyond the data takes effect when the stream
+    /// receiver acknowledged is declared missing only after this many more packets that
+    /// find the stream where it was (or when the buffer needs the room, or at the
+    /// connection's end), so that a segment the ACK overtook still fills it. A stream whose
+    /// SYN was not seen first keeps its start open to an overtaken SYN or segment for as
+    /// many packets (its first bytes are delivered then). A FIN beyond the data takes effect when the stream
     /// reaches it or when the receiver acknowledges the FIN (the connection then still
     /// waits, for the allowance, for the bytes before it); an in-window RST beyond the
     /// data when the stream reaches it or after the allowance. A closed connection's late
@@ -783,8 +785,17 @@ fn run(a: RunArgs) -> ExitCode {
         }
         for (name, p) in &report.plugins {
             eprintln!(
-                "flowpeek:   {name}: {} events, {} records, {} failures, {} overruns, {} generations",
-                p.events, p.records, p.failures, p.overruns, p.generations
+                "flowpeek:   {name}: {} events, {} records, {} failures, {} overruns, {} generations{}",
+                p.events,
+                p.records,
+                p.failures,
+                p.overruns,
+                p.generations,
+                if p.slow_constructors > 0 {
+                    format!(", {} constructors past the budget", p.slow_constructors)
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -236,7 +236,7 @@ impl RunReport {
                     serde_json::json!({
                         "events": p.events, "records": p.records, "failures": p.failures, "overruns": p.overruns,
                         "generations": p.generations, "retired": p.retired, "drained_flows": p.drained_flows,
-                        "records_lost": p.records_lost,
+                        "records_lost": p.records_lost, "slow_constructors": p.slow_constructors,
                     }),
                 )
             })

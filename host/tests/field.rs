@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plugin_util::{demo, place, records, tagger, workspace, TempDir};
+use plugin_util::{corpus, demo, place, records, streamhash, tagger, workspace, TempDir};
 
 fn flowpeek() -> &'static str {
     env!("CARGO_BIN_EXE_flowpeek")
@@ -340,6 +340,147 @@ fn a_timer_rearmed_with_delay_0_from_its_callback_does_not_livelock() {
     out.expect_code(0, "rearm 0");
     assert!(stats(&stats_path)["flows"].as_u64().unwrap() > 0);
     assert!(!records(&logs.join("tagger.jsonl")).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 9: a constructor that never returns
+// ---------------------------------------------------------------------------------------
+
+/// The packets of a classic pcap file.
+fn pcap_packets(path: &Path) -> u64 {
+    let data = std::fs::read(path).unwrap();
+    let le = data[..4] == [0xd4, 0xc3, 0xb2, 0xa1] || data[..4] == [0x4d, 0x3c, 0xb2, 0xa1];
+    let (mut at, mut n) = (24usize, 0u64);
+    while at + 16 <= data.len() {
+        let b: [u8; 4] = data[at + 8..at + 12].try_into().unwrap();
+        let incl = if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        };
+        at += 16 + incl as usize;
+        n += 1;
+    }
+    n
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_hung_constructor_at_start_is_reported_and_the_run_goes_on_without_it() {
+    let source = format!("pcap:{}", corpus().join("gen/http-small.pcap").display());
+    // Reference: streamhash alone.
+    let alone = TempDir::new("new-alone-plugins");
+    place(&streamhash(), alone.path(), "streamhash.so");
+    let alone_logs = TempDir::new("new-alone-logs");
+    spawn(&mut run_cmd(
+        &source,
+        alone.path(),
+        alone_logs.path(),
+        &["--quiet", "--plugin-budget-ms", "50"],
+    ))
+    .finish(Duration::from_secs(120))
+    .expect_code(0, "streamhash alone");
+    // The same with a tagger whose constructor sleeps for ten minutes.
+    let plugins = tagger_dir("new-hung-plugins", "new_sleep_ms = 600000\n");
+    place(&streamhash(), plugins.path(), "streamhash.so");
+    let logs = TempDir::new("new-hung-logs");
+    let stats_path = logs.join("stats.json");
+    let out = spawn(&mut run_cmd(
+        &source,
+        plugins.path(),
+        logs.path(),
+        &[
+            "--quiet",
+            "--plugin-budget-ms",
+            "50",
+            "--stats",
+            stats_path.to_str().unwrap(),
+        ],
+    ))
+    .finish(Duration::from_secs(120));
+    out.expect_code(0, "hung constructor at start").expect_says(
+        "hung constructor at start",
+        &["plugin tagger: its constructor (new) for core 0 has run for over"],
+    );
+    assert!(out.took < Duration::from_secs(100), "took {:?}", out.took);
+    let s = stats(&stats_path);
+    assert_eq!(
+        s["plugins"]["tagger"]["slow_constructors"].as_u64(),
+        Some(1),
+        "{s}"
+    );
+    assert_eq!(
+        s["packets"].as_u64(),
+        Some(pcap_packets(&corpus().join("gen/http-small.pcap")))
+    );
+    // The other plugin saw every connection, as it does alone.
+    let with = sorted_lines(&logs.join("streamhash.jsonl"));
+    assert!(!with.is_empty());
+    assert_eq!(with, sorted_lines(&alone_logs.join("streamhash.jsonl")));
+    assert!(records(&logs.join("tagger.jsonl")).is_empty());
+}
+
+#[test]
+fn a_hung_constructor_on_reload_leaves_every_core_serving_the_old_generation() {
+    let capture = corpus().join("gen/http-small.pcap");
+    let plugins = tagger_dir("new-reload-plugins", "");
+    let logs = TempDir::new("new-reload-logs");
+    let stats_path = logs.join("stats.json");
+    let mut cmd = Command::new(flowpeek());
+    cmd.args(["run", "--source"])
+        .arg(format!("pcap:{}", capture.display()))
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--log-dir")
+        .arg(logs.path())
+        .args(["--cores", "2", "--loop", "2", "--pace", "40000", "--quiet"])
+        .args(["--plugin-budget-ms", "50", "--stats"])
+        .arg(&stats_path);
+    let r = spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(1200));
+    // A new build whose constructor never returns (for ten minutes), renamed into place.
+    std::fs::write(plugins.join("tagger.toml"), "new_sleep_ms = 600000\n").unwrap();
+    let staged = place(&tagger(&["v2"]), plugins.path(), ".tagger.so.new");
+    std::fs::rename(&staged, plugins.join("tagger.so")).unwrap();
+    let out = r.finish(Duration::from_secs(120));
+    out.expect_code(0, "hung constructor on reload")
+        .expect_says(
+            "hung constructor on reload",
+            &[
+                "plugin tagger: its constructor (new) for core 0 has run for over",
+                "plugin tagger: its constructor (new) for core 1 has run for over",
+            ],
+        );
+    let s = stats(&stats_path);
+    // Every packet of both passes went through the cores.
+    assert_eq!(
+        s["packets"].as_u64(),
+        Some(2 * pcap_packets(&capture)),
+        "{s}"
+    );
+    assert_eq!(
+        s["plugins"]["tagger"]["slow_constructors"].as_u64(),
+        Some(2),
+        "{s}"
+    );
+    // v1 kept serving: it saw the connections of the second pass too, and v2 never ran.
+    let recs = records(&logs.join("tagger.jsonl"));
+    let starts = recs.iter().filter(|r| r["ev"] == "start").count();
+    assert!(recs.iter().all(|r| r["tag"] == "v1"));
+    let first_pass = 9000;
+    assert!(
+        starts > first_pass,
+        "{starts} connection starts recorded by v1"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -676,7 +676,9 @@ pub trait Monitor: Sized + 'static {
     /// The plugin's version.
     const VERSION: &'static str = "0";
 
-    /// Makes the instance for `core` from the text of `<name>.toml` (empty if none).
+    /// Makes the instance for `core` from the text of `<name>.toml` (empty if none). It runs
+    /// on a host thread of its own, not on the core's (a slow one does not stop traffic; past
+    /// the time budget it is reported); the instance then moves to its core.
     fn new(core: u32, config: &str) -> Result<Self, String>;
 
     /// What this monitor wants for every flow.

@@ -43,9 +43,11 @@ pub struct Config {
     /// every core reassembles every fragment and processes only the datagrams of the
     /// flows its shard holds; core 0 counts the fragments.
     pub replay_cores: usize,
-    /// How many more packets of a flow an ACK ahead of the data must stay ahead before
-    /// the gap is declared missing (and a FIN or RST ahead of the data takes effect):
-    /// reordering by a tap moves packets by a few dozen places. 0 skips at once.
+    /// How many more packets of a flow that find the stream where it was an ACK ahead of
+    /// the data must stay ahead before the gap is declared missing (and a FIN or RST ahead
+    /// of the data takes effect), and how long a guessed stream start stays open to an
+    /// overtaken SYN or segment: reordering by a tap moves packets by a few dozen places.
+    /// 0 skips at once.
     pub gap_skip_after: u32,
     /// Closed connections remembered so that their late packets are counted, not taken
     /// for new flows (about this many; 0: none).

@@ -4,8 +4,11 @@
 //!
 //! Owns, per side (the side that *receives* a stream, [`Held`]):
 //! - the gap-skip rule: an ACK ahead of the contiguous end arms a skip that fires only
-//!   after `gap_skip_after` more packets of the flow (or when the buffer needs the room, or
-//!   at the flow's end), so that a segment the ACK overtook can still fill the gap;
+//!   after `gap_skip_after` more packets of the flow that find the stream where it was (or
+//!   when the buffer needs the room, or at the flow's end), so that a segment the ACK
+//!   overtook can still fill the gap;
+//! - a guessed stream start (no SYN first): its bytes wait, for the same allowance, until a
+//!   SYN, SYN/ACK or overtaken segment moves it, and a FIN at it waits too;
 //! - a FIN or an in-window RST beyond the contiguous end, held until the stream reaches it
 //!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
 //!   past the gap, or the flow's end, moves the stream to it);
@@ -36,9 +39,12 @@ pub(crate) struct Held {
     /// Highest stream offset this side's ACKs acknowledged beyond the contiguous end at the
     /// time (0: none). Unclamped: an ACK of a FIN not seen yet is one past the data.
     pub(crate) ack_max: u64,
-    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0.
+    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0. It
+    /// counts packets of the flow that find the stream where it was (`skip_mark`: the low
+    /// bits of the contiguous end at the last count): while the gap fills, it waits.
     pub(crate) skip_to: u64,
     pub(crate) skip_left: u32,
+    pub(crate) skip_mark: u32,
     /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
     pub(crate) ctl: Option<(Ctl, u64)>,
     pub(crate) ctl_left: u32,
@@ -47,6 +53,10 @@ pub(crate) struct Held {
     pub(crate) ack_hi: Option<u32>,
     /// The stream's start is a guess (a mid-stream flow's first segment), not a SYN.
     pub(crate) base_guess: bool,
+    /// Packets of the flow left before a guessed start is final: until then its bytes are
+    /// not delivered (`NewData` waits), so that a SYN, SYN/ACK or segment that the first
+    /// one overtook can still move the start back.
+    pub(crate) guess_left: u16,
 }
 
 impl Held {
@@ -106,17 +116,28 @@ impl Engine {
         let f = self.core.table.flow_mut(slot);
         let receiver = sender.peer();
         let r = &f.sides[receiver.index()];
-        if r.capacity == 0 || f.held[receiver.index()].ctl.is_some() {
+        if r.capacity == 0 {
+            return false;
+        }
+        if let Some((Ctl::Fin, _)) = f.held[receiver.index()].ctl {
+            // A copy of the FIN already held waits with it (the first one's place counts).
+            let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
+            return flags.fin() && !flags.rst() && f.sides[sender.index()].tx_fin == Some(fin);
+        }
+        if f.held[receiver.index()].ctl.is_some() {
             return false;
         }
         if !r.rx_base_known {
-            // The first segment of this stream: in order by definition, but a FIN that
-            // overtook the handshake waits for the receiver to be synchronized.
-            if flags.fin() && !flags.rst() && !synchronized(r.state) {
+            // The first segment of this stream: a FIN that overtook the handshake waits
+            // for the receiver to be synchronized; on a flow picked up mid-stream, where
+            // the start is a guess, it waits for the allowance too, so that the data it
+            // overtook (or the SYN) can move the start back before it (`rebase_guess`).
+            if flags.fin() && !flags.rst() && (!synchronized(r.state) || f.partial) {
                 let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
                 f.sides[sender.index()].tx_fin.get_or_insert(fin);
                 let h = &mut f.held[receiver.index()];
                 h.ctl = Some((Ctl::Fin, u64::from(seg.payload_len_on_wire)));
+                h.ctl_left = k.saturating_add(1);
                 f.disorder = true;
                 return true;
             }
@@ -124,9 +145,27 @@ impl Engine {
         }
         let contig = r.contig() as i64;
         let start = r.offset_of(seg.seq);
+        if flags.fin() && !flags.rst() && !r.rx_fin {
+            // A FIN behind what the stream already holds, or before its start, is not this
+            // stream's (a late copy of the connection before, on the same endpoints): no
+            // stack would take it. A FIN at the SYN's own number (-1) is taken, as mOS does.
+            let fin_off = r.offset_of(seg.seq.wrapping_add(seg.payload_len_on_wire));
+            if (fin_off < -1 || (0..contig).contains(&fin_off)) && contig - fin_off <= (1 << 30) {
+                return true;
+            }
+        }
         let ahead = start > contig && start - contig <= (1 << 30);
         let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
-        if !ahead && !early_fin {
+        // At the guessed start of a stream (its first packet may have been sent after
+        // the data, e.g. a pure ACK): the data before it may come yet.
+        let h = &f.held[receiver.index()];
+        let guessed_fin = flags.fin()
+            && !flags.rst()
+            && h.base_guess
+            && h.guess_left > 0
+            && start >= contig
+            && start - contig <= (1 << 30);
+        if !ahead && !early_fin && !guessed_fin {
             return false;
         }
         let ctl = if flags.rst() {
@@ -167,6 +206,11 @@ impl Engine {
         let h = &mut f.held[receiver.index()];
         if !r.rx_base_known {
             h.base_guess = !syn;
+            h.guess_left = if syn {
+                0
+            } else {
+                self.core.cfg.gap_skip_after.min(u32::from(u16::MAX)) as u16
+            };
             f.disorder |= !syn;
             return;
         }
@@ -178,15 +222,17 @@ impl Engine {
             h.base_guess = false;
             return;
         }
-        let delta = r.rx_base.wrapping_sub(seq) as i32;
+        // Positive: the start moves back. Negative, only for a SYN: the guess was a
+        // stray segment before this connection's start (a late copy of the one before on
+        // the same endpoints); what lies before the SYN is not this stream's and goes.
+        let delta = i64::from(r.rx_base.wrapping_sub(seq) as i32);
         if syn {
             h.base_guess = false;
         }
-        let limit = u64::from(r.capacity.max(1)) / 2;
-        if delta <= 0 || delta as u64 > limit {
+        let limit = i64::from(r.capacity.max(1)) / 2;
+        if delta == 0 || delta > limit || (delta < 0 && !syn) {
             return;
         }
-        let delta = delta as u64;
         let mut stored = Vec::new();
         if let Some(b) = r.buf.as_ref() {
             if b.head() != 0 {
@@ -195,7 +241,11 @@ impl Engine {
             for (start, len) in b.fragments() {
                 let mut bytes = vec![0u8; len as usize];
                 b.read(start, &mut bytes);
-                stored.push((start + delta, bytes));
+                let at = start as i64 + delta;
+                let cut = (-at).clamp(0, len as i64) as usize;
+                if cut < bytes.len() {
+                    stored.push(((at.max(0)) as u64, bytes.split_off(cut)));
+                }
             }
         }
         let room = self.core.table.pool.room(self.core.stats.buffer_bytes);
@@ -226,13 +276,25 @@ impl Engine {
         let h = &mut f.held[receiver.index()];
         for off in [&mut h.ack_max, &mut h.skip_to] {
             if *off > 0 {
-                *off = off.saturating_add(delta);
+                *off = off.saturating_add_signed(delta);
             }
         }
         if let Some((_, off)) = h.ctl.as_mut() {
-            *off = off.saturating_add(delta);
+            *off = off.saturating_add_signed(delta);
         }
-        f.last.offset = f.last.offset.saturating_add(delta);
+        f.last.offset = f.last.offset.saturating_add_signed(delta);
+        let Ok(delta) = u64::try_from(delta) else {
+            let core = &mut self.core;
+            core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
+            return;
+        };
+        if h.skip_left == 0 {
+            // The bytes between the new start and what was stored may come yet, as they
+            // would after an ACK ahead: the flow waits the allowance for them, even if its
+            // FIN was already taken.
+            h.skip_to = delta;
+            h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+        }
         let core = &mut self.core;
         core.table.pool.charge(grown, &mut core.stats.buffer_bytes);
     }
@@ -252,6 +314,11 @@ impl Engine {
         if !s.rx_base_known {
             note(&mut f.held[side.index()]);
             return;
+        }
+        if f.held[side.index()].base_guess {
+            // The guessed start may move back before this ACK (a pure ACK sent after the
+            // FIN can be the first packet seen): what it covers must still be known.
+            note(&mut f.held[side.index()]);
         }
         let ack_off = s.offset_of(ack);
         let contig = s.contig() as i64;
@@ -274,6 +341,7 @@ impl Engine {
         } else if h.skip_left == 0 {
             h.skip_to = clamped as u64;
             h.skip_left = k.saturating_add(1);
+            h.skip_mark = contig as u32;
             f.disorder = true;
         }
     }
@@ -321,13 +389,33 @@ impl Engine {
             let fin_off = f.sides[side.peer().index()]
                 .tx_fin
                 .map_or(u64::MAX, |fin| s.offset_of(fin).max(0) as u64);
+            let fin_taken = s.rx_fin;
             let h = &mut f.held[side.index()];
             if h.skip_left == 0 {
                 continue;
             }
             if contig >= h.skip_to.min(fin_off) {
-                // Filled by the data the ACK overtook.
-                h.skip_left = 0;
+                // Filled by the data the ACK overtook. A later ACK that went further gets
+                // its own allowance for the gaps it covers, and so do the bytes before a
+                // FIN the receiver already took.
+                let more = if fin_taken {
+                    fin_off
+                } else {
+                    h.ack_max.min(fin_off)
+                };
+                if more > contig && more > h.skip_to {
+                    h.skip_to = more;
+                    h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
+                } else {
+                    h.skip_left = 0;
+                }
+                continue;
+            }
+            if contig as u32 != h.skip_mark {
+                // The stream moved on: the data the ACK overtook is arriving (an ACK
+                // covering a long run, e.g. after receive offload, overtakes all of it).
+                h.skip_mark = contig as u32;
+                h.skip_left = self.core.cfg.gap_skip_after.saturating_add(1);
                 continue;
             }
             h.skip_left -= 1;
@@ -356,6 +444,13 @@ impl Engine {
             let Some((ctl, off)) = h.ctl else { continue };
             if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
                 continue;
+            }
+            if ctl == Ctl::Fin && h.base_guess && h.ctl_left > 0 {
+                // The stream's start is still a guess: the bytes before the FIN may come.
+                h.ctl_left -= 1;
+                if h.ctl_left > 0 {
+                    continue;
+                }
             }
             if contig < off {
                 // A FIN waits as a receiving stack's would, until the stream reaches it or
@@ -403,11 +498,27 @@ impl Engine {
                 return false;
             }
         }
-        let f = self.core.table.flow_mut(slot);
-        for (h, s) in f.held.iter_mut().zip(&f.sides) {
-            // Once data was delivered or read, the start stays where it is.
-            h.base_guess &= s.newdata_mark == 0 && !s.read.get();
+        let core = &mut self.core;
+        for side in Side::BOTH {
+            let f = core.table.flow_mut(slot);
+            let (h, s) = (&mut f.held[side.index()], &f.sides[side.index()]);
+            if !h.base_guess {
+                // Bytes held back while the start was a guess (a SYN just made it final).
+                if s.contig() > s.newdata_mark && !s.newdata_pending {
+                    core.marks.mark(&mut core.table, slot, side);
+                }
+                continue;
+            }
+            // Once data was delivered or read by a monitor, the start stays where it is;
+            // and once the allowance is over, the guess is final and its bytes are
+            // delivered.
+            h.guess_left = h.guess_left.saturating_sub(1);
+            h.base_guess = s.newdata_mark == 0 && !s.read.get() && h.guess_left > 0;
+            if !h.base_guess && s.contig() > s.newdata_mark {
+                core.marks.mark(&mut core.table, slot, side);
+            }
         }
+        let f = core.table.flow_mut(slot);
         f.disorder = f.held.iter().any(Held::pending);
         true
     }

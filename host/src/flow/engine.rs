@@ -476,8 +476,11 @@ impl Engine {
                 && seg.flags.syn()
                 && f.sides.iter().all(|s| s.finished)
                 && !f.sides.iter().any(|s| {
-                    // Its own SYN, overtaken: not a new connection.
-                    s.rx_base_known && s.rx_base == seg.seq.wrapping_add(1)
+                    // Its own SYN, overtaken: not a new connection; nor its SYN/ACK, which
+                    // acknowledges the start of the client's stream.
+                    s.rx_base_known
+                        && (s.rx_base == seg.seq.wrapping_add(1)
+                            || (seg.flags.ack() && s.rx_base == seg.ack))
                 })
             {
                 // Closed, kept only for bytes its FIN may have overtaken (disorder.rs):
@@ -508,6 +511,16 @@ impl Engine {
         };
         core.table.touch(slot, ts);
         let gen = core.table.flow(slot).gen;
+        if seg.flags.syn() && seg.flags.ack() && !seg.flags.rst() {
+            // A SYN/ACK ahead of every other packet of the stream it acknowledges (the SYN
+            // came behind it): that stream starts at its ACK number, the client's ISN + 1,
+            // so that a FIN or data that overtook the rest is placed where it belongs.
+            let s = &mut core.table.flow_mut(slot).sides[sender.index()];
+            if !s.rx_base_known {
+                s.rx_base = seg.ack;
+                s.rx_base_known = true;
+            }
+        }
         // A FIN or RST beyond the receiver's contiguous end waits for the data before it
         // (disorder.rs): the packet goes on without it.
         let stripped;
@@ -567,7 +580,12 @@ impl Engine {
 
         // --- 4. Receiver side: the data first (Rexmit, Error before the merge).
         let flow = self.core.table.flow(slot);
-        if flow.disorder || (!flow.sides[receiver.index()].rx_base_known && !flags.syn()) {
+        let known = flow.sides[receiver.index()].rx_base_known;
+        // A pure ACK does not place the start of a stream not seen yet (below), nor does
+        // a RST start a guess that would keep the flow it ends.
+        let places =
+            known || !payload.is_empty() || wire_flags.0 & (TcpFlags::SYN | TcpFlags::FIN) != 0;
+        if (flow.disorder || (!known && !flags.syn())) && places {
             self.rebase_guess(slot, receiver, flags.syn(), data_seq);
             // A SYN/ACK names where the stream it acknowledges starts.
             let flow = self.core.table.flow(slot);
@@ -580,8 +598,17 @@ impl Engine {
             }
         }
         let flow = self.core.table.flow_mut(slot);
-        flow.last.offset =
-            reassembly::stream_offset(&mut flow.sides[receiver.index()], flags, data_seq);
+        let r = &mut flow.sides[receiver.index()];
+        flow.last.offset = if !r.rx_base_known
+            && payload.is_empty()
+            && wire_flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) == 0
+        {
+            // A pure ACK does not place the start of a stream not seen yet: it may have
+            // been sent after all of it (a sender's last ACK, overtaking its data).
+            0
+        } else {
+            reassembly::stream_offset(r, flags, data_seq)
+        };
         // Data on a RST is stored too: a monitor wants to see what the RST carried.
         if !payload.is_empty() && flow.sides[receiver.index()].rx_base_known {
             self.receive_data(slot, receiver, data_seq, payload, order, pkt);
@@ -608,10 +635,15 @@ impl Engine {
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
         let flow = self.core.table.flow(slot);
         // A gap still within its reordering allowance (disorder.rs) keeps the flow: the
-        // bytes a FIN overtook may come yet.
+        // bytes a FIN overtook may come yet; so does a guessed start: the handshake and
+        // the first bytes may come yet.
         if flow.sides[0].finished
             && flow.sides[1].finished
-            && !(flow.disorder && flow.held.iter().any(|h| h.skip_left > 0))
+            && !(flow.disorder
+                && flow
+                    .held
+                    .iter()
+                    .any(|h| h.skip_left > 0 || (h.base_guess && h.guess_left > 0)))
         {
             let reason = flow.end_reason.unwrap_or(EndReason::Fin);
             let tw = self.core.cfg.tw_interval;
@@ -947,10 +979,11 @@ mod tests {
         let mut e = Engine::new(Config::default(), Vec::new());
         let (c, s) = (1000u32, 5000u32);
         let mut t = 1;
-        let mut feed = |e: &mut Engine, from_client: bool, flags: u8, seq: u32, ack: u32, p: &[u8]| {
-            t += 1;
-            e.on_segment(&seg(from_client, flags, seq, ack, p), &[], t);
-        };
+        let mut feed =
+            |e: &mut Engine, from_client: bool, flags: u8, seq: u32, ack: u32, p: &[u8]| {
+                t += 1;
+                e.on_segment(&seg(from_client, flags, seq, ack, p), &[], t);
+            };
         feed(&mut e, true, 0x02, c, 0, b"");
         feed(&mut e, false, 0x12, s, c + 1, b"");
         feed(&mut e, true, 0x10, c + 1, s + 1, b"");

@@ -304,9 +304,7 @@ impl Engine {
     /// Delivers a side's pending `NewData` now (before a discard or the flow's end).
     pub(crate) fn deliver_newdata(&mut self, slot: FlowIdx, side: Side) {
         let s = &mut self.core.table.flow_mut(slot).sides[side.index()];
-        if !s.newdata_pending {
-            return;
-        }
+        // Not only what is marked: bytes held back while a start was a guess too.
         s.newdata_pending = false;
         let contig = s.contig();
         if contig <= s.newdata_mark {
@@ -332,6 +330,13 @@ impl Engine {
             let (slot, gen, side) = self.core.marks.list[i];
             i += 1;
             if self.core.table.is_live(slot, gen) {
+                let f = self.core.table.flow_mut(slot);
+                let h = &f.held[side.index()];
+                if h.base_guess && h.guess_left > 0 {
+                    // A guessed start may move yet (disorder.rs): delivered once it is final.
+                    f.sides[side.index()].newdata_pending = false;
+                    continue;
+                }
                 self.deliver_newdata(slot, side);
             }
         }

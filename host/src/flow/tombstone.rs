@@ -2,7 +2,7 @@
 //! closed (a late copy from a tap, a FIN retransmission, the last ACK) is checked against,
 //! so that it is counted as `late` instead of opening a new, partial flow.
 //!
-//! Owns: [`Tombstones`], a fixed set-associative array (4 ways per set, the oldest entry
+//! Owns: [`Tombstones`], a fixed set-associative array (8 ways per set, the oldest entry
 //! of a set is replaced) of the key, both directions' sequence spaces and the close time
 //! (packet time) of flows that ended with FIN or RST. Bounded in count (`Config::
 //! tombstones`) and in memory (allocated once), and forgotten after [`TOMBSTONE_TTL`].
@@ -18,7 +18,7 @@ use crate::wire::TcpSegment;
 /// maximum segment lifetime (Linux keeps TIME_WAIT 60 s).
 pub const TOMBSTONE_TTL: u64 = 120 * super::config::NANOS;
 
-const WAYS: usize = 4;
+const WAYS: usize = 8;
 
 /// The sequence space one direction of a closed connection used.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,7 +143,7 @@ impl Tombstones {
     /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago: a segment in
     /// the sequence space its sender used (or, for a side that sent nothing, an ACK of the
     /// other's), or that connection's SYN again. Any other SYN starts a new connection;
-    /// the tombstone stays for late copies of the old one (4 ways per set).
+    /// the tombstone stays for late copies of the old one (8 ways per set).
     #[inline]
     pub(crate) fn check(
         &mut self,
@@ -282,10 +282,11 @@ mod tests {
 
     #[test]
     fn bounded_the_oldest_of_a_set_goes_first() {
-        let mut t = Tombstones::new(4);
+        let mut t = Tombstones::new(WAYS as u32);
         assert_eq!(t.sets.len(), 1);
         let (k, _, lo) = key();
-        for i in 0..6u16 {
+        let n = WAYS as u16 + 2;
+        for i in 0..n {
             let kk = FlowKey {
                 lo_port: k.lo_port.wrapping_add(i),
                 ..k
@@ -293,8 +294,13 @@ mod tests {
             t.bury(kk, 0, lo, spaces(), u64::from(i));
         }
         assert!(t.late_of(&k, 0).is_none(), "the first two were replaced");
+        let second = FlowKey {
+            lo_port: k.lo_port.wrapping_add(1),
+            ..k
+        };
+        assert!(t.late_of(&second, 0).is_none());
         let last = FlowKey {
-            lo_port: k.lo_port.wrapping_add(5),
+            lo_port: k.lo_port.wrapping_add(n - 1),
             ..k
         };
         assert_eq!(t.late_of(&last, 0), Some(0));

@@ -102,6 +102,8 @@ pub struct CoreBeat {
     flagged: AtomicU64,
     /// The core thread's CPU clock and thread id (`None`: not known, wall time only).
     thread: Option<CoreThread>,
+    /// The beat of a constructor thread (one load of a plugin for one core), not of a core.
+    constructor: bool,
 }
 
 /// The thread that writes a beat, as the watchdog sees it.
@@ -163,6 +165,12 @@ impl CoreBeat {
         s + 1
     }
 
+    /// Whether the call running now was found over budget (it has not returned yet).
+    pub fn running_over(&self) -> bool {
+        let s = self.seq.load(Ordering::Acquire);
+        s & 1 == 1 && self.flagged.load(Ordering::Acquire) == s
+    }
+
     /// The callback with `token` returned; true if the watchdog found it over budget.
     #[inline]
     pub fn exit(&self, token: u64) -> bool {
@@ -200,6 +208,44 @@ impl Names {
 /// Every core's beat, with its core number.
 type Beats = Mutex<Vec<(u32, Arc<CoreBeat>)>>;
 
+/// Constructors found over budget, by plugin name (all cores; `slow_constructors` in the
+/// plugin's stats).
+pub type SlowConstructors = Mutex<std::collections::BTreeMap<String, u64>>;
+
+/// Makes beats for constructor threads (shared by the hosts of every core).
+#[derive(Clone, Debug)]
+pub struct Registrar {
+    on: bool,
+    beats: Arc<Beats>,
+    slow: Arc<SlowConstructors>,
+}
+
+impl Registrar {
+    /// A beat for a constructor of a plugin for `core`, watched while the returned beat
+    /// lives. Call it on the constructor's thread (its CPU clock is read). `None` with no
+    /// budget.
+    pub fn constructor_beat(&self, core: u32) -> Option<Arc<CoreBeat>> {
+        if !self.on {
+            return None;
+        }
+        let b = Arc::new(CoreBeat {
+            thread: CoreThread::current(),
+            constructor: true,
+            ..CoreBeat::default()
+        });
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((core, Arc::clone(&b)));
+        Some(b)
+    }
+
+    /// Constructors found over budget so far, by plugin name.
+    pub fn slow_constructors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.slow.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The cores' beats and the thread that watches them.
 #[derive(Debug)]
 pub struct Watchdog {
@@ -208,6 +254,7 @@ pub struct Watchdog {
     beats: Arc<Beats>,
     /// Callbacks flagged over budget, all cores.
     flagged: Arc<AtomicU64>,
+    slow: Arc<SlowConstructors>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -229,18 +276,20 @@ impl Watchdog {
         let names = Arc::new(Names::default());
         let beats: Arc<Beats> = Arc::default();
         let flagged = Arc::new(AtomicU64::new(0));
+        let slow: Arc<SlowConstructors> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = (!budget.limit.is_zero())
             .then(|| {
-                let (names, beats, flagged, stop) = (
+                let (names, beats, flagged, slow, stop) = (
                     Arc::clone(&names),
                     Arc::clone(&beats),
                     Arc::clone(&flagged),
+                    Arc::clone(&slow),
                     Arc::clone(&stop),
                 );
                 std::thread::Builder::new()
                     .name("flowpeek-watchdog".into())
-                    .spawn(move || watch(budget, &names, &beats, &flagged, &stop))
+                    .spawn(move || watch(budget, &names, &beats, &flagged, &slow, &stop))
                     .map_err(|e| {
                         eprintln!(
                             "flowpeek: warning: the plugin watchdog did not start ({e}): callbacks have no time budget"
@@ -254,8 +303,18 @@ impl Watchdog {
             names,
             beats,
             flagged,
+            slow,
             stop,
             thread,
+        }
+    }
+
+    /// What constructor threads make their beats with.
+    pub fn registrar(&self) -> Registrar {
+        Registrar {
+            on: self.thread.is_some(),
+            beats: Arc::clone(&self.beats),
+            slow: Arc::clone(&self.slow),
         }
     }
 
@@ -299,14 +358,37 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch(budget: CallBudget, names: &Names, beats: &Beats, flagged: &AtomicU64, stop: &AtomicBool) {
+fn watch(
+    budget: CallBudget,
+    names: &Names,
+    beats: &Beats,
+    flagged: &AtomicU64,
+    slow: &SlowConstructors,
+    stop: &AtomicBool,
+) {
     // Look four times per budget period, within 0.25–100 ms.
     let tick = (budget.limit / 4).clamp(Duration::from_micros(250), Duration::from_millis(100));
     let mut seen: Vec<Seen> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::park_timeout(tick);
         let now = Instant::now();
-        let beats = beats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let beats = {
+            let mut all = beats.lock().unwrap_or_else(|e| e.into_inner());
+            // A constructor's beat whose thread let go of it (it returned) is forgotten,
+            // with what was seen of it.
+            let mut i = 0;
+            while i < all.len() {
+                if all[i].1.constructor && Arc::strong_count(&all[i].1) == 1 {
+                    all.remove(i);
+                    if i < seen.len() {
+                        seen.remove(i);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            all.clone()
+        };
         seen.resize_with(beats.len(), || Seen {
             seq: 0,
             since: now,
@@ -346,6 +428,34 @@ fn watch(budget: CallBudget, names: &Names, beats: &Beats, flagged: &AtomicU64, 
             let cpu_ms =
                 on_cpu.map_or_else(|| "unknown".to_string(), |(_, c)| c.as_millis().to_string());
             let name = names.name(beat.plugin.load(Ordering::Relaxed));
+            if beat.constructor {
+                match s.said {
+                    None => {
+                        beat.flagged.store(seq, Ordering::Release);
+                        flagged.fetch_add(1, Ordering::Relaxed);
+                        *slow
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(name.clone())
+                            .or_default() += 1;
+                        s.said = Some(now);
+                        eprintln!(
+                            "flowpeek: plugin {name}: its constructor (new) for core {core} has run for over {} ms ({cpu_ms} ms of it on the CPU), past the budget (--plugin-budget-ms {}); it runs off the data path: core {core} goes on without this load of the plugin (a running older generation keeps serving) and takes it when it returns",
+                            ran.as_millis(),
+                            budget.limit.as_millis()
+                        );
+                    }
+                    Some(t) if now - t >= REPEAT => {
+                        s.said = Some(now);
+                        eprintln!(
+                            "flowpeek: plugin {name}: its constructor for core {core} has still not returned after {} s; traffic goes on without this load: fix the plugin's `new` or remove the file",
+                            ran.as_secs()
+                        );
+                    }
+                    Some(_) => {}
+                }
+                continue;
+            }
             match s.said {
                 None => {
                     beat.flagged.store(seq, Ordering::Release);

@@ -10,7 +10,8 @@
 //! ([`PluginHost::poll`]).
 //!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
-//! thread; the worker only swaps in what is ready).
+//! thread, instances made on a constructor thread per load and core, [`construct`]; the
+//! worker only swaps in what is ready).
 //!
 //! What a plugin can and cannot do to the host: a panic in any callback is caught by the SDK
 //! and disables that instance on that core (counted); bad handles and arguments get errno
@@ -21,6 +22,7 @@
 
 pub mod budget;
 pub mod cabi;
+pub mod construct;
 pub mod elf;
 pub mod ffi;
 pub mod load;
@@ -39,7 +41,8 @@ use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
 
 use crate::flow::{Engine, Monitor};
 pub use budget::{CallBudget, OverrunPolicy};
-use budget::{CoreBeat, Names, Watchdog};
+use budget::{CoreBeat, Names, Registrar, Watchdog};
+use construct::Built;
 pub use load::{Library, LoadError};
 pub use slot::{PluginSlot, PluginStats, SlotMonitor};
 
@@ -158,6 +161,15 @@ pub struct PluginHost {
     beat: Arc<CoreBeat>,
     names: Arc<Names>,
     policy: OverrunPolicy,
+    /// Constructor threads ([`construct`]): their beats, and what they send back.
+    registrar: Registrar,
+    built_tx: Sender<Built>,
+    built_rx: Receiver<Built>,
+    /// Loads started (each load's number), the newest load or removal of each file (an
+    /// older load that returns later is dropped), and when each reload's event was seen.
+    loads: u64,
+    latest: BTreeMap<PathBuf, u64>,
+    seen: BTreeMap<u64, Instant>,
     /// Keeps the watcher alive for a host opened on its own ([`PluginHost::open`]).
     _set: Option<Box<PluginSet>>,
     /// Messages about files that failed to load, in order.
@@ -259,6 +271,7 @@ impl PluginSet {
         if let Ok(mut subs) = self.subscribers.lock() {
             subs.push(tx);
         }
+        let (built_tx, built_rx) = channel();
         let mut host = PluginHost {
             log_dir: self.log_dir.clone(),
             core,
@@ -268,6 +281,12 @@ impl PluginSet {
             beat: self.watchdog.beat(core),
             names: Arc::clone(self.watchdog.names()),
             policy: self.watchdog.budget().policy,
+            registrar: self.watchdog.registrar(),
+            built_tx,
+            built_rx,
+            loads: 0,
+            latest: BTreeMap::new(),
+            seen: BTreeMap::new(),
             _set: None,
             failures: if core == 0 {
                 self.failures.clone()
@@ -276,15 +295,36 @@ impl PluginSet {
             },
             reload_latencies: Vec::new(),
         };
-        let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
+        // Every constructor runs on its own thread; the core waits for them before its
+        // first packet, but not for one past the budget (it joins later, as a reload).
+        let before = host.registrar.slow_constructors();
+        let mut waiting: BTreeMap<u64, String> = BTreeMap::new();
         for (file, lib, config) in &self.initial {
             let Some(lib) = lib else { continue };
-            let update = Update::Loaded {
-                file: file.clone(),
-                lib: *lib,
-                config: config.clone(),
-            };
-            if let Some(slot) = host.apply_new(update)? {
+            if let Some(load) = host.begin(file.clone(), *lib, config.clone()) {
+                waiting.insert(load, lib.name());
+            }
+        }
+        let mut built = Vec::new();
+        while !waiting.is_empty() {
+            match host.built_rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(b) => {
+                    waiting.remove(&b.load);
+                    built.push(b);
+                }
+                Err(_) => {
+                    let slow = host.registrar.slow_constructors();
+                    let over = |name: &String| slow.get(name) > before.get(name);
+                    if waiting.values().all(over) {
+                        break;
+                    }
+                }
+            }
+        }
+        built.sort_by_key(|b| b.load);
+        let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
+        for b in built {
+            if let Some(slot) = host.install(b, None)? {
                 monitors.push(Box::new(SlotMonitor(slot)));
             }
         }
@@ -309,54 +349,144 @@ impl PluginHost {
         Ok((host, monitors))
     }
 
-    /// Applies one update for a file with no slot yet; returns the new slot.
-    fn apply_new(&mut self, update: Update) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
-        match update {
-            Update::Loaded { file, lib, config } => {
-                let name = lib.name();
-                // One file per name: both would write <name>.jsonl. A file whose constructor
-                // failed has no entry and holds no name.
-                if let Some(other) = self
-                    .entries
-                    .iter()
-                    .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
-                {
-                    let error = LoadError::DuplicateName {
-                        path: file,
-                        name,
-                        other: other.file.clone(),
-                    };
-                    // Every core decides the same; the first one reports it.
-                    if self.core == 0 {
-                        self.fail(error.to_string());
-                    }
-                    return Ok(None);
-                }
-                let path = self.log_dir.join(format!("{name}.jsonl"));
-                let sink = ffi::Sink::open(&path).map_err(|source| HostError::LogDir {
-                    dir: path.clone(),
-                    source,
-                })?;
-                let mut slot = PluginSlot::new(&name, self.core, sink, self.drain_timeout);
-                slot.set_budget(Arc::clone(&self.beat), self.names.id(&name), self.policy);
-                if let Err(e) = slot.install(&lib, &config) {
-                    self.fail(format!("{}: {e}", file.display()));
-                    return Ok(None);
-                }
-                let slot = Rc::new(RefCell::new(slot));
-                self.entries.push(Entry {
-                    file,
-                    slot: Rc::clone(&slot),
-                    monitor: self.entries.len(),
-                    removed: false,
-                });
-                Ok(Some(slot))
+    /// Starts a load of `file`: its constructor for this core runs on a thread of its own
+    /// ([`construct`]). Returns the load's number (`None`: the thread did not start).
+    fn begin(&mut self, file: PathBuf, lib: Library, config: String) -> Option<u64> {
+        self.loads += 1;
+        let load = self.loads;
+        self.latest.insert(file.clone(), load);
+        let id = self.names.id(&lib.name());
+        let job = construct::Job {
+            file: file.clone(),
+            lib,
+            config,
+            core: self.core,
+            load,
+            plugin_id: id,
+        };
+        let started = construct::spawn(job, self.registrar.clone(), self.built_tx.clone());
+        match started {
+            Ok(()) => Some(load),
+            Err(e) => {
+                self.fail(format!(
+                    "{}: cannot start a thread for its constructor: {e}",
+                    file.display()
+                ));
+                None
             }
-            Update::Failed { error, .. } => {
+        }
+    }
+
+    /// Installs what a constructor made, unless a newer load or a removal of its file came
+    /// meanwhile. A file with no slot yet gets one, returned (the caller adds the monitor);
+    /// one with a slot gets a new generation (`engine` is needed then).
+    fn install(
+        &mut self,
+        b: Built,
+        engine: Option<&mut Engine>,
+    ) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
+        let Built {
+            file,
+            lib,
+            config,
+            load,
+            result,
+            slow,
+        } = b;
+        let name = lib.name();
+        if self.latest.get(&file) != Some(&load) {
+            if let Ok(inst) = result {
+                inst.destroy();
+            }
+            return Ok(None);
+        }
+        if slow && self.core == 0 {
+            eprintln!(
+                "flowpeek: plugin {name}: its constructor returned past the budget; the new load takes traffic now"
+            );
+        }
+        let inst = match result {
+            Ok(inst) => inst,
+            Err(e) => {
+                self.fail(format!("{}: {name}: {e}", file.display()));
+                return Ok(None);
+            }
+        };
+        if let Some(i) = self.entries.iter().position(|e| e.file == file) {
+            let Some(engine) = engine else {
+                inst.destroy();
+                return Ok(None);
+            };
+            let slot = Rc::clone(&self.entries[i].slot);
+            let installed = slot.borrow_mut().install_built(&lib, &config, inst);
+            match installed {
+                Ok(_) => {
+                    self.entries[i].removed = false;
+                    let idx = self.entries[i].monitor;
+                    let subs = slot.borrow().engine_subscriptions();
+                    engine.extend_subscriptions(idx, subs);
+                    engine.set_monitor_filter(idx, slot.borrow().filter());
+                    engine.setup_monitor(idx);
+                    engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
+                }
+                Err(e) => self.fail(format!("{}: {e}", file.display())),
+            }
+            return Ok(None);
+        }
+        // One file per name: both would write <name>.jsonl. A file whose constructor
+        // failed has no entry and holds no name.
+        if let Some(other) = self
+            .entries
+            .iter()
+            .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
+        {
+            let error = LoadError::DuplicateName {
+                path: file,
+                name,
+                other: other.file.clone(),
+            };
+            inst.destroy();
+            // Every core decides the same; the first one reports it.
+            if self.core == 0 {
                 self.fail(error.to_string());
-                Ok(None)
             }
-            Update::Removed { .. } => Ok(None),
+            return Ok(None);
+        }
+        let path = self.log_dir.join(format!("{name}.jsonl"));
+        let sink = match ffi::Sink::open(&path) {
+            Ok(sink) => sink,
+            Err(source) => {
+                inst.destroy();
+                return Err(HostError::LogDir { dir: path, source });
+            }
+        };
+        let mut slot = PluginSlot::new(&name, self.core, sink, self.drain_timeout);
+        slot.set_budget(Arc::clone(&self.beat), self.names.id(&name), self.policy);
+        if let Err(e) = slot.install_built(&lib, &config, inst) {
+            self.fail(format!("{}: {e}", file.display()));
+            return Ok(None);
+        }
+        let slot = Rc::new(RefCell::new(slot));
+        self.entries.push(Entry {
+            file,
+            slot: Rc::clone(&slot),
+            monitor: self.entries.len(),
+            removed: false,
+        });
+        Ok(Some(slot))
+    }
+
+    /// Installs a finished load now, with the engine: a new file becomes a new monitor.
+    fn take_built(&mut self, b: Built, engine: &mut Engine) {
+        match self.install(b, Some(engine)) {
+            Ok(Some(slot)) => {
+                let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
+                if let Some(e) = self.entries.last_mut() {
+                    e.monitor = idx;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.fail(e.to_string()),
         }
     }
 
@@ -365,18 +495,29 @@ impl PluginHost {
         self.failures.push(msg);
     }
 
-    /// The reload safe point: applies what the watcher prepared. Call between batches.
+    /// The reload safe point: applies what the watcher prepared and installs what
+    /// constructor threads finished. Never waits for a constructor. Call between batches.
     pub fn poll(&mut self, engine: &mut Engine) {
         while let Ok((update, seen)) = self.rx.try_recv() {
-            let loaded = matches!(update, Update::Loaded { .. });
-            self.apply(update, engine);
-            if loaded {
+            match update {
+                Update::Loaded { file, lib, config } => {
+                    if let Some(load) = self.begin(file, lib, config) {
+                        self.seen.insert(load, seen);
+                    }
+                }
+                other => self.apply(other, engine),
+            }
+        }
+        while let Ok(b) = self.built_rx.try_recv() {
+            if let Some(seen) = self.seen.remove(&b.load) {
                 self.reload_latencies.push(seen.elapsed());
             }
+            self.take_built(b, engine);
         }
     }
 
-    /// Applies one update now (tests drive reloads with this directly).
+    /// Applies one update now; a load waits for its constructor (which runs on its own
+    /// thread, as at [`PluginHost::poll`]). Tests drive reloads with this directly.
     pub fn apply(&mut self, update: Update, engine: &mut Engine) {
         let file = match &update {
             Update::Loaded { file, .. }
@@ -385,40 +526,33 @@ impl PluginHost {
         };
         let existing = self.entries.iter().position(|e| e.file == file);
         match (update, existing) {
-            (Update::Loaded { lib, config, .. }, Some(i)) => {
-                let slot = Rc::clone(&self.entries[i].slot);
-                let installed = slot.borrow_mut().install(&lib, &config);
-                match installed {
-                    Ok(_) => {
-                        self.entries[i].removed = false;
-                        let idx = self.entries[i].monitor;
-                        let subs = slot.borrow().engine_subscriptions();
-                        engine.extend_subscriptions(idx, subs);
-                        engine.set_monitor_filter(idx, slot.borrow().filter());
-                        engine.setup_monitor(idx);
-                        engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
+            (Update::Loaded { file, lib, config }, _) => {
+                let Some(load) = self.begin(file, lib, config) else {
+                    return;
+                };
+                while let Ok(b) = self.built_rx.recv() {
+                    let done = b.load == load;
+                    self.seen.remove(&b.load);
+                    self.take_built(b, engine);
+                    if done {
+                        break;
                     }
-                    Err(e) => self.fail(format!("{}: {e}", file.display())),
                 }
             }
             (Update::Removed { .. }, Some(i)) => {
+                // A load still being made for this file is dropped when it returns.
+                self.loads += 1;
+                self.latest.insert(file.clone(), self.loads);
                 self.entries[i].removed = true;
                 let slot = Rc::clone(&self.entries[i].slot);
                 slot.borrow_mut().remove();
                 engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
             }
-            (update @ Update::Loaded { .. }, None) => match self.apply_new(update) {
-                Ok(Some(slot)) => {
-                    let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
-                    if let Some(e) = self.entries.last_mut() {
-                        e.monitor = idx;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => self.fail(e.to_string()),
-            },
             (Update::Failed { error, .. }, _) => self.fail(error.to_string()),
-            (Update::Removed { .. }, None) => {}
+            (Update::Removed { .. }, None) => {
+                self.loads += 1;
+                self.latest.insert(file, self.loads);
+            }
         }
     }
 
@@ -445,6 +579,13 @@ impl PluginHost {
             out.entry(slot.name().to_string())
                 .or_default()
                 .add(&slot.stats);
+        }
+        // Constructors past the budget, of every core (counted once: by core 0), even of a
+        // plugin whose constructor never returned and which has no slot.
+        if self.core == 0 {
+            for (name, n) in self.registrar.slow_constructors() {
+                out.entry(name).or_default().slow_constructors += n;
+            }
         }
         out
     }

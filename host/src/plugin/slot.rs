@@ -43,6 +43,9 @@ pub struct PluginStats {
     pub drained_flows: u64,
     /// Records that could not be written to the log (dropped whole).
     pub records_lost: u64,
+    /// Constructor calls (`new`, one per load and core) that ran past the time budget,
+    /// returned or not.
+    pub slow_constructors: u64,
 }
 
 impl PluginStats {
@@ -56,6 +59,7 @@ impl PluginStats {
         self.retired += o.retired;
         self.drained_flows += o.drained_flows;
         self.records_lost += o.records_lost;
+        self.slow_constructors += o.slow_constructors;
     }
 }
 
@@ -146,23 +150,39 @@ impl PluginSlot {
     /// Makes this core's instance from `lib` and makes it the newest generation; older ones
     /// drain from the next `arm`. Returns the constructor's error, or libpcap's for a bad
     /// `filter` in `config`, leaving the slot as it was.
+    ///
+    /// This runs the constructor on the calling thread; the plugin host runs it on a
+    /// constructor thread ([`super::construct`]) and installs with [`PluginSlot::install_built`].
     pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
+        let inst = super::construct::Instance::make(lib, self.core, config)
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        self.install_built(lib, config, inst)
+    }
+
+    /// Makes `inst`, made by `lib`'s constructor for this core, the newest generation (as
+    /// [`PluginSlot::install`]). On a bad `filter` in `config` the instance is dropped.
+    pub fn install_built(
+        &mut self,
+        lib: &Library,
+        config: &str,
+        inst: super::construct::Instance,
+    ) -> Result<Subscriptions, String> {
         let mut filter = match filter::toml_filter(config) {
-            Some(expr) => {
-                Some(StreamFilter::new(&expr).map_err(|e| format!("{}: {e}", self.name))?)
-            }
+            Some(expr) => match StreamFilter::new(&expr) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    inst.destroy();
+                    return Err(format!("{}: {e}", self.name));
+                }
+            },
             None => None,
         };
-        let (obj, own_filter) = lib
-            .instantiate(self.core, config)
-            .map_err(|e| format!("{}: {e}", self.name))?;
+        let (obj, subs, own_filter) = inst.into_parts();
         // A C plugin's mtcp_bind_monitor_filter, unless <name>.toml overrides it (libpcap
         // checked it when it was bound).
         if filter.is_none() {
             filter = own_filter.and_then(|e| StreamFilter::new(&e).ok());
         }
-        // SAFETY: `obj` was just made by this library's constructor.
-        let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
         // Older generations stop taking new flows; `arm` starts their drain clocks.
         self.retire_idle = true;
         self.gens.push(Generation {

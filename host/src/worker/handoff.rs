@@ -31,7 +31,7 @@ pub const BUFFERS_PER_PAIR: usize = 1024;
 /// How long a sender waits for room in a full channel (the receiving core drains it at every
 /// batch, and when idle at every poll) before it drops the datagram. Bounded, so two cores
 /// sending to each other cannot wait on each other for longer.
-pub const FULL_WAIT: Duration = Duration::from_millis(5);
+pub const FULL_WAIT: Duration = Duration::from_millis(20);
 
 /// How long an ending core keeps taking datagrams from cores still running.
 pub const END_GRACE: Duration = Duration::from_secs(2);

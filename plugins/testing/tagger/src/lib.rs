@@ -11,7 +11,9 @@
 //! `panic_every = N` makes `on_event` panic on every Nth `PktIn`; `sleep_every = N` with
 //! `sleep_ms = M` makes it sleep M ms on every Nth `PktIn` (a slow callback);
 //! `rearm_zero = true` sets a core timer with delay 0 at every connection start and sets it
-//! again, with delay 0, from its own callback (a timer chain that never ends).
+//! again, with delay 0, from its own callback (a timer chain that never ends);
+//! `new_sleep_ms = M` makes the constructor sleep M ms before it returns (a slow or, with a
+//! huge M, hung constructor), and `new_sleep_core = C` limits that to core C's instance.
 #![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::*;
@@ -60,9 +62,15 @@ impl Monitor for Tagger {
     const NAME: &'static str = NAME;
     const VERSION: &'static str = TAG;
 
-    fn new(_core: u32, config: &str) -> Result<Self, String> {
+    fn new(core: u32, config: &str) -> Result<Self, String> {
         if config_value(config, "fail") == Some("true") {
             return Err("configured to fail".into());
+        }
+        if let Some(ms) = config_value(config, "new_sleep_ms").and_then(|v| v.parse().ok()) {
+            let only = config_value(config, "new_sleep_core").and_then(|v| v.parse::<u32>().ok());
+            if only.map_or(true, |c| c == core) {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
         }
         let panic_every = match config_value(config, "panic_every") {
             Some(v) => v.parse().map_err(|_| format!("panic_every: {v:?}"))?,
