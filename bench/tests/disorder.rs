@@ -15,6 +15,7 @@ mod plugin_util;
 
 fn records(path: &Path) -> Vec<StreamRecord> {
     let opts = StreamsOptions {
+        write: None,
         engine: Config::default(),
         buffer: 256 * 1024,
         sha256: false,

@@ -18,6 +18,7 @@ fn corpus() -> PathBuf {
 
 fn streams_options() -> StreamsOptions {
     StreamsOptions {
+        write: None,
         sha256: true,
         engine: Config {
             max_flows: 1 << 20,
@@ -475,7 +476,18 @@ fn by_flow(lines: &[String]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for l in lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let key = v["flow"].as_str().unwrap().to_string();
+        // mOS's lines name the flow "client>server"; ours give uid, client and server.
+        let key = match v.get("flow") {
+            Some(f) => f.as_str().unwrap().to_string(),
+            None => {
+                assert!(v["uid"].as_str().is_some_and(|u| u.len() == 16), "{l}");
+                format!(
+                    "{}>{}",
+                    v["client"].as_str().unwrap(),
+                    v["server"].as_str().unwrap()
+                )
+            }
+        };
         let short = format!(
             "{} {} {}{}",
             v["side"].as_str().unwrap(),

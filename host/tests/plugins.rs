@@ -538,6 +538,7 @@ fn streamhash_agrees_with_streams_on_the_corpus() {
                 let mut got: Vec<String> = text.lines().map(canonical).collect();
                 got.sort();
                 let opts = flowpeek::streams::StreamsOptions {
+                    write: None,
                     sha256: true,
                     engine: big_config(),
                     buffer: 1 << 18,
