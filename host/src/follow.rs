@@ -357,12 +357,13 @@ impl Printer {
             Format::Ascii => {
                 let _ = writeln!(l, "{indent}{}", bytes.len());
                 for &b in bytes {
-                    l.push(if b == b'\n' || b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b)
-                    {
-                        char::from(b)
-                    } else {
-                        '.'
-                    });
+                    l.push(
+                        if b == b'\n' || b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b) {
+                            char::from(b)
+                        } else {
+                            '.'
+                        },
+                    );
                 }
                 l.push('\n');
             }
@@ -415,10 +416,7 @@ mod tests {
     #[test]
     fn selectors() {
         assert_eq!("3".parse(), Ok(ConnSelector::Number(3)));
-        assert_eq!(
-            "00000000000000ff".parse(),
-            Ok(ConnSelector::Uid(0xff))
-        );
+        assert_eq!("00000000000000ff".parse(), Ok(ConnSelector::Uid(0xff)));
         assert_eq!(
             "10.0.0.1:5555-10.0.0.2:80".parse(),
             Ok(ConnSelector::Endpoints(

@@ -113,7 +113,11 @@ impl NameTemplate {
                         "{text:?}: unknown field %{o} (known: %A %a %B %b %C %c %# %u %d %n %%)"
                     ))
                 }
-                None => return Err(format!("{text:?}: a lone '%' at the end (write %% for '%')")),
+                None => {
+                    return Err(format!(
+                        "{text:?}: a lone '%' at the end (write %% for '%')"
+                    ))
+                }
             }
         }
         Ok(NameTemplate {
@@ -220,12 +224,7 @@ impl std::fmt::Display for FilesError {
             io::ErrorKind::PermissionDenied => "; give --write a directory you may write to",
             _ => "",
         };
-        write!(
-            f,
-            "writing {}: {}{hint}",
-            self.path.display(),
-            self.message
-        )
+        write!(f, "writing {}: {}{hint}", self.path.display(), self.message)
     }
 }
 
@@ -293,9 +292,7 @@ impl StreamFiles {
         }
         let mut rest = bytes;
         while !rest.is_empty() {
-            if f.pending_at + f.pending.len() as u64 != f.len
-                || f.pending.len() == PENDING
-            {
+            if f.pending_at + f.pending.len() as u64 != f.len || f.pending.len() == PENDING {
                 self.flush(f);
                 if self.error.is_some() {
                     return;
@@ -343,15 +340,12 @@ impl StreamFiles {
             if let Some(name) = &f.name {
                 // A zero-filled gap at the end is a hole nothing was written after.
                 let path = self.opts.dir.join(name);
-                let grown = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|file| {
-                        if file.metadata()?.len() < f.len {
-                            file.set_len(f.len)?;
-                        }
-                        Ok(())
-                    });
+                let grown = OpenOptions::new().write(true).open(&path).and_then(|file| {
+                    if file.metadata()?.len() < f.len {
+                        file.set_len(f.len)?;
+                    }
+                    Ok(())
+                });
                 if let Err(e) = grown {
                     self.fail(path, &e);
                 }
@@ -458,7 +452,11 @@ mod tests {
         // IPv6 compressed, as tcpflow prints it.
         t.expand(
             &mut s,
-            &who("[2001:4860:4860::8888]:443", "[2600:1f13::18eb]:33892", true),
+            &who(
+                "[2001:4860:4860::8888]:443",
+                "[2600:1f13::18eb]:33892",
+                true,
+            ),
             0,
         );
         assert_eq!(s, "2001:4860:4860::8888.00443-2600:1f13::18eb.33892");

@@ -99,7 +99,10 @@ impl DirectionRecord {
             crc32: Some(self.crc32),
             xxh3: None,
             file: self.file.as_deref(),
-            gaps: self.gaps.as_ref().map(|(g, dropped)| (g.as_slice(), *dropped)),
+            gaps: self
+                .gaps
+                .as_ref()
+                .map(|(g, dropped)| (g.as_slice(), *dropped)),
         }
     }
 }

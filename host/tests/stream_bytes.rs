@@ -135,7 +135,11 @@ fn written_files_are_the_streams_the_peers_agree_on() {
                 let d = &r[dir];
                 let bytes = file_bytes(&out.0, d);
                 // The file is what the record describes, whatever the peers say.
-                assert_eq!(bytes.len() as u64, d["bytes"].as_u64().unwrap(), "{capture} {r}");
+                assert_eq!(
+                    bytes.len() as u64,
+                    d["bytes"].as_u64().unwrap(),
+                    "{capture} {r}"
+                );
                 assert_eq!(crc(&bytes), d["crc32"].as_str().unwrap(), "{capture} {r}");
                 assert!(d["gaps"].is_array(), "{r}");
                 if !bytes.is_empty() {
@@ -144,7 +148,10 @@ fn written_files_are_the_streams_the_peers_agree_on() {
                 let key = format!("{}>{}", r[from].as_str().unwrap(), r[to].as_str().unwrap());
                 let n = seen.entry(key.clone()).or_insert(0);
                 *n += 1;
-                if *n > 1 || r["c2s"]["bytes"].as_u64().unwrap() + r["s2c"]["bytes"].as_u64().unwrap() == 0 {
+                if *n > 1
+                    || r["c2s"]["bytes"].as_u64().unwrap() + r["s2c"]["bytes"].as_u64().unwrap()
+                        == 0
+                {
                     continue; // a reused 4-tuple, or a connection the peers do not report
                 }
                 let Some((want_len, want_crc, votes, dissent)) = rows.get(&key) else {
@@ -164,7 +171,10 @@ fn written_files_are_the_streams_the_peers_agree_on() {
             }
         }
     }
-    eprintln!("{files} files; {agreed} equal to the consensus; {} differ: {mismatches:#?}", mismatches.len());
+    eprintln!(
+        "{files} files; {agreed} equal to the consensus; {} differ: {mismatches:#?}",
+        mismatches.len()
+    );
     // Where flowpeek's policy differs from the peers' on purpose (tests/corpus.rs
     // DIFFERENCES gives the reasons; the records there differ the same way).
     let differing: Vec<String> = mismatches
@@ -257,11 +267,19 @@ fn gaps_zero_gives_tcpflows_files() {
             }
             let a = std::fs::read(ours.0.join(&name)).unwrap();
             let b = std::fs::read(theirs.0.join(&theirs_name)).unwrap();
-            assert!(a == b, "{capture} {name}: {} bytes here, {} from tcpflow", a.len(), b.len());
+            assert!(
+                a == b,
+                "{capture} {name}: {} bytes here, {} from tcpflow",
+                a.len(),
+                b.len()
+            );
             compared += 1;
         }
     }
-    assert!(compared >= 20, "only {compared} files compared with tcpflow's");
+    assert!(
+        compared >= 20,
+        "only {compared} files compared with tcpflow's"
+    );
 }
 
 /// A gap: skipped, the file holds the delivered bytes; zero-filled, the file is the stream
@@ -296,13 +314,19 @@ fn gaps_are_listed_and_skipped_or_zero_filled() {
             let mut rebuilt = Vec::new();
             let mut at = 0usize;
             for g in gaps {
-                let (off, len) = (g[0].as_u64().unwrap() as usize, g[1].as_u64().unwrap() as usize);
+                let (off, len) = (
+                    g[0].as_u64().unwrap() as usize,
+                    g[1].as_u64().unwrap() as usize,
+                );
                 if off > filled.len() {
                     break;
                 }
                 rebuilt.extend_from_slice(&filled[at..off]);
                 let end = (off + len).min(filled.len());
-                assert!(filled[off..end].iter().all(|&x| x == 0), "zeros at the gap {g}");
+                assert!(
+                    filled[off..end].iter().all(|&x| x == 0),
+                    "zeros at the gap {g}"
+                );
                 at = end;
             }
             rebuilt.extend_from_slice(&filled[at.min(filled.len())..]);
@@ -346,7 +370,8 @@ fn reused_four_tuples_get_numbered_names() {
     let mut frames = Vec::new();
     for round in 0..3u32 {
         // The same endpoints, a fresh ISN each time: three connections.
-        let c = Conn::new("10.0.0.1:5555", "10.0.0.2:80").isn(1000 + round * 100_000, 9000 + round * 100_000);
+        let c = Conn::new("10.0.0.1:5555", "10.0.0.2:80")
+            .isn(1000 + round * 100_000, 9000 + round * 100_000);
         for seg in c.handshake() {
             frames.push(seg.frame());
         }
@@ -363,17 +388,31 @@ fn reused_four_tuples_get_numbered_names() {
     assert_eq!(records.len(), 3, "{records:?}");
     let base = "010.000.000.001.05555-010.000.000.002.00080";
     for (i, r) in records.iter().enumerate() {
-        let want = if i == 0 { base.to_string() } else { format!("{base}c{i}") };
+        let want = if i == 0 {
+            base.to_string()
+        } else {
+            format!("{base}c{i}")
+        };
         assert_eq!(r["c2s"]["file"], want.as_str(), "{r}");
         let bytes = std::fs::read(ours.0.join(&want)).unwrap();
         assert_eq!(bytes, vec![b'a' + i as u8; 100 + i]);
     }
     // tcpflow names them the same way.
     let theirs = TempDir::new("reuse-tcpflow");
-    let st = tool("tcpflow").arg("-r").arg(&capture).arg("-o").arg(&theirs.0).output().unwrap();
+    let st = tool("tcpflow")
+        .arg("-r")
+        .arg(&capture)
+        .arg("-o")
+        .arg(&theirs.0)
+        .output()
+        .unwrap();
     assert!(st.status.success(), "{st:?}");
     for i in 0..3 {
-        let name = if i == 0 { base.to_string() } else { format!("{base}c{i}") };
+        let name = if i == 0 {
+            base.to_string()
+        } else {
+            format!("{base}c{i}")
+        };
         assert_eq!(
             std::fs::read(theirs.0.join(&name)).ok(),
             std::fs::read(ours.0.join(&name)).ok(),
@@ -414,8 +453,12 @@ fn parse_raw(text: &str, client_first: bool) -> Vec<(bool, Vec<u8>)> {
             node0 = a.trim().parse().ok();
             continue;
         }
-        if line.starts_with("====") || line.starts_with("Follow:") || line.starts_with("Filter:")
-            || line.starts_with("Connection:") || line.starts_with("Node 1: ") || line.is_empty()
+        if line.starts_with("====")
+            || line.starts_with("Follow:")
+            || line.starts_with("Filter:")
+            || line.starts_with("Connection:")
+            || line.starts_with("Node 1: ")
+            || line.is_empty()
         {
             continue;
         }
@@ -464,7 +507,24 @@ fn follow_matches_tshark() {
         let convs = tool("tshark")
             .arg("-r")
             .arg(root.join(capture))
-            .args(["-T", "fields", "-e", "tcp.stream", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"])
+            .args([
+                "-T",
+                "fields",
+                "-e",
+                "tcp.stream",
+                "-e",
+                "ip.src",
+                "-e",
+                "ipv6.src",
+                "-e",
+                "tcp.srcport",
+                "-e",
+                "ip.dst",
+                "-e",
+                "ipv6.dst",
+                "-e",
+                "tcp.dstport",
+            ])
             .output()
             .unwrap();
         let convs = String::from_utf8(convs.stdout).unwrap();
@@ -478,10 +538,31 @@ fn follow_matches_tshark() {
             let (ca, sa): (SocketAddr, SocketAddr) = (c.parse().unwrap(), s.parse().unwrap());
             let stream = convs.lines().find_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
-                let ip = |a: &str, b: &str| if a.is_empty() { b.to_string() } else { a.to_string() };
-                let src = format!("{}", SocketAddr::new(ip(f[1], f[2]).split(',').next()?.parse().ok()?, f[3].parse().ok()?));
-                let dst = format!("{}", SocketAddr::new(ip(f[4], f[5]).split(',').next()?.parse().ok()?, f[6].parse().ok()?));
-                let pair = (src.parse::<SocketAddr>().ok()?, dst.parse::<SocketAddr>().ok()?);
+                let ip = |a: &str, b: &str| {
+                    if a.is_empty() {
+                        b.to_string()
+                    } else {
+                        a.to_string()
+                    }
+                };
+                let src = format!(
+                    "{}",
+                    SocketAddr::new(
+                        ip(f[1], f[2]).split(',').next()?.parse().ok()?,
+                        f[3].parse().ok()?
+                    )
+                );
+                let dst = format!(
+                    "{}",
+                    SocketAddr::new(
+                        ip(f[4], f[5]).split(',').next()?.parse().ok()?,
+                        f[6].parse().ok()?
+                    )
+                );
+                let pair = (
+                    src.parse::<SocketAddr>().ok()?,
+                    dst.parse::<SocketAddr>().ok()?,
+                );
                 (pair == (ca, sa) || pair == (sa, ca)).then(|| f[0].to_string())
             });
             let Some(stream) = stream else { continue };
@@ -509,7 +590,11 @@ fn follow_matches_tshark() {
                 .arg(root.join(capture))
                 .output()
                 .unwrap();
-            assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+            assert!(
+                ours.status.success(),
+                "{}",
+                String::from_utf8_lossy(&ours.stderr)
+            );
             let o = parse_raw(&String::from_utf8(ours.stdout).unwrap(), true);
             let (t, o) = (merge(t), merge(o));
             assert_eq!(
@@ -517,12 +602,18 @@ fn follow_matches_tshark() {
                 t.iter().map(|(d, b)| (*d, b.len())).collect::<Vec<_>>(),
                 "{capture} connection {n} ({c} - {s}): chunk order differs from tshark's"
             );
-            assert!(o == t, "{capture} connection {n}: bytes differ from tshark's");
+            assert!(
+                o == t,
+                "{capture} connection {n}: bytes differ from tshark's"
+            );
             compared += 1;
         }
     }
     eprintln!("{compared} connections compared with tshark's follow");
-    assert!(compared >= 20, "only {compared} connections compared with tshark");
+    assert!(
+        compared >= 20,
+        "only {compared} connections compared with tshark"
+    );
 }
 
 /// `follow` by number, by uid and by endpoints (either way round) is one connection; a
@@ -531,7 +622,12 @@ fn follow_matches_tshark() {
 fn follow_selects_by_number_uid_and_endpoints() {
     let capture = corpus().join("public/zeek/tcp/ssh-dups.pcap");
     let records = String::from_utf8(
-        flowpeek().args(["streams", "--json"]).arg(&capture).output().unwrap().stdout,
+        flowpeek()
+            .args(["streams", "--json"])
+            .arg(&capture)
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     let r: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
@@ -546,19 +642,33 @@ fn follow_selects_by_number_uid_and_endpoints() {
             .arg(&capture)
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
+        (
+            o.status.code(),
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        )
     };
     let by_number = run("0", "--hex");
     assert_eq!(by_number.0, Some(0), "{}", by_number.2);
-    assert!(by_number.1.contains(&format!("uid {uid}")), "{}", by_number.1);
+    assert!(
+        by_number.1.contains(&format!("uid {uid}")),
+        "{}",
+        by_number.1
+    );
     for conn in [uid.to_string(), format!("{c}-{s}"), format!("{s}-{c}")] {
         assert_eq!(run(&conn, "--hex").1, by_number.1, "{conn}");
     }
     // The hex dump's bytes are the record's: c2s at the margin, s2c indented.
     let mut c2s = Vec::new();
-    let dump = |l: &&str| l.len() > 10 && l.as_bytes()[..8].iter().all(u8::is_ascii_hexdigit) && &l[8..10] == "  ";
+    let dump = |l: &&str| {
+        l.len() > 10 && l.as_bytes()[..8].iter().all(u8::is_ascii_hexdigit) && &l[8..10] == "  "
+    };
     for line in by_number.1.lines().filter(dump) {
-        c2s.extend(line[10..58].split_whitespace().map(|h| u8::from_str_radix(h, 16).unwrap()));
+        c2s.extend(
+            line[10..58]
+                .split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).unwrap()),
+        );
     }
     assert_eq!(c2s.len() as u64, r["c2s"]["bytes"].as_u64().unwrap());
     assert_eq!(crc(&c2s), r["c2s"]["crc32"].as_str().unwrap());
@@ -594,7 +704,10 @@ fn write_errors_are_reported() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("192.168.000."), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("192.168.000."),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     // A directory that cannot be created (its parent is a file).
     let file = TempDir::new("notdir");
@@ -607,7 +720,10 @@ fn write_errors_are_reported() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("cannot write files in") && err.contains("f/sub"), "{err}");
+    assert!(
+        err.contains("cannot write files in") && err.contains("f/sub"),
+        "{err}"
+    );
     // A template that would leave the directory is refused before anything is read.
     let out = flowpeek()
         .args(["streams", "--write"])
@@ -632,5 +748,103 @@ fn name_templates() {
         let want = format!("0/{uid}.{d}");
         assert_eq!(records[0][d]["file"], want.as_str());
         assert!(dir.0.join(&want).is_file(), "{want}");
+    }
+}
+
+/// The table (issue 15, item 6): every line fits 120 columns, IPv4 and IPv6 alike; the
+/// headers label `bytes`, `missing` and `overlap` under each direction; each row's numbers
+/// are the JSON record's, direction by direction.
+#[test]
+fn table_fits_120_columns_with_per_direction_counts() {
+    let root = corpus();
+    for capture in [
+        "public/zeek/tcp/ssh-dups.pcap",
+        "public/suricata-verify/community-id-ipv6/input.pcap",
+        "public/zeek/ipv6-http-atomic-frag.pcap",
+        "public/suricata-verify/eve-overlap-payload-05-gap/tcp-simple-gap2.pcap",
+    ] {
+        let run = |json: bool| {
+            let mut c = flowpeek();
+            c.arg("streams");
+            if json {
+                c.arg("--json");
+            }
+            let o = c.arg(root.join(capture)).output().unwrap();
+            assert!(o.status.success());
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let table = run(false);
+        let records: Vec<serde_json::Value> = run(true)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("client to server") && lines[0].contains("server to client"));
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "client", "server", "close", "bytes", "missing", "overlap", "bytes", "missing",
+                "overlap", "flags"
+            ]
+        );
+        // Rows end where the summary line starts.
+        let rows: Vec<&str> = lines[2..]
+            .iter()
+            .take_while(|l| !l.contains(" packets, "))
+            .copied()
+            .collect();
+        for l in lines.iter().take(2).chain(&rows) {
+            assert!(
+                l.chars().count() <= 120,
+                "{capture}: {} columns: {l}",
+                l.chars().count()
+            );
+        }
+        // Join a two-line row (an address wider than its column) back into one.
+        let mut joined = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let f: Vec<&str> = rows[i].split_whitespace().collect();
+            if f.len() == 2 {
+                joined.push(format!("{} {}", rows[i], rows[i + 1]));
+                i += 2;
+            } else {
+                joined.push(rows[i].to_string());
+                i += 1;
+            }
+        }
+        assert_eq!(joined.len(), records.len(), "{capture}:\n{table}");
+        for (row, r) in joined.iter().zip(&records) {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(f[0], r["client"].as_str().unwrap());
+            assert_eq!(f[1], r["server"].as_str().unwrap());
+            assert_eq!(f[2], r["close"].as_str().unwrap());
+            let n = |i: usize| f[i].parse::<u64>().unwrap();
+            for (k, (dir, key)) in [
+                ("c2s", "bytes"),
+                ("c2s", "missing"),
+                ("c2s", "overlap"),
+                ("s2c", "bytes"),
+                ("s2c", "missing"),
+                ("s2c", "overlap"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                assert_eq!(
+                    n(3 + k),
+                    r[dir][key].as_u64().unwrap(),
+                    "{capture} {dir} {key}: {row}"
+                );
+            }
+            let flags = match (r["partial"] == true, r["buffer_refused"] == true) {
+                (true, true) => "PR",
+                (true, false) => "P",
+                (false, true) => "R",
+                (false, false) => "-",
+            };
+            assert_eq!(f[9], flags, "{row}");
+        }
     }
 }

@@ -125,7 +125,8 @@ fn event_lines_byte_for_byte() {
     use BuiltinEvent::*;
     // The uid was computed apart from this code (FNV-1a 64 and SplitMix64's finalizer over
     // the bytes docs/records.md lists, in Python).
-    const FLOW: &str = r#"{"uid":"4b3e5672f4ac1360","client":"10.0.0.1:40000","server":"[2001:db8::2]:80","#;
+    const FLOW: &str =
+        r#"{"uid":"4b3e5672f4ac1360","client":"10.0.0.1:40000","server":"[2001:db8::2]:80","#;
     let cases: [Case; 9] = [
         (
             Some(PktIn),
@@ -231,7 +232,10 @@ fn event_lines_byte_for_byte() {
         ..fixed()
     };
     let l = line(Some(ConnStart), None, Hook::None, Detail::None, &mut p);
-    assert!(l.starts_with(r#"{"uid":null,"client":null,"server":null,"#), "{l}");
+    assert!(
+        l.starts_with(r#"{"uid":null,"client":null,"server":null,"#),
+        "{l}"
+    );
 }
 
 #[test]
@@ -239,9 +243,15 @@ fn flow_uid_is_the_documented_hash() {
     let c: SocketAddr = "10.0.0.1:40000".parse().unwrap();
     let v6: SocketAddr = "[2001:db8::2]:80".parse().unwrap();
     // Values computed apart from this code (see event_lines_byte_for_byte).
-    assert_eq!(flow_uid(c, v6, 1_500_000_123_456_789), 0x4b3e_5672_f4ac_1360);
+    assert_eq!(
+        flow_uid(c, v6, 1_500_000_123_456_789),
+        0x4b3e_5672_f4ac_1360
+    );
     // One nanosecond later is another flow (a 4-tuple reused).
-    assert_eq!(flow_uid(c, v6, 1_500_000_123_456_790), 0xcfbf_dbd5_600c_8e9d);
+    assert_eq!(
+        flow_uid(c, v6, 1_500_000_123_456_790),
+        0xcfbf_dbd5_600c_8e9d
+    );
     // Client and server are not interchangeable.
     assert_ne!(flow_uid(c, v6, 1), flow_uid(v6, c, 1));
     let mut s = String::from("x");
