@@ -57,7 +57,10 @@ fn tool(name: &str) -> Command {
 
 /// The consensus rows of one capture: `sender>receiver` → (bytes, crc32, votes,
 /// dissenting peers). 4-tuples the peers split differently (`#n`, `split`) are left out.
-fn consensus() -> BTreeMap<String, HashMap<String, (u64, String, String, String)>> {
+/// One direction's consensus: bytes, crc32, votes, dissenting peers.
+type Row = (u64, String, String, String);
+
+fn consensus() -> BTreeMap<String, HashMap<String, Row>> {
     let tsv = std::fs::read_to_string(corpus().join("expected-by-peers.tsv")).unwrap();
     let mut out: BTreeMap<String, HashMap<String, _>> = BTreeMap::new();
     for line in tsv.lines().filter(|l| !l.starts_with('#')) {
