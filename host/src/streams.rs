@@ -6,7 +6,11 @@
 //! so streams of any length go through a bounded buffer; it also takes `Error`, to mark a
 //! record whose side was refused a buffer (`buffer_refused`, its unstored bytes missing). The JSON record is written by
 //! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
-//! two agree byte for byte by construction.
+//! two agree byte for byte by construction; it appends to the caller's reused buffer
+//! ([`StreamRecord::write_json`]), no JSON tree. Fields and their order: docs/records.md.
+//! With [`StreamsOptions::write`] the hasher also hands every chunk it reads, and every gap,
+//! to [`crate::stream_files`] (`--write`), and the record names each direction's file and
+//! lists its gaps.
 //!
 //! Records are written as the run goes, not held to the end: flows complete in end order
 //! but are numbered in start order, so a [`Reorder`] window keeps completed records until
