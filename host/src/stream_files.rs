@@ -238,6 +238,8 @@ pub struct DirFile {
     pending_at: u64,
     /// The file's length as it will be (zero-filled gaps included).
     len: u64,
+    /// The end of the bytes written so far.
+    written: u64,
     /// Stream offset: bytes delivered plus bytes missing so far.
     offset: u64,
     gaps: Vec<Gap>,
@@ -336,7 +338,7 @@ impl StreamFiles {
         if self.error.is_none() {
             self.flush(&mut f);
         }
-        if self.error.is_none() {
+        if self.error.is_none() && f.len > f.written {
             if let Some(name) = &f.name {
                 // A zero-filled gap at the end is a hole nothing was written after.
                 let path = self.opts.dir.join(name);
@@ -402,6 +404,7 @@ impl StreamFiles {
             .write(true)
             .open(&path)
             .and_then(|file| file.write_all_at(&f.pending, f.pending_at));
+        f.written = f.written.max(f.pending_at + f.pending.len() as u64);
         f.pending.clear();
         if let Err(e) = written {
             self.fail(path, &e);
