@@ -182,7 +182,9 @@ enum Command {
     ///
     /// A probe monitor subscribes to every event at every hook and reads all in-order data
     /// on each CONN_NEW_DATA, like the probe that recorded mOS's reference traces. Use it to
-    /// see what a plugin would be told, packet by packet.
+    /// see what a plugin would be told, packet by packet. Each line opens with the flow's
+    /// uid, client and server (mOS's traces have "flow":"CLIENT>SERVER" instead), as every
+    /// record does: docs/records.md.
     Events {
         /// A pcap or pcapng file.
         capture: PathBuf,
