@@ -706,9 +706,10 @@ fn streams_command(
     let defrag = defrag_line(&s.defrag);
     let mut ok = true;
     if !json {
-        ok &= writeln!(std::io::stdout(), "{line}").is_ok();
+        // Under the table, within its width.
+        ok &= writeln!(std::io::stdout(), "{}", wrap(&line, streams::TABLE_WIDTH)).is_ok();
         if let Some(d) = &defrag {
-            ok &= writeln!(std::io::stdout(), "{d}").is_ok();
+            ok &= writeln!(std::io::stdout(), "{}", wrap(d, streams::TABLE_WIDTH)).is_ok();
         }
     } else if summary {
         ok &= note(&line);
@@ -803,6 +804,24 @@ fn follow(
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// `text` broken after its commas so that no line is wider than `width` (a part wider than
+/// that stays whole).
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut line_len = 0;
+    for (i, part) in text.split_inclusive(", ").enumerate() {
+        let part_len = part.trim_end().chars().count();
+        if i > 0 && line_len + part_len > width {
+            out.truncate(out.trim_end().len());
+            out.push_str("\n  ");
+            line_len = 2;
+        }
+        out.push_str(part);
+        line_len += part.chars().count();
+    }
+    out
 }
 
 fn empty_summary() -> streams::StreamsSummary {
