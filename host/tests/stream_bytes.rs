@@ -250,15 +250,11 @@ fn gaps_zero_gives_tcpflows_files() {
             }
             let name = strip_vlan(&theirs_name);
             let Some(key) = names.get(&name) else {
-                // tcpflow's name for a direction we wrote under another name, or one we
-                // did not write: only fine when the peers do not agree on it.
-                let unanimous = rows.values().any(|(_, _, v, _)| v == "4/4");
-                assert!(
-                    !name.contains("c1") && !unanimous || rows.is_empty(),
+                // Every file tcpflow writes has flowpeek's counterpart, of the same name.
+                panic!(
                     "{capture}: tcpflow wrote {name}, flowpeek has no file of that name: {:?}",
                     names.keys().collect::<Vec<_>>()
                 );
-                continue;
             };
             // Where the peers voted, compare only what they all agree on (tcpflow's policy,
             // last copy wins and Ethernet padding appended, may differ elsewhere); the
