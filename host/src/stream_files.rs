@@ -480,4 +480,91 @@ mod tests {
         let e = NameTemplate::new("%q").unwrap_err();
         assert!(e.contains("unknown field %q"), "{e}");
     }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flowpeek-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write(gaps: GapFill, dir: &Path) -> (FileOutcome, Option<FilesError>) {
+        let mut files = StreamFiles::new(WriteOptions {
+            dir: dir.to_path_buf(),
+            name: NameTemplate::new("f").unwrap(),
+            gaps,
+        });
+        let w = || Some(who("10.0.0.1:1", "10.0.0.2:2", true));
+        let mut f = DirFile::default();
+        files.data(&mut f, b"ab", w);
+        files.gap(&mut f, 3, w);
+        // More than one pending buffer's worth, then a gap at the very end.
+        files.data(&mut f, &vec![b'c'; PENDING + 10], w);
+        files.gap(&mut f, 2, w);
+        let out = files.close(f);
+        (out, files.error().cloned())
+    }
+
+    #[test]
+    fn gaps_skipped_or_zero_filled_to_the_end() {
+        let d = tmp("zero");
+        let (out, err) = write(GapFill::Zero, &d);
+        assert_eq!(err, None);
+        assert_eq!(out.name.as_deref(), Some("f"));
+        assert_eq!(
+            out.gaps,
+            [
+                Gap { offset: 2, len: 3 },
+                Gap {
+                    offset: 5 + PENDING as u64 + 10,
+                    len: 2
+                }
+            ]
+        );
+        let mut want = b"ab\0\0\0".to_vec();
+        want.extend(vec![b'c'; PENDING + 10]);
+        want.extend([0, 0]);
+        assert_eq!(std::fs::read(d.join("f")).unwrap(), want);
+        let d2 = tmp("skip");
+        let (_, err) = write(GapFill::Skip, &d2);
+        assert_eq!(err, None);
+        let mut want = b"ab".to_vec();
+        want.extend(vec![b'c'; PENDING + 10]);
+        assert_eq!(std::fs::read(d2.join("f")).unwrap(), want);
+        let _ = std::fs::remove_dir_all(d);
+        let _ = std::fs::remove_dir_all(d2);
+    }
+
+    #[test]
+    fn an_error_is_kept_not_raised() {
+        // The "directory" is a file: nothing can be made in it.
+        let d = tmp("notdir");
+        let file = d.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let (out, err) = write(GapFill::Skip, &file);
+        let err = err.expect("an error");
+        assert!(err.path.starts_with(&file), "{err}");
+        assert!(err.to_string().starts_with("writing "), "{err}");
+        assert_eq!(out.name, None);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn many_gaps_are_counted_past_the_list() {
+        let d = tmp("many");
+        let mut files = StreamFiles::new(WriteOptions {
+            dir: d.clone(),
+            name: NameTemplate::default(),
+            gaps: GapFill::Skip,
+        });
+        let mut f = DirFile::default();
+        let w = || Some(who("10.0.0.1:1", "10.0.0.2:2", true));
+        for _ in 0..MAX_GAPS + 5 {
+            files.data(&mut f, b"x", w);
+            files.gap(&mut f, 1, w);
+        }
+        let out = files.close(f);
+        assert_eq!((out.gaps.len(), out.gaps_dropped), (MAX_GAPS, 5));
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
