@@ -60,5 +60,6 @@ require_packages() {
 BUILD_PACKAGES=(libpcap-dev)
 # What the test suite adds: g++ (libFuzzer is compiled from C++), rsync (the reload torture
 # test writes plugins with rsync --inplace), tshark (the corpus's fragment cases are compared
-# with tshark's follow), tcpdump (the filter tests compare with its selection).
-TEST_PACKAGES=(libpcap-dev g++ rsync tshark tcpdump)
+# with tshark's follow; `follow` is compared with it too), tcpdump (the filter tests compare
+# with its selection), tcpflow (`streams --write --gaps zero` is compared with its files).
+TEST_PACKAGES=(libpcap-dev g++ rsync tshark tcpdump tcpflow)

@@ -19,6 +19,7 @@ fn records(path: &Path) -> Vec<StreamRecord> {
     // As `flowpeek streams` sets them: 256 KiB per side, in the engine too.
     let buffer = 256 * 1024;
     let opts = StreamsOptions {
+        write: None,
         engine: Config {
             buffer_capacity: buffer,
             ..Config::default()

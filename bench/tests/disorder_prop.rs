@@ -17,6 +17,7 @@ const MEMORY: u64 = 64 << 20;
 
 fn run(path: &Path) -> StreamsReport {
     let opts = StreamsOptions {
+        write: None,
         engine: Config {
             buffer_memory: MEMORY,
             ..Config::default()

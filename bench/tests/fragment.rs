@@ -16,6 +16,7 @@ mod plugin_util;
 
 fn run(path: &Path) -> StreamsReport {
     let opts = StreamsOptions {
+        write: None,
         engine: Config::default(),
         buffer: 256 * 1024,
         sha256: false,

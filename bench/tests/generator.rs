@@ -23,6 +23,7 @@ fn check(cfg: GenConfig, packets: u64) -> usize {
     }
     out.finish().unwrap();
     let opts = StreamsOptions {
+        write: None,
         sha256: true,
         engine: Config {
             max_flows: 1 << 16,

@@ -22,10 +22,12 @@
 
 pub mod filter;
 pub mod flow;
+pub mod follow;
 pub mod io;
 pub mod ip;
 pub mod plugin;
 pub mod run;
+pub mod stream_files;
 pub mod streams;
 pub mod sys;
 /// Test support (the corpus location), public only for the test crates.

@@ -23,11 +23,16 @@ struct Cli {
 enum Command {
     /// Reassemble every TCP connection of a capture and report each direction's bytes.
     ///
-    /// For each connection, in order of its first packet: the client and server, start and
-    /// end time, how it closed (fin, rst, timeout, eof, evicted) and, per direction, the
-    /// number of bytes delivered in order, their SHA-256 (and CRC-32), the bytes never seen
-    /// (gaps skipped) and the bytes received more than once. Connections whose SYN is not in
-    /// the capture are tracked from mid-stream and marked partial.
+    /// For each connection, in order of its first packet: its flow id (uid, --json), the
+    /// client and server, start and end time, how it closed (fin, rst, timeout, eof,
+    /// evicted) and, per direction, the number of bytes delivered in order, their SHA-256
+    /// (and CRC-32), the bytes never seen (missing: gaps skipped) and the bytes received
+    /// more than once (overlap). Connections whose SYN is not in the capture are tracked
+    /// from mid-stream and marked partial (flags P in the table; R: a buffer was refused).
+    /// The record's fields and their order: docs/records.md.
+    ///
+    /// --write DIR puts each direction's bytes in a file, named as tcpflow names them
+    /// (SRCIP.SRCPORT-DSTIP.DSTPORT, zero-padded; c1, c2, ... for a 4-tuple used again).
     ///
     /// Reordered captures (SPAN ports, tap aggregators) give the streams of the capture in
     /// order: see --gap-skip-after. Packets of a connection that already closed are counted
@@ -35,6 +40,7 @@ enum Command {
     /// the same endpoints is one.
     ///
     /// Example: flowpeek streams trace.pcap --json > streams.jsonl
+    ///          flowpeek streams trace.pcap --write flows/ --gaps zero
     #[command(verbatim_doc_comment)]
     Streams {
         /// A pcap or pcapng file (Ethernet, 802.1Q/802.1ad, Linux cooked SLL/SLL2, raw IP).
@@ -52,6 +58,55 @@ enum Command {
         /// left out): the work other reassemblers do in scripts/compare.
         #[arg(long)]
         no_sha256: bool,
+        /// Write each direction's bytes to a file in this directory (created if missing; a
+        /// file of the same name is replaced). A direction that carried nothing gets no
+        /// file. The JSON record gives each direction's "file" and "gaps".
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+        /// With --write: the file name template. tcpflow's fields: %A/%a sender address
+        /// (IPv4 zero-padded)/port (5 digits), %B/%b receiver, %C/%c "c"/count when the name
+        /// was used before in this run, %# that count always; and %u uid, %d c2s or s2c, %n
+        /// connection number, %% a '%'. '/' makes subdirectories.
+        #[arg(long, value_name = "TEMPLATE", requires = "write",
+              default_value = flowpeek::stream_files::DEFAULT_TEMPLATE)]
+        name: flowpeek::stream_files::NameTemplate,
+        /// With --write: what a gap (bytes never captured) becomes in the file: skip (left
+        /// out: the file holds the delivered bytes) or zero (zeros in their place, as
+        /// tcpflow: the file offset is the stream offset; a sparse hole on disk).
+        #[arg(long, value_enum, requires = "write", default_value = "skip")]
+        gaps: Gaps,
+    },
+    /// Print one connection's bytes, both directions interleaved in stream order.
+    ///
+    /// As `tshark -z follow,tcp`: each chunk is what one packet made readable, in the
+    /// order the packets came; client-to-server chunks at the margin, server-to-client
+    /// chunks indented by a tab. Reassembly is flowpeek's (first copy of an overlap wins;
+    /// a gap is skipped and shown as "[N bytes missing]", except in --raw). The
+    /// connection is chosen by --conn: its number (0 for the first, in the order
+    /// `streams` lists them), its uid, or CLIENT-SERVER (either way round; the first such
+    /// connection).
+    ///
+    /// Example: flowpeek follow trace.pcap --conn 10.0.0.1:5555-10.0.0.2:80 --hex
+    #[command(verbatim_doc_comment)]
+    Follow {
+        /// A pcap or pcapng file.
+        capture: PathBuf,
+        /// N (connection number), UID (16 hex digits) or CLIENT-SERVER
+        /// (10.0.0.1:5555-10.0.0.2:80, [::1]:5555-[::1]:80).
+        #[arg(long, value_name = "N|UID|CLIENT-SERVER")]
+        conn: flowpeek::follow::ConnSelector,
+        /// Each chunk's length, then its bytes as text, non-printable bytes as '.' (the
+        /// default).
+        #[arg(long, group = "layout")]
+        ascii: bool,
+        /// A hex dump: offset within the direction, 16 bytes, their text.
+        #[arg(long, group = "layout")]
+        hex: bool,
+        /// Each chunk as one line of hex digits, nothing else (no gap notes): for scripts.
+        #[arg(long, group = "layout")]
+        raw: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Run monitor plugins over a packet source, with hot reload.
     ///
@@ -127,7 +182,9 @@ enum Command {
     ///
     /// A probe monitor subscribes to every event at every hook and reads all in-order data
     /// on each CONN_NEW_DATA, like the probe that recorded mOS's reference traces. Use it to
-    /// see what a plugin would be told, packet by packet.
+    /// see what a plugin would be told, packet by packet. Each line opens with the flow's
+    /// uid, client and server (mOS's traces have "flow":"CLIENT>SERVER" instead), as every
+    /// record does: docs/records.md.
     Events {
         /// A pcap or pcapng file.
         capture: PathBuf,
@@ -364,6 +421,15 @@ impl EngineArgs {
     }
 }
 
+/// `--gaps`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Gaps {
+    /// Leave the missing bytes out.
+    Skip,
+    /// Zeros in their place (tcpflow).
+    Zero,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Overlap {
     /// Keep the bytes seen first (what most receivers' stacks do).
@@ -425,14 +491,52 @@ fn main() -> ExitCode {
             summary,
             engine,
             no_sha256,
+            write,
+            name,
+            gaps,
         } => {
             let engine = engine.config(Defaults::STREAMS);
+            if let Some(dir) = &write {
+                // Found now, not at the first connection's bytes.
+                if let Err(e) = flowpeek::stream_files::prepare_dir(dir) {
+                    note(&format!(
+                        "flowpeek: cannot write files in {}: {e}; give --write a directory you may create files in",
+                        dir.display()
+                    ));
+                    return ExitCode::from(2);
+                }
+            }
             let opts = StreamsOptions {
                 sha256: !no_sha256,
                 buffer: engine.buffer_capacity,
                 engine,
+                write: write.map(|dir| flowpeek::stream_files::WriteOptions {
+                    dir,
+                    name,
+                    gaps: match gaps {
+                        Gaps::Skip => flowpeek::stream_files::GapFill::Skip,
+                        Gaps::Zero => flowpeek::stream_files::GapFill::Zero,
+                    },
+                }),
             };
             streams_command(&capture, &opts, json, summary)
+        }
+        Command::Follow {
+            capture,
+            conn,
+            ascii: _,
+            hex,
+            raw,
+            engine,
+        } => {
+            let format = if hex {
+                flowpeek::follow::Format::Hex
+            } else if raw {
+                flowpeek::follow::Format::Raw
+            } else {
+                flowpeek::follow::Format::Ascii
+            };
+            follow(&capture, engine.config(Defaults::STREAMS), conn, format)
         }
     }
 }
@@ -520,17 +624,28 @@ fn streams_command(
         writeln!(out, "{}", streams::table_header())
     };
     let result = header.map_err(|e| streams::StreamsError::Write(e, Box::new(empty_summary())));
+    let mut files_error = None;
+    // One line buffer for every record: no allocation per record once it has grown.
+    let mut line = String::with_capacity(512);
     let result = result.and_then(|()| {
         streams::run_streaming(
             capture,
             opts,
             &stop,
             |r| {
-                if json {
-                    writeln!(out, "{}", r.to_json())
-                } else {
-                    writeln!(out, "{}", streams::table_row(r))
+                if let Some(e) = &r.file_error {
+                    // Its files (and every later one's) are incomplete: stop here.
+                    files_error = Some(e.clone());
+                    return Err(std::io::Error::other(e.to_string()));
                 }
+                line.clear();
+                if json {
+                    r.write_json(&mut line);
+                } else {
+                    line.push_str(&streams::table_row(r));
+                }
+                line.push('\n');
+                out.write_all(line.as_bytes())
             },
             |done, total| {
                 if show_progress && total > 0 {
@@ -557,6 +672,13 @@ fn streams_command(
     };
     let write_error = write_error.or(out.flush().err());
     drop(out);
+    if let Some(e) = &files_error {
+        note(&format!(
+            "flowpeek: {e} (after {} records; the run stopped there)",
+            report.records
+        ));
+        return ExitCode::from(1);
+    }
     if let Some(e) = &write_error {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             note(&format!(
@@ -586,9 +708,10 @@ fn streams_command(
     let defrag = defrag_line(&s.defrag);
     let mut ok = true;
     if !json {
-        ok &= writeln!(std::io::stdout(), "{line}").is_ok();
+        // Under the table, within its width.
+        ok &= writeln!(std::io::stdout(), "{}", wrap(&line, streams::TABLE_WIDTH)).is_ok();
         if let Some(d) = &defrag {
-            ok &= writeln!(std::io::stdout(), "{d}").is_ok();
+            ok &= writeln!(std::io::stdout(), "{}", wrap(d, streams::TABLE_WIDTH)).is_ok();
         }
     } else if summary {
         ok &= note(&line);
@@ -627,6 +750,80 @@ fn streams_command(
     } else {
         ExitCode::from(1)
     }
+}
+
+fn follow(
+    capture: &std::path::Path,
+    cfg: Config,
+    conn: flowpeek::follow::ConnSelector,
+    format: flowpeek::follow::Format,
+) -> ExitCode {
+    let stop = stop_flag();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printer = flowpeek::follow::Printer::new(format);
+    let result = flowpeek::follow::run(capture, cfg, conn, &stop, |it| printer.item(&mut out, it));
+    let sum = match result {
+        Err(e) => {
+            note(&format!("flowpeek: {e}"));
+            return ExitCode::from(2);
+        }
+        Ok(Err(e)) => {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            note(&format!("flowpeek: writing the connection's bytes: {e}"));
+            return ExitCode::from(1);
+        }
+        Ok(Ok(s)) => s,
+    };
+    if let Err(e) = out.flush() {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            note(&format!("flowpeek: writing the connection's bytes: {e}"));
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(e) = &sum.capture_error {
+        note(&format!(
+            "flowpeek: warning: {e}; every packet before it was processed"
+        ));
+    }
+    if sum.stopped {
+        note("flowpeek: stopped by a signal");
+        return ExitCode::from(EXIT_STOPPED);
+    }
+    if !sum.found {
+        note(&format!(
+            "flowpeek: no connection {} in {}: `flowpeek streams {}` lists them (number = line, from 0)",
+            match conn {
+                flowpeek::follow::ConnSelector::Number(n) => format!("number {n}"),
+                flowpeek::follow::ConnSelector::Uid(u) => format!("with uid {u:016x}"),
+                flowpeek::follow::ConnSelector::Endpoints(a, b) => format!("between {a} and {b}"),
+            },
+            capture.display(),
+            capture.display()
+        ));
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `text` broken after its commas so that no line is wider than `width` (a part wider than
+/// that stays whole).
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut line_len = 0;
+    for (i, part) in text.split_inclusive(", ").enumerate() {
+        let part_len = part.trim_end().chars().count();
+        if i > 0 && line_len + part_len > width {
+            out.truncate(out.trim_end().len());
+            out.push_str("\n  ");
+            line_len = 2;
+        }
+        out.push_str(part);
+        line_len += part.chars().count();
+    }
+    out
 }
 
 fn empty_summary() -> streams::StreamsSummary {

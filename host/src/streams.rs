@@ -6,7 +6,11 @@
 //! so streams of any length go through a bounded buffer; it also takes `Error`, to mark a
 //! record whose side was refused a buffer (`buffer_refused`, its unstored bytes missing). The JSON record is written by
 //! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
-//! two agree byte for byte by construction.
+//! two agree byte for byte by construction; it appends to the caller's reused buffer
+//! ([`StreamRecord::write_json`]), no JSON tree. Fields and their order: docs/records.md.
+//! With [`StreamsOptions::write`] the hasher also hands every chunk it reads, and every gap,
+//! to [`crate::stream_files`] (`--write`), and the record names each direction's file and
+//! lists its gaps.
 //!
 //! Records are written as the run goes, not held to the end: flows complete in end order
 //! but are numbered in start order, so a [`Reorder`] window keeps completed records until
@@ -26,7 +30,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flowpeek_plugin_api::records::{self, DirectionFields, StreamFields};
+use flowpeek_plugin_api::records::{self, DirectionFields, Gap, StreamFields};
 use sha2::{Digest, Sha256};
 
 use crate::flow::{
@@ -34,6 +38,7 @@ use crate::flow::{
     FlowHandle, Hook, Monitor, PeekError, Side, Stats, Subscriptions,
 };
 use crate::io::pcap::{CaptureError, CaptureFile};
+use crate::stream_files::{DirFile, DirName, FilesError, StreamFiles, WriteOptions};
 
 /// Packets handed to the engine between two `end_batch` calls (a ring sync's worth).
 pub const BATCH: usize = 32;
@@ -51,6 +56,12 @@ pub struct DirectionRecord {
     pub missing: u64,
     /// Bytes received more than once (retransmitted or overlapping).
     pub overlap: u64,
+    /// With `--write`: the file of this direction (relative to the directory), `None` if
+    /// the direction carried nothing.
+    pub file: Option<String>,
+    /// With `--write`: the gaps (at most [`crate::stream_files::MAX_GAPS`]) and how many
+    /// more there were.
+    pub gaps: Option<(Vec<Gap>, u64)>,
 }
 
 /// One connection of the report.
@@ -77,6 +88,9 @@ pub struct StreamRecord {
     pub s2c: DirectionRecord,
     /// Creation order, for sorting.
     pub serial: u64,
+    /// With `--write`: the run's first write error, on every record completed after it
+    /// (their files are incomplete); the caller reports it and stops.
+    pub file_error: Option<FilesError>,
 }
 
 impl DirectionRecord {
@@ -88,14 +102,36 @@ impl DirectionRecord {
             sha256: (!self.sha256.is_empty()).then_some(self.sha256.as_str()),
             crc32: Some(self.crc32),
             xxh3: None,
+            file: self.file.as_deref(),
+            gaps: self
+                .gaps
+                .as_ref()
+                .map(|(g, dropped)| (g.as_slice(), *dropped)),
         }
     }
 }
 
 impl StreamRecord {
     /// The record as one JSON object (no trailing newline): see
-    /// [`StreamFields::to_json`].
+    /// [`StreamFields::write_json`].
     pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(320);
+        self.write_json(&mut s);
+        s
+    }
+
+    /// Appends the record as one JSON object (no newline) to `out`, a buffer the caller
+    /// reuses: no JSON tree, no allocation once it has grown (docs/records.md).
+    pub fn write_json(&self, out: &mut String) {
+        self.fields().write_json(out);
+    }
+
+    /// The flow id of the record (`uid`): see [`records::flow_uid`].
+    pub fn uid(&self) -> u64 {
+        records::flow_uid(self.client, self.server, self.start)
+    }
+
+    fn fields(&self) -> StreamFields<'_> {
         StreamFields {
             client: self.client,
             server: self.server,
@@ -107,7 +143,6 @@ impl StreamRecord {
             c2s: self.c2s.fields(),
             s2c: self.s2c.fields(),
         }
-        .to_json()
     }
 }
 
@@ -118,16 +153,19 @@ struct Direction {
     lost: u64,
     /// This direction's buffer was refused by the budget.
     refused: bool,
+    /// With `--write`: its file.
+    file: Option<Box<DirFile>>,
 }
 
 impl Direction {
-    fn new(sha256: bool) -> Direction {
+    fn new(sha256: bool, write: bool) -> Direction {
         Direction {
             sha: sha256.then(|| Box::new(Sha256::new())),
             crc: crc32fast::Hasher::new(),
             bytes: 0,
             lost: 0,
             refused: false,
+            file: write.then(Box::default),
         }
     }
 }
@@ -147,6 +185,8 @@ pub struct StreamHasher {
     done: Rc<RefCell<Vec<StreamRecord>>>,
     buffer: u32,
     sha256: bool,
+    /// With `--write`: the files.
+    files: Option<StreamFiles>,
 }
 
 impl StreamHasher {
@@ -160,7 +200,14 @@ impl StreamHasher {
             done,
             buffer,
             sha256: true,
+            files: None,
         }
+    }
+
+    /// Writes each direction to a file too (`streams --write`).
+    pub fn with_files(mut self, opts: Option<WriteOptions>) -> StreamHasher {
+        self.files = opts.map(StreamFiles::new);
+        self
     }
 
     /// Whether to compute SHA-256 as well as CRC-32 (on by default).
@@ -174,8 +221,12 @@ impl StreamHasher {
         if v != 0 {
             return Some(v as usize - 1);
         }
+        let write = self.files.is_some();
         let live = Live {
-            dirs: [Direction::new(self.sha256), Direction::new(self.sha256)],
+            dirs: [
+                Direction::new(self.sha256, write),
+                Direction::new(self.sha256, write),
+            ],
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -205,12 +256,39 @@ impl StreamHasher {
                     }
                     d.crc.update(&self.scratch[..n]);
                     d.bytes += n as u64;
+                    if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
+                        files.data(f, &self.scratch[..n], || dir_name(cx, h, side));
+                    }
                 }
-                Err(PeekError::Lost(n)) => d.lost += n,
+                Err(PeekError::Lost(n)) => {
+                    d.lost += n;
+                    if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
+                        files.gap(f, n, || dir_name(cx, h, side));
+                    }
+                }
                 Err(PeekError::Errno(_)) => break,
             }
         }
     }
+}
+
+/// The name parts of the direction held by `side`'s buffer (what the other side sent).
+fn dir_name(cx: &Cx<'_>, h: FlowHandle, side: Side) -> Option<DirName> {
+    let (client, server) = cx.addresses(h).ok()?;
+    let t = cx.flow_times(h).ok()?;
+    let c2s = side == Side::Server;
+    let (sender, receiver) = if c2s {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    Some(DirName {
+        sender,
+        receiver,
+        uid: records::flow_uid(client, server, t.start),
+        serial: t.serial,
+        c2s,
+    })
 }
 
 impl Monitor for StreamHasher {
@@ -266,7 +344,13 @@ impl StreamHasher {
             return;
         };
         let info = |s: Side| cx.buffer_info(h, s).ok();
-        let dir = |d: Direction, s: Side| {
+        let files = &mut self.files;
+        let mut dir = |mut d: Direction, s: Side| {
+            let out = d
+                .file
+                .take()
+                .zip(files.as_mut())
+                .map(|(f, files)| files.close(*f));
             let i = info(s);
             let overlap = i.map_or(0, |i| i.overlap);
             // The engine counts the bytes a refused side could not store as missing; a
@@ -284,6 +368,8 @@ impl StreamHasher {
                 crc32: d.crc.finalize(),
                 missing,
                 overlap,
+                file: out.as_ref().and_then(|o| o.name.clone()),
+                gaps: out.map(|o| (o.gaps, o.gaps_dropped)),
             }
         };
         let [cli, svr] = live.dirs;
@@ -300,6 +386,7 @@ impl StreamHasher {
             c2s: dir(svr, Side::Server),
             s2c: dir(cli, Side::Client),
             serial: times.serial,
+            file_error: self.files.as_ref().and_then(|f| f.error().cloned()),
         });
     }
 }
@@ -313,6 +400,9 @@ pub struct StreamsOptions {
     pub buffer: u32,
     /// Compute SHA-256 as well as CRC-32.
     pub sha256: bool,
+    /// Write each direction to a file (`--write`); the directory must exist
+    /// ([`crate::stream_files::prepare_dir`]).
+    pub write: Option<WriteOptions>,
 }
 
 /// Completed records a [`Reorder`] keeps, at most, waiting for an earlier-started one.
@@ -471,7 +561,9 @@ pub fn run_streaming(
     let started = Instant::now();
     let capture = CaptureFile::open(path).map_err(StreamsError::Capture)?;
     let done = Rc::new(RefCell::new(Vec::new()));
-    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done)).with_sha256(opts.sha256);
+    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done))
+        .with_sha256(opts.sha256)
+        .with_files(opts.write.clone());
     // The hasher asks for the configured capacity, so freed buffers are pooled and reused
     // instead of allocated (and zeroed) for every connection.
     let cfg = Config {
@@ -555,33 +647,65 @@ pub fn run_streaming(
     }
 }
 
-/// The table's header line (no newline).
+/// Widest the table gets: every line, header and rows, IPv4 or IPv6.
+pub const TABLE_WIDTH: usize = 120;
+
+/// Width of the client and server columns; a longer address (IPv6) puts the addresses
+/// on a line of their own, the numbers on the next.
+const ADDR: usize = 21;
+
+/// The table's header, two lines (no final newline): the directions over their columns,
+/// then the column names. `flags`: `P` picked up mid-stream (partial), `R` a buffer was
+/// refused (`buffer_refused`), `-` neither.
 pub fn table_header() -> String {
+    let dir = |d: &str| format!("{:-^29}", format!(" {d} "));
     format!(
-        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  c2s sha256",
-        "client", "server", "close", "c2s bytes", "s2c bytes", "missing", "overlap"
+        "{:<w$} {:<w$} {:<7} {} {}\n{:<w$} {:<w$} {:<7} {:>11} {:>8} {:>8} {:>11} {:>8} {:>8} {}",
+        "",
+        "",
+        "",
+        dir("client to server"),
+        dir("server to client"),
+        "client",
+        "server",
+        "close",
+        "bytes",
+        "missing",
+        "overlap",
+        "bytes",
+        "missing",
+        "overlap",
+        "flags",
+        w = ADDR
     )
 }
 
-/// One record as a table row (no newline).
+/// One record as table rows (no final newline): one line, or two when an address is
+/// wider than its column. Never wider than [`TABLE_WIDTH`].
 pub fn table_row(r: &StreamRecord) -> String {
-    format!(
-        "{:<44} {:<44} {:>7} {:>12} {:>12} {:>8} {:>8}  {}{}{}",
-        r.client.to_string(),
-        r.server.to_string(),
+    let (client, server) = (r.client.to_string(), r.server.to_string());
+    let flags = match (r.partial, r.buffer_refused) {
+        (true, true) => "PR",
+        (true, false) => "P",
+        (false, true) => "R",
+        (false, false) => "-",
+    };
+    let numbers = format!(
+        "{:<7} {:>11} {:>8} {:>8} {:>11} {:>8} {:>8} {}",
         r.close,
         r.c2s.bytes,
+        r.c2s.missing,
+        r.c2s.overlap,
         r.s2c.bytes,
-        r.c2s.missing + r.s2c.missing,
-        r.c2s.overlap + r.s2c.overlap,
-        r.c2s.sha256.get(..16).unwrap_or("-"),
-        if r.partial { "  (partial)" } else { "" },
-        if r.buffer_refused {
-            "  (buffer refused)"
-        } else {
-            ""
-        }
-    )
+        r.s2c.missing,
+        r.s2c.overlap,
+        flags
+    );
+    if client.len() <= ADDR && server.len() <= ADDR {
+        format!("{client:<ADDR$} {server:<ADDR$} {numbers}")
+    } else {
+        format!("{client} {server}\n{:<w$} {numbers}", "", w = 2 * ADDR + 1)
+    }
 }
 
 /// Writes the report: JSON lines, or a table a person can read.

@@ -19,7 +19,8 @@ use crate::flow::{
 
 /// A monitor that subscribes to every event at every hook it may use and records each
 /// callback as a JSON line:
-/// `{"flow":"CLI:PORT>SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN",...}`.
+/// `{"uid":"16 hex","client":"CLI:PORT","server":"SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN",...}`
+/// (docs/records.md).
 ///
 /// Like mOS's reference probe it consumes the data: on each `NewData` it reads the side up
 /// to the contiguous end with `peek`, so `Error` means a window overrun, not a lazy reader.
@@ -48,6 +49,14 @@ struct Probe<'p, 'c, 'a> {
 impl EventProbe for Probe<'_, '_, '_> {
     fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)> {
         self.cx.addresses(self.flow).ok()
+    }
+
+    fn start(&mut self) -> Option<u64> {
+        match self.cx.flow_times(self.flow) {
+            Ok(t) => Some(t.start),
+            // An orphan: the time of its packet.
+            Err(_) => self.cx.last_packet(self.flow).ok().map(|p| p.ts),
+        }
     }
 
     fn new_data(&mut self, side: Side) -> u64 {

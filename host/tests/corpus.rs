@@ -18,6 +18,7 @@ fn corpus() -> PathBuf {
 
 fn streams_options() -> StreamsOptions {
     StreamsOptions {
+        write: None,
         sha256: true,
         engine: Config {
             max_flows: 1 << 20,
@@ -397,9 +398,10 @@ fn event_traces_match_mos() {
         // mOS does not name the reason of CONN_END in its trace.
         let ours: Vec<String> = ours
             .iter()
+            .map(|l| as_mos_line(l))
             .map(|l| match l.find(r#","reason":"#) {
                 Some(i) => format!("{}}}", &l[..i]),
-                None => l.clone(),
+                None => l,
             })
             .collect();
         let theirs: Vec<String> =
@@ -458,10 +460,30 @@ fn event_traces_differ_from_mos_only_where_documented() {
     assert_eq!((starts, rexmits), (2, 3), "{ours:#?}");
 }
 
+/// Our event line named as mOS's trace names the flow: `"uid":U,"client":C,"server":S` (in
+/// that order, U 16 hex digits) becomes `"flow":"C>S"`; the rest is left as it is.
+fn as_mos_line(line: &str) -> String {
+    let parsed = (|| {
+        let rest = line.strip_prefix(r#"{"uid":""#)?;
+        let (uid, rest) = rest.split_at(16);
+        assert!(uid.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+        let rest = rest.strip_prefix(r#"","client":""#)?;
+        let (client, rest) = rest.split_once('"')?;
+        let rest = rest.strip_prefix(r#","server":""#)?;
+        let (server, rest) = rest.split_once('"')?;
+        Some(format!(r#"{{"flow":"{client}>{server}"{rest}"#))
+    })();
+    parsed.unwrap_or_else(|| panic!("not uid, client, server first: {line}"))
+}
+
 /// One line of an event trace, without the fields mOS does not record (the `ConnEnd`
-/// reason, the `Error` kind).
+/// reason, the `Error` kind), its flow named as mOS names it.
 fn mos_comparable(line: &str) -> String {
-    let mut l = line.to_string();
+    let mut l = if line.starts_with(r#"{"flow":"#) {
+        line.to_string()
+    } else {
+        as_mos_line(line)
+    };
     for field in [r#","reason":"#, r#","error":"#] {
         if let Some(i) = l.find(field) {
             l = format!("{}}}", &l[..i]);
@@ -475,7 +497,18 @@ fn by_flow(lines: &[String]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for l in lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let key = v["flow"].as_str().unwrap().to_string();
+        // mOS's lines name the flow "client>server"; ours give uid, client and server.
+        let key = match v.get("flow") {
+            Some(f) => f.as_str().unwrap().to_string(),
+            None => {
+                assert!(v["uid"].as_str().is_some_and(|u| u.len() == 16), "{l}");
+                format!(
+                    "{}>{}",
+                    v["client"].as_str().unwrap(),
+                    v["server"].as_str().unwrap()
+                )
+            }
+        };
         let short = format!(
             "{} {} {}{}",
             v["side"].as_str().unwrap(),

@@ -20,6 +20,7 @@ mod plugin_util;
 
 fn options(policy: Policy) -> StreamsOptions {
     StreamsOptions {
+        write: None,
         engine: Config {
             defrag: ip::Config {
                 policy,

@@ -214,6 +214,7 @@ fn sorted_lines(path: &Path) -> Vec<String> {
 
 fn streams_lib(capture: &Path, filter: Option<&str>) -> Vec<String> {
     let opts = flowpeek::streams::StreamsOptions {
+        write: None,
         sha256: true,
         engine: Config {
             filter: filter.map(|f| StreamFilter::new(f).unwrap()),

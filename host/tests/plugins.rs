@@ -5,6 +5,7 @@
 
 mod plugin_util;
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -538,6 +539,7 @@ fn streamhash_agrees_with_streams_on_the_corpus() {
                 let mut got: Vec<String> = text.lines().map(canonical).collect();
                 got.sort();
                 let opts = flowpeek::streams::StreamsOptions {
+                    write: None,
                     sha256: true,
                     engine: big_config(),
                     buffer: 1 << 18,
@@ -629,8 +631,52 @@ fn workers_give_the_same_records_as_one_core() {
 // The other bundled plugins on real traffic
 // ---------------------------------------------------------------------------------------
 
+/// The flow ids `flowpeek streams` gives the connections of `capture` (same engine settings
+/// as `run_opts`), each with its client and server.
+fn streams_uids(capture: &Path) -> HashMap<String, (String, String)> {
+    let opts = flowpeek::streams::StreamsOptions {
+        sha256: false,
+        engine: run_opts(capture, Path::new("."), Path::new(".")).engine,
+        buffer: 1 << 18,
+        write: None,
+    };
+    flowpeek::streams::run(capture, &opts, |_, _| {})
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| {
+            (
+                format!("{:016x}", r.uid()),
+                (r.client.to_string(), r.server.to_string()),
+            )
+        })
+        .collect()
+}
+
+/// Every record about a flow opens with `uid`, `client`, `server` (docs/records.md), and
+/// they are the ones `flowpeek streams` gives that connection.
+fn assert_same_flow_ids(
+    what: &str,
+    recs: &[&serde_json::Value],
+    uids: &HashMap<String, (String, String)>,
+) {
+    assert!(!recs.is_empty(), "{what}: no record");
+    for r in recs {
+        let uid = r["uid"].as_str().unwrap();
+        let want = uids
+            .get(uid)
+            .unwrap_or_else(|| panic!("{what}: uid {uid} is no connection of streams: {r}"));
+        assert_eq!(
+            (r["client"].as_str().unwrap(), r["server"].as_str().unwrap()),
+            (want.0.as_str(), want.1.as_str()),
+            "{what}: {r}"
+        );
+    }
+}
+
 /// httplog on 9,000 real curl ↔ nginx connections: one record per request/response pair,
-/// every one a GET answered 200 with a Content-Length that matches a served object's size.
+/// every one a GET answered 200 with a Content-Length that matches a served object's size,
+/// under the connection's `uid` as `flowpeek streams` gives it.
 #[test]
 fn httplog_logs_every_request_of_real_traffic() {
     let dir = TempDir::new("httplog");
@@ -663,6 +709,16 @@ fn httplog_logs_every_request_of_real_traffic() {
         let len = r["resp_content_length"].as_u64().unwrap();
         assert!(sizes.contains(&len), "{r}");
     }
+    assert_same_flow_ids(
+        "httplog",
+        &recs.iter().collect::<Vec<_>>(),
+        &streams_uids(&capture),
+    );
+    let text = std::fs::read_to_string(logs.join("httplog.jsonl")).unwrap();
+    assert!(
+        text.lines().all(|l| l.starts_with(r#"{"uid":""#)),
+        "uid first"
+    );
 }
 
 /// eventlog writes exactly the lines `flowpeek events` prints (same probe, same batches).
@@ -738,6 +794,13 @@ fn midstat_reports_the_connection_table() {
     ] {
         assert!(row.get(key).is_some(), "{key} in {row}");
     }
+    let rows: Vec<&serde_json::Value> = recs
+        .iter()
+        .flat_map(|r| r["table"].as_array().unwrap())
+        .collect();
+    assert_same_flow_ids("midstat", &rows, &streams_uids(&capture));
+    let text = std::fs::read_to_string(logs.join("midstat.jsonl")).unwrap();
+    assert!(text.contains(r#""table":[{"uid":""#), "uid first in a row");
 }
 
 /// After a reload, flows still open on the old generation when its drain deadline passes get

@@ -1,6 +1,9 @@
 //! Record formats that the host and plugins must write byte for byte alike, written once:
-//! the `flowpeek events` / eventlog line, the `flowpeek streams --json` / streamhash record
-//! (feature `json`), and their pieces (timestamps, TCP flags, hex digests, close names).
+//! the `flowpeek events` / eventlog line, the `flowpeek streams --json` / streamhash record,
+//! and their pieces (the flow id `uid`, the endpoint fields, timestamps, TCP flags, hex
+//! digests, close names, JSON strings). Every writer appends to a caller's reused `String`:
+//! no JSON tree, no allocation per record once the buffer has grown. The schema is
+//! docs/records.md.
 //!
 //! The writers take plain values and a small probe for what only a host context can answer,
 //! so that the host (with its engine `Cx`) and a plugin (with the SDK's `Cx`) produce the
@@ -97,6 +100,9 @@ pub trait EventProbe {
     /// The client's and the server's address (an orphan's source and destination), if the
     /// host can say.
     fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)>;
+    /// The time of the flow's first packet (ns), for its `uid` ([`flow_uid`]); for an
+    /// orphan, the time of its packet.
+    fn start(&mut self) -> Option<u64>;
     /// `CONN_NEW_DATA` on `side`: the side's contiguous end (0 if unknown). Like mOS's
     /// reference probe, the caller then reads the side up to it, so that `ERROR` means a
     /// window overrun, not a lazy reader.
@@ -105,27 +111,27 @@ pub trait EventProbe {
     fn last_packet(&mut self) -> Option<PacketFields>;
 }
 
-/// Writes one event line (replacing `out`'s contents), in mOS's vocabulary:
+/// Writes one event line (replacing `out`'s contents), in mOS's vocabulary, opening with the
+/// flow's `uid`, `client` and `server` as every record does ([`push_flow_fields`]):
 ///
 /// ```text
-/// {"flow":"CLI:PORT>SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN","seq":1,"flags":"SA","len":0}
+/// {"uid":"16 hex","client":"CLI:PORT","server":"SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN","seq":1,"flags":"SA","len":0}
 /// ```
 ///
-/// `TCP_STATE_CHANGE` adds `state`; `CONN_NEW_DATA` adds `contig` (a 32-bit position, as mOS
-/// prints it); `PKT_IN` adds `seq`, `flags` and `len`; `CONN_END` adds `reason`; `ERROR`
-/// adds `error`.
+/// (for `ORPHAN`, `client` is the packet's source and `server` its destination, and `uid`
+/// is computed from the packet's time). `TCP_STATE_CHANGE` adds `state`; `CONN_NEW_DATA`
+/// adds `contig` (a 32-bit position, as mOS prints it); `PKT_IN` adds `seq`, `flags` and
+/// `len`; `CONN_END` adds `reason`; `ERROR` adds `error`.
 pub fn write_event_line(out: &mut String, ev: &EventFields, probe: &mut impl EventProbe) {
     out.clear();
-    out.push_str(r#"{"flow":""#);
-    match probe.addresses() {
-        Some((a, b)) => {
-            let _ = write!(out, "{a}>{b}");
-        }
-        None => out.push('?'),
-    }
+    out.push('{');
+    let flow = probe
+        .addresses()
+        .and_then(|(c, s)| probe.start().map(|t| (c, s, t)));
+    push_flow_fields(out, flow);
     let _ = write!(
         out,
-        r#"","side":"{}","hook":"{}","event":"{}""#,
+        r#","side":"{}","hook":"{}","event":"{}""#,
         ev.side.map_or("both", Side::short_name),
         ev.hook.short_name(),
         ev.event.map_or(USER_EVENT_NAME, BuiltinEvent::mos_name)
@@ -157,6 +163,102 @@ pub fn write_event_line(out: &mut String, ev: &EventFields, probe: &mut impl Eve
     out.push('}');
 }
 
+/// A flow's id, the `uid` of every record about it (the `streams` record, the event lines,
+/// every bundled plugin's records), like Zeek's conn.log `uid` or Suricata's `flow_id`.
+///
+/// It is a function of what every reader of the flow sees alike: the client's and the
+/// server's address and the time of the flow's first packet (ns). So the host and a plugin,
+/// one core or many, give a flow the same id; a 4-tuple reused later is a new id. The hash is
+/// 64-bit FNV-1a over the bytes `family (4 or 6), client IP, client port (big-endian), server
+/// IP, server port, start (little-endian u64)`, then SplitMix64's finalizer; it is printed
+/// as 16 lower-case hex digits ([`push_uid`]). It is not a secret and not a security boundary.
+pub fn flow_uid(client: SocketAddr, server: SocketAddr, start: u64) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for a in [client, server] {
+        match a {
+            SocketAddr::V4(v4) => {
+                eat(&[4]);
+                eat(&v4.ip().octets());
+            }
+            SocketAddr::V6(v6) => {
+                eat(&[6]);
+                eat(&v6.ip().octets());
+            }
+        }
+        eat(&a.port().to_be_bytes());
+    }
+    eat(&start.to_le_bytes());
+    // SplitMix64's finalizer: every input bit reaches every output bit.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Appends `uid` as 16 lower-case hex digits, in quotes.
+pub fn push_uid(out: &mut String, uid: u64) {
+    let _ = write!(out, "\"{uid:016x}\"");
+}
+
+/// Appends `s` as a JSON string (in quotes): `"` and `\` escaped, control characters (U+0000
+/// to U+001F) as `\n`, `\r`, `\t` or `\u00XX`; everything else as it is (the output is UTF-8).
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if u32::from(c) < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push_str(esc);
+        }
+        plain = i + c.len_utf8();
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+/// Appends the three fields that open every record about a flow, in this order:
+/// `"uid":"16 hex","client":"IP:PORT","server":"IP:PORT"` (no braces, no commas around).
+/// Unknown addresses (a host that cannot say) give `null` for all three.
+pub fn push_flow_fields(out: &mut String, flow: Option<(SocketAddr, SocketAddr, u64)>) {
+    match flow {
+        Some((client, server, start)) => {
+            out.push_str(r#""uid":"#);
+            push_uid(out, flow_uid(client, server, start));
+            // An address prints digits, dots, colons, brackets and a `%` scope: nothing
+            // to escape.
+            let _ = write!(out, r#","client":"{client}","server":"{server}""#);
+        }
+        None => out.push_str(r#""uid":null,"client":null,"server":null"#),
+    }
+}
+
+/// One gap of a direction: `len` bytes never seen, at stream offset `offset` (bytes of
+/// the direction before it, delivered or missing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// Stream offset of the first missing byte.
+    pub offset: u64,
+    /// Missing bytes.
+    pub len: u64,
+}
+
 /// What a reader of one direction saw, as a stream record shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectionFields<'a> {
@@ -172,6 +274,63 @@ pub struct DirectionFields<'a> {
     pub crc32: Option<u32>,
     /// XXH3-64 of the bytes, when computed.
     pub xxh3: Option<u64>,
+    /// The file the direction's bytes were written to (`streams --write`), if any.
+    pub file: Option<&'a str>,
+    /// The direction's gaps (`streams --write`), in stream order, if listed; with
+    /// `gaps_dropped` more that did not fit the list.
+    pub gaps: Option<(&'a [Gap], u64)>,
+}
+
+impl DirectionFields<'_> {
+    /// The fields of a direction that only counts (no digest, file or gaps).
+    pub const fn counts(bytes: u64, missing: u64, overlap: u64) -> DirectionFields<'static> {
+        DirectionFields {
+            bytes,
+            missing,
+            overlap,
+            sha256: None,
+            crc32: None,
+            xxh3: None,
+            file: None,
+            gaps: None,
+        }
+    }
+
+    fn write_json(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            r#"{{"bytes":{},"missing":{},"overlap":{}"#,
+            self.bytes, self.missing, self.overlap
+        );
+        if let Some(c) = self.crc32 {
+            let _ = write!(out, r#","crc32":"{c:08x}""#);
+        }
+        if let Some(s) = self.sha256 {
+            out.push_str(r#","sha256":"#);
+            push_json_str(out, s);
+        }
+        if let Some(x) = self.xxh3 {
+            let _ = write!(out, r#","xxh3":"{x:016x}""#);
+        }
+        if let Some(f) = self.file {
+            out.push_str(r#","file":"#);
+            push_json_str(out, f);
+        }
+        if let Some((gaps, dropped)) = self.gaps {
+            out.push_str(r#","gaps":["#);
+            for (i, g) in gaps.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "[{},{}]", g.offset, g.len);
+            }
+            out.push(']');
+            if dropped > 0 {
+                let _ = write!(out, r#","gaps_dropped":{dropped}"#);
+            }
+        }
+        out.push('}');
+    }
 }
 
 /// One connection, as a stream record shows it.
@@ -199,56 +358,47 @@ pub struct StreamFields<'a> {
     pub s2c: DirectionFields<'a>,
 }
 
-#[cfg(feature = "json")]
 impl StreamFields<'_> {
-    /// The record as one line of JSON (no newline), keys in sorted order; `partial` and
-    /// `buffer_refused` only when true, each digest only when computed:
+    /// Appends the record as one line of JSON (no newline) to `out`, written straight into
+    /// the buffer (no intermediate tree, no allocation once `out` has grown), keys in this
+    /// fixed order (docs/records.md):
     ///
     /// ```text
-    /// {"buffer_refused":true,
-    ///  "c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
-    ///  "client":"IP:PORT","close":"fin","end":SECS.MICROS,"partial":true,
-    ///  "s2c":{...},"server":"IP:PORT","start":SECS.MICROS}
+    /// {"uid":"16 hex","client":"IP:PORT","server":"IP:PORT",
+    ///  "start":SECS.MICROS,"end":SECS.MICROS,"close":"fin","partial":true,"buffer_refused":true,
+    ///  "c2s":{"bytes":N,"missing":N,"overlap":N,"crc32":"8 hex","sha256":"64 hex"},
+    ///  "s2c":{...}}
     /// ```
-    pub fn to_json(&self) -> String {
-        use serde_json::{json, Value};
-
-        // Seconds as a JSON number read from `secs.micros`, the way every writer so far
-        // has printed it (serde_json's number parser and printer).
-        let ts = |ns: u64| {
-            let mut s = String::new();
-            push_ts(&mut s, ns);
-            s.parse().map_or(Value::Null, Value::Number)
-        };
-        let dir = |d: &DirectionFields<'_>| {
-            let mut v = json!({ "bytes": d.bytes, "missing": d.missing, "overlap": d.overlap });
-            if let Some(c) = d.crc32 {
-                v["crc32"] = format!("{c:08x}").into();
-            }
-            if let Some(s) = d.sha256 {
-                v["sha256"] = s.into();
-            }
-            if let Some(x) = d.xxh3 {
-                v["xxh3"] = format!("{x:016x}").into();
-            }
-            v
-        };
-        let mut v = json!({
-            "client": self.client.to_string(),
-            "server": self.server.to_string(),
-            "start": ts(self.start),
-            "end": ts(self.end),
-            "close": self.close,
-            "c2s": dir(&self.c2s),
-            "s2c": dir(&self.s2c),
-        });
+    ///
+    /// `partial` and `buffer_refused` only when true; each digest only when computed
+    /// (`xxh3` after `sha256`); `file` and `gaps` only when given.
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
+        push_flow_fields(out, Some((self.client, self.server, self.start)));
+        out.push_str(r#","start":"#);
+        push_ts(out, self.start);
+        out.push_str(r#","end":"#);
+        push_ts(out, self.end);
+        out.push_str(r#","close":"#);
+        push_json_str(out, self.close);
         if self.partial {
-            v["partial"] = Value::Bool(true);
+            out.push_str(r#","partial":true"#);
         }
         if self.buffer_refused {
-            v["buffer_refused"] = Value::Bool(true);
+            out.push_str(r#","buffer_refused":true"#);
         }
-        v.to_string()
+        out.push_str(r#","c2s":"#);
+        self.c2s.write_json(out);
+        out.push_str(r#","s2c":"#);
+        self.s2c.write_json(out);
+        out.push('}');
+    }
+
+    /// [`write_json`](Self::write_json) into a new string.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(320);
+        self.write_json(&mut s);
+        s
     }
 }
 

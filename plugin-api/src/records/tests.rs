@@ -49,6 +49,7 @@ fn hex_and_close_names() {
 struct Fixed {
     addrs: Option<(SocketAddr, SocketAddr)>,
     packet: Option<PacketFields>,
+    start: Option<u64>,
     contig: u64,
     asked: Vec<String>,
 }
@@ -57,6 +58,10 @@ impl EventProbe for Fixed {
     fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)> {
         self.asked.push("addresses".into());
         self.addrs
+    }
+    fn start(&mut self) -> Option<u64> {
+        self.asked.push("start".into());
+        self.start
     }
     fn new_data(&mut self, side: Side) -> u64 {
         self.asked.push(format!("new_data {}", side.short_name()));
@@ -79,6 +84,7 @@ fn fixed() -> Fixed {
             flags: 0x12,
             len: 0,
         }),
+        start: Some(1_500_000_123_456_789),
         // Past 2^32: the line prints the 32-bit position.
         contig: (1 << 32) + 7,
         asked: Vec::new(),
@@ -117,7 +123,10 @@ type Case = (
 #[test]
 fn event_lines_byte_for_byte() {
     use BuiltinEvent::*;
-    const FLOW: &str = r#"{"flow":"10.0.0.1:40000>[2001:db8::2]:80","#;
+    // The uid was computed apart from this code (FNV-1a 64 and SplitMix64's finalizer over
+    // the bytes docs/records.md lists, in Python).
+    const FLOW: &str =
+        r#"{"uid":"4b3e5672f4ac1360","client":"10.0.0.1:40000","server":"[2001:db8::2]:80","#;
     let cases: [Case; 9] = [
         (
             Some(PktIn),
@@ -125,7 +134,7 @@ fn event_lines_byte_for_byte() {
             Hook::Snd,
             Detail::None,
             r#""side":"cli","hook":"snd","event":"PKT_IN","seq":4000000000,"flags":"SA","len":0}"#,
-            &["addresses", "last_packet"],
+            &["addresses", "start", "last_packet"],
         ),
         (
             Some(ConnStart),
@@ -133,7 +142,7 @@ fn event_lines_byte_for_byte() {
             Hook::Rcv,
             Detail::None,
             r#""side":"cli","hook":"rcv","event":"CONN_START"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             Some(NewData),
@@ -141,7 +150,7 @@ fn event_lines_byte_for_byte() {
             Hook::None,
             Detail::None,
             r#""side":"svr","hook":"null","event":"CONN_NEW_DATA","contig":7}"#,
-            &["addresses", "new_data svr"],
+            &["addresses", "start", "new_data svr"],
         ),
         (
             // Without a side there is no buffer to ask about.
@@ -150,7 +159,7 @@ fn event_lines_byte_for_byte() {
             Hook::None,
             Detail::None,
             r#""side":"both","hook":"null","event":"CONN_NEW_DATA"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             Some(TcpStateChange),
@@ -158,7 +167,7 @@ fn event_lines_byte_for_byte() {
             Hook::Rcv,
             Detail::State(TcpState::SynRcvd),
             r#""side":"svr","hook":"rcv","event":"TCP_STATE_CHANGE","state":"SYN_RCVD"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             Some(ConnEnd),
@@ -166,7 +175,7 @@ fn event_lines_byte_for_byte() {
             Hook::Snd,
             Detail::End(EndReason::Rst),
             r#""side":"cli","hook":"snd","event":"CONN_END","reason":"rst"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             Some(Error),
@@ -174,7 +183,7 @@ fn event_lines_byte_for_byte() {
             Hook::None,
             Detail::Error(ErrorKind::OutOfBufferMemory),
             r#""side":"svr","hook":"null","event":"ERROR","error":"OutOfBufferMemory"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             Some(Orphan),
@@ -182,7 +191,7 @@ fn event_lines_byte_for_byte() {
             Hook::None,
             Detail::None,
             r#""side":"both","hook":"null","event":"ORPHAN"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
         (
             None,
@@ -190,7 +199,7 @@ fn event_lines_byte_for_byte() {
             Hook::Snd,
             Detail::None,
             r#""side":"cli","hook":"snd","event":"USER"}"#,
-            &["addresses"],
+            &["addresses", "start"],
         ),
     ];
     for (event, side, hook, detail, rest, asked) in cases {
@@ -215,11 +224,67 @@ fn event_lines_byte_for_byte() {
             Detail::None,
             &mut p
         ),
-        r#"{"flow":"?","side":"cli","hook":"snd","event":"PKT_IN"}"#
+        r#"{"uid":null,"client":null,"server":null,"side":"cli","hook":"snd","event":"PKT_IN"}"#
+    );
+    // Addresses without a start time (a host that cannot say): no uid either.
+    let mut p = Fixed {
+        start: None,
+        ..fixed()
+    };
+    let l = line(Some(ConnStart), None, Hook::None, Detail::None, &mut p);
+    assert!(
+        l.starts_with(r#"{"uid":null,"client":null,"server":null,"#),
+        "{l}"
     );
 }
 
-#[cfg(feature = "json")]
+#[test]
+fn flow_uid_is_the_documented_hash() {
+    let c: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::2]:80".parse().unwrap();
+    // Values computed apart from this code (see event_lines_byte_for_byte).
+    assert_eq!(
+        flow_uid(c, v6, 1_500_000_123_456_789),
+        0x4b3e_5672_f4ac_1360
+    );
+    // One nanosecond later is another flow (a 4-tuple reused).
+    assert_eq!(
+        flow_uid(c, v6, 1_500_000_123_456_790),
+        0xcfbf_dbd5_600c_8e9d
+    );
+    // Client and server are not interchangeable.
+    assert_ne!(flow_uid(c, v6, 1), flow_uid(v6, c, 1));
+    let mut s = String::from("x");
+    push_uid(&mut s, 0xab);
+    assert_eq!(s, r#"x"00000000000000ab""#);
+}
+
+#[test]
+fn json_strings_are_escaped() {
+    let cases: [(&str, &str); 6] = [
+        ("plain", r#""plain""#),
+        ("", r#""""#),
+        ("a\"b\\c", r#""a\"b\\c""#),
+        ("line\nnext\r\ttab", r#""line\nnext\r\ttab""#),
+        // JSON requires U+0000 to U+001F escaped; DEL may stay as it is.
+        ("\u{0}\u{1f}\u{7f}", "\"\\u0000\\u001f\u{7f}\""),
+        ("é→😀/", "\"é→😀/\""),
+    ];
+    for (raw, want) in cases {
+        let mut s = String::new();
+        push_json_str(&mut s, raw);
+        assert_eq!(s, want, "{raw:?}");
+        // And a JSON parser reads back the original.
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, raw);
+    }
+    // Every control character and a mix of everything round-trips.
+    let all: String = (0u32..0x80).filter_map(char::from_u32).collect::<String>() + "ü\u{2028}";
+    let mut s = String::new();
+    push_json_str(&mut s, &all);
+    assert_eq!(serde_json::from_str::<String>(&s).unwrap(), all);
+}
+
 #[test]
 fn stream_record_byte_for_byte() {
     let sha = "ab".repeat(32);
@@ -232,34 +297,34 @@ fn stream_record_byte_for_byte() {
         partial: false,
         buffer_refused: false,
         c2s: DirectionFields {
-            bytes: 1234,
-            missing: 5,
-            overlap: 6,
             sha256: Some(&sha),
             crc32: Some(0x0012_abcd),
-            xxh3: None,
+            ..DirectionFields::counts(1234, 5, 6)
         },
         s2c: DirectionFields {
-            bytes: 0,
-            missing: 0,
-            overlap: 0,
-            sha256: None,
             crc32: Some(0),
-            xxh3: None,
+            ..DirectionFields::counts(0, 0, 0)
         },
     };
     assert_eq!(
         rec.to_json(),
         format!(
             concat!(
-                r#"{{"c2s":{{"bytes":1234,"crc32":"0012abcd","missing":5,"overlap":6,"sha256":"{}"}},"#,
-                r#""client":"192.0.2.1:51000","close":"fin","end":2.0,"#,
-                r#""s2c":{{"bytes":0,"crc32":"00000000","missing":0,"overlap":0}},"#,
-                r#""server":"[2001:db8::1]:443","start":1500000.123456}}"#
+                r#"{{"uid":"c01d38ece7881bf3","client":"192.0.2.1:51000","server":"[2001:db8::1]:443","#,
+                r#""start":1500000.123456,"end":2.000000,"close":"fin","#,
+                r#""c2s":{{"bytes":1234,"missing":5,"overlap":6,"crc32":"0012abcd","sha256":"{}"}},"#,
+                r#""s2c":{{"bytes":0,"missing":0,"overlap":0,"crc32":"00000000"}}}}"#
             ),
             sha
         )
     );
+    let gaps = [
+        Gap { offset: 10, len: 5 },
+        Gap {
+            offset: 100,
+            len: 1,
+        },
+    ];
     let xxh = StreamFields {
         partial: true,
         buffer_refused: true,
@@ -268,17 +333,34 @@ fn stream_record_byte_for_byte() {
             sha256: None,
             crc32: None,
             xxh3: Some(0xfeed),
+            file: Some("dir/a\"b"),
+            gaps: Some((&gaps, 3)),
             ..rec.c2s
+        },
+        s2c: DirectionFields {
+            file: Some("x"),
+            gaps: Some((&[], 0)),
+            ..rec.s2c
         },
         ..rec
     };
+    let text = xxh.to_json();
     assert_eq!(
-        xxh.to_json(),
+        text,
         concat!(
-            r#"{"buffer_refused":true,"c2s":{"bytes":1234,"missing":5,"overlap":6,"xxh3":"000000000000feed"},"#,
-            r#""client":"192.0.2.1:51000","close":"eof","end":2.0,"partial":true,"#,
-            r#""s2c":{"bytes":0,"crc32":"00000000","missing":0,"overlap":0},"#,
-            r#""server":"[2001:db8::1]:443","start":1500000.123456}"#
+            r#"{"uid":"c01d38ece7881bf3","client":"192.0.2.1:51000","server":"[2001:db8::1]:443","#,
+            r#""start":1500000.123456,"end":2.000000,"close":"eof","partial":true,"buffer_refused":true,"#,
+            r#""c2s":{"bytes":1234,"missing":5,"overlap":6,"xxh3":"000000000000feed","file":"dir/a\"b","gaps":[[10,5],[100,1]],"gaps_dropped":3},"#,
+            r#""s2c":{"bytes":0,"missing":0,"overlap":0,"crc32":"00000000","file":"x","gaps":[]}}"#
         )
     );
+    // Both parse, and the writer appends (a reused buffer keeps what was before).
+    let mut buf = String::from("[");
+    rec.write_json(&mut buf);
+    buf.push(',');
+    xxh.write_json(&mut buf);
+    buf.push(']');
+    let v: serde_json::Value = serde_json::from_str(&buf).unwrap();
+    assert_eq!(v[1]["c2s"]["file"], "dir/a\"b");
+    assert_eq!(v[0]["start"].as_f64(), Some(1_500_000.123_456));
 }

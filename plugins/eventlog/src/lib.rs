@@ -3,11 +3,12 @@
 //! the built-in one and with what mOS delivers:
 //!
 //! ```text
-//! {"flow":"CLI:PORT>SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN","seq":1,"flags":"SA","len":0}
+//! {"uid":"16 hex","client":"CLI:PORT","server":"SVR:PORT","side":"cli","hook":"snd","event":"PKT_IN","seq":1,"flags":"SA","len":0}
 //! ```
 //!
-//! - `flow`: the client's and the server's address (for `ORPHAN`, the packet's source and
-//!   destination); `?` if the host cannot say.
+//! - `uid`, `client`, `server`: the flow's id and the client's and the server's address, as
+//!   in every record (docs/records.md); for `ORPHAN`, the packet's source and destination,
+//!   and a uid of that packet. `null` if the host cannot say.
 //! - `side`: `cli`, `svr` or `both`; `hook`: `snd`, `rcv` or `null`; `event`: `PKT_IN`,
 //!   `CONN_START`, `CONN_NEW_DATA`, `REXMIT`, `TCP_STATE_CHANGE`, `ERROR`, `TIMEOUT`,
 //!   `CONN_END`, `ORPHAN` (`USER` for user-defined events).
@@ -45,6 +46,14 @@ struct Probe<'p, 'c, 'a> {
 impl EventProbe for Probe<'_, '_, '_> {
     fn addresses(&mut self) -> Option<(SocketAddr, SocketAddr)> {
         self.cx.addresses(self.flow).ok()
+    }
+
+    fn start(&mut self) -> Option<u64> {
+        match self.cx.flow_times(self.flow) {
+            Ok((start, _, _)) => Some(start),
+            // An orphan: the time of its packet.
+            Err(_) => self.cx.last_packet(self.flow).ok().map(|p| p.ts),
+        }
     }
 
     fn new_data(&mut self, side: Side) -> u64 {

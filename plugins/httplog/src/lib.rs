@@ -1,12 +1,13 @@
 //! `httplog`: HTTP/1.x requests and responses of every connection, one record per pair.
 //!
 //! ```text
-//! {"flow":"10.0.0.1:5555>10.0.0.2:80","ts":1500000000.250000,"method":"GET","host":"example.com",
-//!  "path":"/index.html","status":200,"req_content_length":null,"resp_content_length":5120,
-//!  "req_chunked":false,"resp_chunked":false}
+//! {"uid":"16 hex","client":"10.0.0.1:5555","server":"10.0.0.2:80","ts":1500000000.250000,
+//!  "method":"GET","host":"example.com","path":"/index.html","status":200,
+//!  "req_content_length":null,"resp_content_length":5120,"req_chunked":false,"resp_chunked":false}
 //! ```
 //!
-//! (one line). Requests are matched with responses in order (pipelining works); `ts` is the
+//! (one line). `uid`, `client` and `server` open every record about a flow, as in every
+//! flowpeek record (docs/records.md). Requests are matched with responses in order (pipelining works); `ts` is the
 //! time the request head was complete (the response's, if no request was seen). A request
 //! still unanswered when the connection ends is recorded with `"status":null`; a response with
 //! no request seen, with `"method":null` (and `host`, `path` null). Interim `1xx` responses are
@@ -17,7 +18,7 @@
 //! more (the other goes on):
 //!
 //! ```text
-//! {"flow":"...","ts":...,"dir":"request","offset":0,"error":"header larger than 16384 bytes"}
+//! {"uid":"...","client":"...","server":"...","ts":...,"dir":"request","offset":0,"error":"header larger than 16384 bytes"}
 //! ```
 //!
 //! Errors: a head larger than `max_header`, a later message that is not HTTP/1.x, a bad
@@ -41,7 +42,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-use flowpeek_plugin_api::records::push_ts;
+use flowpeek_plugin_api::records::{push_flow_fields, push_ts};
 use flowpeek_plugin_api::sdk::*;
 
 /// The bytes of one direction: the host's receive buffer, or a test's vector.
@@ -561,7 +562,7 @@ fn push_opt_num(out: &mut String, n: Option<u64>) {
 
 /// The HTTP state of one connection.
 struct HttpFlow {
-    /// `client>server`.
+    /// The record's first fields: `"uid":...,"client":...,"server":...`.
     name: String,
     req: DirParser,
     resp: DirParser,
@@ -675,8 +676,8 @@ impl HttpFlow {
 
 fn pair_record(flow: &str, req: Option<&Pending>, resp: Option<(u64, u16, &Head)>) -> String {
     let mut s = String::with_capacity(256);
-    s.push_str(r#"{"flow":"#);
-    push_str(&mut s, flow);
+    s.push('{');
+    s.push_str(flow);
     s.push_str(r#","ts":"#);
     push_ts(
         &mut s,
@@ -705,8 +706,8 @@ fn pair_record(flow: &str, req: Option<&Pending>, resp: Option<(u64, u16, &Head)
 
 fn error_record(flow: &str, ts: u64, dir: Dir, offset: u64, what: &str) -> String {
     let mut s = String::with_capacity(128);
-    s.push_str(r#"{"flow":"#);
-    push_str(&mut s, flow);
+    s.push('{');
+    s.push_str(flow);
     s.push_str(r#","ts":"#);
     push_ts(&mut s, ts);
     let _ = write!(s, r#","dir":"{}","offset":{offset},"error":"#, dir.name());
@@ -755,10 +756,14 @@ pub struct HttpLog {
 impl HttpLog {
     fn entry(&mut self, cx: &mut Cx<'_>, flow: Flow) -> Option<usize> {
         self.flows.entry(cx, flow, |cx| {
-            HttpFlow::new(match cx.addresses(flow) {
-                Ok((c, s)) => format!("{c}>{s}"),
-                Err(_) => "?".to_string(),
-            })
+            let mut name = String::with_capacity(96);
+            let times = cx.flow_times(flow).ok().map(|t| t.0);
+            let flow = cx
+                .addresses(flow)
+                .ok()
+                .and_then(|(c, s)| times.map(|t| (c, s, t)));
+            push_flow_fields(&mut name, flow);
+            HttpFlow::new(name)
         })
     }
 

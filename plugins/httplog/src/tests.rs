@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The flow fields a test flow's records open with (`records::push_flow_fields` in use).
+const FLOW: &str = r#""uid":"00000000000000ab","client":"10.0.0.1:5555","server":"10.0.0.2:80""#;
+
 /// A direction's bytes; `bytes` lends them as two slices cut at `split` to exercise the
 /// ring-buffer case, and nothing before `head` (discarded).
 struct Stream {
@@ -45,7 +48,7 @@ const LIMITS: Limits = Limits {
 /// request and response contiguous ends, repeated values meaning duplicate deliveries).
 fn run(req: &[u8], resp: &[u8], steps: &[(u64, u64)]) -> Vec<String> {
     let (req, resp) = (Stream::new(req), Stream::new(resp));
-    let mut f = HttpFlow::new("c>s".into());
+    let mut f = HttpFlow::new(FLOW.into());
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     for (t, &(a, b)) in steps.iter().enumerate() {
@@ -98,7 +101,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 fn pair(ts: &str, method: &str, path: &str, status: &str, req_cl: &str, resp_cl: &str) -> String {
     format!(
-        r#"{{"flow":"c>s","ts":{ts},"method":{method},"host":"example.com","path":{path},"status":{status},"req_content_length":{req_cl},"resp_content_length":{resp_cl},"req_chunked":false,"resp_chunked":false}}"#
+        r#"{{"uid":"00000000000000ab","client":"10.0.0.1:5555","server":"10.0.0.2:80","ts":{ts},"method":{method},"host":"example.com","path":{path},"status":{status},"req_content_length":{req_cl},"resp_content_length":{resp_cl},"req_chunked":false,"resp_chunked":false}}"#
     )
 }
 
@@ -199,7 +202,7 @@ fn response_without_request_and_until_close() {
     assert_eq!(
         out,
         [
-            r#"{"flow":"c>s","ts":0.000000,"method":null,"host":null,"path":null,"status":200,"req_content_length":null,"resp_content_length":null,"req_chunked":false,"resp_chunked":false}"#
+            r#"{"uid":"00000000000000ab","client":"10.0.0.1:5555","server":"10.0.0.2:80","ts":0.000000,"method":null,"host":null,"path":null,"status":200,"req_content_length":null,"resp_content_length":null,"req_chunked":false,"resp_chunked":false}"#
         ]
     );
 }
@@ -212,7 +215,7 @@ fn oversized_head_is_an_error_once() {
     assert_eq!(
         out,
         [
-            r#"{"flow":"c>s","ts":32768.000000,"dir":"request","offset":0,"error":"header larger than 16384 bytes"}"#
+            r#"{"uid":"00000000000000ab","client":"10.0.0.1:5555","server":"10.0.0.2:80","ts":32768.000000,"dir":"request","offset":0,"error":"header larger than 16384 bytes"}"#
         ]
     );
     // A head that arrives whole is refused as well.
@@ -238,7 +241,7 @@ fn garbage_and_lost_bytes() {
 
     let mut s = Stream::new(GET);
     s.head = 10;
-    let mut f = HttpFlow::new("c>s".into());
+    let mut f = HttpFlow::new(FLOW.into());
     let mut out = Vec::new();
     let src: &dyn Source = &s;
     f.advance(

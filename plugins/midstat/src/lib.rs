@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! {"ts":1500000001.000000,"core":0,"flows":2,"truncated":0,"table":[
-//!   {"client":"10.0.0.1:5555","server":"10.0.0.2:80","cli_state":"ESTABLISHED",
+//!   {"uid":"16 hex","client":"10.0.0.1:5555","server":"10.0.0.2:80","cli_state":"ESTABLISHED",
 //!    "svr_state":"ESTABLISHED","c2s_bytes":120,"s2c_bytes":5000,"start":1500000000.250000},
 //!   ...]}
 //! ```
@@ -25,7 +25,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use flowpeek_plugin_api::records::push_ts;
+use flowpeek_plugin_api::records::{push_flow_fields, push_ts};
 use flowpeek_plugin_api::sdk::*;
 
 /// The tag of the periodic core timer.
@@ -152,11 +152,11 @@ impl Midstat {
                 line.push(',');
             }
             let state = |s: Option<TcpState>| s.map_or("UNKNOWN", TcpState::name);
+            line.push('{');
+            push_flow_fields(line, Some((r.client, r.server, r.start)));
             let _ = write!(
                 line,
-                r#"{{"client":"{}","server":"{}","cli_state":"{}","svr_state":"{}","c2s_bytes":{},"s2c_bytes":{},"start":"#,
-                r.client,
-                r.server,
+                r#","cli_state":"{}","svr_state":"{}","c2s_bytes":{},"s2c_bytes":{},"start":"#,
                 state(r.state[0]),
                 state(r.state[1]),
                 r.bytes[0],
@@ -285,7 +285,12 @@ mod tests {
         m.live = 3;
         m.format(2_000_000_000, true);
         assert_balanced(&m.line);
-        assert!(m.line.starts_with(r#"{"ts":2.000000,"core":3,"flows":3,"truncated":1,"final":true,"table":[{"client":"10.0.0.1:1000","server":"[::1]:80","cli_state":"ESTABLISHED","svr_state":"UNKNOWN","c2s_bytes":2,"#));
+        let r = row(2, 2);
+        let uid = flowpeek_plugin_api::records::flow_uid(r.client, r.server, r.start);
+        let want = format!(
+            r#"{{"ts":2.000000,"core":3,"flows":3,"truncated":1,"final":true,"table":[{{"uid":"{uid:016x}","client":"10.0.0.1:1000","server":"[::1]:80","cli_state":"ESTABLISHED","svr_state":"UNKNOWN","c2s_bytes":2,"#
+        );
+        assert!(m.line.starts_with(&want), "{}", m.line);
         assert!(m.line.contains(r#""c2s_bytes":1,"#));
         assert!(!m.line.contains(r#""c2s_bytes":3,"#));
         assert!(m.line.ends_with("]}"));

@@ -2,15 +2,15 @@
 //!
 //! For every connection it records one JSON line, identical to the line
 //! `flowpeek streams --json` prints for it (both are written by
-//! `flowpeek_plugin_api::records::StreamFields::to_json`):
+//! `flowpeek_plugin_api::records::StreamFields::write_json`; schema: docs/records.md):
 //!
 //! ```text
-//! {"c2s":{"bytes":N,"crc32":"8 hex","missing":N,"overlap":N,"sha256":"64 hex"},
-//!  "client":"IP:PORT","close":"fin","end":SECS.MICROS,"partial":true,
-//!  "s2c":{...},"server":"IP:PORT","start":SECS.MICROS}
+//! {"uid":"16 hex","client":"IP:PORT","server":"IP:PORT","start":SECS.MICROS,"end":SECS.MICROS,
+//!  "close":"fin","partial":true,
+//!  "c2s":{"bytes":N,"missing":N,"overlap":N,"crc32":"8 hex","sha256":"64 hex"},"s2c":{...}}
 //! ```
 //!
-//! (one line, keys in sorted order; `partial` only when the connection was picked up
+//! (one line, keys in this order; `partial` only when the connection was picked up
 //! mid-stream; `"buffer_refused":true` only when the host's `--buffer-memory` refused a
 //! side its buffer: the bytes it could not store are then counted in `missing`, so the
 //! record never claims a stream it did not see). `bytes` were delivered in order and hashed (SHA-256, CRC-32 IEEE); `missing`
@@ -120,6 +120,8 @@ impl Direction {
             sha256: (!sha256.is_empty()).then_some(sha256.as_str()),
             crc32,
             xxh3,
+            file: None,
+            gaps: None,
         }
     }
 }
@@ -143,6 +145,8 @@ pub struct StreamHash {
     scratch: Box<[u8]>,
     buffer: u32,
     hash: HashKind,
+    /// The record being written, reused.
+    line: String,
 }
 
 fn parse_config(text: &str) -> Result<(u32, HashKind), String> {
@@ -218,7 +222,9 @@ impl StreamHash {
             c2s: svr.fields(c2s_overlap, c2s_missing, &mut c2s_sha),
             s2c: cli.fields(s2c_overlap, s2c_missing, &mut s2c_sha),
         };
-        let _ = cx.emit(&record.to_json());
+        self.line.clear();
+        record.write_json(&mut self.line);
+        let _ = cx.emit(&self.line);
     }
 }
 
@@ -233,6 +239,7 @@ impl Monitor for StreamHash {
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             buffer,
             hash,
+            line: String::with_capacity(512),
         })
     }
 
