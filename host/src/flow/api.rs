@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::buffer::OverlapPolicy;
-use super::dispatch::{Dispatch, UserEvent, FILTER};
+use super::dispatch::{Deferred, Dispatch, UserEvent, FILTER};
 use super::stats::Stats;
 use super::table::{FlowIdx, FlowTable, LastPacket};
 use super::tcp::SideState;
@@ -89,6 +89,8 @@ pub struct Cx<'a> {
     monitor: usize,
     packet: Option<&'a [u8]>,
     user_events: &'a [UserEvent],
+    /// The held event being delivered from a batch, if any.
+    deferred: Option<Deferred>,
 }
 
 impl<'a> Cx<'a> {
@@ -113,7 +115,44 @@ impl<'a> Cx<'a> {
             monitor,
             packet,
             user_events,
+            deferred: None,
         }
+    }
+
+    /// For an event delivered from a batch (SPEC §2.4): what the engine knew of its packet
+    /// when it happened. `None` for an event delivered as it happens.
+    pub fn deferred(&self) -> Option<Deferred> {
+        self.deferred
+    }
+
+    /// Marks the event being delivered from a batch (the engine and the plugin host).
+    pub fn set_deferred(&mut self, d: Option<Deferred>) {
+        self.deferred = d;
+    }
+
+    /// Whether this callback changed what comes next (stopped monitoring, changed a
+    /// subscription or a buffer, raised an event): a batch is cut after it (SPEC §2.4).
+    pub fn cut(&self) -> bool {
+        self.dispatch.cut
+    }
+
+    /// Sets which of this monitor's subscribed events are delivered in batches from now on
+    /// (the plugin host, when its generations change).
+    pub(crate) fn set_batch_mask(&mut self, mask: u64) {
+        if let Some(s) = self.dispatch.subs.get_mut(self.monitor) {
+            s.set_batch_mask(mask);
+        }
+    }
+
+    /// The live flows whose host tag for this monitor satisfies `f` (the plugin host's drain:
+    /// rare, so a walk of the table).
+    pub(crate) fn flows_tagged(&self, f: impl Fn(u32) -> bool) -> Vec<FlowHandle> {
+        self.table
+            .live_in_creation_order()
+            .into_iter()
+            .filter(|&slot| self.table.mon_get(slot, self.monitor).is_some_and(|m| f(m.host)))
+            .map(|slot| self.table.handle(slot))
+            .collect()
     }
 
     /// The engine's clock (ns): capture time offline, arrival time live.
@@ -251,6 +290,55 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// The consuming read without a copy: lends up to `max` in-order bytes of `side` from
+    /// this monitor's cursor as at most two slices (the buffer is a ring), valid for the rest
+    /// of the callback, and moves the cursor past them. Two empty slices: nothing new.
+    /// `Err(Lost(n))`: as [`peek`](Self::peek).
+    pub fn read(
+        &mut self,
+        h: FlowHandle,
+        side: Side,
+        max: usize,
+    ) -> Result<(&[u8], &[u8]), PeekError> {
+        if self.monitor == FILTER {
+            return Err(Errno::Acces.into());
+        }
+        let slot = self.flow(h)?;
+        let (f, mf) = self.table.flow_and_mon(slot, self.monitor);
+        let s = &f.sides[side.index()];
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval.into());
+        }
+        if !s.opened {
+            return Err(Errno::NotConn.into());
+        }
+        let cursor_slot = &mut mf.cursor[side.index()];
+        let cursor = *cursor_slot;
+        let Some(b) = s.buf.as_ref() else {
+            return Ok((&[], &[]));
+        };
+        if cursor < b.head() {
+            *cursor_slot = b.head();
+            return Err(PeekError::Lost(b.head() - cursor));
+        }
+        let n = match b.readable_at(cursor) {
+            Err(gap) => {
+                *cursor_slot = cursor + gap;
+                return Err(PeekError::Lost(gap));
+            }
+            Ok(avail) => (avail as usize).min(max),
+        };
+        if n == 0 {
+            return Ok((&[], &[]));
+        }
+        *cursor_slot = cursor + n as u64;
+        let b = self.table.flow(slot).sides[side.index()]
+            .buf
+            .as_ref()
+            .ok_or(Errno::NoData)?;
+        Ok(b.slices(cursor, n))
+    }
+
     /// The stored fragments of `side` as `(offset, len)`, in offset order.
     pub fn fragments(
         &self,
@@ -358,6 +446,7 @@ impl<'a> Cx<'a> {
         capacity: u32,
     ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
+        self.dispatch.cut = true;
         let s = &mut self.table.flow_mut(slot).sides[side.index()];
         s.capacity = capacity;
         let Some(old) = s.buf.take() else {
@@ -420,6 +509,7 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
+        self.dispatch.cut = true;
         let mf = self.table.mon_mut(slot, self.monitor);
         mf.stopped |= match side {
             EventSide::One(s) => 1 << s.index(),
@@ -480,6 +570,7 @@ impl<'a> Cx<'a> {
         }
         self.table.mon_mut(slot, self.monitor).mask |= event.bit(hook);
         self.dispatch.any_mask |= event.bit(hook);
+        self.dispatch.cut = true;
         Ok(())
     }
 
@@ -495,6 +586,7 @@ impl<'a> Cx<'a> {
             return Err(Errno::Acces);
         }
         self.table.mon_mut(slot, self.monitor).mask &= !event.bit(hook);
+        self.dispatch.cut = true;
         Ok(())
     }
 
@@ -531,6 +623,7 @@ impl<'a> Cx<'a> {
             Some(u) if u.filter.is_none() => {}
             _ => return Err(Errno::Inval),
         }
+        self.dispatch.cut = true;
         self.dispatch.raised.push(Event {
             kind: event,
             side,

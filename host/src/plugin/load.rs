@@ -146,7 +146,7 @@ pub enum LoadError {
         detail: String,
     },
     /// The plugin's API version is outside the range this host loads.
-    #[error("{path}: plugin API version {found} is too {which}: this host loads versions {min} to {max}; rebuild the plugin against this host's plugin-api")]
+    #[error("{path}: built against plugin-api {found}, this host speaks {max}: rebuild (plugin-api {found} is too {which}: this host loads plugin-api {min} to {max}; build the plugin against this host's flowpeek-plugin-api)")]
     ApiVersion {
         /// The file.
         path: PathBuf,

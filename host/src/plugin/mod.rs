@@ -24,7 +24,6 @@ pub mod load;
 pub mod probe;
 pub mod slot;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -38,7 +37,7 @@ use crate::flow::{Engine, Monitor};
 pub use budget::{CallBudget, OverrunPolicy};
 use budget::{CoreBeat, Names, Watchdog};
 pub use load::{Library, LoadError};
-pub use slot::{PluginSlot, PluginStats, SlotMonitor};
+pub use slot::{PluginSlot, PluginStats, SlotMonitor, SlotShared};
 
 /// A change of the plugin directory, ready to apply.
 pub enum Update {
@@ -138,7 +137,8 @@ fn load_update(file: PathBuf) -> Update {
 
 struct Entry {
     file: PathBuf,
-    slot: Rc<RefCell<PluginSlot>>,
+    /// What the host reads of the slot without the engine (the engine owns the slot).
+    slot: Rc<SlotShared>,
     monitor: usize,
     /// The file was removed: its generations drain, and its name is free for another file.
     removed: bool,
@@ -281,8 +281,8 @@ impl PluginSet {
                 lib: *lib,
                 config: config.clone(),
             };
-            if let Some(slot) = host.apply_new(update)? {
-                monitors.push(Box::new(SlotMonitor(slot)));
+            if let Some(slot) = host.apply_new(update, monitors.len())? {
+                monitors.push(Box::new(slot));
             }
         }
         Ok((host, monitors))
@@ -306,8 +306,13 @@ impl PluginHost {
         Ok((host, monitors))
     }
 
-    /// Applies one update for a file with no slot yet; returns the new slot.
-    fn apply_new(&mut self, update: Update) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
+    /// Applies one update for a file with no slot yet; returns the new slot, to become
+    /// engine monitor `monitor`.
+    fn apply_new(
+        &mut self,
+        update: Update,
+        monitor: usize,
+    ) -> Result<Option<SlotMonitor>, HostError> {
         match update {
             Update::Loaded { file, lib, config } => {
                 let name = lib.name();
@@ -316,7 +321,7 @@ impl PluginHost {
                 if let Some(other) = self
                     .entries
                     .iter()
-                    .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
+                    .find(|e| !e.removed && e.file != file && e.slot.name() == name)
                 {
                     let error = LoadError::DuplicateName {
                         path: file,
@@ -340,14 +345,13 @@ impl PluginHost {
                     self.fail(format!("{}: {e}", file.display()));
                     return Ok(None);
                 }
-                let slot = Rc::new(RefCell::new(slot));
                 self.entries.push(Entry {
                     file,
-                    slot: Rc::clone(&slot),
-                    monitor: self.entries.len(),
+                    slot: slot.shared(),
+                    monitor,
                     removed: false,
                 });
-                Ok(Some(slot))
+                Ok(Some(SlotMonitor(slot)))
             }
             Update::Failed { error, .. } => {
                 self.fail(error.to_string());
@@ -383,37 +387,43 @@ impl PluginHost {
         let existing = self.entries.iter().position(|e| e.file == file);
         match (update, existing) {
             (Update::Loaded { lib, config, .. }, Some(i)) => {
-                let slot = Rc::clone(&self.entries[i].slot);
-                let installed = slot.borrow_mut().install(&lib, &config);
+                let idx = self.entries[i].monitor;
+                let installed = with_slot(engine, idx, |slot, _| slot.install(&lib, &config));
                 match installed {
-                    Ok(_) => {
+                    Some(Ok(_)) => {
                         self.entries[i].removed = false;
-                        let idx = self.entries[i].monitor;
-                        let subs = slot.borrow().engine_subscriptions();
+                        let (subs, filter) = with_slot(engine, idx, |slot, _| {
+                            (slot.engine_subscriptions(), slot.filter())
+                        })
+                        .unwrap_or_default();
                         engine.extend_subscriptions(idx, subs);
-                        engine.set_monitor_filter(idx, slot.borrow().filter());
+                        engine.set_monitor_filter(idx, filter);
                         engine.setup_monitor(idx);
-                        engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
+                        with_slot(engine, idx, |slot, cx| slot.arm(cx));
                     }
-                    Err(e) => self.fail(format!("{}: {e}", file.display())),
+                    Some(Err(e)) => self.fail(format!("{}: {e}", file.display())),
+                    None => {}
                 }
             }
             (Update::Removed { .. }, Some(i)) => {
                 self.entries[i].removed = true;
-                let slot = Rc::clone(&self.entries[i].slot);
-                slot.borrow_mut().remove();
-                engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
+                with_slot(engine, self.entries[i].monitor, |slot, cx| {
+                    slot.remove();
+                    slot.arm(cx);
+                });
             }
-            (update @ Update::Loaded { .. }, None) => match self.apply_new(update) {
-                Ok(Some(slot)) => {
-                    let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
-                    if let Some(e) = self.entries.last_mut() {
-                        e.monitor = idx;
+            (update @ Update::Loaded { .. }, None) => {
+                match self.apply_new(update, engine.monitors().len()) {
+                    Ok(Some(slot)) => {
+                        let idx = engine.add_monitor(Box::new(slot));
+                        if let Some(e) = self.entries.last_mut() {
+                            e.monitor = idx;
+                        }
                     }
+                    Ok(None) => {}
+                    Err(e) => self.fail(e.to_string()),
                 }
-                Ok(None) => {}
-                Err(e) => self.fail(e.to_string()),
-            },
+            }
             (Update::Failed { error, .. }, _) => self.fail(error.to_string()),
             (Update::Removed { .. }, None) => {}
         }
@@ -422,26 +432,25 @@ impl PluginHost {
     /// Gives every instance its `shutdown` and flushes the logs. Call after `Engine::finish`.
     pub fn shutdown(&mut self, engine: &mut Engine) {
         for e in &self.entries {
-            let slot = Rc::clone(&e.slot);
-            engine.with_cx(e.monitor, |cx| slot.borrow_mut().shutdown(cx));
+            with_slot(engine, e.monitor, |slot, cx| slot.shutdown(cx));
         }
     }
 
     /// Flushes every plugin's records.
     pub fn flush(&mut self) {
         for e in &self.entries {
-            e.slot.borrow_mut().flush();
+            e.slot.flush();
         }
     }
 
-    /// Counters per plugin name (summed over the slots of that name).
+    /// Counters per plugin name (summed over the slots of that name), as of the last batch
+    /// boundary.
     pub fn stats(&self) -> BTreeMap<String, PluginStats> {
         let mut out: BTreeMap<String, PluginStats> = BTreeMap::new();
         for e in &self.entries {
-            let slot = e.slot.borrow();
-            out.entry(slot.name().to_string())
+            out.entry(e.slot.name().to_string())
                 .or_default()
-                .add(&slot.stats);
+                .add(&e.slot.stats());
         }
         out
     }
@@ -450,14 +459,22 @@ impl PluginHost {
     pub fn live_generations(&self) -> BTreeMap<String, Vec<String>> {
         self.entries
             .iter()
-            .map(|e| {
-                (
-                    e.slot.borrow().name().to_string(),
-                    e.slot.borrow().live_generations(),
-                )
-            })
+            .map(|e| (e.slot.name().to_string(), e.slot.live_generations()))
             .collect()
     }
+}
+
+/// Runs `f` on engine monitor `idx` as a plugin slot, with its context (`None` if that
+/// monitor is not a slot).
+fn with_slot<R>(
+    engine: &mut Engine,
+    idx: usize,
+    f: impl FnOnce(&mut PluginSlot, &mut crate::flow::Cx<'_>) -> R,
+) -> Option<R> {
+    engine.with_monitor_cx(idx, |m, cx| {
+        let slot = m.as_any_mut()?.downcast_mut::<SlotMonitor>()?;
+        Some(f(&mut slot.0, cx))
+    })?
 }
 
 /// Sends an update to every core; a failure is reported by the first core only.
