@@ -7,11 +7,16 @@
 //! opaque context and the table of the host's functions ([`HostApi`]), valid for the
 //! duration of that callback only.
 //!
-//! API 2 appends three optional entry points to the root module (a library built against
-//! API 1 lacks them and keeps loading; the host then calls it one event at a time):
-//! [`PluginMod::subscriptions_v2`] (a batch mask and a default stream filter),
-//! [`PluginMod::on_batch`] (many compact [`FfiRecord`]s in one call) and [`PluginMod::bind`]
-//! (the host's API 2 functions, [`HostExt`]: the zero-copy consuming read).
+//! API 2 adds entry points beside the root module, not in it: abi_stable lets a library's
+//! root module have more fields than the host's, never fewer, so a root module that grew
+//! would refuse every plugin built before. The root module stays as in API 1, and an API 2
+//! library also exports [`EXT_SYMBOL`], returning a [`PluginExtHeader`]: the layout of its
+//! [`PluginExt`] (checked by the host with abi_stable before any use) and the table itself:
+//! [`PluginExt::subscriptions_v2`] (a batch mask and a default stream filter),
+//! [`PluginExt::on_batch`] (many compact [`FfiRecord`]s in one call) and
+//! [`PluginExt::bind`] (the host's API 2 functions, [`HostExt`]: the zero-copy consuming
+//! read). A library without the symbol (API 1) keeps loading and is called one event at a
+//! time.
 //!
 //! Every number these types carry (sides, hooks, events, states, reasons, errno values, ...)
 //! is defined in [`crate::codes`], once; functions returning `i32`/`i64` return a negative
@@ -400,7 +405,43 @@ pub struct HostExt {
     ) -> i64,
 }
 
-/// The root module a plugin exports (a prefix type: fields may only be appended).
+/// The symbol of an API 2 library's [`PluginExtHeader`] function (NUL-terminated).
+pub const EXT_SYMBOL: &[u8] = b"flowpeek_plugin_api2\0";
+
+/// What [`EXT_SYMBOL`] returns. Frozen: two pointers, whatever later versions add.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PluginExtHeader {
+    /// `<PluginExt as StableAbi>::LAYOUT` as the library was built (an
+    /// `abi_stable::type_layout::TypeLayout`); the host checks it against its own.
+    pub layout: *const c_void,
+    /// The library's table.
+    pub ext: *const PluginExt,
+}
+
+/// The function at [`EXT_SYMBOL`].
+pub type PluginExtFn = extern "C" fn() -> PluginExtHeader;
+
+/// The API 2 entry points of a library (see the module doc). `this` is a
+/// [`MonitorObj::this`] of this library.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginExt {
+    /// The API version the library was built against (2).
+    pub api_version: u32,
+    /// The instance's subscriptions with batches and filter (replaces
+    /// [`MonitorVTable::subscriptions`]).
+    pub subscriptions_v2:
+        unsafe extern "C" fn(this: *mut c_void, out: *mut FfiSubscriptionsV2) -> i32,
+    /// Delivers a batch of events; returns a [`status`] and writes [`FfiBatch::done`].
+    pub on_batch:
+        unsafe extern "C" fn(this: *mut c_void, cx: *mut HostCx, batch: *mut FfiBatch) -> i32,
+    /// The host's API 2 functions, handed over once when the library is loaded.
+    pub bind: extern "C" fn(ext: &'static HostExt),
+}
+
+/// The root module a plugin exports (a prefix type: fields may only be appended). Unchanged
+/// since API 1: see the module doc for where API 2's entry points are.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
@@ -416,19 +457,6 @@ pub struct PluginMod {
     /// or empty).
     #[sabi(last_prefix_field)]
     pub new: extern "C" fn(core: u32, config: RStr<'_>) -> RResult<MonitorObj, RString>,
-    /// API 2: the instance's subscriptions with batches and filter (replaces
-    /// [`MonitorVTable::subscriptions`]). `this` is a [`MonitorObj::this`] of this library.
-    #[sabi(missing_field(option))]
-    pub subscriptions_v2:
-        unsafe extern "C" fn(this: *mut c_void, out: *mut FfiSubscriptionsV2) -> i32,
-    /// API 2: delivers a batch of events; returns a [`status`] and writes
-    /// [`FfiBatch::done`].
-    #[sabi(missing_field(option))]
-    pub on_batch:
-        unsafe extern "C" fn(this: *mut c_void, cx: *mut HostCx, batch: *mut FfiBatch) -> i32,
-    /// API 2: the host's API 2 functions, handed over once when the library is loaded.
-    #[sabi(missing_field(option))]
-    pub bind: extern "C" fn(ext: &'static HostExt),
 }
 
 impl RootModule for PluginModRef {

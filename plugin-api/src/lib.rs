@@ -31,12 +31,9 @@
 //! `unsafe` policy: denied in the whole crate except [`sdk`], the one place that crosses the
 //! FFI boundary (it calls the host's function pointers, turns the host's raw pointers back
 //! into references for the duration of a callback, and exports the `extern "C"` glue).
-//! [`abi`] only declares `#[repr(C)]` types and function-pointer types and writes no
-//! `unsafe` of its own; it is allowed there because abi_stable's derive generates the
-//! accessors of the root module's optional (API 2) fields with `unsafe` blocks.
+//! [`abi`] only declares `#[repr(C)]` types and function-pointer types and needs none.
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
 pub mod abi;
 pub mod codes;
 pub mod records;

@@ -917,6 +917,23 @@ impl<M: Monitor> Glue<M> {
         r
     }
 
+    const EXT: PluginExt = PluginExt {
+        api_version: API_VERSION,
+        subscriptions_v2: Self::subscriptions_v2,
+        on_batch: Self::on_batch,
+        bind: Self::bind,
+    };
+
+    /// What the library's [`EXT_SYMBOL`] function returns.
+    #[doc(hidden)]
+    pub fn ext_header() -> PluginExtHeader {
+        PluginExtHeader {
+            layout: (<PluginExt as abi_stable::StableAbi>::LAYOUT as *const abi_stable::type_layout::TypeLayout)
+                .cast(),
+            ext: &Self::EXT,
+        }
+    }
+
     #[doc(hidden)]
     pub extern "C" fn bind(ext: &'static HostExt) {
         HOST_EXT.store(
@@ -1046,11 +1063,14 @@ macro_rules! export_monitor {
                     name: $crate::sdk::Glue::<$ty>::name,
                     version: $crate::sdk::Glue::<$ty>::version,
                     new: $crate::sdk::Glue::<$ty>::new,
-                    subscriptions_v2: $crate::sdk::Glue::<$ty>::subscriptions_v2,
-                    on_batch: $crate::sdk::Glue::<$ty>::on_batch,
-                    bind: $crate::sdk::Glue::<$ty>::bind,
                 }
                 .leak_into_prefix()
+            }
+
+            /// The API 2 entry points ([`EXT_SYMBOL`]($crate::abi::EXT_SYMBOL)).
+            #[export_name = "flowpeek_plugin_api2"]
+            pub extern "C" fn flowpeek_plugin_api2() -> $crate::abi::PluginExtHeader {
+                $crate::sdk::Glue::<$ty>::ext_header()
             }
         }
     };

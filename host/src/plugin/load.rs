@@ -21,7 +21,9 @@ use abi_stable::library::{
     lib_header_from_raw_library, AbiHeader, LibHeader, LibraryError, RawLibrary,
     ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
-use flowpeek_plugin_api::abi::{PluginModRef, API_VERSION, MIN_API_VERSION};
+use flowpeek_plugin_api::abi::{
+    PluginExt, PluginExtFn, PluginModRef, API_VERSION, EXT_SYMBOL, MIN_API_VERSION,
+};
 
 use super::elf::{self, ElfError};
 
@@ -30,6 +32,9 @@ use super::elf::{self, ElfError};
 pub struct Library {
     /// The root module.
     pub module: PluginModRef,
+    /// The API 2 entry points ([`EXT_SYMBOL`]), layout-checked; `None` for a library built
+    /// against API 1 (called one event at a time, without `read`).
+    pub ext: Option<&'static PluginExt>,
 }
 
 impl Library {
@@ -627,9 +632,44 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
             max: API_VERSION,
         });
     }
-    let lib = Library { module };
+    let ext = api2_entry_points(path, raw)?;
+    let lib = Library { module, ext };
     check_name(path, &lib.name())?;
     Ok(lib)
+}
+
+/// The library's API 2 table, if it exports one: its layout is checked with abi_stable's
+/// checker against this host's before the table is used.
+fn api2_entry_points(
+    path: &Path,
+    raw: &'static RawLibrary,
+) -> Result<Option<&'static PluginExt>, LoadError> {
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+    use abi_stable::type_layout::TypeLayout;
+    use abi_stable::StableAbi;
+    // SAFETY: the symbol, when present, is the SDK's `extern "C" fn() -> PluginExtHeader`
+    // (export_monitor!); the library stays mapped for the life of the process (leaked).
+    let Ok(sym) = (unsafe { raw.get::<PluginExtFn>(EXT_SYMBOL) }) else {
+        return Ok(None);
+    };
+    let header = (*sym)();
+    if header.layout.is_null() || header.ext.is_null() {
+        return Err(LoadError::AbiMismatch {
+            path: path.into(),
+            detail: "its API 2 entry points are null".into(),
+        });
+    }
+    // SAFETY: the SDK stores `<PluginExt as StableAbi>::LAYOUT`, a 'static TypeLayout of the
+    // library's image, which is never unmapped.
+    let theirs: &'static TypeLayout = unsafe { &*header.layout.cast::<TypeLayout>() };
+    check_layout_compatibility(<PluginExt as StableAbi>::LAYOUT, theirs).map_err(|e| {
+        LoadError::AbiMismatch {
+            path: path.into(),
+            detail: shorten(&e.to_string()),
+        }
+    })?;
+    // SAFETY: the layout check passed: `ext` is a 'static PluginExt of the library's image.
+    Ok(Some(unsafe { &*header.ext }))
 }
 
 /// An abi_stable header that does not match, as text (abi_stable prints the magic as a

@@ -238,15 +238,15 @@ impl PluginSlot {
     /// `filter` (the `<name>.toml` one, else the plugin's own), leaving the slot as it was.
     pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
         let module: PluginModRef = lib.module;
-        if let Some(bind) = module.bind() {
-            bind(&ffi::HOST_EXT);
+        if let Some(ext) = lib.ext {
+            (ext.bind)(&ffi::HOST_EXT);
         }
         let made = (module.new())(self.core, config.into());
         let obj = match made.into_result() {
             Ok(obj) => obj,
             Err(e) => return Err(format!("{}: the constructor failed: {e}", self.name())),
         };
-        let (subs, declared) = match module.subscriptions_v2() {
+        let (subs, declared) = match lib.ext.map(|e| e.subscriptions_v2) {
             Some(f) => {
                 let mut out = FfiSubscriptionsV2::default();
                 // SAFETY: `obj` was just made by this library's constructor; `out` is a valid
@@ -281,7 +281,7 @@ impl PluginSlot {
             obj: Some(obj),
             version: lib.version(),
             subs,
-            on_batch: module.on_batch(),
+            on_batch: lib.ext.map(|e| e.on_batch),
             flows: 0,
             disabled: false,
             drain_deadline: None,

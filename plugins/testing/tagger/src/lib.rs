@@ -158,9 +158,6 @@ mod export {
             name: Glue::<Tagger>::name,
             version: Glue::<Tagger>::version,
             new: Glue::<Tagger>::new,
-            subscriptions_v2: Glue::<Tagger>::subscriptions_v2,
-            on_batch: Glue::<Tagger>::on_batch,
-            bind: Glue::<Tagger>::bind,
         }
         .leak_into_prefix()
     }
