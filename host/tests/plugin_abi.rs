@@ -408,3 +408,68 @@ fn the_template_copied_out_builds_and_reads_every_byte() {
         "clients that sent more than 4 KiB: {big_with_head}"
     );
 }
+
+/// Loads, reloads and failed loads each give one stderr line, on a run of two cores, and
+/// `load_failures` in `--stats` holds every failure, whichever core met it first.
+#[test]
+fn loads_reloads_and_failures_each_give_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+    let v1 = tagger(&[]);
+    let v2 = tagger(&["v2"]);
+    let dir = TempDir::new("lines");
+    let logs = TempDir::new("lines-logs");
+    let stats = logs.join("stats.json");
+    place(&v1, dir.path(), "tagger.so");
+    // A constructor that fails (on every core), from the start.
+    place(&v1, dir.path(), "a-fail.so");
+    std::fs::write(dir.join("a-fail.toml"), "fail = true\n").unwrap();
+    let capture = corpus().join("gen/http-small.pcap");
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+        .arg("run")
+        .arg(format!("--source=pcap:{}", capture.display()))
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--log-dir")
+        .arg(logs.path())
+        .arg("--stats")
+        .arg(&stats)
+        .args(["--pace", "25000", "--drain-timeout", "3600", "--quiet"])
+        .args(["--cores", "2"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let tmp = dir.join("tagger.so.tmp");
+    std::fs::copy(&v2, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    // A file that is no library, dropped in while running.
+    std::fs::write(dir.join("junk.so"), "not a library\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let count = |needle: &str| err.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("plugin tagger v1 loaded from"), 1, "{err}");
+    assert_eq!(count("plugin tagger reloaded from"), 1, "{err}");
+    let reload = err.lines().find(|l| l.contains("reloaded from")).unwrap();
+    assert!(
+        reload.contains("generation 1 (v1) -> 2 (tagger v2, crc32 "),
+        "{reload}"
+    );
+    assert_eq!(count("plugin not loaded"), 2, "{err}");
+    assert_eq!(count("configured to fail"), 1, "{err}");
+    assert_eq!(count("junk.so"), 1, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let failures = v["load_failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f.as_str().unwrap().contains("junk.so"))
+            && failures
+                .iter()
+                .any(|f| f.as_str().unwrap().contains("configured to fail")),
+        "{failures:?}"
+    );
+}

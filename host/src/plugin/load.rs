@@ -35,6 +35,23 @@ pub struct Library {
     /// The API 2 entry points ([`EXT_SYMBOL`]), layout-checked; `None` for a library built
     /// against API 1 (called one event at a time, without `read`).
     pub ext: Option<&'static PluginExt>,
+    /// What identifies the file that was loaded (for the load and reload lines).
+    pub stamp: Stamp,
+}
+
+/// What identifies a loaded file: the CRC-32 of its bytes and its modification time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// CRC-32 (IEEE) of the file as read.
+    pub crc32: u32,
+    /// Modification time, seconds since the Unix epoch (0 if unknown).
+    pub mtime: u64,
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "crc32 {:08x}, modified {} (Unix time)", self.crc32, self.mtime)
+    }
 }
 
 impl Library {
@@ -518,9 +535,19 @@ pub fn load(path: &Path) -> Result<Library, LoadError> {
             dir: dir.path.clone(),
             source,
         })?;
+    let stamp = Stamp {
+        crc32: crc32fast::hash(&image.bytes),
+        mtime: std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs()),
+    };
     drop(image);
     super::probe::test_load(&copy, path)?;
-    open_image(path, &copy)
+    let mut lib = open_image(path, &copy)?;
+    lib.stamp = stamp;
+    Ok(lib)
 }
 
 /// The readable address ranges of the loaded object named `copy` (the path given to dlopen).
@@ -633,7 +660,11 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
         });
     }
     let ext = api2_entry_points(path, raw)?;
-    let lib = Library { module, ext };
+    let lib = Library {
+        module,
+        ext,
+        stamp: Stamp::default(),
+    };
     check_name(path, &lib.name())?;
     Ok(lib)
 }

@@ -164,7 +164,9 @@ pub struct PluginHost {
     pub reload_latencies: Vec<Duration>,
 }
 
-type Subscribers = Arc<Mutex<Vec<Sender<(Update, Instant)>>>>;
+/// Each core's channel, with its core number (failures go to core 0, whose report
+/// `--stats` reads).
+type Subscribers = Arc<Mutex<Vec<(u32, Sender<(Update, Instant)>)>>>;
 
 /// The plugins of a directory, opened once and shared by the hosts of every core: each core
 /// makes its own instances from the same libraries, and every reload reaches every core.
@@ -254,7 +256,8 @@ impl PluginSet {
     pub fn host(&self, core: u32) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
         let (tx, rx) = channel();
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(tx);
+            subs.push((core, tx));
+            subs.sort_by_key(|s| s.0);
         }
         let mut host = PluginHost {
             log_dir: self.log_dir.clone(),
@@ -345,6 +348,15 @@ impl PluginHost {
                     self.fail(format!("{}: {e}", file.display()));
                     return Ok(None);
                 }
+                if self.core == 0 {
+                    eprintln!(
+                        "flowpeek: plugin {name} {} loaded from {} ({}, plugin-api {})",
+                        lib.version(),
+                        file.display(),
+                        lib.stamp,
+                        if lib.ext.is_some() { 2 } else { 1 }
+                    );
+                }
                 self.entries.push(Entry {
                     file,
                     slot: slot.shared(),
@@ -361,8 +373,12 @@ impl PluginHost {
         }
     }
 
+    /// A failed load: counted on every core that met it, printed once (by core 0: every
+    /// core meets the same failures).
     fn fail(&mut self, msg: String) {
-        eprintln!("flowpeek: plugin not loaded: {msg}");
+        if self.core == 0 {
+            eprintln!("flowpeek: plugin not loaded: {msg}");
+        }
         self.failures.push(msg);
     }
 
@@ -388,9 +404,24 @@ impl PluginHost {
         match (update, existing) {
             (Update::Loaded { lib, config, .. }, Some(i)) => {
                 let idx = self.entries[i].monitor;
-                let installed = with_slot(engine, idx, |slot, _| slot.install(&lib, &config));
+                let installed = with_slot(engine, idx, |slot, _| {
+                    let before = (slot.live_generations(), slot.stats.generations);
+                    slot.install(&lib, &config).map(|_| before)
+                });
                 match installed {
-                    Some(Ok(_)) => {
+                    Some(Ok((old, n))) => {
+                        if self.core == 0 {
+                            eprintln!(
+                                "flowpeek: plugin {} reloaded from {}: generation {n} ({}) -> {} ({} {}, {}); open flows stay with the old one",
+                                self.entries[i].slot.name(),
+                                file.display(),
+                                if old.is_empty() { "none running".to_string() } else { old.join(", ") },
+                                n + 1,
+                                self.entries[i].slot.name(),
+                                lib.version(),
+                                lib.stamp
+                            );
+                        }
                         self.entries[i].removed = false;
                         let (subs, filter) = with_slot(engine, idx, |slot, _| {
                             (slot.engine_subscriptions(), slot.filter())
@@ -477,10 +508,11 @@ fn with_slot<R>(
     })?
 }
 
-/// Sends an update to every core; a failure is reported by the first core only.
+/// Sends an update to every core; a failure is reported by the lowest-numbered core only
+/// (core 0, whose report carries `load_failures`).
 fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
     let Ok(subs) = subscribers.lock() else { return };
-    for tx in subs.iter().skip(1) {
+    for (_, tx) in subs.iter().skip(1) {
         let copy = match &update {
             Update::Loaded { file, lib, config } => Update::Loaded {
                 file: file.clone(),
@@ -492,7 +524,7 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
         };
         let _ = tx.send((copy, seen));
     }
-    if let Some(tx) = subs.first() {
+    if let Some((_, tx)) = subs.first() {
         let _ = tx.send((update, seen));
     }
 }

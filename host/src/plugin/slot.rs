@@ -702,31 +702,39 @@ impl Monitor for SlotMonitor {
     fn on_batch(&mut self, cx: &mut Cx<'_>, events: &[Held]) -> usize {
         let slot = &mut self.0;
         slot.drain_due(cx);
-        let mut i = 0;
-        while i < events.len() {
-            // One call per run of records of one generation (nearly always: the whole batch).
-            let Some((g, _)) = slot.owner(cx, &events[i].ev) else {
-                i += 1;
-                continue;
-            };
-            slot.recs.clear();
-            let start = i;
-            while i < events.len() {
-                match slot.owner(cx, &events[i].ev) {
-                    Some((o, _)) if o == g => {
-                        slot.recs.push(ffi::to_record(&events[i]));
-                        i += 1;
+        // One call per run of consecutive records of one generation (nearly always: the
+        // whole batch). `start` is the index of the run's first record; a record of a
+        // detached flow ends the run and is passed over.
+        let mut run: Option<(usize, usize)> = None;
+        slot.recs.clear();
+        for (i, h) in events.iter().enumerate() {
+            let owner = slot.owner(cx, &h.ev).map(|(g, _)| g);
+            if let Some((g, start)) = run {
+                if owner != Some(g) {
+                    let done = if slot.gens[g].running() {
+                        slot.deliver_records(g, cx)
+                    } else {
+                        slot.recs.len()
+                    };
+                    if cx.cut() {
+                        return start + done;
                     }
-                    Some(_) => break,
-                    None => break,
+                    slot.recs.clear();
+                    run = None;
                 }
             }
-            if !slot.gens[g].running() {
-                continue;
+            let Some(o) = owner else { continue };
+            if run.is_none() {
+                run = Some((o, i));
             }
-            let done = slot.deliver_records(g, cx);
-            if cx.cut() {
-                return start + done;
+            slot.recs.push(ffi::to_record(h));
+        }
+        if let Some((g, start)) = run {
+            if slot.gens[g].running() {
+                let done = slot.deliver_records(g, cx);
+                if cx.cut() {
+                    return start + done;
+                }
             }
         }
         events.len()
