@@ -463,8 +463,7 @@ fn noop_library() -> Option<std::path::PathBuf> {
 fn plugin_host(name: &str, config: &str) -> (flowpeek::plugin::PluginHost, Vec<Box<dyn Monitor>>) {
     use std::os::unix::fs::PermissionsExt;
     let lib = plugin_library(name).expect("checked by the caller");
-    let dir =
-        std::env::temp_dir().join(format!("flowpeek-bench-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("flowpeek-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

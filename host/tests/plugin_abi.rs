@@ -94,21 +94,13 @@ fn a_plugin_built_against_api_1_loads_and_gives_the_same_records() {
     let capture = mixed();
     let (old_dir, old_logs) = (TempDir::new("api1"), TempDir::new("api1-logs"));
     place(&streamhash_api1(), old_dir.path(), "streamhash.so");
-    let (_, old_stats, failures) = run(
-        old_dir.path(),
-        old_logs.path(),
-        &capture,
-        Config::default(),
-    );
+    let (_, old_stats, failures) =
+        run(old_dir.path(), old_logs.path(), &capture, Config::default());
     assert!(failures.is_empty(), "{failures:?}");
     let (new_dir, new_logs) = (TempDir::new("api2"), TempDir::new("api2-logs"));
     place(&streamhash(), new_dir.path(), "streamhash.so");
-    let (_, new_stats, failures) = run(
-        new_dir.path(),
-        new_logs.path(),
-        &capture,
-        Config::default(),
-    );
+    let (_, new_stats, failures) =
+        run(new_dir.path(), new_logs.path(), &capture, Config::default());
     assert!(failures.is_empty(), "{failures:?}");
     let old = sorted_lines(&old_logs.join("streamhash.jsonl"));
     let new = sorted_lines(&new_logs.join("streamhash.jsonl"));
@@ -244,7 +236,14 @@ fn ports(lines: &[String]) -> BTreeMap<u16, usize> {
     let mut m = BTreeMap::new();
     for l in lines {
         let flow = field(l, "flow");
-        let port: u16 = flow.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        let port: u16 = flow
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         *m.entry(port).or_default() += 1;
     }
     m
@@ -263,7 +262,10 @@ fn the_declared_filter_is_the_default_and_the_toml_filter_overrides_it() {
     };
     let (all, _) = one("filter-none", "");
     let all = ports(&all);
-    assert!(all.len() >= 3, "mixed.pcap has several server ports: {all:?}");
+    assert!(
+        all.len() >= 3,
+        "mixed.pcap has several server ports: {all:?}"
+    );
     let (declared, failures) = one("filter-declared", "declare = \"tcp port 80\"\n");
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(
@@ -466,10 +468,34 @@ fn loads_reloads_and_failures_each_give_one_line() {
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let failures = v["load_failures"].as_array().unwrap();
     assert!(
-        failures.iter().any(|f| f.as_str().unwrap().contains("junk.so"))
+        failures
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("junk.so"))
             && failures
                 .iter()
                 .any(|f| f.as_str().unwrap().contains("configured to fail")),
         "{failures:?}"
     );
+}
+
+/// The bundled no-op plugin takes its `PktIn` in batches: far fewer calls than events, and it
+/// still counts every packet.
+#[test]
+fn noop_takes_its_packets_in_batches() {
+    let (dir, logs) = (TempDir::new("noop"), TempDir::new("noop-logs"));
+    place(
+        &build("flowpeek-plugin-noop", "noop", &[]),
+        dir.path(),
+        "noop.so",
+    );
+    let (stats, plugins, failures) = run(dir.path(), logs.path(), &mixed(), Config::default());
+    assert!(failures.is_empty(), "{failures:?}");
+    let st = plugins["noop"];
+    eprintln!("{st:?} {stats:?}");
+    let recs = records(&logs.join("noop.jsonl"));
+    assert_eq!(recs.len(), 1);
+    let counted = recs[0]["packets"].as_u64().unwrap();
+    assert_eq!(counted, st.events, "{st:?}");
+    assert!(counted > 40_000, "{counted}");
+    assert!(st.calls * 10 < st.events, "{st:?}");
 }

@@ -868,7 +868,10 @@ impl<M: Monitor> Glue<M> {
     }
 
     #[doc(hidden)]
-    pub unsafe extern "C" fn subscriptions_v2(this: *mut c_void, out: *mut FfiSubscriptionsV2) -> i32 {
+    pub unsafe extern "C" fn subscriptions_v2(
+        this: *mut c_void,
+        out: *mut FfiSubscriptionsV2,
+    ) -> i32 {
         // SAFETY: see `subscriptions`.
         let m = unsafe { Self::this(this) };
         let mut subs = FfiSubscriptionsV2::default();
@@ -883,7 +886,11 @@ impl<M: Monitor> Glue<M> {
     /// Delivers the records one by one to `on_event`; returns after a record whose callback
     /// the host marked as cutting the batch.
     #[doc(hidden)]
-    pub unsafe extern "C" fn on_batch(this: *mut c_void, cx: *mut HostCx, batch: *mut FfiBatch) -> i32 {
+    pub unsafe extern "C" fn on_batch(
+        this: *mut c_void,
+        cx: *mut HostCx,
+        batch: *mut FfiBatch,
+    ) -> i32 {
         if batch.is_null() {
             return status::OK;
         }
@@ -928,7 +935,8 @@ impl<M: Monitor> Glue<M> {
     #[doc(hidden)]
     pub fn ext_header() -> PluginExtHeader {
         PluginExtHeader {
-            layout: (<PluginExt as abi_stable::StableAbi>::LAYOUT as *const abi_stable::type_layout::TypeLayout)
+            layout: (<PluginExt as abi_stable::StableAbi>::LAYOUT
+                as *const abi_stable::type_layout::TypeLayout)
                 .cast(),
             ext: &Self::EXT,
         }

@@ -150,7 +150,11 @@ impl<'a> Cx<'a> {
         self.table
             .live_in_creation_order()
             .into_iter()
-            .filter(|&slot| self.table.mon_get(slot, self.monitor).is_some_and(|m| f(m.host)))
+            .filter(|&slot| {
+                self.table
+                    .mon_get(slot, self.monitor)
+                    .is_some_and(|m| f(m.host))
+            })
             .map(|slot| self.table.handle(slot))
             .collect()
     }

@@ -307,12 +307,21 @@ impl Engine {
             self.deliver_batches();
         }
         for m in self.order_of(order) {
-            let mf = self.core.table.mon(slot, m);
-            if mf.ended || mf.stopped & side_bit != 0 || mf.mask & bit == 0 {
+            let s = &self.core.dispatch.subs[m];
+            if s.batch & s.mask & bit != 0 {
+                // Held without reading the flow's state for this monitor now (a cache miss
+                // per packet on a big table): it is prefetched, and checked when the batch is
+                // delivered (`deliver_batch`). That is the same check: only this monitor's own
+                // callbacks change that state, and they all run after what is held before them.
+                crate::sys::prefetch(
+                    self.core.table.mon(slot, m),
+                    std::mem::size_of::<super::table::MonFlow>(),
+                );
+                self.hold(m, slot, ev, pkt.is_some());
                 continue;
             }
-            if self.core.dispatch.subs[m].batch & bit != 0 {
-                self.hold(m, slot, ev, pkt.is_some());
+            let mf = self.core.table.mon(slot, m);
+            if mf.ended || mf.stopped & side_bit != 0 || mf.mask & bit == 0 {
                 continue;
             }
             self.call(m, ev, pkt);
@@ -391,6 +400,8 @@ impl Engine {
             return;
         }
         let mut held = std::mem::take(&mut self.core.dispatch.held[m]);
+        // The subscription check `dispatch` left for now.
+        held.retain(|h| self.still_wanted(m, &h.ev));
         let mut i = 0;
         while i < held.len() {
             self.core.dispatch.cut = false;
@@ -424,7 +435,8 @@ impl Engine {
         self.core.dispatch.held[m].extend(fresh);
     }
 
-    /// Whether a held event still applies to monitor `m` after a callback cut its batch.
+    /// Whether a held event applies to monitor `m` (when its batch is delivered, and again
+    /// after a callback cut it).
     fn still_wanted(&self, m: usize, ev: &Event) -> bool {
         let slot = FlowIdx::new(ev.flow.slot());
         if !self.core.table.is_live(slot, ev.flow.gen()) {
@@ -491,7 +503,13 @@ impl Engine {
 
     /// Calls monitor `m` with `ev`, then delivers what the callback asked for.
     pub(crate) fn call(&mut self, m: usize, ev: &Event, pkt: Option<&[u8]>) {
-        if self.core.dispatch.held.get(m).is_some_and(|h| !h.is_empty()) {
+        if self
+            .core
+            .dispatch
+            .held
+            .get(m)
+            .is_some_and(|h| !h.is_empty())
+        {
             self.deliver_batch(m);
         }
         self.core.stats.events += 1;

@@ -50,7 +50,11 @@ pub struct Stamp {
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "crc32 {:08x}, modified {} (Unix time)", self.crc32, self.mtime)
+        write!(
+            f,
+            "crc32 {:08x}, modified {} (Unix time)",
+            self.crc32, self.mtime
+        )
     }
 }
 
