@@ -133,7 +133,7 @@ fn batcher_pair(label: &str, config: &str) -> (Vec<String>, Vec<String>, PluginS
         let (_, stats, failures) = run(dir.path(), logs.path(), &mixed(), Config::default());
         assert!(failures.is_empty(), "{failures:?}");
         out.push(sorted_lines(&logs.join("batcher.jsonl")));
-        batched_stats.get_or_insert(stats["batcher"]);
+        batched_stats.get_or_insert(stats["batcher"].clone());
     }
     let unbatched = out.pop().unwrap();
     let batched = out.pop().unwrap();
@@ -490,7 +490,7 @@ fn noop_takes_its_packets_in_batches() {
     );
     let (stats, plugins, failures) = run(dir.path(), logs.path(), &mixed(), Config::default());
     assert!(failures.is_empty(), "{failures:?}");
-    let st = plugins["noop"];
+    let st = plugins["noop"].clone();
     eprintln!("{st:?} {stats:?}");
     let recs = records(&logs.join("noop.jsonl"));
     assert_eq!(recs.len(), 1);

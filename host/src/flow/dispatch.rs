@@ -396,7 +396,13 @@ impl Engine {
     /// batch, delivers what that callback queued, drops the held events that no longer apply
     /// (flow gone, monitor stopped or unsubscribed, buffer off for `NewData`) and goes on.
     pub(crate) fn deliver_batch(&mut self, m: usize) {
-        if self.core.dispatch.held.get(m).is_none_or(Vec::is_empty) {
+        if !self
+            .core
+            .dispatch
+            .held
+            .get(m)
+            .is_some_and(|h| !h.is_empty())
+        {
             return;
         }
         let mut held = std::mem::take(&mut self.core.dispatch.held[m]);

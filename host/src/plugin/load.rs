@@ -653,7 +653,7 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
             detail: shorten(&e.to_string()),
         })?;
     let found = module.api_version();
-    if found > API_VERSION || found < MIN_API_VERSION {
+    if !(MIN_API_VERSION..=API_VERSION).contains(&found) {
         let which = if found > API_VERSION { "new" } else { "old" };
         return Err(LoadError::ApiVersion {
             path: path.into(),

@@ -34,7 +34,7 @@ use crate::flow::{
 };
 
 /// Counters of one plugin on one core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PluginStats {
     /// Callbacks delivered.
     pub events: u64,
@@ -118,7 +118,9 @@ impl SlotShared {
 
     /// The counters as of the last batch boundary (or install, retirement, shutdown).
     pub fn stats(&self) -> PluginStats {
-        self.stats.get()
+        let s = self.stats.take();
+        self.stats.set(s.clone());
+        s
     }
 
     /// Versions of the generations still running, oldest first.
@@ -130,7 +132,7 @@ impl SlotShared {
     pub fn flush(&self) {
         if let Ok(mut s) = self.sink.try_borrow_mut() {
             s.flush();
-            let mut st = self.stats.get();
+            let mut st = self.stats.take();
             st.records = s.records;
             st.records_lost = s.records_lost;
             self.stats.set(st);
@@ -225,7 +227,7 @@ impl PluginSlot {
             self.stats.records = s.records;
             self.stats.records_lost = s.records_lost;
         }
-        self.shared.stats.set(self.stats);
+        self.shared.stats.set(self.stats.clone());
     }
 
     fn publish_live(&mut self) {
