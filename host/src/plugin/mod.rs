@@ -7,6 +7,10 @@
 //! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
 //! ([`PluginHost::poll`]).
 //!
+//! Every load, reload (old generation → new, with the file's CRC-32 and modification time)
+//! and failed load gives one stderr line, printed by core 0's host; failures reach core 0's
+//! report (`load_failures` in `--stats`) whichever core met them.
+//!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
 //! thread; the worker only swaps in what is ready).
 //!
