@@ -33,6 +33,9 @@ struct PerFlow {
 /// The monitor.
 pub struct Batcher {
     flows: FlowSlab<PerFlow>,
+    /// Flows it stopped monitoring, with the events they still brought (counted without any
+    /// host call: after a stop, the host refuses them for this flow).
+    stopped: std::collections::HashMap<u64, u64>,
     stop_after: Option<u64>,
     raise_at: Option<u64>,
     unsubscribe_after: Option<u64>,
@@ -64,9 +67,10 @@ impl Batcher {
             _ => "?",
         };
         let raised = f.raised_at.map_or("null".to_string(), |n| n.to_string());
+        let after_stop = f.after_stop + self.stopped.get(&ev.flow.0).copied().unwrap_or(0);
         let line = format!(
-            r#"{{"flow":"{c}>{s}","serial":{serial},"side":"{side}","reason":"{reason}","pkts":{},"states":{},"after_stop":{},"raised_at":{raised},"batched":{}}}"#,
-            f.pkts, f.states, f.after_stop, f.batched
+            r#"{{"flow":"{c}>{s}","serial":{serial},"side":"{side}","reason":"{reason}","pkts":{},"states":{},"after_stop":{after_stop},"raised_at":{raised},"batched":{}}}"#,
+            f.pkts, f.states, f.batched
         );
         let _ = cx.emit(&line);
     }
@@ -91,6 +95,7 @@ impl Monitor for Batcher {
         let declare = config_str(config, "declare").map(|s| &*Box::leak(s.to_string().into()));
         Ok(Batcher {
             flows: FlowSlab::default(),
+            stopped: std::collections::HashMap::new(),
             stop_after: config_u64(config, "stop_after")?,
             raise_at: config_u64(config, "raise_at")?,
             unsubscribe_after: config_u64(config, "unsubscribe_after")?,
@@ -132,11 +137,19 @@ impl Monitor for Batcher {
             let flags = self.flows.flags(cx, ev.flow);
             if flags & 1 == 0 {
                 self.flows.set_flags(cx, ev.flow, 1);
-            } else if let Ok(v) = cx.user_value(ev.flow) {
-                if v & ((1 << 48) - 1) != 0 {
-                    self.flows.release(((v & ((1 << 48) - 1)) - 1) as usize);
+            } else {
+                // The handle may name another flow after this.
+                self.stopped.remove(&ev.flow.0);
+                if let Ok(v) = cx.user_value(ev.flow) {
+                    if v & ((1 << 48) - 1) != 0 {
+                        self.flows.release(((v & ((1 << 48) - 1)) - 1) as usize);
+                    }
                 }
             }
+            return;
+        }
+        if let Some(n) = self.stopped.get_mut(&ev.flow.0) {
+            *n += 1;
             return;
         }
         let deferred = cx.deferred().is_some();
@@ -172,6 +185,7 @@ impl Monitor for Batcher {
                 }
                 if Some(n) == self.stop_after {
                     f.stopped = true;
+                    self.stopped.insert(ev.flow.0, 0);
                     let _ = cx.stop_monitoring(ev.flow, None);
                 }
             }
