@@ -35,6 +35,7 @@ pub mod replay;
 pub mod shard;
 pub mod shm;
 pub mod source;
+pub mod stream;
 
 pub use pcap::{CaptureError, CaptureFile, CaptureFormat, CapturedPacket, Packets};
 pub use source::{Batch, Idle, Sink, Source, SourceError};
