@@ -148,9 +148,18 @@ enum Command {
     /// A probe monitor subscribes to every event at every hook and reads all in-order data
     /// on each CONN_NEW_DATA, like the probe that recorded mOS's reference traces. Use it to
     /// see what a plugin would be told, packet by packet.
+    ///
+    /// Inputs as for `streams` (files, `-`, pipes, compressed, several in a row). Lines
+    /// come in callback order on one core; with --cores N (any N, 1 included) they come
+    /// flow by flow instead, in order of the flows' first packets, each flow's lines in
+    /// callback order, and are the same for any N.
     Events {
-        /// A pcap or pcapng file.
-        capture: PathBuf,
+        /// Captures: pcap or pcapng, `-` for standard input; .gz/.zst/.xz or not.
+        #[arg(required = true, num_args = 1..)]
+        capture: Vec<String>,
+        /// Worker threads, flows sharded by hash; the lines then come in flow order.
+        #[arg(long, value_parser = parse_cores)]
+        cores: Option<usize>,
         #[command(flatten)]
         engine: EngineArgs,
         /// Packets per batch (`NewData` is coalesced per batch); 1 is closest to mOS's pcap
@@ -434,9 +443,13 @@ fn main() -> ExitCode {
         }),
         Command::Events {
             capture,
+            cores,
             engine,
             batch,
-        } => events(&capture, engine.config(Defaults::EVENTS), batch as usize),
+        } => {
+            let inputs: Vec<InputSpec> = capture.iter().map(|s| InputSpec::parse(s)).collect();
+            events(&inputs, cores, engine.config(Defaults::EVENTS), batch as usize)
+        }
         Command::Streams {
             capture,
             cores,
@@ -485,13 +498,23 @@ fn note(msg: &str) -> bool {
     writeln!(std::io::stderr(), "{msg}").is_ok()
 }
 
-fn events(capture: &std::path::Path, cfg: Config, batch: usize) -> ExitCode {
+fn events(inputs: &[InputSpec], cores: Option<usize>, cfg: Config, batch: usize) -> ExitCode {
     let stop = stop_flag();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let sum = match flowpeek::trace::run_streaming(capture, cfg, batch, &stop, |l| {
-        writeln!(out, "{l}")
-    }) {
+    let order = match cores {
+        Some(_) => flowpeek::trace::Order::Flow,
+        None => flowpeek::trace::Order::Callback,
+    };
+    let sum = match flowpeek::trace::run_inputs(
+        inputs,
+        cfg,
+        cores.unwrap_or(1),
+        batch,
+        order,
+        &stop,
+        |l| writeln!(out, "{l}"),
+    ) {
         Ok(s) => s,
         Err(e) => {
             note(&format!("flowpeek: {e}"));

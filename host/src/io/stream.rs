@@ -236,6 +236,7 @@ pub struct ChunkReader {
     next_index: u64,
     /// The first error met (the inputs after it are still read).
     pub error: Option<CaptureError>,
+    chunk: usize,
 }
 
 impl ChunkReader {
@@ -248,7 +249,15 @@ impl ChunkReader {
             packets: Arc::new(AtomicU64::new(0)),
             next_index: 0,
             error: None,
+            chunk: CHUNK,
         }
+    }
+
+    /// Reads `bytes` per chunk instead of [`CHUNK`] (at least 64; for tests of records cut
+    /// by a chunk's end).
+    pub fn with_chunk_size(mut self, bytes: usize) -> ChunkReader {
+        self.chunk = bytes.max(64);
+        self
     }
 
     fn fail(&mut self, e: CaptureError) {
@@ -310,7 +319,7 @@ impl ChunkReader {
         if cur.eof && cur.carry.is_empty() {
             return Ok(false);
         }
-        let want = CHUNK.max(cur.carry.len() * 2);
+        let want = self.chunk.max(cur.carry.len() * 2);
         if chunk.bytes.len() < want {
             chunk.bytes.resize(want, 0);
         }
