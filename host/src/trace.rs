@@ -339,7 +339,7 @@ pub fn run_inputs(
                     {
                         engine.on_decoded(p.link, &decoded, frame, p.ts);
                     } else {
-                        engine.observe_time(p.ts);
+                        engine.observe_decoded(&decoded, frame, p.ts);
                     }
                 }
                 let now_created = engine.stats().flows_created;

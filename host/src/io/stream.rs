@@ -223,6 +223,7 @@ struct Current {
     /// The start of a record cut by the end of the previous chunk.
     carry: Vec<u8>,
     eof: bool,
+    compression: Compression,
 }
 
 /// Reads the inputs of a run one after the other into chunks (module docs).
@@ -275,7 +276,7 @@ impl ChunkReader {
                     return false;
                 };
                 match open(&spec, &self.read) {
-                    Ok((reader, _)) => {
+                    Ok((reader, compression)) => {
                         self.current = Some(Current {
                             reader,
                             name: spec.name(),
@@ -283,6 +284,7 @@ impl ChunkReader {
                             base: 0,
                             carry: Vec::new(),
                             eof: false,
+                            compression,
                         });
                     }
                     Err(e) => {
@@ -337,8 +339,13 @@ impl ChunkReader {
                         cur.eof = true;
                         // What was read before the failure still counts; the error is
                         // reported once it is framed.
-                        self.error
-                            .get_or_insert(io_error(&cur.name, "reading it", e));
+                        let op = match cur.compression {
+                            Compression::None => "reading it",
+                            Compression::Gzip => "decompressing it (gzip)",
+                            Compression::Zstd => "decompressing it (zstd)",
+                            Compression::Xz => "decompressing it (xz)",
+                        };
+                        self.error.get_or_insert(io_error(&cur.name, op, e));
                     }
                 }
             }
