@@ -8,14 +8,22 @@
 //! [`flowpeek_plugin_api::records`], the writer the streamhash plugin uses too, so that the
 //! two agree byte for byte by construction.
 //!
+//! The inputs are read sequentially, in bounded memory, by [`crate::io::stream`] (files,
+//! stdin, pipes, compressed captures, several in a row) on a thread of its own; `cores`
+//! workers each run an engine with a hasher over their shard of the connections (the
+//! symmetric hash of `run`), and the calling thread merges their records
+//! ([`run_inputs`]). The hasher reads each side in place ([`Cx::peek_in_place`]): the
+//! bytes are hashed straight from the receive buffer, not copied out first.
+//!
 //! Records are written as the run goes, not held to the end: flows complete in end order
-//! but are numbered in start order, so a [`Reorder`] window keeps completed records until
-//! every earlier-started one has completed, and emits them in start order. The window is
-//! bounded ([`REORDER_WINDOW`] records): when it is full, the earliest completed record is
-//! emitted even though an earlier-started connection (a long-lived one) is still open; that
-//! one is emitted when it completes, out of start order (counted in
+//! but are numbered in start order (the `serial`: the index of the packet that created
+//! the flow), so a [`Reorder`] window keeps completed records until no core can still
+//! complete an earlier-started one, and emits them in start order. The window is bounded
+//! ([`REORDER_WINDOW`] records): when it is full, the earliest completed record is
+//! emitted even though an earlier-started connection (a long-lived one) is still open;
+//! that one is emitted when it completes, out of start order (counted in
 //! [`StreamsSummary::out_of_order`]). A stop request (SIGINT, SIGTERM) ends the read; the
-//! engine then finishes with the usual end reason and every record is flushed.
+//! engines then finish with the usual end reason and every record is flushed.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -80,7 +88,8 @@ pub struct StreamRecord {
     pub c2s: DirectionRecord,
     /// Server → client.
     pub s2c: DirectionRecord,
-    /// Creation order, for sorting.
+    /// Start order, for sorting: the index (counted over every input of the run) of the
+    /// packet that created the connection, the same for any number of cores.
     pub serial: u64,
 }
 

@@ -444,3 +444,44 @@ fn progress_bar_on_a_terminal_only() {
         "progress on a non-terminal stderr"
     );
 }
+
+/// The reader's pool of chunks survives thousands of small chunks handed to one and to
+/// three consumers: every chunk comes back (a lost one would leave the reader waiting
+/// for a free chunk forever: a hang, caught here by a deadline), and every consumer sees
+/// every packet once, in order.
+#[test]
+fn chunk_pool_survives_thousands_of_chunks() {
+    use flowpeek::io::stream::fan_out;
+    let path = corpus().join("gen/mixed.pcap");
+    let want = CaptureFile::open(&path).unwrap().packets().count() as u64;
+    for consumers in [1usize, 3] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let reader = ChunkReader::new(vec![InputSpec::Path(p)]).with_chunk_size(2048);
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let (results, summary, ()) = fan_out(
+                reader,
+                consumers,
+                &never,
+                |_, feed| {
+                    let (mut n, mut next) = (0u64, 0u64);
+                    feed.for_each(|c| {
+                        assert_eq!(c.first, next, "chunks out of order");
+                        next += c.packets.len() as u64;
+                        n += c.packets.len() as u64;
+                    });
+                    n
+                },
+                |_| (),
+            );
+            let counts: Vec<u64> = results.into_iter().map(|r| r.unwrap()).collect();
+            let _ = tx.send((counts, summary.packets));
+        });
+        let (counts, read) = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{consumers} consumers: the reader or a consumer hangs"));
+        assert_eq!(read, want);
+        assert_eq!(counts, vec![want; consumers]);
+    }
+}

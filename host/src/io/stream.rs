@@ -485,13 +485,13 @@ pub fn fan_out<R: Send, W>(
             .spawn_scoped(scope, move || {
                 let mut made = 0;
                 let mut stopped = false;
-                let mut spare = None;
+                let mut spare: Vec<Chunk> = Vec::new();
                 loop {
                     if stop.load(Ordering::Relaxed) {
                         stopped = true;
                         break;
                     }
-                    let mut chunk = match spare.take() {
+                    let mut chunk = match spare.pop() {
                         Some(c) => c,
                         None if made < POOL => {
                             made += 1;
@@ -507,13 +507,30 @@ pub fn fan_out<R: Send, W>(
                         break;
                     }
                     if chunk.packets.is_empty() {
-                        spare = Some(chunk);
+                        spare.push(chunk);
                         continue;
                     }
-                    let chunk = Arc::new(chunk);
+                    // The reader keeps no reference: the last consumer to let go of the
+                    // chunk is the one that gives it back to the pool. A chunk a dead
+                    // consumer refused comes back here.
+                    let mut chunk = Some(Arc::new(chunk));
                     let mut alive = false;
-                    for tx in &txs {
-                        alive |= tx.send(Arc::clone(&chunk)).is_ok();
+                    for (k, tx) in txs.iter().enumerate() {
+                        let Some(c) = (if k + 1 == txs.len() {
+                            chunk.take()
+                        } else {
+                            chunk.clone()
+                        }) else {
+                            break;
+                        };
+                        match tx.send(c) {
+                            Ok(()) => alive = true,
+                            Err(mpsc::SendError(c)) => {
+                                if let Some(c) = Arc::into_inner(c) {
+                                    spare.push(c);
+                                }
+                            }
+                        }
                     }
                     if !alive {
                         break;
