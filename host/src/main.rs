@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use flowpeek::filter::StreamFilter;
-use flowpeek::io::stream::InputSpec;
 use flowpeek::flow::{Config, OverlapPolicy};
+use flowpeek::io::stream::InputSpec;
 use flowpeek::streams::{self, StreamsOptions};
 
 /// Watch TCP traffic: both-sided tracking and reassembly with the semantics of mOS.
@@ -448,7 +448,12 @@ fn main() -> ExitCode {
             batch,
         } => {
             let inputs: Vec<InputSpec> = capture.iter().map(|s| InputSpec::parse(s)).collect();
-            events(&inputs, cores, engine.config(Defaults::EVENTS), batch as usize)
+            events(
+                &inputs,
+                cores,
+                engine.config(Defaults::EVENTS),
+                batch as usize,
+            )
         }
         Command::Streams {
             capture,

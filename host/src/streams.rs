@@ -391,7 +391,11 @@ impl Reorder {
         watermark: u64,
         emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        while self.waiting.first_key_value().is_some_and(|(&s, _)| s < watermark) {
+        while self
+            .waiting
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < watermark)
+        {
             self.pop(emit)?;
         }
         Ok(())
@@ -678,7 +682,7 @@ pub fn run_inputs(
             }
             next = chunk.first + chunk.packets.len() as u64;
             let batch = collect(&mut open, next);
-            gone = tx.as_ref().is_none_or(|tx| tx.send(batch).is_err());
+            gone = tx.as_ref().map_or(true, |tx| tx.send(batch).is_err());
         });
         engine.finish(EndReason::Eof);
         let mut last = collect(&mut open, u64::MAX);
@@ -744,10 +748,8 @@ pub fn run_inputs(
     let (results, read, merged) = fan_out(reader, cores, &halt, body, merge);
     let (records, refused_records, out_of_order, write_error) = merged;
     let mut stats = Stats::default();
-    for r in &results {
-        if let Ok(s) = r {
-            stats.merge(s);
-        }
+    for s in results.iter().flatten() {
+        stats.merge(s);
     }
     if results.iter().any(Result::is_err) {
         // A core panicked: its flows' records are missing. Say so rather than pass off a

@@ -272,7 +272,11 @@ pub fn run_inputs(
 ) -> Result<EventsSummary, crate::io::pcap::CaptureError> {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
-    let cores = if order == Order::Callback { 1 } else { cores.max(1) };
+    let cores = if order == Order::Callback {
+        1
+    } else {
+        cores.max(1)
+    };
     let batch = batch.max(1) as u64;
     for spec in inputs {
         crate::streams::probe(spec)?;
@@ -359,7 +363,7 @@ pub fn run_inputs(
                 watermark: open.first_key_value().map_or(2 * next, |(_, &at)| 2 * at),
                 core,
             };
-            gone = tx.as_ref().is_none_or(|tx| tx.send(msg).is_err());
+            gone = tx.as_ref().map_or(true, |tx| tx.send(msg).is_err());
         });
         engine.finish(crate::flow::EndReason::Eof);
         take(&mut open, g, &mut out);

@@ -50,8 +50,11 @@ fn options() -> StreamsOptions {
     }
 }
 
-/// `(ts, link code, frame)` of every packet through the memory map, and the error, if any.
-fn mapped(path: &Path) -> Option<(Vec<(u64, u32, Vec<u8>)>, Option<u64>)> {
+/// `(ts, link code, frame)` of each packet.
+type Packets = Vec<(u64, u32, Vec<u8>)>;
+
+/// Every packet through the memory map, and the damaged record's offset, if any.
+fn mapped(path: &Path) -> Option<(Packets, Option<u64>)> {
     let cap = CaptureFile::open(path).ok()?;
     let mut v = Vec::new();
     let mut err = None;
@@ -66,8 +69,7 @@ fn mapped(path: &Path) -> Option<(Vec<(u64, u32, Vec<u8>)>, Option<u64>)> {
 
 /// The same through the sequential reader, `chunk` bytes per read.
 fn sequential(path: &Path, chunk: usize) -> (Vec<(u64, Vec<u8>)>, Option<u64>) {
-    let mut r =
-        ChunkReader::new(vec![InputSpec::Path(path.to_path_buf())]).with_chunk_size(chunk);
+    let mut r = ChunkReader::new(vec![InputSpec::Path(path.to_path_buf())]).with_chunk_size(chunk);
     let mut c = Chunk::default();
     let mut v = Vec::new();
     let mut index = 0;
@@ -111,7 +113,10 @@ fn sequential_reader_matches_the_map_on_every_capture() {
         checked += 1;
         packets += want.len();
     }
-    assert!(checked > 100 && packets > 100_000, "{checked} captures, {packets} packets");
+    assert!(
+        checked > 100 && packets > 100_000,
+        "{checked} captures, {packets} packets"
+    );
 }
 
 fn json_lines(inputs: &[InputSpec], cores: usize) -> Vec<String> {
@@ -197,7 +202,10 @@ fn tmp(name: &str) -> PathBuf {
 /// decides), read whole or through stdin.
 #[test]
 fn stdin_pipe_fifo_and_compressed_inputs_give_the_file_s_records() {
-    for name in ["gen/mixed.pcap", "public/zeek/tcp/http-on-irc-port-missing-syn.pcapng"] {
+    for name in [
+        "gen/mixed.pcap",
+        "public/zeek/tcp/http-on-irc-port-missing-syn.pcapng",
+    ] {
         let path = corpus().join(name);
         if !path.exists() && name.starts_with("public") {
             continue;
@@ -207,7 +215,11 @@ fn stdin_pipe_fifo_and_compressed_inputs_give_the_file_s_records() {
         let want = cli(&[p], None);
         assert!(want.len() > 100, "{name}: {} bytes of records", want.len());
         assert_eq!(cli(&["-"], Some(&raw)), want, "{name} on stdin");
-        assert_eq!(cli(&["--cores", "2", "-"], Some(&raw)), want, "{name} on stdin, 2 cores");
+        assert_eq!(
+            cli(&["--cores", "2", "-"], Some(&raw)),
+            want,
+            "{name} on stdin, 2 cores"
+        );
 
         let fifo = tmp("capture.fifo");
         let _ = std::fs::remove_file(&fifo);
@@ -218,7 +230,11 @@ fn stdin_pipe_fifo_and_compressed_inputs_give_the_file_s_records() {
             let raw = raw.clone();
             std::thread::spawn(move || std::fs::write(fifo, raw).unwrap())
         };
-        assert_eq!(cli(&[fifo.to_str().unwrap()], None), want, "{name} from a FIFO");
+        assert_eq!(
+            cli(&[fifo.to_str().unwrap()], None),
+            want,
+            "{name} from a FIFO"
+        );
         feeder.join().unwrap();
 
         let gz = {
@@ -331,7 +347,10 @@ fn events_in_flow_order_are_the_same_for_any_number_of_cores() {
         assert_eq!(a, b, "{}: flow order loses or adds lines", path.display());
         total += one.len();
     }
-    assert!(total > 10_000 && regrouped > 10, "{total} lines, {regrouped} regrouped");
+    assert!(
+        total > 10_000 && regrouped > 10,
+        "{total} lines, {regrouped} regrouped"
+    );
 }
 
 /// Peak RSS of `flowpeek streams` reading a capture several times the bound from a pipe
@@ -397,8 +416,8 @@ fn memory_stays_bounded_on_a_large_input() {
     let status = child.wait().unwrap();
     assert!(status.success());
     assert!(records > 30_000, "{records} records");
-    let bound = 64 * 1024
-        + (flowpeek::io::stream::POOL * flowpeek::io::stream::CHUNK / 1024) as u64;
+    let bound =
+        64 * 1024 + (flowpeek::io::stream::POOL * flowpeek::io::stream::CHUNK / 1024) as u64;
     assert!(peak_kib > 0, "VmHWM never read");
     assert!(
         peak_kib <= bound,

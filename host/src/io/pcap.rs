@@ -609,7 +609,10 @@ impl<'a> Iterator for Packets<'a> {
         }
         if self.shrank.load(Ordering::Acquire) {
             self.done = true;
-            let size = self.file.and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+            let size = self
+                .file
+                .and_then(|f| f.metadata().ok())
+                .map_or(0, |m| m.len());
             return Some(Err(CaptureError::Shrank {
                 path: self.path.to_path_buf(),
                 size,
