@@ -570,6 +570,18 @@ pub fn probe(spec: &InputSpec) -> Result<(), CaptureError> {
     crate::io::pcap::Framer::detect(&head, path).map(drop)
 }
 
+/// Whether `e`, met after `packets` packets, says the input could not be opened as a
+/// capture at all (rather than that it was damaged after its header: a warning).
+pub fn unopenable(e: &CaptureError, packets: u64) -> bool {
+    match e {
+        CaptureError::Truncated { offset, .. } | CaptureError::Corrupt { offset, .. } => {
+            packets == 0 && *offset == 0
+        }
+        CaptureError::Shrank { .. } => false,
+        _ => packets == 0,
+    }
+}
+
 /// What a core sends the merger: the records it completed, and the earliest start
 /// (serial) of any record it may still complete.
 struct CoreBatch {
@@ -767,8 +779,13 @@ pub fn run_inputs(
             }),
         ));
     }
-    if read.packets == 0 && inputs.len() == 1 {
-        // Nothing at all could be read from the only input: it is not a capture.
+    if inputs.len() == 1
+        && read
+            .error
+            .as_ref()
+            .is_some_and(|e| unopenable(e, read.packets))
+    {
+        // The only input (stdin, a pipe: not checked before the run) is not a capture.
         if let Some(e) = read.error {
             return Err(StreamsError::Capture(e));
         }

@@ -459,7 +459,12 @@ pub fn run_inputs(
             "a core's thread panicked; its flows' events are missing",
         ));
     }
-    if read.packets == 0 && inputs.len() == 1 {
+    if inputs.len() == 1
+        && read
+            .error
+            .as_ref()
+            .is_some_and(|e| crate::streams::unopenable(e, read.packets))
+    {
         if let Some(e) = read.error {
             return Err(e);
         }
