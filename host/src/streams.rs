@@ -630,6 +630,7 @@ pub fn run_inputs(
         ..opts.engine.clone()
     };
     let halt = AtomicBool::new(false);
+    let skipped = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::sync_channel::<CoreBatch>(4 * cores);
     // Each core takes its sender: when every core has ended (or panicked), the merger's
     // channel disconnects.
@@ -663,6 +664,11 @@ pub fn run_inputs(
         };
         let mut gone = false;
         feed.for_each(|chunk| {
+            if !gone && (stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed)) {
+                // Stopped: the chunks already read are not processed.
+                gone = true;
+                skipped.store(true, Ordering::Relaxed);
+            }
             if gone {
                 return;
             }
@@ -794,7 +800,7 @@ pub fn run_inputs(
         records,
         stats,
         capture_error: read.error,
-        stopped: read.stopped && stop.load(Ordering::Relaxed),
+        stopped: (read.stopped || skipped.load(Ordering::Relaxed)) && stop.load(Ordering::Relaxed),
         out_of_order,
         refused_records,
         elapsed: started.elapsed(),

@@ -286,6 +286,7 @@ pub fn run_inputs(
         ..cfg
     };
     let halt = AtomicBool::new(false);
+    let skipped = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::sync_channel::<CoreLines>(4 * cores);
     let senders: Vec<Mutex<Option<std::sync::mpsc::SyncSender<CoreLines>>>> =
         (0..cores).map(|_| Mutex::new(Some(tx.clone()))).collect();
@@ -328,6 +329,11 @@ pub fn run_inputs(
         let mut gone = false;
         let mut g = 0u64;
         feed.for_each(|chunk| {
+            if !gone && (stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed)) {
+                // Stopped: the chunks already read are not processed.
+                gone = true;
+                skipped.store(true, Ordering::Relaxed);
+            }
             if gone {
                 return;
             }
@@ -470,6 +476,6 @@ pub fn run_inputs(
         }
     }
     sum.capture_error = read.error;
-    sum.stopped = read.stopped && stop.load(Ordering::Relaxed);
+    sum.stopped = (read.stopped || skipped.load(Ordering::Relaxed)) && stop.load(Ordering::Relaxed);
     Ok(sum)
 }

@@ -10,7 +10,8 @@
 //! chunks come from a pool of [`POOL`] and go back to it when the last consumer is done, so
 //! the memory held is `POOL * CHUNK` (plus the packet index) whatever the input's size,
 //! and the reader waits for the slowest consumer. Nothing is mapped: a file that shrinks
-//! while being read ends early, as a pipe would, and bytes are never read twice.
+//! while being read ends where `read` finds its new end, with [`CaptureError::Shrank`]
+//! (every packet read before counts: those bytes were in the file when read).
 //!
 //! Why `read`, not the memory map of [`super::pcap::CaptureFile`]: a map of the whole file
 //! keeps every page it touched resident (the 483 MB benchmark input peaked at 501 MB of
@@ -224,6 +225,9 @@ struct Current {
     carry: Vec<u8>,
     eof: bool,
     compression: Compression,
+    /// A regular file: its path, and the file bytes read before it was opened (to tell,
+    /// at its end, whether it shrank while being read).
+    file: Option<(PathBuf, u64)>,
 }
 
 /// Reads the inputs of a run one after the other into chunks (module docs).
@@ -275,6 +279,7 @@ impl ChunkReader {
                 let Some(spec) = self.inputs.next() else {
                     return false;
                 };
+                let read_before = self.read.load(Ordering::Relaxed);
                 match open(&spec, &self.read) {
                     Ok((reader, compression)) => {
                         self.current = Some(Current {
@@ -285,6 +290,12 @@ impl ChunkReader {
                             carry: Vec::new(),
                             eof: false,
                             compression,
+                            file: match &spec {
+                                InputSpec::Path(p) if spec.size().is_some() => {
+                                    Some((p.clone(), read_before))
+                                }
+                                _ => None,
+                            },
                         });
                     }
                     Err(e) => {
@@ -371,6 +382,12 @@ impl ChunkReader {
                 });
             });
             let rest = window.len() - pos;
+            if cur.eof {
+                if let Some(shrank) = shrank(cur, &self.read, cur.base + pos as u64) {
+                    self.count(chunk.packets.len());
+                    return Err(shrank);
+                }
+            }
             if let Some(e) = err {
                 let more_may_fix = match &e {
                     CaptureError::Truncated { .. } => true,
@@ -403,6 +420,20 @@ impl ChunkReader {
         self.next_index += n as u64;
         self.packets.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// At the end of a regular file: [`CaptureError::Shrank`] if fewer bytes are in it now
+/// than were read from it (another process truncated it while it was read: the bytes
+/// read were in the file when they were read, but its end is not where it was).
+fn shrank(cur: &Current, read: &AtomicU64, offset: u64) -> Option<CaptureError> {
+    let (path, before) = cur.file.as_ref()?;
+    let got = read.load(Ordering::Relaxed) - before;
+    let size = std::fs::metadata(path).ok()?.len();
+    (size < got).then(|| CaptureError::Shrank {
+        path: path.clone(),
+        size,
+        offset,
+    })
 }
 
 /// What the reader thread of [`fan_out`] did.
