@@ -4,17 +4,17 @@
 # side by side in one run: the tools alternate, ROUNDS times, and each row gives the best
 # wall time and the peak RSS (max over the rounds, /usr/bin/time -v).
 #
-#   libnids                                  nidsflow (CRC-32 of every delivered byte), one core
-#   flowpeek --cores 1 --no-sha256           CRC-32 only, one worker (taskset: one core... see CORES1)
-#   flowpeek --no-sha256                     CRC-32 only, every core
-#   flowpeek --cores 1                       SHA-256 + CRC-32, one worker
-#   flowpeek                                 SHA-256 + CRC-32, every core
-#   BASE (optional): another flowpeek binary, `streams --json --no-sha256` on one core
+#   libnids                          nidsflow (CRC-32 of every delivered byte), taskset -c 0
+#   flowpeek --cores 1 --no-sha256   CRC-32 only, one worker (see CORES1)
+#   flowpeek --no-sha256             CRC-32 only, every core
+#   flowpeek --cores 1               SHA-256 + CRC-32, one worker
+#   flowpeek                         SHA-256 + CRC-32, every core
+#   BASE (optional): another flowpeek binary, `streams --json --no-sha256`, taskset -c 0
 #
 # "One core" for flowpeek --cores 1 means one reassembly worker; its reader thread (read +
 # framing) and the output thread run beside it. CORES1=taskset pins the whole process to
-# one CPU (taskset -c 0) instead, for the strict single-CPU figure (both are reported when
-# CORES1=both, the default).
+# one CPU (taskset -c 0) instead, for the strict single-CPU figure; CORES1=worker only the
+# unpinned one; CORES1=both (the default) reports both.
 #
 # Usage: scripts/compare/issue15.sh [INPUT]   (default: big-input.sh's /dev/shm/flowpeek-big.pcap)
 # Environment: ROUNDS (5), BASE (a flowpeek binary to compare with), NO_INSTALL=1.
