@@ -50,6 +50,34 @@ fn same(a: &StreamRecord, b: &StreamRecord) -> bool {
 /// once leave a core off its CPU for longer than a live source allows (the handoff's wait).
 static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `flowpeek run` with the plugins of `plugins` (streamhash), records to `logs`, on `cores`
+/// cores: no timeout or drain deadline within a test, 1 MiB buffers.
+fn live_options(
+    source: flowpeek::run::Source,
+    plugins: &Path,
+    logs: &Path,
+    cores: usize,
+) -> flowpeek::run::RunOptions {
+    flowpeek::run::RunOptions {
+        source,
+        plugins: plugins.into(),
+        log_dir: logs.into(),
+        engine: Config {
+            tcp_timeout: 3600 * 1_000_000_000,
+            buffer_capacity: 1 << 20,
+            ..Config::default()
+        },
+        pace: 0,
+        loops: 1,
+        drain_timeout: 3600 * 1_000_000_000,
+        watch: false,
+        cores,
+        latency_sample: 0,
+        budget: Default::default(),
+        latency_warmup: 0,
+    }
+}
+
 fn gen(name: &str) -> PathBuf {
     plugin_util::corpus().join("gen").join(name)
 }
@@ -151,7 +179,7 @@ fn workers_reassemble_a_fragmented_capture_like_one_core() {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    use flowpeek::run::{RunOptions, Source};
+    use flowpeek::run::Source;
 
     let dir = plugin_util::TempDir::new("fragment-workers");
     plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
@@ -165,24 +193,7 @@ fn workers_reassemble_a_fragmented_capture_like_one_core() {
     let rep = fragment_file(&clean, &frags, &cfg).expect("fragment");
     let run = |capture: &Path, cores: usize| {
         let logs = plugin_util::TempDir::new("fragment-workers-logs");
-        let opts = RunOptions {
-            source: Source::Pcap(capture.into()),
-            plugins: dir.path().into(),
-            log_dir: logs.path().into(),
-            engine: Config {
-                tcp_timeout: 3600 * 1_000_000_000,
-                buffer_capacity: 1 << 20,
-                ..Config::default()
-            },
-            pace: 0,
-            loops: 1,
-            drain_timeout: 3600 * 1_000_000_000,
-            watch: false,
-            cores,
-            latency_sample: 0,
-            budget: Default::default(),
-            latency_warmup: 0,
-        };
+        let opts = live_options(Source::Pcap(capture.into()), dir.path(), logs.path(), cores);
         let stop = Arc::new(AtomicBool::new(false));
         let report = flowpeek::run::run(&opts, &stop, |_| {}).expect("run");
         let mut lines: Vec<String> = std::fs::read_to_string(logs.join("streamhash.jsonl"))
@@ -225,7 +236,7 @@ fn live_workers_hand_reassembled_datagrams_to_their_flows_core() {
 
     use flowpeek::io::pcap::CaptureFile;
     use flowpeek::io::shm::{PushError, ShmRegion};
-    use flowpeek::run::{RunOptions, Source};
+    use flowpeek::run::Source;
 
     let dir = plugin_util::TempDir::new("fragment-live");
     plugin_util::place(&plugin_util::streamhash(), dir.path(), "streamhash.so");
@@ -254,24 +265,7 @@ fn live_workers_hand_reassembled_datagrams_to_their_flows_core() {
         v.sort();
         v
     };
-    let opts = |source: Source, logs: &Path, cores: usize| RunOptions {
-        source,
-        plugins: dir.path().into(),
-        log_dir: logs.into(),
-        engine: Config {
-            tcp_timeout: 3600 * 1_000_000_000,
-            buffer_capacity: 1 << 20,
-            ..Config::default()
-        },
-        pace: 0,
-        loops: 1,
-        drain_timeout: 3600 * 1_000_000_000,
-        watch: false,
-        cores,
-        latency_sample: 0,
-        budget: Default::default(),
-        latency_warmup: 0,
-    };
+    let opts = |source, logs: &Path, cores| live_options(source, dir.path(), logs, cores);
     let want_logs = plugin_util::TempDir::new("fragment-live-want");
     let stop = Arc::new(AtomicBool::new(false));
     flowpeek::run::run(
@@ -419,7 +413,7 @@ fn live_afpacket_cores_reassemble_fragments_sent_on_a_veth() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use flowpeek::run::{RunOptions, Source};
+    use flowpeek::run::Source;
 
     require_live!();
     let net = netns::Net::up('f');
@@ -448,24 +442,7 @@ fn live_afpacket_cores_reassemble_fragments_sent_on_a_veth() {
             })
             .collect()
     };
-    let opts = |source: Source, logs: &Path, cores: usize| RunOptions {
-        source,
-        plugins: dir.path().into(),
-        log_dir: logs.into(),
-        engine: Config {
-            tcp_timeout: 3600 * 1_000_000_000,
-            buffer_capacity: 1 << 20,
-            ..Config::default()
-        },
-        pace: 0,
-        loops: 1,
-        drain_timeout: 3600 * 1_000_000_000,
-        watch: false,
-        cores,
-        latency_sample: 0,
-        budget: Default::default(),
-        latency_warmup: 0,
-    };
+    let opts = |source, logs: &Path, cores| live_options(source, dir.path(), logs, cores);
     let want_logs = plugin_util::TempDir::new("fragment-veth-want");
     let stop = Arc::new(AtomicBool::new(false));
     flowpeek::run::run(
