@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use flowpeek::filter::StreamFilter;
 use flowpeek::flow::{Config, OverlapPolicy};
+use flowpeek::io::stream::InputSpec;
 use flowpeek::streams::{self, StreamsOptions};
 
 /// Watch TCP traffic: both-sided tracking and reassembly with the semantics of mOS.
@@ -39,12 +40,31 @@ enum Command {
     /// as "late" in the summary, not taken for a new connection; a SYN with a fresh ISN on
     /// the same endpoints is one.
     ///
-    /// Example: flowpeek streams trace.pcap --json > streams.jsonl
-    ///          flowpeek streams trace.pcap --write flows/ --gaps zero
+    /// Inputs: pcap or pcapng files, `-` for standard input, pipes and FIFOs, each
+    /// possibly gzip, zstd or xz compressed (recognised by its first bytes). Several are
+    /// read one after the other as one capture, as `mergecap -a` would join them. Input is
+    /// read sequentially, in bounded memory, whatever its size. Every core reassembles the
+    /// connections whose hash falls on it (--cores, as `run`); the records are the same,
+    /// in the same order, for any number of cores.
+    ///
+    /// Examples: flowpeek streams trace.pcap --json > streams.jsonl
+    ///           flowpeek streams trace.pcap --write flows/ --gaps zero
+    ///           tcpdump -i eth0 -w - | flowpeek streams - --json
+    ///           flowpeek streams day1.pcap.zst day2.pcap.gz --cores 2
     #[command(verbatim_doc_comment)]
     Streams {
-        /// A pcap or pcapng file (Ethernet, 802.1Q/802.1ad, Linux cooked SLL/SLL2, raw IP).
-        capture: PathBuf,
+        /// Captures: pcap or pcapng (Ethernet, 802.1Q/802.1ad, Linux cooked SLL/SLL2, raw
+        /// IP), `-` for standard input; .gz/.zst/.xz compressed or not.
+        #[arg(required = true, num_args = 1..)]
+        capture: Vec<String>,
+        /// Worker threads, one per core, each taking its share of the connections
+        /// [default: every CPU of this process].
+        #[arg(long, value_parser = parse_cores)]
+        cores: Option<usize>,
+        /// No progress bar (it is shown on stderr when stderr is a terminal and the input
+        /// is larger than 64 MiB, or of unknown size).
+        #[arg(long)]
+        no_progress: bool,
         /// One JSON object per line per connection instead of a table.
         #[arg(long)]
         json: bool,
@@ -60,7 +80,8 @@ enum Command {
         no_sha256: bool,
         /// Write each direction's bytes to a file in this directory (created if missing; a
         /// file of the same name is replaced). A direction that carried nothing gets no
-        /// file. The JSON record gives each direction's "file" and "gaps".
+        /// file. The JSON record gives each direction's "file" and "gaps". Runs on one core
+        /// (one writer names every file).
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
         /// With --write: the file name template. tcpflow's fields: %A/%a sender address
@@ -185,9 +206,18 @@ enum Command {
     /// see what a plugin would be told, packet by packet. Each line opens with the flow's
     /// uid, client and server (mOS's traces have "flow":"CLIENT>SERVER" instead), as every
     /// record does: docs/records.md.
+    ///
+    /// Inputs as for `streams` (files, `-`, pipes, compressed, several in a row). Lines
+    /// come in callback order on one core; with --cores N (any N, 1 included) they come
+    /// flow by flow instead, in order of the flows' first packets, each flow's lines in
+    /// callback order, and are the same for any N.
     Events {
-        /// A pcap or pcapng file.
-        capture: PathBuf,
+        /// Captures: pcap or pcapng, `-` for standard input; .gz/.zst/.xz or not.
+        #[arg(required = true, num_args = 1..)]
+        capture: Vec<String>,
+        /// Worker threads, flows sharded by hash; the lines then come in flow order.
+        #[arg(long, value_parser = parse_cores)]
+        cores: Option<usize>,
         #[command(flatten)]
         engine: EngineArgs,
         /// Packets per batch (`NewData` is coalesced per batch); 1 is closest to mOS's pcap
@@ -482,11 +512,22 @@ fn main() -> ExitCode {
         }),
         Command::Events {
             capture,
+            cores,
             engine,
             batch,
-        } => events(&capture, engine.config(Defaults::EVENTS), batch as usize),
+        } => {
+            let inputs: Vec<InputSpec> = capture.iter().map(|s| InputSpec::parse(s)).collect();
+            events(
+                &inputs,
+                cores,
+                engine.config(Defaults::EVENTS),
+                batch as usize,
+            )
+        }
         Command::Streams {
             capture,
+            cores,
+            no_progress,
             json,
             summary,
             engine,
@@ -519,7 +560,9 @@ fn main() -> ExitCode {
                     },
                 }),
             };
-            streams_command(&capture, &opts, json, summary)
+            let inputs: Vec<InputSpec> = capture.iter().map(|s| InputSpec::parse(s)).collect();
+            let cores = cores.unwrap_or_else(cpus);
+            streams_command(&inputs, cores, !no_progress, &opts, json, summary)
         }
         Command::Follow {
             capture,
@@ -567,13 +610,23 @@ fn note(msg: &str) -> bool {
     writeln!(std::io::stderr(), "{msg}").is_ok()
 }
 
-fn events(capture: &std::path::Path, cfg: Config, batch: usize) -> ExitCode {
+fn events(inputs: &[InputSpec], cores: Option<usize>, cfg: Config, batch: usize) -> ExitCode {
     let stop = stop_flag();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let sum = match flowpeek::trace::run_streaming(capture, cfg, batch, &stop, |l| {
-        writeln!(out, "{l}")
-    }) {
+    let order = match cores {
+        Some(_) => flowpeek::trace::Order::Flow,
+        None => flowpeek::trace::Order::Callback,
+    };
+    let sum = match flowpeek::trace::run_inputs(
+        inputs,
+        cfg,
+        cores.unwrap_or(1),
+        batch,
+        order,
+        &stop,
+        |l| writeln!(out, "{l}"),
+    ) {
         Ok(s) => s,
         Err(e) => {
             note(&format!("flowpeek: {e}"));
@@ -608,14 +661,50 @@ fn events(capture: &std::path::Path, cfg: Config, batch: usize) -> ExitCode {
     }
 }
 
+/// Inputs smaller than this get no progress bar.
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+/// The progress bar of `streams` on stderr: bytes read of the total (with the ETA) when
+/// the inputs' sizes are known, else bytes read; and packets/s.
+fn progress_bar(inputs: &[InputSpec]) -> Option<indicatif::ProgressBar> {
+    let sizes: Option<Vec<u64>> = inputs.iter().map(InputSpec::size).collect();
+    let total = sizes.map(|s| s.iter().sum::<u64>());
+    if total.is_some_and(|t| t < PROGRESS_MIN_BYTES) {
+        return None;
+    }
+    let target = indicatif::ProgressDrawTarget::stderr_with_hz(10);
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::with_draw_target(Some(t), target).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}",
+            )
+            .ok()?,
+        ),
+        None => indicatif::ProgressBar::with_draw_target(None, target).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes} {binary_bytes_per_sec} {msg} {elapsed}",
+            )
+            .ok()?,
+        ),
+    };
+    Some(bar)
+}
+
 fn streams_command(
-    capture: &std::path::Path,
+    inputs: &[InputSpec],
+    cores: usize,
+    progress: bool,
     opts: &StreamsOptions,
     json: bool,
     summary: bool,
 ) -> ExitCode {
     let stop = stop_flag();
-    let show_progress = std::io::stderr().is_terminal();
+    let bar = if progress && std::io::stderr().is_terminal() {
+        progress_bar(inputs)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let header = if json {
@@ -628,9 +717,10 @@ fn streams_command(
     // One line buffer for every record: no allocation per record once it has grown.
     let mut line = String::with_capacity(512);
     let result = result.and_then(|()| {
-        streams::run_streaming(
-            capture,
+        streams::run_inputs(
+            inputs,
             opts,
+            cores,
             &stop,
             |r| {
                 if let Some(e) = &r.file_error {
@@ -647,20 +737,21 @@ fn streams_command(
                 line.push('\n');
                 out.write_all(line.as_bytes())
             },
-            |done, total| {
-                if show_progress && total > 0 {
-                    let _ = write!(
-                        std::io::stderr(),
-                        "\r{:5.1}% of {}",
-                        done as f64 * 100.0 / total as f64,
-                        capture.display()
-                    );
+            |p| {
+                if let Some(bar) = &bar {
+                    let packets = p.packets.load(std::sync::atomic::Ordering::Relaxed);
+                    bar.set_position(p.bytes.load(std::sync::atomic::Ordering::Relaxed));
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!(
+                        "{packets} packets {:.2} Mpps",
+                        packets as f64 / secs / 1e6
+                    ));
                 }
             },
         )
     });
-    if show_progress {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
     let (report, write_error) = match result {
         Ok(r) => (r, None),

@@ -12,22 +12,32 @@
 //! to [`crate::stream_files`] (`--write`), and the record names each direction's file and
 //! lists its gaps.
 //!
+//! The inputs are read sequentially, in bounded memory, by [`crate::io::stream`] (files,
+//! stdin, pipes, compressed captures, several in a row) on a thread of its own; `cores`
+//! workers each run an engine with a hasher over their shard of the connections (the
+//! symmetric hash of `run`), and the calling thread merges their records
+//! ([`run_inputs`]). The hasher reads each side in place ([`Cx::peek_in_place`]): the
+//! bytes are hashed straight from the receive buffer, not copied out first.
+//!
 //! Records are written as the run goes, not held to the end: flows complete in end order
-//! but are numbered in start order, so a [`Reorder`] window keeps completed records until
-//! every earlier-started one has completed, and emits them in start order. The window is
-//! bounded ([`REORDER_WINDOW`] records): when it is full, the earliest completed record is
-//! emitted even though an earlier-started connection (a long-lived one) is still open; that
-//! one is emitted when it completes, out of start order (counted in
+//! but are numbered in start order (the `serial`: the index of the packet that created
+//! the flow), so a [`Reorder`] window keeps completed records until no core can still
+//! complete an earlier-started one, and emits them in start order. The window is bounded
+//! ([`REORDER_WINDOW`] records): when it is full, the earliest completed record is
+//! emitted even though an earlier-started connection (a long-lived one) is still open;
+//! that one is emitted when it completes, out of start order (counted in
 //! [`StreamsSummary::out_of_order`]). A stop request (SIGINT, SIGTERM) ends the read; the
-//! engine then finishes with the usual end reason and every record is flushed.
+//! engines then finish with the usual end reason and every record is flushed.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowpeek_plugin_api::records::{self, DirectionFields, Gap, StreamFields};
@@ -37,8 +47,11 @@ use crate::flow::{
     BufferRequest, Config, Cx, Detail, EndReason, Engine, ErrorKind, Event, EventKind, EventSide,
     FlowHandle, Hook, Monitor, PeekError, Side, Stats, Subscriptions,
 };
-use crate::io::pcap::{CaptureError, CaptureFile};
+use crate::io::pcap::CaptureError;
+use crate::io::shard::decoded_shard;
+use crate::io::stream::{fan_out, ChunkFeed, ChunkReader, InputSpec, Progress};
 use crate::stream_files::{DirFile, DirName, FilesError, StreamFiles, WriteOptions};
+use crate::wire;
 
 /// Packets handed to the engine between two `end_batch` calls (a ring sync's worth).
 pub const BATCH: usize = 32;
@@ -86,7 +99,8 @@ pub struct StreamRecord {
     pub c2s: DirectionRecord,
     /// Server → client.
     pub s2c: DirectionRecord,
-    /// Creation order, for sorting.
+    /// Start order, for sorting: the index (counted over every input of the run) of the
+    /// packet that created the connection, the same for any number of cores.
     pub serial: u64,
     /// With `--write`: the run's first write error, on every record completed after it
     /// (their files are incomplete); the caller reports it and stops.
@@ -181,12 +195,13 @@ struct Live {
 pub struct StreamHasher {
     live: Vec<Option<Live>>,
     free: Vec<usize>,
-    scratch: Box<[u8]>,
     done: Rc<RefCell<Vec<StreamRecord>>>,
     buffer: u32,
     sha256: bool,
     /// With `--write`: the files.
     files: Option<StreamFiles>,
+    /// With `--write`: where the bytes are copied out to go to the hashes and the file.
+    scratch: Vec<u8>,
 }
 
 impl StreamHasher {
@@ -196,17 +211,22 @@ impl StreamHasher {
         StreamHasher {
             live: Vec::new(),
             free: Vec::new(),
-            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             done,
             buffer,
             sha256: true,
             files: None,
+            scratch: Vec::new(),
         }
     }
 
     /// Writes each direction to a file too (`streams --write`).
     pub fn with_files(mut self, opts: Option<WriteOptions>) -> StreamHasher {
         self.files = opts.map(StreamFiles::new);
+        self.scratch = if self.files.is_some() {
+            vec![0; 64 * 1024]
+        } else {
+            Vec::new()
+        };
         self
     }
 
@@ -248,24 +268,41 @@ impl StreamHasher {
         };
         let d = &mut live.dirs[side.index()];
         loop {
-            match cx.peek(h, side, &mut self.scratch) {
+            if self.files.is_some() {
+                // --write: the bytes go to the direction's file too, so they are copied out.
+                match cx.peek(h, side, &mut self.scratch) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Some(sha) = &mut d.sha {
+                            sha.update(&self.scratch[..n]);
+                        }
+                        d.crc.update(&self.scratch[..n]);
+                        d.bytes += n as u64;
+                        if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
+                            files.data(f, &self.scratch[..n], || dir_name(cx, h, side));
+                        }
+                    }
+                    Err(PeekError::Lost(n)) => {
+                        d.lost += n;
+                        if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
+                            files.gap(f, n, || dir_name(cx, h, side));
+                        }
+                    }
+                    Err(PeekError::Errno(_)) => break,
+                }
+                continue;
+            }
+            // Hashed straight from the receive buffer: no copy.
+            let got = cx.peek_in_place(h, side, |bytes| {
+                if let Some(sha) = &mut d.sha {
+                    sha.update(bytes);
+                }
+                d.crc.update(bytes);
+            });
+            match got {
                 Ok(0) => break,
-                Ok(n) => {
-                    if let Some(sha) = &mut d.sha {
-                        sha.update(&self.scratch[..n]);
-                    }
-                    d.crc.update(&self.scratch[..n]);
-                    d.bytes += n as u64;
-                    if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
-                        files.data(f, &self.scratch[..n], || dir_name(cx, h, side));
-                    }
-                }
-                Err(PeekError::Lost(n)) => {
-                    d.lost += n;
-                    if let (Some(files), Some(f)) = (&mut self.files, &mut d.file) {
-                        files.gap(f, n, || dir_name(cx, h, side));
-                    }
-                }
+                Ok(n) => d.bytes += n as u64,
+                Err(PeekError::Lost(n)) => d.lost += n,
                 Err(PeekError::Errno(_)) => break,
             }
         }
@@ -409,12 +446,17 @@ pub struct StreamsOptions {
 /// About 400 bytes each: some 25 MiB when full.
 pub const REORDER_WINDOW: usize = 1 << 16;
 
-/// Puts completed records back in start order (their `serial`s are 0, 1, 2, ... with no
-/// gaps, one per flow the engine created), keeping at most `window` of them.
+/// Puts completed records back in start order (by `serial`), keeping at most `window` of
+/// them. A record goes out once no record that may still come can start before it: the
+/// caller says so with [`Reorder::release`] (the earliest start any core may still
+/// complete). When the window is full the earliest record goes out anyway; a record that
+/// completes after a later-started one went out is emitted at once, out of start order
+/// (counted).
 #[derive(Debug)]
 pub struct Reorder {
     waiting: BTreeMap<u64, StreamRecord>,
-    next: u64,
+    /// The last serial emitted.
+    last: Option<u64>,
     window: usize,
     out_of_order: u64,
 }
@@ -424,33 +466,51 @@ impl Reorder {
     pub fn new(window: usize) -> Reorder {
         Reorder {
             waiting: BTreeMap::new(),
-            next: 0,
+            last: None,
             window: window.max(1),
             out_of_order: 0,
         }
     }
 
-    /// Takes a completed record; `emit` gets every record that may go out now, in order.
+    /// Takes a completed record; `emit` gets the records the full window pushes out.
     pub fn push<E>(
         &mut self,
         r: StreamRecord,
         emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        if r.serial < self.next {
+        if self.last.is_some_and(|l| r.serial < l) {
             // Its turn was given away when the window was full.
             self.out_of_order += 1;
             return emit(&r);
         }
         self.waiting.insert(r.serial, r);
-        while let Some(&first) = self.waiting.keys().next() {
-            if first != self.next && self.waiting.len() <= self.window {
-                break;
-            }
-            let Some(r) = self.waiting.remove(&first) else {
-                break;
-            };
-            self.next = r.serial + 1;
+        while self.waiting.len() > self.window {
+            self.pop(emit)?;
+        }
+        Ok(())
+    }
+
+    fn pop<E>(&mut self, emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>) -> Result<(), E> {
+        if let Some((serial, r)) = self.waiting.pop_first() {
+            self.last = Some(serial);
             emit(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Emits, in order, every record that started before `watermark` (no record still
+    /// to come starts before it).
+    pub fn release<E>(
+        &mut self,
+        watermark: u64,
+        emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while self
+            .waiting
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < watermark)
+        {
+            self.pop(emit)?;
         }
         Ok(())
     }
@@ -460,16 +520,23 @@ impl Reorder {
         &mut self,
         emit: &mut impl FnMut(&StreamRecord) -> Result<(), E>,
     ) -> Result<(), E> {
-        while let Some((_, r)) = self.waiting.pop_first() {
-            self.next = r.serial + 1;
-            emit(&r)?;
-        }
-        Ok(())
+        self.release(u64::MAX, emit)?;
+        self.release(u64::MAX, emit)
     }
 
     /// Records emitted after a later-started one because the window was full.
     pub fn out_of_order(&self) -> u64 {
         self.out_of_order
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// No record waiting.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 
@@ -478,9 +545,11 @@ impl Reorder {
 pub struct StreamsSummary {
     /// Records emitted.
     pub records: u64,
-    /// The engine's counters.
+    /// The engine's counters (summed over the cores).
     pub stats: Stats,
-    /// Capture records that could not be read (the run kept everything before them).
+    /// The first input error: records of an input that could not be read to its end
+    /// (every packet before the damage was processed), or of an input that could not be
+    /// opened while others could.
     pub capture_error: Option<CaptureError>,
     /// The run was stopped (signal) before the end of the capture.
     pub stopped: bool,
@@ -514,25 +583,37 @@ pub enum StreamsError {
     Write(io::Error, Box<StreamsSummary>),
 }
 
-/// Reassembles every connection of the capture at `path`, collecting the records (for
-/// tests and callers that want them all). `progress` is called now and then with (bytes
-/// read, file size).
+/// Reassembles every connection of the capture at `path` on one core, collecting the
+/// records (for tests and callers that want them all). `progress` is called now and then
+/// with (bytes read, file size).
 pub fn run(
     path: &Path,
     opts: &StreamsOptions,
     progress: impl FnMut(u64, u64),
 ) -> Result<StreamsReport, CaptureError> {
+    run_cores(&[InputSpec::Path(path.to_path_buf())], opts, 1, progress)
+}
+
+/// As [`run`], over `inputs` one after the other, on `cores` cores.
+pub fn run_cores(
+    inputs: &[InputSpec],
+    opts: &StreamsOptions,
+    cores: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<StreamsReport, CaptureError> {
     let mut records = Vec::new();
     let never = AtomicBool::new(false);
-    let sum = run_streaming(
-        path,
+    let total: u64 = inputs.iter().filter_map(InputSpec::size).sum();
+    let sum = run_inputs(
+        inputs,
         opts,
+        cores,
         &never,
         |r: &StreamRecord| -> io::Result<()> {
             records.push(r.clone());
             Ok(())
         },
-        progress,
+        |p: &Progress| progress(p.bytes.load(Ordering::Relaxed), total),
     )
     .map_err(|e| match e {
         StreamsError::Capture(e) => e,
@@ -547,98 +628,303 @@ pub fn run(
     })
 }
 
-/// Reassembles every connection of the capture at `path`, handing each record to `emit`
-/// as soon as the [`Reorder`] window lets it go. `stop` (set by a signal handler) ends the
-/// read early; the engine still finishes, so open flows get their records. A failing
-/// `emit` stops the run.
+/// Reassembles every connection of the capture at `path` on one core, handing each
+/// record to `emit` as soon as the [`Reorder`] window lets it go: see [`run_inputs`].
 pub fn run_streaming(
     path: &Path,
     opts: &StreamsOptions,
     stop: &AtomicBool,
-    mut emit: impl FnMut(&StreamRecord) -> io::Result<()>,
+    emit: impl FnMut(&StreamRecord) -> io::Result<()>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<StreamsSummary, StreamsError> {
+    let spec = InputSpec::Path(path.to_path_buf());
+    let total = spec.size().unwrap_or(0);
+    run_inputs(&[spec], opts, 1, stop, emit, |p: &Progress| {
+        progress(p.bytes.load(Ordering::Relaxed), total)
+    })
+}
+
+/// Checks, before anything runs, what can be checked without consuming an input: that
+/// every named input exists, is not a directory and, for a regular file, starts like a
+/// capture (after decompression). Stdin, pipes and FIFOs are checked as they are read.
+pub fn probe(spec: &InputSpec) -> Result<(), CaptureError> {
+    let InputSpec::Path(path) = spec else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CaptureError::NotFound { path: path.clone() },
+        io::ErrorKind::PermissionDenied => CaptureError::PermissionDenied {
+            path: path.clone(),
+            op: "reading its metadata",
+            source: e,
+        },
+        _ => CaptureError::Io {
+            path: path.clone(),
+            op: "reading its metadata",
+            source: e,
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(CaptureError::IsDirectory { path: path.clone() });
+    }
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (reader, _) = crate::io::stream::open(spec, &counter)?;
+    let mut head = Vec::with_capacity(64);
+    reader
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| CaptureError::Io {
+            path: path.clone(),
+            op: "reading its first bytes",
+            source: e,
+        })?;
+    crate::io::pcap::Framer::detect(&head, path).map(drop)
+}
+
+/// Whether `e`, met after `packets` packets, says the input could not be opened as a
+/// capture at all (rather than that it was damaged after its header: a warning).
+pub fn unopenable(e: &CaptureError, packets: u64) -> bool {
+    match e {
+        CaptureError::Truncated { offset, .. } | CaptureError::Corrupt { offset, .. } => {
+            packets == 0 && *offset == 0
+        }
+        CaptureError::Shrank { .. } => false,
+        _ => packets == 0,
+    }
+}
+
+/// What a core sends the merger: the records it completed, and the earliest start
+/// (serial) of any record it may still complete.
+struct CoreBatch {
+    records: Vec<StreamRecord>,
+    watermark: u64,
+    core: usize,
+}
+
+/// Reassembles every connection of `inputs` (read one after the other, sequentially, in
+/// bounded memory: [`crate::io::stream`]) on `cores` cores, handing each record to `emit`
+/// in start order as soon as the [`Reorder`] window lets it go.
+///
+/// Every core sees every packet and keeps the flows whose symmetric hash falls on it, as
+/// `run` does ([`crate::io::shard`]); foreign packets only move its clock, and every core
+/// closes its batches at the same packets, so timers fire at the same packet times
+/// whatever the number of cores. A record's `serial` is the index (over every input) of
+/// the packet that created its connection: the records, and their order, are the same
+/// for any `cores` (as long as no per-core limit such as `--buffer-memory` or
+/// `--max-flows` is reached, those being per core).
+///
+/// `stop` (set by a signal handler) ends the read early; the engines still finish, so open
+/// flows get their records. A failing `emit` stops the run. `progress` is called about ten
+/// times a second with the reader's counters.
+pub fn run_inputs(
+    inputs: &[InputSpec],
+    opts: &StreamsOptions,
+    cores: usize,
+    stop: &AtomicBool,
+    mut emit: impl FnMut(&StreamRecord) -> io::Result<()>,
+    mut progress: impl FnMut(&Progress),
+) -> Result<StreamsSummary, StreamsError> {
     let started = Instant::now();
-    let capture = CaptureFile::open(path).map_err(StreamsError::Capture)?;
-    let done = Rc::new(RefCell::new(Vec::new()));
-    let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done))
-        .with_sha256(opts.sha256)
-        .with_files(opts.write.clone());
+    // --write keeps one writer and its names (the numbered suffixes of a reused 4-tuple):
+    // one core.
+    let cores = if opts.write.is_some() {
+        1
+    } else {
+        cores.max(1)
+    };
+    if let [only] = inputs {
+        probe(only).map_err(StreamsError::Capture)?;
+    } else {
+        for spec in inputs {
+            probe(spec).map_err(StreamsError::Capture)?;
+        }
+    }
     // The hasher asks for the configured capacity, so freed buffers are pooled and reused
     // instead of allocated (and zeroed) for every connection.
-    let cfg = Config {
+    let base_cfg = Config {
         buffer_capacity: opts.buffer,
+        replay_cores: if cores > 1 { cores } else { 0 },
         ..opts.engine.clone()
     };
-    let mut engine = Engine::new(cfg, vec![Box::new(hasher)]);
-    let mut reorder = Reorder::new(REORDER_WINDOW);
-    let (mut records, mut refused) = (0u64, 0u64);
-    let mut counted = |r: &StreamRecord| -> io::Result<()> {
-        records += 1;
-        refused += u64::from(r.buffer_refused);
-        emit(r)
-    };
-    let mut capture_error = None;
-    let mut write_error = None;
-    let mut stopped = false;
-    let mut in_batch = 0;
-    let mut n: u64 = 0;
-    let pass = |reorder: &mut Reorder,
-                counted: &mut dyn FnMut(&StreamRecord) -> io::Result<()>|
-     -> io::Result<()> {
-        let mut out = |r: &StreamRecord| counted(r);
-        for r in done.borrow_mut().drain(..) {
-            reorder.push(r, &mut out)?;
-        }
-        Ok(())
-    };
-    for pkt in capture.packets() {
-        match pkt {
-            Ok(p) => {
-                engine.on_frame(p.link, p.data, p.ts_nanos);
-                in_batch += 1;
-                if in_batch == BATCH {
-                    engine.end_batch();
-                    in_batch = 0;
-                    if !done.borrow().is_empty() {
-                        if let Err(e) = pass(&mut reorder, &mut counted) {
-                            write_error = Some(e);
-                            break;
-                        }
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        stopped = true;
-                        break;
+    let halt = AtomicBool::new(false);
+    let skipped = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<CoreBatch>(4 * cores);
+    // Each core takes its sender: when every core has ended (or panicked), the merger's
+    // channel disconnects.
+    let senders: Vec<Mutex<Option<SyncSender<CoreBatch>>>> =
+        (0..cores).map(|_| Mutex::new(Some(tx.clone()))).collect();
+    drop(tx);
+    let reader = ChunkReader::new(inputs.to_vec());
+    let body = |core: usize, feed: ChunkFeed| -> Stats {
+        let tx = senders[core].lock().ok().and_then(|mut s| s.take());
+        let done = Rc::new(RefCell::new(Vec::new()));
+        let hasher = StreamHasher::new(opts.buffer, Rc::clone(&done))
+            .with_sha256(opts.sha256)
+            .with_files(opts.write.clone());
+        let cfg = Config {
+            core: core as u8,
+            ..base_cfg.clone()
+        };
+        let mut engine = Engine::new(cfg, vec![Box::new(hasher)]);
+        // The serial (packet index) of every open flow, by the engine's own serial.
+        let mut open: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut created = 0u64;
+        let mut next = 0u64;
+        let collect = |open: &mut BTreeMap<u64, u64>, next: u64| -> CoreBatch {
+            let mut records: Vec<StreamRecord> = done.borrow_mut().drain(..).collect();
+            for r in &mut records {
+                r.serial = open.remove(&r.serial).unwrap_or(next);
+            }
+            CoreBatch {
+                records,
+                watermark: open.first_key_value().map_or(next, |(_, &g)| g),
+                core,
+            }
+        };
+        let mut gone = false;
+        feed.for_each(|chunk| {
+            if !gone && (stop.load(Ordering::Relaxed) || halt.load(Ordering::Relaxed)) {
+                // Stopped: the chunks already read are not processed.
+                gone = true;
+                skipped.store(true, Ordering::Relaxed);
+            }
+            if gone {
+                return;
+            }
+            for (k, p) in chunk.packets.iter().enumerate() {
+                let g = chunk.first + k as u64;
+                let frame = chunk.frame(p);
+                if cores == 1 {
+                    engine.on_frame(p.link, frame, p.ts);
+                } else {
+                    let decoded = p.link.map(|l| wire::decode(l, frame));
+                    // IP fragments go to every core: the ports that pick the flow's core
+                    // are in the first fragment only (see `Config::replay_cores`).
+                    if decoded_shard(&decoded, cores) == core
+                        || matches!(decoded, Some(Ok(wire::Decoded::Fragment)))
+                    {
+                        engine.on_decoded(p.link, &decoded, frame, p.ts);
+                    } else {
+                        engine.observe_decoded(&decoded, frame, p.ts);
                     }
                 }
-                n += 1;
-                if n % (1 << 16) == 0 {
-                    progress(p.offset, capture.len_bytes());
+                let now_created = engine.stats().flows_created;
+                while created < now_created {
+                    open.insert(created, g);
+                    created += 1;
+                }
+                if g % BATCH as u64 == BATCH as u64 - 1 {
+                    engine.end_batch();
                 }
             }
-            Err(e) => {
-                capture_error = Some(e);
+            next = chunk.first + chunk.packets.len() as u64;
+            let batch = collect(&mut open, next);
+            gone = tx.as_ref().map_or(true, |tx| tx.send(batch).is_err());
+        });
+        engine.finish(EndReason::Eof);
+        let mut last = collect(&mut open, u64::MAX);
+        last.watermark = u64::MAX;
+        if let Some(tx) = &tx {
+            let _ = tx.send(last);
+        }
+        engine.stats().clone()
+    };
+    let merge = |p: &Progress| {
+        let mut finals = 0;
+        let mut reorder = Reorder::new(REORDER_WINDOW);
+        let mut marks = vec![0u64; cores];
+        let (mut records, mut refused) = (0u64, 0u64);
+        let mut write_error = None;
+        let mut last_tick = Instant::now();
+        let mut counted = |r: &StreamRecord| -> io::Result<()> {
+            records += 1;
+            refused += u64::from(r.buffer_refused);
+            emit(r)
+        };
+        loop {
+            let msg = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => Some(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if stop.load(Ordering::Relaxed) {
+                halt.store(true, Ordering::Relaxed);
+            }
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                progress(p);
+            }
+            let Some(msg) = msg else { continue };
+            if write_error.is_some() {
+                // Keep draining so that the cores finish; nothing more is written.
+                continue;
+            }
+            marks[msg.core] = msg.watermark;
+            if msg.watermark == u64::MAX {
+                finals += 1;
+            }
+            let mark = marks.iter().copied().min().unwrap_or(0);
+            let result = msg
+                .records
+                .into_iter()
+                .try_for_each(|r| reorder.push(r, &mut counted))
+                .and_then(|()| reorder.release(mark, &mut counted));
+            if let Err(e) = result {
+                write_error = Some(e);
+                halt.store(true, Ordering::Relaxed);
+            }
+            if finals == cores {
                 break;
             }
         }
+        if write_error.is_none() {
+            write_error = reorder.flush(&mut counted).err();
+        }
+        (records, refused, reorder.out_of_order(), write_error)
+    };
+    let (results, read, merged) = fan_out(reader, cores, &halt, body, merge);
+    let (records, refused_records, out_of_order, write_error) = merged;
+    let mut stats = Stats::default();
+    for s in results.iter().flatten() {
+        stats.merge(s);
     }
-    engine.finish(EndReason::Eof);
-    let stats = engine.stats().clone();
-    drop(engine);
-    if write_error.is_none() {
-        let flushed = pass(&mut reorder, &mut counted).and_then(|()| {
-            let mut out = |r: &StreamRecord| counted(r);
-            reorder.flush(&mut out)
-        });
-        write_error = flushed.err();
+    if results.iter().any(Result::is_err) {
+        // A core panicked: its flows' records are missing. Say so rather than pass off a
+        // partial report as whole.
+        return Err(StreamsError::Write(
+            io::Error::other("a core's thread panicked; its connections are missing"),
+            Box::new(StreamsSummary {
+                records,
+                stats,
+                capture_error: read.error,
+                stopped: false,
+                out_of_order,
+                refused_records,
+                elapsed: started.elapsed(),
+            }),
+        ));
+    }
+    if inputs.len() == 1
+        && read
+            .error
+            .as_ref()
+            .is_some_and(|e| unopenable(e, read.packets))
+    {
+        // The only input (stdin, a pipe: not checked before the run) is not a capture.
+        if let Some(e) = read.error {
+            return Err(StreamsError::Capture(e));
+        }
     }
     let summary = StreamsSummary {
         records,
         stats,
-        capture_error,
-        stopped,
-        out_of_order: reorder.out_of_order(),
-        refused_records: refused,
+        capture_error: read.error,
+        stopped: (read.stopped || skipped.load(Ordering::Relaxed)) && stop.load(Ordering::Relaxed),
+        out_of_order,
+        refused_records,
         elapsed: started.elapsed(),
     };
     match write_error {

@@ -254,6 +254,57 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// [`Cx::peek`] without the copy: lends the in-order bytes of `side` from this
+    /// monitor's cursor straight from the receive buffer, as at most two slices (the
+    /// buffer wraps), to `f`, and advances the cursor past them. `Ok(n)`: `n` bytes lent
+    /// (0: nothing new, `f` not called); `Err(Lost(n))` as for `peek`.
+    pub fn peek_in_place(
+        &mut self,
+        h: FlowHandle,
+        side: Side,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, PeekError> {
+        if self.monitor == FILTER {
+            return Err(Errno::Acces.into());
+        }
+        let slot = self.flow(h)?;
+        let (fl, mf) = self.table.flow_and_mon(slot, self.monitor);
+        let s = &fl.sides[side.index()];
+        if s.capacity == 0 && s.buf.is_none() {
+            return Err(Errno::Inval.into());
+        }
+        if !s.opened {
+            return Err(Errno::NotConn.into());
+        }
+        let cursor_slot = &mut mf.cursor[side.index()];
+        let cursor = *cursor_slot;
+        let Some(b) = s.buf.as_ref() else {
+            return Ok(0);
+        };
+        if cursor < b.head() {
+            *cursor_slot = b.head();
+            return Err(PeekError::Lost(b.head() - cursor));
+        }
+        match b.readable_at(cursor) {
+            Err(gap) => {
+                *cursor_slot = cursor + gap;
+                Err(PeekError::Lost(gap))
+            }
+            Ok(0) => Ok(0),
+            Ok(avail) => {
+                let n = usize::try_from(avail).unwrap_or(usize::MAX);
+                let (x, y) = b.slices(cursor, n);
+                f(x);
+                if !y.is_empty() {
+                    f(y);
+                }
+                let n = x.len() + y.len();
+                *cursor_slot = cursor + n as u64;
+                Ok(n)
+            }
+        }
+    }
+
     /// The stored fragments of `side` as `(offset, len)`, in offset order.
     pub fn fragments(
         &self,

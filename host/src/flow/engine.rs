@@ -460,6 +460,32 @@ impl Engine {
         self.core.now = self.core.now.max(ts);
     }
 
+    /// A frame of another core's shard (a capture every core reads whole): moves the clock
+    /// exactly as processing it here would have (a TCP segment that passes the checks of
+    /// [`Engine::on_decoded`]; other frames do not move it), and does nothing else. With
+    /// it, every core's clock, and so its timers, follow the whole capture's TCP packets
+    /// whatever the number of cores.
+    #[inline]
+    pub fn observe_decoded(
+        &mut self,
+        decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>,
+        frame: &[u8],
+        ts: u64,
+    ) {
+        if let Some(Ok(Decoded::Tcp(seg))) = decoded {
+            if self.core.cfg.verify_checksums
+                && (wire::tcp_checksum_ok(frame, seg) == Some(false)
+                    || wire::ipv4_header_checksum_ok(frame, seg) == Some(false))
+            {
+                return;
+            }
+            if self.core.cfg.drop_truncated && seg.is_truncated() {
+                return;
+            }
+            self.core.now = self.core.now.max(ts);
+        }
+    }
+
     /// Processes one decoded TCP segment captured at `ts` (ns).
     pub fn on_segment(&mut self, seg: &TcpSegment<'_>, frame: &[u8], ts: u64) {
         let core = &mut self.core;

@@ -14,6 +14,10 @@
 //!   shm rings ([`netmap::RxRing::feed`]), so both get the same lookahead.
 //! - [`afpacket::AfPacketSocket`]: a Linux interface through a `TPACKET_V3` ring, one socket
 //!   per core in a symmetric fanout group.
+//! - [`stream`]: captures read sequentially in bounded memory (files, stdin, pipes, gzip /
+//!   zstd / xz), framed by [`pcap::Framer`] and fanned out in chunks to every core: the
+//!   input of `streams` and `events` (not a [`Source`]: those commands drive their engines
+//!   themselves).
 //!
 //! [`shard`] says which core a flow belongs to (one symmetric hash for every source that
 //! shards in user space, and the statement of the kernel's fanout hash). Capture and ring
@@ -35,6 +39,7 @@ pub mod replay;
 pub mod shard;
 pub mod shm;
 pub mod source;
+pub mod stream;
 
 pub use pcap::{CaptureError, CaptureFile, CaptureFormat, CapturedPacket, Packets};
 pub use source::{Batch, Idle, Sink, Source, SourceError};

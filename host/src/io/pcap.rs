@@ -340,7 +340,7 @@ impl CaptureFile {
         Packets {
             bytes: &self.map,
             shrank: self.guard.flag(),
-            file: &self.file,
+            file: Some(&self.file),
             path: &self.path,
             layout: self.layout,
             pos,
@@ -577,9 +577,11 @@ struct NgState {
 #[derive(Debug)]
 pub struct Packets<'a> {
     bytes: &'a [u8],
-    /// Raised by the `SIGBUS` guard when the file shrank under the map.
+    /// Raised by the `SIGBUS` guard when the file shrank under the map ([`NEVER`] for a
+    /// window read into memory).
     shrank: &'static AtomicBool,
-    file: &'a File,
+    /// The mapped file (`None` for a window read into memory).
+    file: Option<&'a File>,
     path: &'a Path,
     layout: Layout,
     /// Offset of the next record; always `<= bytes.len()`.
@@ -607,7 +609,10 @@ impl<'a> Iterator for Packets<'a> {
         }
         if self.shrank.load(Ordering::Acquire) {
             self.done = true;
-            let size = self.file.metadata().map_or(0, |m| m.len());
+            let size = self
+                .file
+                .and_then(|f| f.metadata().ok())
+                .map_or(0, |m| m.len());
             return Some(Err(CaptureError::Shrank {
                 path: self.path.to_path_buf(),
                 size,
@@ -625,6 +630,104 @@ impl<'a> Iterator for Packets<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// The flag of a window read into memory: nothing can shrink under it.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
+/// Frames the records of a capture read sequentially (a pipe, stdin, a decompressor, a
+/// file read with `read`), one window of bytes at a time: [`crate::io::stream`] reads the
+/// stream into a buffer, hands the buffer to [`Framer::frame`], and carries the bytes of a
+/// record cut by the end of the buffer over to the next one. The framing state (the
+/// legacy pcap header, pcapng's sections and interfaces) lives here between windows, so a
+/// window yields exactly the packets [`CaptureFile::packets`] yields for the same bytes.
+#[derive(Debug)]
+pub struct Framer {
+    layout: Layout,
+    ng: NgState,
+    path: PathBuf,
+}
+
+impl Framer {
+    /// Recognises the capture from its first bytes (`head`, at least the file header
+    /// unless the stream is shorter). Returns the framer and where the first record starts.
+    pub fn detect(head: &[u8], path: &Path) -> Result<(Framer, usize), CaptureError> {
+        if head.is_empty() {
+            return Err(CaptureError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let layout = detect(head, path)?;
+        let first = match layout {
+            Layout::Pcap(_) => PCAP_HEADER_LEN,
+            Layout::PcapNg => 0,
+        };
+        Ok((
+            Framer {
+                layout,
+                ng: NgState::default(),
+                path: path.to_path_buf(),
+            },
+            first,
+        ))
+    }
+
+    /// Container format of the stream.
+    pub fn format(&self) -> CaptureFormat {
+        match self.layout {
+            Layout::Pcap(_) => CaptureFormat::Pcap,
+            Layout::PcapNg => CaptureFormat::PcapNg,
+        }
+    }
+
+    /// Hands every complete record of `bytes` (which starts at a record boundary, at byte
+    /// `base` of the stream) to `f`, with offsets counted from the start of the stream.
+    /// Returns where the first record not handed out starts (`bytes.len()` when all were)
+    /// and the error met there, if any: a record cut by the end of `bytes` is reported as
+    /// the file would report it, and the caller decides whether more bytes are coming.
+    pub fn frame(
+        &mut self,
+        bytes: &[u8],
+        base: u64,
+        mut f: impl FnMut(CapturedPacket<'_>),
+    ) -> (usize, Option<CaptureError>) {
+        let mut packets = Packets {
+            bytes,
+            shrank: &NEVER,
+            file: None,
+            path: &self.path,
+            layout: self.layout,
+            pos: 0,
+            done: false,
+            ng: std::mem::take(&mut self.ng),
+        };
+        let mut error = None;
+        for p in packets.by_ref() {
+            match p {
+                Ok(mut p) => {
+                    p.offset += base;
+                    f(p);
+                }
+                Err(e) => error = Some(e.shifted(base)),
+            }
+        }
+        let pos = packets.pos;
+        self.ng = packets.ng;
+        (pos, error)
+    }
+}
+
+impl CaptureError {
+    /// The same error with its record offset moved by `base` bytes.
+    fn shifted(mut self, base: u64) -> CaptureError {
+        match &mut self {
+            CaptureError::Truncated { offset, .. }
+            | CaptureError::Shrank { offset, .. }
+            | CaptureError::Corrupt { offset, .. } => *offset += base,
+            _ => {}
+        }
+        self
     }
 }
 
