@@ -437,10 +437,11 @@ fn progress_bar_on_a_terminal_only() {
     }
     let cap = corpus().join("gen/http-bulk.pcap");
     let bin = env!("CARGO_BIN_EXE_flowpeek");
-    // Through a pipe: size unknown, so the bar shows (a spinner with bytes and rate).
+    // Through a pipe: size unknown, so the bar shows (a spinner with bytes and rate). The
+    // pipe stays open a second after the capture: a run shorter than the bar's first
+    // redraw (a fast machine reads the 55 MB in a fraction of one) would show nothing.
     let cmd = format!(
-        "cat '{}' '{}' | '{bin}' streams --json - >/dev/null",
-        cap.display(),
+        "(cat '{}'; sleep 1) | '{bin}' streams --json - >/dev/null",
         cap.display()
     );
     let out = Command::new("script")
