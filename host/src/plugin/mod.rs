@@ -190,7 +190,20 @@ pub struct PluginSet {
     failures: Vec<String>,
     subscribers: Subscribers,
     watchdog: Watchdog,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watching: Option<Watching>,
+}
+
+impl Drop for PluginSet {
+    /// Stops watching, then waits (boundedly) for a load the loader thread is in: a load
+    /// cut short by the process's exit would leave its private directory behind.
+    fn drop(&mut self) {
+        if let Some(w) = self.watching.take() {
+            drop(w.watcher);
+            if let Ok(done) = w.loader_done.into_inner() {
+                let _ = done.recv_timeout(LOADER_END_WAIT);
+            }
+        }
+    }
 }
 
 impl PluginSet {
@@ -254,7 +267,7 @@ impl PluginSet {
             failures,
             subscribers,
             watchdog: Watchdog::start(CallBudget::OFF),
-            _watcher: watcher,
+            watching: watcher,
         })
     }
 
@@ -624,12 +637,24 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
     }
 }
 
+/// How long the end of a run waits for a load the loader thread is in (the copy in its
+/// private directory, the child's test load) before the process goes on to exit.
+const LOADER_END_WAIT: Duration = Duration::from_secs(10);
+
+/// The directory watcher and the loader thread's end: the thread drops the sender when
+/// it returns, which it does once the watcher is gone and any load it was in is over.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    /// In a mutex only for `PluginSet` to be `Sync`: only its drop takes it.
+    loader_done: Mutex<Receiver<()>>,
+}
+
 /// Watches `dir`; a loader thread opens changed files off the data path and sends updates.
 fn start_watcher(
     dir: &Path,
     subscribers: Subscribers,
     initial: Vec<PathBuf>,
-) -> Result<notify::RecommendedWatcher, HostError> {
+) -> Result<Watching, HostError> {
     let (fs_tx, fs_rx) = channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(fs_tx).map_err(|e| HostError::Watch {
         dir: dir.into(),
@@ -642,14 +667,21 @@ fn start_watcher(
             detail: e.to_string(),
         })?;
     let watched = dir.to_path_buf();
+    let (done_tx, loader_done) = channel::<()>();
     std::thread::Builder::new()
         .name("flowpeek-plugin-loader".into())
-        .spawn(move || watch_loop(&watched, &fs_rx, &subscribers, initial))
+        .spawn(move || {
+            watch_loop(&watched, &fs_rx, &subscribers, initial);
+            drop(done_tx);
+        })
         .map_err(|e| HostError::Watch {
             dir: dir.into(),
             detail: e.to_string(),
         })?;
-    Ok(watcher)
+    Ok(Watching {
+        watcher,
+        loader_done: Mutex::new(loader_done),
+    })
 }
 
 /// Files with recent events, each with the time of its last event (or of the last look at
