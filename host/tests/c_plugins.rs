@@ -15,37 +15,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use flowpeek::flow::{Config, EndReason};
 use flowpeek::plugin::{load, PluginHost, Update};
-use flowpeek::run::{RunOptions, Source};
+use flowpeek::run::RunOptions;
 use plugin_util::*;
 
 use common::*;
-
-fn big_config() -> Config {
-    Config {
-        tcp_timeout: 3600 * SEC,
-        max_flows: 1 << 20,
-        buffer_capacity: 1 << 20,
-        buffer_memory: 8 << 30,
-        ..Config::default()
-    }
-}
-
-fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> RunOptions {
-    RunOptions {
-        source: Source::Pcap(capture.into()),
-        plugins: plugins.into(),
-        log_dir: logs.into(),
-        engine: big_config(),
-        pace: 0,
-        loops: 1,
-        drain_timeout: 3600 * SEC,
-        watch: false,
-        cores: 1,
-        latency_sample: 0,
-        budget: Default::default(),
-        latency_warmup: 0,
-    }
-}
 
 /// Builds the C file `src` as `lib<name>.so` with exactly the documented command (run from
 /// the repository root, so the include path is the README's); returns a private copy.

@@ -13,6 +13,38 @@ use flowpeek::flow::{Config, EndReason, Engine};
 use flowpeek::io::pcap::CaptureFile;
 use flowpeek::plugin::PluginHost;
 
+/// An engine configuration no test capture reaches the limits of: hour-long timeouts,
+/// 1 MiB buffers, a million flows.
+pub fn big_config() -> Config {
+    let sec = 1_000_000_000;
+    Config {
+        tcp_timeout: 3600 * sec,
+        max_flows: 1 << 20,
+        buffer_capacity: 1 << 20,
+        buffer_memory: 8 << 30,
+        ..Config::default()
+    }
+}
+
+/// `flowpeek run` of `capture` on one core with the plugins of `plugins`, records in
+/// `logs`, [`big_config`], no watching and no drain deadline within a test.
+pub fn run_opts(capture: &Path, plugins: &Path, logs: &Path) -> flowpeek::run::RunOptions {
+    flowpeek::run::RunOptions {
+        source: flowpeek::run::Source::Pcap(capture.into()),
+        plugins: plugins.into(),
+        log_dir: logs.into(),
+        engine: big_config(),
+        pace: 0,
+        loops: 1,
+        drain_timeout: 3600 * 1_000_000_000,
+        watch: false,
+        cores: 1,
+        latency_sample: 0,
+        budget: Default::default(),
+        latency_warmup: 0,
+    }
+}
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
