@@ -12,6 +12,11 @@
 //! - `reassembly_1460b/{in_order,ooo_pairs}`: 1460-byte segments on 16 flows (client to
 //!   server) read by a consuming `NewData` monitor (`peek` into a 64 KiB scratch).
 //!   Throughput in payload bytes.
+//! - `reassembly_1460b/in_order_{rust,plugin}_crc32`: the same in-order stream read to the
+//!   end with CRC-32 over every byte, by an in-process monitor (zero-copy `Cx::read`, 256 KiB
+//!   buffers) and by the real streamhash plugin with `hash = "crc32"` through the plugin host
+//!   (target/release/libstreamhash.so; skipped when not built: `cargo build --release -p
+//!   flowpeek-plugin-streamhash`): what the ABI costs a reader, without the generator.
 //!
 //! How sequence numbers stay valid: the packets are a ring of frames that is exactly one
 //! "pass" of the traffic (every flow-direction sends `per_pass` segments). An iteration
@@ -442,25 +447,75 @@ enum Variant {
     NewDataPeek,
 }
 
-/// The bundled no-op plugin's library, if built.
-fn noop_library() -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/libnoop.so");
+/// A bundled plugin's release library (`lib<name>.so`), if built.
+fn plugin_library(name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/release/lib{name}.so"));
     p.exists().then_some(p)
 }
 
-/// A plugin host with the no-op plugin, for one core (kept alive with the engine).
-fn noop_plugin_host() -> (flowpeek::plugin::PluginHost, Vec<Box<dyn Monitor>>) {
+fn noop_library() -> Option<std::path::PathBuf> {
+    plugin_library("noop")
+}
+
+/// A plugin host with one bundled plugin and its configuration, for one core (kept alive
+/// with the engine).
+fn plugin_host(name: &str, config: &str) -> (flowpeek::plugin::PluginHost, Vec<Box<dyn Monitor>>) {
     use std::os::unix::fs::PermissionsExt;
-    let lib = noop_library().expect("checked by the caller");
-    let dir = std::env::temp_dir().join(format!("flowpeek-bench-noop-{}", std::process::id()));
+    let lib = plugin_library(name).expect("checked by the caller");
+    let dir = std::env::temp_dir().join(format!("flowpeek-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::copy(lib, dir.join("noop.so")).unwrap();
+    std::fs::copy(lib, dir.join(format!("{name}.so"))).unwrap();
+    std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
     let r =
         flowpeek::plugin::PluginHost::open(&dir, &dir.join("logs"), 0, u64::MAX, false).unwrap();
+    assert!(r.0.failures.is_empty(), "{:?}", r.0.failures);
     let _ = std::fs::remove_dir_all(&dir);
     r
+}
+
+fn noop_plugin_host() -> (flowpeek::plugin::PluginHost, Vec<Box<dyn Monitor>>) {
+    plugin_host("noop", "")
+}
+
+/// `NewData` with 256 KiB buffers (as streamhash); reads everything in place with `read`
+/// and CRC-32s it: the in-process twin of streamhash with `hash = "crc32"`.
+struct Crc32Reader {
+    crc: crc32fast::Hasher,
+    c: Rc<Counters>,
+}
+
+impl Monitor for Crc32Reader {
+    fn name(&self) -> &str {
+        "crc32-reader"
+    }
+    fn subscriptions(&self) -> Subscriptions {
+        Subscriptions::none()
+            .with(EventKind::NewData, Hook::None)
+            .with_buffers(BufferRequest::AtLeast(1 << 18))
+    }
+    fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
+        let EventSide::One(side) = ev.side else {
+            return;
+        };
+        let mut got = 0u64;
+        loop {
+            match cx.read(ev.flow, side, usize::MAX) {
+                Ok((a, b)) if a.is_empty() && b.is_empty() => break,
+                Ok((a, b)) => {
+                    self.crc.update(a);
+                    self.crc.update(b);
+                    got += (a.len() + b.len()) as u64;
+                }
+                Err(PeekError::Lost(n)) => self.c.lost.set(self.c.lost.get() + n),
+                Err(PeekError::Errno(_)) => break,
+            }
+        }
+        black_box(self.crc.clone().finalize());
+        self.c.peeked.set(self.c.peeked.get() + got);
+    }
 }
 
 impl Variant {
@@ -659,24 +714,49 @@ fn reassembly(c: &mut Criterion) {
     let mut g = c.benchmark_group("reassembly_1460b");
     g.sample_size(10);
     g.throughput(Throughput::Bytes((FLOWS as usize * PER_FLOW * 1460) as u64));
-    for (name, swap) in [("in_order", false), ("ooo_pairs", true)] {
+    for (name, swap) in [
+        ("in_order", false),
+        ("ooo_pairs", true),
+        ("in_order_rust_crc32", false),
+        ("in_order_plugin_crc32", false),
+    ] {
+        let plugin = name == "in_order_plugin_crc32";
+        if plugin && plugin_library("streamhash").is_none() {
+            eprintln!("reassembly_1460b/{name} skipped: build the plugin first (cargo build --release -p flowpeek-plugin-streamhash)");
+            continue;
+        }
         let mut setup: Option<Setup> = None;
         g.bench_function(name, |b| {
             let s = setup.get_or_insert_with(|| {
                 let counters = Rc::new(Counters::default());
-                let mons: Vec<Box<dyn Monitor>> = vec![Box::new(Peeker::new(&counters))];
-                Setup::new(
+                let (host, mons): (_, Vec<Box<dyn Monitor>>) = match name {
+                    "in_order_plugin_crc32" => {
+                        let (h, m) = plugin_host("streamhash", "hash = \"crc32\"\n");
+                        (Some(h), m)
+                    }
+                    "in_order_rust_crc32" => (
+                        None,
+                        vec![Box::new(Crc32Reader {
+                            crc: crc32fast::Hasher::new(),
+                            c: counters.clone(),
+                        })],
+                    ),
+                    _ => (None, vec![Box::new(Peeker::new(&counters))]),
+                };
+                let mut s = Setup::new(
                     Config::default(),
                     mons,
                     counters,
                     &flows,
                     ring_1460(&flows, PER_FLOW, swap),
-                )
+                );
+                s._plugins = host;
+                s
             });
             b.iter_custom(|iters| s.measure(iters));
         });
         if let Some(mut s) = setup {
-            s.check(FLOWS as usize, true);
+            s.check(FLOWS as usize, !plugin);
         }
     }
     g.finish();

@@ -16,7 +16,7 @@
 //! stdin, pipes, compressed captures, several in a row) on a thread of its own; `cores`
 //! workers each run an engine with a hasher over their shard of the connections (the
 //! symmetric hash of `run`), and the calling thread merges their records
-//! ([`run_inputs`]). The hasher reads each side in place ([`Cx::peek_in_place`]): the
+//! ([`run_inputs`]). The hasher reads each side in place ([`Cx::read`]): the
 //! bytes are hashed straight from the receive buffer, not copied out first.
 //!
 //! Records are written as the run goes, not held to the end: flows complete in end order
@@ -293,15 +293,17 @@ impl StreamHasher {
                 continue;
             }
             // Hashed straight from the receive buffer: no copy.
-            let got = cx.peek_in_place(h, side, |bytes| {
-                if let Some(sha) = &mut d.sha {
-                    sha.update(bytes);
+            match cx.read(h, side, usize::MAX) {
+                Ok(([], _)) => break,
+                Ok((x, y)) => {
+                    for bytes in [x, y] {
+                        if let Some(sha) = &mut d.sha {
+                            sha.update(bytes);
+                        }
+                        d.crc.update(bytes);
+                    }
+                    d.bytes += (x.len() + y.len()) as u64;
                 }
-                d.crc.update(bytes);
-            });
-            match got {
-                Ok(0) => break,
-                Ok(n) => d.bytes += n as u64,
                 Err(PeekError::Lost(n)) => d.lost += n,
                 Err(PeekError::Errno(_)) => break,
             }

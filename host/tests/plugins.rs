@@ -80,16 +80,24 @@ fn refuses_a_root_module_of_another_layout() {
 
 #[test]
 fn refuses_a_too_new_api_version() {
-    refused("apinew", "too new", |d| {
-        place(&tagger(&["api_new"]), d, "a-new.so");
-    });
+    refused(
+        "apinew",
+        "built against plugin-api 999, this host speaks 2: rebuild",
+        |d| {
+            place(&tagger(&["api_new"]), d, "a-new.so");
+        },
+    );
 }
 
 #[test]
 fn refuses_a_too_old_api_version() {
-    refused("apiold", "too old", |d| {
-        place(&tagger(&["api_old"]), d, "a-old.so");
-    });
+    refused(
+        "apiold",
+        "built against plugin-api 0, this host speaks 2: rebuild",
+        |d| {
+            place(&tagger(&["api_old"]), d, "a-old.so");
+        },
+    );
 }
 
 #[test]

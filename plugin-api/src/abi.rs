@@ -7,6 +7,17 @@
 //! opaque context and the table of the host's functions ([`HostApi`]), valid for the
 //! duration of that callback only.
 //!
+//! API 2 adds entry points beside the root module, not in it: abi_stable lets a library's
+//! root module have more fields than the host's, never fewer, so a root module that grew
+//! would refuse every plugin built before. The root module stays as in API 1, and an API 2
+//! library also exports [`EXT_SYMBOL`], returning a [`PluginExtHeader`]: the layout of its
+//! [`PluginExt`] (checked by the host with abi_stable before any use) and the table itself:
+//! [`PluginExt::subscriptions_v2`] (a batch mask and a default stream filter),
+//! [`PluginExt::on_batch`] (many compact [`FfiRecord`]s in one call) and
+//! [`PluginExt::bind`] (the host's API 2 functions, [`HostExt`]: the zero-copy consuming
+//! read). A library without the symbol (API 1) keeps loading and is called one event at a
+//! time.
+//!
 //! Every number these types carry (sides, hooks, events, states, reasons, errno values, ...)
 //! is defined in [`crate::codes`], once; functions returning `i32`/`i64` return a negative
 //! [`Errno`](crate::codes::Errno) on failure.
@@ -20,8 +31,8 @@ use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi
 
 /// The version of this interface. A plugin states the version it was built against; the host
 /// loads versions from [`MIN_API_VERSION`] to [`API_VERSION`].
-pub const API_VERSION: u32 = 1;
-/// The oldest interface version this host still loads.
+pub const API_VERSION: u32 = 2;
+/// The oldest interface version this host still loads (API 1: no batches, no `read`).
 pub const MIN_API_VERSION: u32 = 1;
 
 pub use crate::codes::USER_EVENT_BASE;
@@ -54,7 +65,7 @@ pub mod detail {
 
 /// One event, as the plugin receives it.
 #[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FfiEvent {
     /// The event number ([`EventCode`](crate::codes::EventCode)).
     pub kind: u32,
@@ -313,7 +324,124 @@ pub struct MonitorObj {
     pub vtable: &'static MonitorVTable,
 }
 
-/// The root module a plugin exports (a prefix type: fields may only be appended).
+/// What a monitor wants for every flow, API 2: [`FfiSubscriptions`], the events it takes in
+/// batches, and its default stream filter.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct FfiSubscriptionsV2 {
+    /// As in API 1.
+    pub base: FfiSubscriptions,
+    /// The subscribed (event, hook) bits (same encoding as `mask`) the plugin takes in
+    /// batches ([`PluginMod::on_batch`]): delivered after the packet that caused them, up to
+    /// the end of the engine's batch (SPEC §2.4). Bits not in `mask` mean nothing.
+    pub batch: u64,
+    /// A stream filter in tcpdump syntax for the flows this plugin sees (empty: every flow).
+    /// `filter` in the plugin's `<name>.toml` replaces it.
+    pub filter: RStr<'static>,
+}
+
+impl Default for FfiSubscriptionsV2 {
+    fn default() -> Self {
+        FfiSubscriptionsV2 {
+            base: FfiSubscriptions::default(),
+            batch: 0,
+            filter: RStr::from_str(""),
+        }
+    }
+}
+
+/// One event of a batch: the event and what the host knew of its packet when it happened.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FfiRecord {
+    /// The event.
+    pub ev: FfiEvent,
+    /// When it happened (ns, the engine's clock).
+    pub ts: u64,
+    /// The stream offset of the packet's first payload byte (sender's direction); for events
+    /// not driven by a packet, the contiguous end of the event's side.
+    pub offset: u64,
+    /// The packet's payload length (0 for events not driven by a packet).
+    pub payload_len: u32,
+    /// The packet's TCP flags (0 for events not driven by a packet).
+    pub flags: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+/// A batch of events for [`PluginMod::on_batch`].
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiBatch {
+    /// The records, in delivery order.
+    pub records: *const FfiRecord,
+    /// How many.
+    pub len: usize,
+    /// Set non-zero by the host while a callback runs when that callback changed what comes
+    /// next (stopped monitoring, changed a subscription or a buffer, raised an event): the
+    /// plugin must return right after that record.
+    pub cut: u32,
+    /// Written by the plugin: how many records it delivered (the one that cut included).
+    pub done: usize,
+}
+
+/// The host's functions of API 2 (handed to the plugin once by [`PluginMod::bind`]).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HostExt {
+    /// The API version the host speaks.
+    pub api_version: u32,
+    /// The zero-copy consuming read: lends up to `max` in-order bytes from this monitor's
+    /// cursor as at most two slices (valid until the callback returns), moves the cursor past
+    /// them and returns how many. `-ENODATA` with `*lost` set when bytes were lost before the
+    /// cursor (the cursor moved past them, as with `peek`).
+    pub read: unsafe extern "C" fn(
+        cx: *mut c_void,
+        flow: u64,
+        side: u8,
+        max: usize,
+        out: *mut FfiSlices,
+        lost: *mut u64,
+    ) -> i64,
+}
+
+/// The symbol of an API 2 library's [`PluginExtHeader`] function (NUL-terminated).
+pub const EXT_SYMBOL: &[u8] = b"flowpeek_plugin_api2\0";
+
+/// What [`EXT_SYMBOL`] returns. Frozen: two pointers, whatever later versions add.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PluginExtHeader {
+    /// `<PluginExt as StableAbi>::LAYOUT` as the library was built (an
+    /// `abi_stable::type_layout::TypeLayout`); the host checks it against its own.
+    pub layout: *const c_void,
+    /// The library's table.
+    pub ext: *const PluginExt,
+}
+
+/// The function at [`EXT_SYMBOL`].
+pub type PluginExtFn = extern "C" fn() -> PluginExtHeader;
+
+/// The API 2 entry points of a library (see the module doc). `this` is a
+/// [`MonitorObj::this`] of this library.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginExt {
+    /// The API version the library was built against (2).
+    pub api_version: u32,
+    /// The instance's subscriptions with batches and filter (replaces
+    /// [`MonitorVTable::subscriptions`]).
+    pub subscriptions_v2:
+        unsafe extern "C" fn(this: *mut c_void, out: *mut FfiSubscriptionsV2) -> i32,
+    /// Delivers a batch of events; returns a [`status`] and writes [`FfiBatch::done`].
+    pub on_batch:
+        unsafe extern "C" fn(this: *mut c_void, cx: *mut HostCx, batch: *mut FfiBatch) -> i32,
+    /// The host's API 2 functions, handed over once when the library is loaded.
+    pub bind: extern "C" fn(ext: &'static HostExt),
+}
+
+/// The root module a plugin exports (a prefix type: fields may only be appended). Unchanged
+/// since API 1: see the module doc for where API 2's entry points are.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]

@@ -190,6 +190,34 @@ impl BuiltinEvent {
     pub const fn mask_bit(self, hook: Hook) -> u64 {
         1u64 << (self.code() * Hook::ALL.len() as u32 + hook.code() as u32)
     }
+
+    /// Whether the event may be delivered in a batch (SPEC §2.4): not `Timeout`, `ConnEnd`
+    /// or `Orphan`, whose handles or state do not outlive their dispatch.
+    #[inline]
+    pub const fn batchable(self) -> bool {
+        !matches!(
+            self,
+            BuiltinEvent::Timeout | BuiltinEvent::ConnEnd | BuiltinEvent::Orphan
+        )
+    }
+
+    /// The subscription bits of every batchable event at every hook.
+    pub const BATCHABLE_MASK: u64 = {
+        let mut m = 0u64;
+        let mut i = 0;
+        while i < BuiltinEvent::ALL.len() {
+            let e = BuiltinEvent::ALL[i];
+            if e.batchable() {
+                let mut h = 0;
+                while h < Hook::ALL.len() {
+                    m |= e.mask_bit(Hook::ALL[h]);
+                    h += 1;
+                }
+            }
+            i += 1;
+        }
+        m
+    };
 }
 
 /// The subscription bit of user event `k` (`k` < [`MAX_USER_EVENTS`]).

@@ -157,19 +157,40 @@ pub enum Buffer {
     AtLeast(u32),
 }
 
-/// The (event, hook) pairs a monitor receives for every flow, and its buffers.
+/// The (event, hook) pairs a monitor receives for every flow, its buffers, the events it
+/// takes in batches and its default stream filter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Subscriptions(FfiSubscriptions);
+pub struct Subscriptions {
+    base: FfiSubscriptions,
+    batch: u64,
+    filter: Option<&'static str>,
+}
 
 impl Subscriptions {
     /// Nothing.
     pub fn none() -> Subscriptions {
         Subscriptions::default()
     }
-    /// Adds `(event, hook)`.
+    /// Adds `(event, hook)`, delivered as it happens (SPEC §2.1).
     #[must_use]
     pub fn with(mut self, event: EventKind, hook: Hook) -> Subscriptions {
-        self.0.mask |= event.bit(hook);
+        self.base.mask |= event.bit(hook);
+        self
+    }
+    /// Adds `(event, hook)`, delivered in batches (SPEC §2.4): the host may hold the event
+    /// until the end of its batch of packets and hand many to the plugin in one call; the
+    /// callback is the same [`Monitor::on_event`]. What it reads through its [`Cx`] is the flow
+    /// as it is when the callback runs, not as it was when the event happened:
+    /// [`Cx::deferred`] tells what the host knew of the event's packet. Take in batches the
+    /// events whose callbacks need no more than that (counting, per-packet tallies); a
+    /// `ConnEnd`, `Orphan`, `Timeout` or user event is always delivered as it happens.
+    #[must_use]
+    pub fn batched(mut self, event: EventKind, hook: Hook) -> Subscriptions {
+        let bit = event.bit(hook);
+        self.base.mask |= bit;
+        if event.builtin().is_some_and(BuiltinEvent::batchable) {
+            self.batch |= bit;
+        }
         self
     }
     /// Every built-in event at every hook it may be delivered at.
@@ -194,8 +215,28 @@ impl Subscriptions {
             Buffer::Default => crate::codes::BUFFER_DEFAULT,
             Buffer::AtLeast(n) => n.min(crate::codes::BUFFER_DEFAULT - 1),
         };
-        self.0.buffers = [v, v];
+        self.base.buffers = [v, v];
         self
+    }
+    /// The plugin's stream filter in tcpdump syntax (`"tcp port 80"`): flows whose first
+    /// packet it does not match never reach the plugin. `filter` in the plugin's
+    /// `<name>.toml` replaces it; a bad expression makes the load fail with libpcap's message.
+    #[must_use]
+    pub fn filter(mut self, expr: &'static str) -> Subscriptions {
+        self.filter = Some(expr);
+        self
+    }
+    /// The ABI form, API 1 (no batches, no filter).
+    pub fn to_ffi(&self) -> FfiSubscriptions {
+        self.base
+    }
+    /// The ABI form, API 2.
+    pub fn to_ffi_v2(&self) -> FfiSubscriptionsV2 {
+        FfiSubscriptionsV2 {
+            base: self.base,
+            batch: self.batch & self.base.mask,
+            filter: RStr::from_str(self.filter.unwrap_or("")),
+        }
     }
 }
 
@@ -300,8 +341,39 @@ pub struct LastPacket {
 /// The context of one callback: the host's read API and setters (SPEC §4).
 pub struct Cx<'a> {
     raw: *mut HostCx,
+    /// The record of the event being delivered from a batch (null otherwise).
+    rec: *const FfiRecord,
     _life: PhantomData<&'a mut HostCx>,
 }
+
+/// What the host knew of a batched event's packet when the event happened
+/// ([`Cx::deferred`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// When the event happened (ns, the host's clock then).
+    pub ts: u64,
+    /// The stream offset of the packet's first payload byte (sender's direction); for an
+    /// event not driven by a packet (`NewData`), the contiguous end of its side then.
+    pub offset: u64,
+    /// The packet's payload length (0 when not driven by a packet).
+    pub payload_len: u32,
+    /// The packet's TCP flags (0 when not driven by a packet).
+    pub flags: u8,
+}
+
+/// The host's API 2 functions, once [`PluginMod::bind`] handed them over (null before, and
+/// on a host of API 1).
+static HOST_EXT: std::sync::atomic::AtomicPtr<HostExt> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+fn host_ext() -> Option<&'static HostExt> {
+    let p = HOST_EXT.load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: only `Glue::bind` stores into HOST_EXT, and only a `&'static HostExt`.
+    unsafe { p.cast_const().as_ref() }
+}
+
+/// The errno of a call this host does not have (a host of API 1): `ENOSYS`.
+const ENOSYS: i32 = 38;
 
 fn side_code(side: Option<Side>) -> u8 {
     Side::code_of(side)
@@ -322,8 +394,66 @@ impl<'a> Cx<'a> {
     unsafe fn new(raw: *mut HostCx) -> Cx<'a> {
         Cx {
             raw,
+            rec: std::ptr::null(),
             _life: PhantomData,
         }
+    }
+
+    /// For an event delivered in a batch ([`Subscriptions::batched`]): what the host knew
+    /// of its packet when it happened. `None` for an event delivered as it happens.
+    pub fn deferred(&self) -> Option<Deferred> {
+        // SAFETY: a non-null `rec` points into the batch of the running call.
+        let r = unsafe { self.rec.as_ref() }?;
+        Some(Deferred {
+            ts: r.ts,
+            offset: r.offset,
+            payload_len: r.payload_len,
+            flags: r.flags,
+        })
+    }
+
+    /// The consuming read without a copy: lends up to `max` in-order bytes from this
+    /// monitor's cursor as at most two slices (the buffer is a ring), valid until the callback
+    /// returns, and moves the cursor past them (mOS `mtcp_peek` without the copy). `Ok` with
+    /// two empty slices: nothing new. `Err(Lost(n))`: `n` bytes after the cursor are gone, the
+    /// cursor moved past them, the next call reads what follows (as [`Cx::peek`]). On a host
+    /// of API 1 it fails with `Errno::Other(38)` (ENOSYS): use [`Cx::peek`] there.
+    pub fn read(
+        &mut self,
+        flow: Flow,
+        side: Side,
+        max: usize,
+    ) -> Result<(&[u8], &[u8]), PeekError> {
+        let Some(ext) = host_ext() else {
+            return Err(PeekError::Errno(Errno::Other(ENOSYS)));
+        };
+        let (_, cx) = self.api();
+        let mut s = FfiSlices {
+            a: std::ptr::null(),
+            a_len: 0,
+            b: std::ptr::null(),
+            b_len: 0,
+        };
+        let mut lost = 0u64;
+        // SAFETY: `s` and `lost` are valid out-pointers; `cx` is this callback's.
+        let r = unsafe { (ext.read)(cx, flow.0, side.code(), max, &mut s, &mut lost) };
+        if r < 0 {
+            return Err(if lost > 0 {
+                PeekError::Lost(lost)
+            } else {
+                PeekError::Errno(Errno::from_ret(r))
+            });
+        }
+        let part = |p: *const u8, n: usize| -> &[u8] {
+            if n == 0 || p.is_null() {
+                &[]
+            } else {
+                // SAFETY: the host lends `n` readable bytes at `p` until the callback
+                // returns; the slices borrow `self`, which lives no longer than it.
+                unsafe { std::slice::from_raw_parts(p, n) }
+            }
+        };
+        Ok((part(s.a, s.a_len), part(s.b, s.b_len)))
     }
 
     fn api(&self) -> (&'static HostApi, *mut c_void) {
@@ -735,8 +865,91 @@ impl<M: Monitor> Glue<M> {
         let mut out = FfiSubscriptions::default();
         // SAFETY: the host passes back the instance it got from `new`.
         let m = unsafe { Self::this(this) };
-        let _ = guard(|| out = m.subscriptions().0);
+        let _ = guard(|| out = m.subscriptions().to_ffi());
         out
+    }
+
+    #[doc(hidden)]
+    pub unsafe extern "C" fn subscriptions_v2(
+        this: *mut c_void,
+        out: *mut FfiSubscriptionsV2,
+    ) -> i32 {
+        // SAFETY: see `subscriptions`.
+        let m = unsafe { Self::this(this) };
+        let mut subs = FfiSubscriptionsV2::default();
+        let r = guard(|| subs = m.subscriptions().to_ffi_v2());
+        if !out.is_null() {
+            // SAFETY: the host passes a valid out-pointer.
+            unsafe { *out = subs };
+        }
+        r
+    }
+
+    /// Delivers the records one by one to `on_event`; returns after a record whose callback
+    /// the host marked as cutting the batch.
+    #[doc(hidden)]
+    pub unsafe extern "C" fn on_batch(
+        this: *mut c_void,
+        cx: *mut HostCx,
+        batch: *mut FfiBatch,
+    ) -> i32 {
+        if batch.is_null() {
+            return status::OK;
+        }
+        // SAFETY: see `subscriptions`.
+        let m = unsafe { Self::this(this) };
+        // SAFETY: the host passes a live batch whose `records` hold `len` records for this
+        // call; the host writes `cut` (through its own pointer) only inside our callbacks, so
+        // it is read through the raw pointer after each one.
+        let (recs, len) = unsafe { ((*batch).records, (*batch).len) };
+        let mut done = 0usize;
+        let r = guard(|| {
+            while done < len {
+                // SAFETY: `done < len`.
+                let rec = unsafe { &*recs.add(done) };
+                let ev = Event::from_ffi(&rec.ev);
+                let mut c = Cx {
+                    raw: cx,
+                    rec,
+                    _life: PhantomData,
+                };
+                done += 1;
+                m.on_event(&mut c, &ev);
+                // SAFETY: see above.
+                if unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*batch).cut)) } != 0 {
+                    break;
+                }
+            }
+        });
+        // SAFETY: see above.
+        unsafe { (*batch).done = done };
+        r
+    }
+
+    const EXT: PluginExt = PluginExt {
+        api_version: API_VERSION,
+        subscriptions_v2: Self::subscriptions_v2,
+        on_batch: Self::on_batch,
+        bind: Self::bind,
+    };
+
+    /// What the library's [`EXT_SYMBOL`] function returns.
+    #[doc(hidden)]
+    pub fn ext_header() -> PluginExtHeader {
+        PluginExtHeader {
+            layout: (<PluginExt as abi_stable::StableAbi>::LAYOUT
+                as *const abi_stable::type_layout::TypeLayout)
+                .cast(),
+            ext: &Self::EXT,
+        }
+    }
+
+    #[doc(hidden)]
+    pub extern "C" fn bind(ext: &'static HostExt) {
+        HOST_EXT.store(
+            (ext as *const HostExt).cast_mut(),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     unsafe extern "C" fn setup(this: *mut c_void, setup: *mut SetupCx) -> i32 {
@@ -862,6 +1075,12 @@ macro_rules! export_monitor {
                     new: $crate::sdk::Glue::<$ty>::new,
                 }
                 .leak_into_prefix()
+            }
+
+            /// The API 2 entry points ([`EXT_SYMBOL`]($crate::abi::EXT_SYMBOL)).
+            #[export_name = "flowpeek_plugin_api2"]
+            pub extern "C" fn flowpeek_plugin_api2() -> $crate::abi::PluginExtHeader {
+                $crate::sdk::Glue::<$ty>::ext_header()
             }
         }
     };

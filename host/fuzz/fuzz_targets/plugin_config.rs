@@ -15,9 +15,7 @@
 // with cfg(test)): `run` alone, replayed over host/fuzz/regressions/plugin_config/.
 #![cfg_attr(not(test), no_main)]
 
-use std::cell::RefCell;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::OnceLock;
 
 use flowpeek::flow::{Config, EndReason, Engine, Monitor};
@@ -149,7 +147,6 @@ pub fn run(data: &[u8]) {
     if slot.install(&lib, &config).is_err() {
         return;
     }
-    let slot = Rc::new(RefCell::new(slot));
     let cfg = Config {
         max_flows: 16,
         buffer_capacity: 4096,
@@ -157,7 +154,8 @@ pub fn run(data: &[u8]) {
         buffer_memory: 8 << 20,
         ..Config::default()
     };
-    let monitors: Vec<Box<dyn Monitor>> = vec![Box::new(SlotMonitor(Rc::clone(&slot)))];
+    let shared = slot.shared();
+    let monitors: Vec<Box<dyn Monitor>> = vec![Box::new(SlotMonitor(slot))];
     let mut engine = Engine::new(cfg, monitors);
 
     let (cisn, sisn) = (1000u32, 9000u32);
@@ -203,8 +201,12 @@ pub fn run(data: &[u8]) {
         frame(true, cisn + 2 + off, sisn + 2 + soff, ACK, &[]),
     );
     engine.finish(EndReason::Eof);
-    engine.with_cx(0, |cx| slot.borrow_mut().shutdown(cx));
-    let st = slot.borrow().stats.clone();
+    engine.with_monitor_cx(0, |m, cx| {
+        if let Some(s) = m.as_any_mut().and_then(|a| a.downcast_mut::<SlotMonitor>()) {
+            s.0.shutdown(cx);
+        }
+    });
+    let st = shared.stats();
     // A plugin callback that panicked is caught by the host and counted: still a bug in the
     // plugin (its input was a configuration and one ordinary connection).
     assert_eq!(

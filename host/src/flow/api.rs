@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::buffer::OverlapPolicy;
-use super::dispatch::{Dispatch, UserEvent, FILTER};
+use super::dispatch::{Deferred, Dispatch, UserEvent, FILTER};
 use super::stats::Stats;
 use super::table::{FlowIdx, FlowTable, LastPacket};
 use super::tcp::SideState;
@@ -89,6 +89,8 @@ pub struct Cx<'a> {
     monitor: usize,
     packet: Option<&'a [u8]>,
     user_events: &'a [UserEvent],
+    /// The held event being delivered from a batch, if any.
+    deferred: Option<Deferred>,
 }
 
 impl<'a> Cx<'a> {
@@ -113,7 +115,48 @@ impl<'a> Cx<'a> {
             monitor,
             packet,
             user_events,
+            deferred: None,
         }
+    }
+
+    /// For an event delivered from a batch (SPEC §2.4): what the engine knew of its packet
+    /// when it happened. `None` for an event delivered as it happens.
+    pub fn deferred(&self) -> Option<Deferred> {
+        self.deferred
+    }
+
+    /// Marks the event being delivered from a batch (the engine and the plugin host).
+    pub fn set_deferred(&mut self, d: Option<Deferred>) {
+        self.deferred = d;
+    }
+
+    /// Whether this callback changed what comes next (stopped monitoring, changed a
+    /// subscription or a buffer, raised an event): a batch is cut after it (SPEC §2.4).
+    pub fn cut(&self) -> bool {
+        self.dispatch.cut
+    }
+
+    /// Sets which of this monitor's subscribed events are delivered in batches from now on
+    /// (the plugin host, when its generations change).
+    pub(crate) fn set_batch_mask(&mut self, mask: u64) {
+        if let Some(s) = self.dispatch.subs.get_mut(self.monitor) {
+            s.set_batch_mask(mask);
+        }
+    }
+
+    /// The live flows whose host tag for this monitor satisfies `f` (the plugin host's drain:
+    /// rare, so a walk of the table).
+    pub(crate) fn flows_tagged(&self, f: impl Fn(u32) -> bool) -> Vec<FlowHandle> {
+        self.table
+            .live_in_creation_order()
+            .into_iter()
+            .filter(|&slot| {
+                self.table
+                    .mon_get(slot, self.monitor)
+                    .is_some_and(|m| f(m.host))
+            })
+            .map(|slot| self.table.handle(slot))
+            .collect()
     }
 
     /// The engine's clock (ns): capture time offline, arrival time live.
@@ -214,6 +257,23 @@ impl<'a> Cx<'a> {
     /// advances it. `Ok(0)`: nothing new. `Err(Lost(n))`: `n` bytes went before they were
     /// read; the cursor moved on and the next call reads what follows.
     pub fn peek(&mut self, h: FlowHandle, side: Side, buf: &mut [u8]) -> Result<usize, PeekError> {
+        let (x, y) = self.read(h, side, buf.len())?;
+        let n = x.len() + y.len();
+        buf[..x.len()].copy_from_slice(x);
+        buf[x.len()..n].copy_from_slice(y);
+        Ok(n)
+    }
+
+    /// The consuming read without a copy: lends up to `max` in-order bytes of `side` from
+    /// this monitor's cursor as at most two slices (the buffer is a ring), valid for the rest
+    /// of the callback, and moves the cursor past them. Two empty slices: nothing new.
+    /// `Err(Lost(n))`: as [`peek`](Self::peek).
+    pub fn read(
+        &mut self,
+        h: FlowHandle,
+        side: Side,
+        max: usize,
+    ) -> Result<(&[u8], &[u8]), PeekError> {
         if self.monitor == FILTER {
             return Err(Errno::Acces.into());
         }
@@ -230,79 +290,28 @@ impl<'a> Cx<'a> {
         let cursor_slot = &mut mf.cursor[side.index()];
         let cursor = *cursor_slot;
         let Some(b) = s.buf.as_ref() else {
-            return Ok(0);
+            return Ok((&[], &[]));
         };
         if cursor < b.head() {
             *cursor_slot = b.head();
             return Err(PeekError::Lost(b.head() - cursor));
         }
-        match b.readable_at(cursor) {
+        let n = match b.readable_at(cursor) {
             Err(gap) => {
                 *cursor_slot = cursor + gap;
-                Err(PeekError::Lost(gap))
+                return Err(PeekError::Lost(gap));
             }
-            Ok(0) => Ok(0),
-            Ok(_) if buf.is_empty() => Ok(0),
-            Ok(avail) => {
-                let n = (avail as usize).min(buf.len());
-                let (x, y) = b.slices(cursor, n);
-                buf[..x.len()].copy_from_slice(x);
-                buf[x.len()..n].copy_from_slice(y);
-                *cursor_slot = cursor + n as u64;
-                Ok(n)
-            }
-        }
-    }
-
-    /// [`Cx::peek`] without the copy: lends the in-order bytes of `side` from this
-    /// monitor's cursor straight from the receive buffer, as at most two slices (the
-    /// buffer wraps), to `f`, and advances the cursor past them. `Ok(n)`: `n` bytes lent
-    /// (0: nothing new, `f` not called); `Err(Lost(n))` as for `peek`.
-    pub fn peek_in_place(
-        &mut self,
-        h: FlowHandle,
-        side: Side,
-        mut f: impl FnMut(&[u8]),
-    ) -> Result<usize, PeekError> {
-        if self.monitor == FILTER {
-            return Err(Errno::Acces.into());
-        }
-        let slot = self.flow(h)?;
-        let (fl, mf) = self.table.flow_and_mon(slot, self.monitor);
-        let s = &fl.sides[side.index()];
-        if s.capacity == 0 && s.buf.is_none() {
-            return Err(Errno::Inval.into());
-        }
-        if !s.opened {
-            return Err(Errno::NotConn.into());
-        }
-        let cursor_slot = &mut mf.cursor[side.index()];
-        let cursor = *cursor_slot;
-        let Some(b) = s.buf.as_ref() else {
-            return Ok(0);
+            Ok(avail) => usize::try_from(avail).unwrap_or(usize::MAX).min(max),
         };
-        if cursor < b.head() {
-            *cursor_slot = b.head();
-            return Err(PeekError::Lost(b.head() - cursor));
+        if n == 0 {
+            return Ok((&[], &[]));
         }
-        match b.readable_at(cursor) {
-            Err(gap) => {
-                *cursor_slot = cursor + gap;
-                Err(PeekError::Lost(gap))
-            }
-            Ok(0) => Ok(0),
-            Ok(avail) => {
-                let n = usize::try_from(avail).unwrap_or(usize::MAX);
-                let (x, y) = b.slices(cursor, n);
-                f(x);
-                if !y.is_empty() {
-                    f(y);
-                }
-                let n = x.len() + y.len();
-                *cursor_slot = cursor + n as u64;
-                Ok(n)
-            }
-        }
+        *cursor_slot = cursor + n as u64;
+        let b = self.table.flow(slot).sides[side.index()]
+            .buf
+            .as_ref()
+            .ok_or(Errno::NoData)?;
+        Ok(b.slices(cursor, n))
     }
 
     /// The stored fragments of `side` as `(offset, len)`, in offset order.
@@ -414,6 +423,7 @@ impl<'a> Cx<'a> {
         capacity: u32,
     ) -> Result<(), Errno> {
         let slot = self.flow(h)?;
+        self.dispatch.cut = true;
         let s = &mut self.table.flow_mut(slot).sides[side.index()];
         s.capacity = capacity;
         let Some(old) = s.buf.take() else {
@@ -476,6 +486,7 @@ impl<'a> Cx<'a> {
         if self.monitor == FILTER {
             return Err(Errno::Acces);
         }
+        self.dispatch.cut = true;
         let mf = self.table.mon_mut(slot, self.monitor);
         mf.stopped |= match side {
             EventSide::One(s) => 1 << s.index(),
@@ -536,6 +547,7 @@ impl<'a> Cx<'a> {
         }
         self.table.mon_mut(slot, self.monitor).mask |= event.bit(hook);
         self.dispatch.any_mask |= event.bit(hook);
+        self.dispatch.cut = true;
         Ok(())
     }
 
@@ -551,6 +563,7 @@ impl<'a> Cx<'a> {
             return Err(Errno::Acces);
         }
         self.table.mon_mut(slot, self.monitor).mask &= !event.bit(hook);
+        self.dispatch.cut = true;
         Ok(())
     }
 
@@ -587,6 +600,7 @@ impl<'a> Cx<'a> {
             Some(u) if u.filter.is_none() => {}
             _ => return Err(Errno::Inval),
         }
+        self.dispatch.cut = true;
         self.dispatch.raised.push(Event {
             kind: event,
             side,

@@ -1,11 +1,13 @@
 //! Delivering events to monitors: the order (SPEC §2.1), per-flow subscriptions,
-//! user-defined events with their filters (SPEC §2.2), events raised from callbacks and
-//! the `ConnEnd` owed to a monitor that stopped watching a flow.
+//! user-defined events with their filters (SPEC §2.2), events raised from callbacks, the
+//! `ConnEnd` owed to a monitor that stopped watching a flow, and batches (SPEC §2.4): the
+//! events a monitor takes in batches are held here ([`Held`]) and handed over in one
+//! [`Monitor::on_batch`](super::Monitor::on_batch) call.
 //!
 //! Owns: [`Dispatch`], the state a callback may change through its `Cx` (subscription
-//! masks, the raised-event and stopped queues, the orphan packet being delivered), the
-//! user-event table ([`UserEvent`], [`Filter`]) and the delivery methods of the engine
-//! (`emit`, `dispatch`, `call`). Must not: change TCP state or buffers; it only decides
+//! masks, the raised-event and stopped queues, the held batches, the orphan packet being
+//! delivered), the user-event table ([`UserEvent`], [`Filter`]) and the delivery methods of
+//! the engine (`emit`, `dispatch`, `call`, `deliver_batch`). Must not: change TCP state or buffers; it only decides
 //! who is called, in which order, and what they are told.
 
 use std::net::SocketAddr;
@@ -17,6 +19,32 @@ use super::table::{FlowIdx, LastPacket};
 use super::types::*;
 use crate::filter::StreamFilter;
 use crate::wire::LinkType;
+
+/// What the engine knew of a held event's packet when the event happened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deferred {
+    /// When the event happened (ns).
+    pub ts: u64,
+    /// The stream offset of the packet's first payload byte (sender's direction); for an
+    /// event not driven by a packet, the contiguous end of the event's side.
+    pub offset: u64,
+    /// The packet's payload length (0 when not driven by a packet).
+    pub payload_len: u32,
+    /// The packet's TCP flags (0 when not driven by a packet).
+    pub flags: u8,
+}
+
+/// An event held for a monitor's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The event.
+    pub ev: Event,
+    /// Its packet, as it was.
+    pub info: Deferred,
+}
+
+/// A monitor's batch is handed over when it holds this many events.
+pub const HELD_MAX: usize = 256;
 
 /// Why an event is being dispatched: decides the monitor order (SPEC §2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +150,13 @@ pub(crate) struct Dispatch {
     /// The masks a new flow starts with when some monitor has a filter (reused: no
     /// allocation per flow).
     flow_masks: Vec<u64>,
+    /// Per monitor, the events held for its batch (grown on first use).
+    pub(crate) held: Vec<Vec<Held>>,
+    /// Some monitor holds events.
+    pub(crate) held_any: bool,
+    /// The running callback changed what comes next (stop, subscription, buffer, raise):
+    /// its batch is cut after it.
+    pub(crate) cut: bool,
 }
 
 impl Dispatch {
@@ -139,6 +174,9 @@ impl Dispatch {
             global: None,
             filters: Vec::new(),
             flow_masks: Vec::new(),
+            held: Vec::new(),
+            held_any: false,
+            cut: false,
         }
     }
 
@@ -263,7 +301,25 @@ impl Engine {
             EventSide::One(s) => 1u8 << s.index(),
             EventSide::Both => 0,
         };
+        // Whatever is held for any monitor goes before a flow ends (a handle lives until
+        // its ConnEnd): held events never outlive their flow.
+        if ev.kind == EventKind::ConnEnd && self.core.dispatch.held_any {
+            self.deliver_batches();
+        }
         for m in self.order_of(order) {
+            let s = &self.core.dispatch.subs[m];
+            if s.batch & s.mask & bit != 0 {
+                // Held without reading the flow's state for this monitor now (a cache miss
+                // per packet on a big table): it is prefetched, and checked when the batch is
+                // delivered (`deliver_batch`). That is the same check: only this monitor's own
+                // callbacks change that state, and they all run after what is held before them.
+                crate::sys::prefetch(
+                    self.core.table.mon(slot, m),
+                    std::mem::size_of::<super::table::MonFlow>(),
+                );
+                self.hold(m, slot, ev, pkt.is_some());
+                continue;
+            }
             let mf = self.core.table.mon(slot, m);
             if mf.ended || mf.stopped & side_bit != 0 || mf.mask & bit == 0 {
                 continue;
@@ -303,8 +359,165 @@ impl Engine {
         }
     }
 
+    /// Holds `ev` for monitor `m`'s batch, with what is known of its packet now.
+    #[inline]
+    fn hold(&mut self, m: usize, slot: FlowIdx, ev: &Event, packet_driven: bool) {
+        let f = self.core.table.flow(slot);
+        let info = if packet_driven {
+            Deferred {
+                ts: f.last.ts,
+                offset: f.last.offset,
+                payload_len: f.last.payload_len,
+                flags: f.last.flags.0,
+            }
+        } else {
+            Deferred {
+                ts: self.core.now,
+                offset: match ev.side {
+                    EventSide::One(s) => f.sides[s.index()].contig(),
+                    EventSide::Both => 0,
+                },
+                payload_len: 0,
+                flags: 0,
+            }
+        };
+        let d = &mut self.core.dispatch;
+        if d.held.len() <= m {
+            d.held.resize_with(m + 1, Vec::new);
+        }
+        d.held[m].push(Held { ev: *ev, info });
+        d.held_any = true;
+        if d.held[m].len() >= HELD_MAX {
+            self.deliver_batch(m);
+        }
+    }
+
+    /// Hands monitor `m` the events held for it, in order; after a callback that cut the
+    /// batch, delivers what that callback queued, drops the held events that no longer apply
+    /// (flow gone, monitor stopped or unsubscribed, buffer off for `NewData`) and goes on.
+    pub(crate) fn deliver_batch(&mut self, m: usize) {
+        if !self
+            .core
+            .dispatch
+            .held
+            .get(m)
+            .is_some_and(|h| !h.is_empty())
+        {
+            return;
+        }
+        let mut held = std::mem::take(&mut self.core.dispatch.held[m]);
+        // The subscription check `dispatch` left for now.
+        held.retain(|h| self.still_wanted(m, &h.ev));
+        let mut i = 0;
+        while i < held.len() {
+            self.core.dispatch.cut = false;
+            let n = {
+                let mut cx = self.core.cx(m, None, &self.user_events);
+                self.monitors[m].on_batch(&mut cx, &held[i..])
+            };
+            let cut = std::mem::replace(&mut self.core.dispatch.cut, false);
+            let n = if cut {
+                n.clamp(1, held.len() - i)
+            } else {
+                held.len() - i
+            };
+            self.core.stats.events += n as u64;
+            self.after_callback();
+            i += n;
+            if cut {
+                let mut w = i;
+                for r in i..held.len() {
+                    if self.still_wanted(m, &held[r].ev) {
+                        held[w] = held[r];
+                        w += 1;
+                    }
+                }
+                held.truncate(w);
+            }
+        }
+        held.clear();
+        // Anything held for `m` meanwhile comes after (kept in order, capacity reused).
+        let fresh = std::mem::replace(&mut self.core.dispatch.held[m], held);
+        self.core.dispatch.held[m].extend(fresh);
+    }
+
+    /// Whether a held event applies to monitor `m` (when its batch is delivered, and again
+    /// after a callback cut it).
+    fn still_wanted(&self, m: usize, ev: &Event) -> bool {
+        let slot = FlowIdx::new(ev.flow.slot());
+        if !self.core.table.is_live(slot, ev.flow.gen()) {
+            return false;
+        }
+        let mf = self.core.table.mon(slot, m);
+        let side_bit = match ev.side {
+            EventSide::One(s) => 1u8 << s.index(),
+            EventSide::Both => 0,
+        };
+        if mf.ended || mf.stopped & side_bit != 0 || mf.mask & ev.kind.bit(ev.hook) == 0 {
+            return false;
+        }
+        match (ev.kind, ev.side) {
+            (EventKind::NewData, EventSide::One(s)) => {
+                let side = &self.core.table.flow(slot).sides[s.index()];
+                side.capacity != 0 || side.buf.is_some()
+            }
+            _ => true,
+        }
+    }
+
+    /// Hands every monitor its held events.
+    pub(crate) fn deliver_batches(&mut self) {
+        if !self.core.dispatch.held_any {
+            return;
+        }
+        self.core.dispatch.held_any = false;
+        for m in 0..self.monitors.len() {
+            self.deliver_batch(m);
+        }
+    }
+
+    /// The batch boundary: held events are delivered, then every monitor's
+    /// [`Monitor::batch_done`](super::Monitor::batch_done).
+    pub(crate) fn batch_boundary(&mut self) {
+        self.deliver_batches();
+        for m in 0..self.monitors.len() {
+            let mut cx = self.core.cx(m, None, &self.user_events);
+            self.monitors[m].batch_done(&mut cx);
+        }
+    }
+
+    /// Runs `f` with monitor `m` and a context of it, outside any event (the plugin host
+    /// installs and retires through it); `None` if there is no monitor `m`.
+    pub fn with_monitor_cx<R>(
+        &mut self,
+        m: usize,
+        f: impl FnOnce(&mut dyn super::Monitor, &mut Cx<'_>) -> R,
+    ) -> Option<R> {
+        let mon = self.monitors.get_mut(m)?;
+        let mut cx = self.core.cx(m, None, &self.user_events);
+        Some(f(mon.as_mut(), &mut cx))
+    }
+
+    /// Sets which of monitor `m`'s subscribed events are delivered in batches, for every
+    /// flow (what is already held is delivered first).
+    pub fn set_monitor_batch(&mut self, m: usize, mask: u64) {
+        self.deliver_batch(m);
+        if let Some(s) = self.core.dispatch.subs.get_mut(m) {
+            s.set_batch_mask(mask);
+        }
+    }
+
     /// Calls monitor `m` with `ev`, then delivers what the callback asked for.
     pub(crate) fn call(&mut self, m: usize, ev: &Event, pkt: Option<&[u8]>) {
+        if self
+            .core
+            .dispatch
+            .held
+            .get(m)
+            .is_some_and(|h| !h.is_empty())
+        {
+            self.deliver_batch(m);
+        }
         self.core.stats.events += 1;
         let mut cx = self.core.cx(m, pkt, &self.user_events);
         self.monitors[m].on_event(&mut cx, ev);
@@ -336,6 +549,7 @@ impl Engine {
             }
             let handle = FlowHandle::flow(self.core.table.core(), slot.raw(), gen);
             let m = m as usize;
+            self.deliver_batch(m);
             // The handle stays readable during its own ConnEnd.
             let mf = self.core.table.mon_mut(slot, m);
             let mask = mf.mask;

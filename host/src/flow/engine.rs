@@ -787,12 +787,15 @@ impl Engine {
         }
     }
 
-    /// Delivers everything due at the end of a batch: timers, idle and TIME_WAIT expiry,
-    /// then one `NewData` per side whose contiguous data grew (SPEC §2.1).
+    /// Delivers everything due at the end of a batch: the events held for batches, timers,
+    /// idle and TIME_WAIT expiry, then one `NewData` per side whose contiguous data grew
+    /// (SPEC §2.1), and what was held meanwhile (SPEC §2.4).
     pub fn end_batch(&mut self) {
+        self.deliver_batches();
         self.run_timers();
         self.expire();
         self.flush_pending();
+        self.batch_boundary();
     }
 
     /// Advances the clock without a packet (an idle live port), then runs [`end_batch`].
@@ -811,6 +814,7 @@ impl Engine {
             self.destroy(slot, reason, None);
         }
         self.flush_pending();
+        self.batch_boundary();
     }
 
     /// When [`Engine::end_batch`] next has time-driven work: a timer, the end of a

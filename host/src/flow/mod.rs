@@ -48,7 +48,7 @@ mod types;
 pub use api::{BufferInfo, Cx, Errno, FlowTimes, PeekError};
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
 pub use config::Config;
-pub use dispatch::{Filter, ForeignFilter, UserFilter};
+pub use dispatch::{Deferred, Filter, ForeignFilter, Held, UserFilter, HELD_MAX};
 pub use engine::{Engine, Handed, HandoffRoute};
 pub use key::{quick_frame_hash, symmetric_hash};
 pub use monitor::{BufferRequest, Monitor, Setup, Subscriptions};

@@ -5,9 +5,13 @@
 //! not: hold engine state; a monitor reaches the engine only through its `Cx` or `Setup`.
 
 use super::api::{Cx, Errno};
-use super::dispatch::{define_user_event, Filter, UserEvent};
+use super::dispatch::{define_user_event, Filter, Held, UserEvent};
 use super::types::{Event, EventKind, FlowHandle, Hook};
 use crate::filter::StreamFilter;
+use flowpeek_plugin_api::codes::BuiltinEvent;
+
+/// The subscription bits of the events that may be held for a batch.
+const BATCHABLE_MASK: u64 = BuiltinEvent::BATCHABLE_MASK;
 
 /// How much receive buffer a monitor wants for one side of every flow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +32,8 @@ pub enum BufferRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Subscriptions {
     pub(crate) mask: u64,
+    /// The bits of `mask` delivered in batches ([`Monitor::on_batch`], SPEC §2.4).
+    pub(crate) batch: u64,
     /// Buffer wanted for the `Client` side (server→client bytes) and the `Server` side.
     pub buffers: [BufferRequest; 2],
 }
@@ -67,6 +73,34 @@ impl Subscriptions {
         self
     }
 
+    /// Adds `(event, hook)`, delivered in batches (SPEC §2.4): the engine holds the event
+    /// and hands it to [`Monitor::on_batch`] with the others of its batch, before the next
+    /// event it delivers to this monitor as it happens, before any `ConnEnd`, and at the
+    /// start and end of [`Engine::end_batch`](super::Engine::end_batch). `Timeout`, `ConnEnd`,
+    /// `Orphan` and user events are never held (they are subscribed as with
+    /// [`with`](Self::with)).
+    #[must_use]
+    pub fn with_batched(mut self, event: EventKind, hook: Hook) -> Subscriptions {
+        self.mask |= event.bit(hook);
+        self.batch |= event.bit(hook) & BATCHABLE_MASK;
+        self
+    }
+
+    /// The bits of `mask` delivered in batches.
+    pub fn batch_mask(&self) -> u64 {
+        self.batch & self.mask
+    }
+
+    /// Sets which subscribed bits are delivered in batches (only batchable events count).
+    pub fn set_batch_mask(&mut self, mask: u64) {
+        self.batch = mask & BATCHABLE_MASK;
+    }
+
+    /// The raw subscription mask (the ABI's encoding).
+    pub fn mask(&self) -> u64 {
+        self.mask
+    }
+
     /// Whether `(event, hook)` is subscribed.
     pub fn contains(&self, event: EventKind, hook: Hook) -> bool {
         self.mask & event.bit(hook) != 0
@@ -100,10 +134,45 @@ pub trait Monitor {
     /// Called for every subscribed event.
     fn on_event(&mut self, cx: &mut Cx<'_>, event: &Event);
 
+    /// Called with the events held for this monitor's batch ([`Subscriptions::with_batched`]),
+    /// in the order they happened; returns how many it delivered. During each one,
+    /// [`Cx::deferred`] tells what the engine knew of its packet. A callback that changes what
+    /// comes next (stops monitoring, changes a subscription or a buffer, raises an event) cuts
+    /// the batch: return right after it (the default does, on [`Cx::cut`]); the engine then
+    /// delivers what that callback queued and calls again with the rest, less what no longer
+    /// applies.
+    fn on_batch(&mut self, cx: &mut Cx<'_>, events: &[Held]) -> usize {
+        let mut n = 0;
+        for h in events {
+            cx.set_deferred(Some(h.info));
+            n += 1;
+            self.on_event(cx, &h.ev);
+            if cx.cut() {
+                break;
+            }
+        }
+        cx.set_deferred(None);
+        n
+    }
+
     /// Called when a timer set with [`Cx::set_timer`] or [`Cx::set_core_timer`] is due.
     /// `flow` is `None` for core timers.
     fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
         let _ = (cx, flow, tag);
+    }
+
+    /// Called at batch boundaries (the start and end of
+    /// [`Engine::end_batch`](super::Engine::end_batch) and the end of
+    /// [`Engine::finish`](super::Engine::finish)) after the held events were delivered:
+    /// publish counters here. Nothing may be delivered from it.
+    fn batch_done(&mut self, cx: &mut Cx<'_>) {
+        let _ = cx;
+    }
+
+    /// The monitor as `Any`, for the code that hosts it (the plugin host reaches its slots
+    /// through the engine with it).
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
     }
 }
 

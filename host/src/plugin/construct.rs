@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 
-use flowpeek_plugin_api::abi::MonitorObj;
+use flowpeek_plugin_api::abi::{status, FfiSubscriptionsV2, MonitorObj};
 
 use super::budget::Registrar;
 use super::ffi;
@@ -25,7 +25,8 @@ use crate::flow::Subscriptions;
 pub struct Instance {
     obj: MonitorObj,
     subs: Subscriptions,
-    /// The filter a C plugin bound (`mtcp_bind_monitor_filter`), if any.
+    /// The filter the plugin asked for: bound by a C plugin (`mtcp_bind_monitor_filter`),
+    /// declared by a Rust one (`Subscriptions::filter`), if any.
     own_filter: Option<String>,
 }
 
@@ -39,8 +40,24 @@ impl Instance {
     /// Runs `lib`'s constructor for `core` on the calling thread.
     pub fn make(lib: &Library, core: u32, config: &str) -> Result<Instance, String> {
         let (obj, own_filter) = lib.instantiate(core, config)?;
-        // SAFETY: `obj` was just made by this library's constructor.
-        let subs = ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) });
+        let (subs, declared) = match lib.ext() {
+            Some(ext) => {
+                let mut out = FfiSubscriptionsV2::default();
+                // SAFETY: `obj` was just made by this library's constructor; `out` is a valid
+                // out-pointer for the call.
+                let r = unsafe { (ext.subscriptions_v2)(obj.this, &mut out) };
+                if r == status::PANICKED {
+                    out = FfiSubscriptionsV2::default();
+                }
+                ffi::subscriptions_v2(&out)
+            }
+            // SAFETY: `obj` was just made by this library's constructor.
+            None => (
+                ffi::subscriptions(unsafe { (obj.vtable.subscriptions)(obj.this) }),
+                None,
+            ),
+        };
+        let own_filter = own_filter.or(declared);
         Ok(Instance {
             obj,
             subs,
@@ -48,8 +65,7 @@ impl Instance {
         })
     }
 
-    /// The instance, its subscriptions and the filter it bound itself (C plugins), to
-    /// install.
+    /// The instance, its subscriptions and the filter it asked for itself, to install.
     pub(crate) fn into_parts(self) -> (MonitorObj, Subscriptions, Option<String>) {
         (self.obj, self.subs, self.own_filter)
     }

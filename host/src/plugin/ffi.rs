@@ -174,10 +174,13 @@ impl Drop for Sink {
 pub struct CallCtx<'c, 'a> {
     /// The engine's context.
     pub cx: &'c mut Cx<'a>,
-    /// The plugin's record sink.
-    pub sink: &'c mut Sink,
+    /// The plugin's record sink (borrowed by `emit` only).
+    pub sink: &'c std::cell::RefCell<Sink>,
     /// The plugin's name, for log lines.
     pub name: &'c str,
+    /// The batch being delivered (null outside [`PluginMod::on_batch`]): a host function
+    /// that cuts it (SPEC §2.4) sets its `cut`.
+    pub batch: *mut FfiBatch,
 }
 
 thread_local! {
@@ -228,6 +231,12 @@ pub static HOST_API: HostApi = HostApi {
     log,
 };
 
+/// The host's API 2 functions, handed to every plugin of API 2 by [`PluginMod::bind`].
+pub static HOST_EXT: HostExt = HostExt {
+    api_version: API_VERSION,
+    read,
+};
+
 /// What a host function returns for a context that is not the running callback's
 /// (SPEC §4: EACCES).
 const NOT_OURS: i32 = codes::Errno::Acces.ret();
@@ -251,7 +260,13 @@ fn with<R>(ctx: *mut c_void, fail: R, f: impl FnOnce(&mut CallCtx<'_, '_>) -> R)
     // SAFETY: the host only ever passes a `CallCtx` it built for the running callback as
     // `ctx`, and the plugin may use it only during that callback (the API contract).
     let c = unsafe { &mut *ctx.cast::<CallCtx<'_, '_>>() };
-    catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or(fail)
+    let r = catch_unwind(AssertUnwindSafe(|| f(c))).unwrap_or(fail);
+    if !c.batch.is_null() && c.cx.cut() {
+        // SAFETY: a non-null `batch` is the live batch of the running `on_batch` call, owned
+        // by the host's frame that made this context.
+        unsafe { (*c.batch).cut = 1 };
+    }
+    r
 }
 
 /// The plugin's output buffer `len` bytes at `buf` (empty when `len` is 0).
@@ -310,6 +325,28 @@ pub fn to_ffi(ev: &Event) -> FfiEvent {
         detail_kind,
         detail,
     }
+}
+
+/// The ABI record of a held event.
+#[inline]
+pub fn to_record(h: &crate::flow::Held) -> FfiRecord {
+    FfiRecord {
+        ev: to_ffi(&h.ev),
+        ts: h.info.ts,
+        offset: h.info.offset,
+        payload_len: h.info.payload_len,
+        flags: h.info.flags,
+        reserved: [0; 3],
+    }
+}
+
+/// The engine's subscriptions for a plugin's of API 2, and its stream filter (`None`:
+/// every flow).
+pub fn subscriptions_v2(s: &FfiSubscriptionsV2) -> (Subscriptions, Option<String>) {
+    let mut out = subscriptions(s.base);
+    out.set_batch_mask(s.batch & s.base.mask);
+    let filter = s.filter.as_str().trim();
+    (out, (!filter.is_empty()).then(|| filter.to_string()))
 }
 
 /// The engine's subscriptions for a plugin's.
@@ -377,6 +414,47 @@ unsafe extern "C" fn peek(
         };
         match c.cx.peek(FlowHandle(flow), side, out) {
             Ok(n) => n as i64,
+            Err(PeekError::Lost(n)) => {
+                if !lost.is_null() {
+                    // SAFETY: a non-null `lost` is a valid out-pointer (API contract).
+                    unsafe { *lost = n };
+                }
+                errno(Errno::NoData)
+            }
+            Err(PeekError::Errno(e)) => errno(e),
+        }
+    })
+}
+
+unsafe extern "C" fn read(
+    ctx: *mut c_void,
+    flow: u64,
+    s: u8,
+    max: usize,
+    out: *mut FfiSlices,
+    lost: *mut u64,
+) -> i64 {
+    with(ctx, NOT_OURS_64, |c| {
+        let side = match side(s) {
+            Ok(v) => v,
+            Err(e) => return errno(e),
+        };
+        if out.is_null() {
+            return i64::from(INVAL);
+        }
+        match c.cx.read(FlowHandle(flow), side, max) {
+            Ok((a, b)) => {
+                // SAFETY: `out` is a valid out-pointer (checked non-null).
+                unsafe {
+                    *out = FfiSlices {
+                        a: a.as_ptr(),
+                        a_len: a.len(),
+                        b: b.as_ptr(),
+                        b_len: b.len(),
+                    }
+                };
+                (a.len() + b.len()) as i64
+            }
             Err(PeekError::Lost(n)) => {
                 if !lost.is_null() {
                     // SAFETY: a non-null `lost` is a valid out-pointer (API contract).
@@ -660,8 +738,14 @@ unsafe extern "C" fn emit(ctx: *mut c_void, record: *const u8, len: usize) -> i3
         if bytes.contains(&b'\n') {
             return INVAL;
         }
-        c.sink.write(bytes);
-        0
+        match c.sink.try_borrow_mut() {
+            Ok(mut sink) => {
+                sink.write(bytes);
+                0
+            }
+            // Only a filter (whose sink discards) could nest a callback into another.
+            Err(_) => INVAL,
+        }
     })
 }
 

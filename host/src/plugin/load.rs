@@ -23,7 +23,9 @@ use abi_stable::library::{
     lib_header_from_raw_library, AbiHeader, LibHeader, LibraryError, RawLibrary,
     ROOT_MODULE_LOADER_NAME_WITH_NUL,
 };
-use flowpeek_plugin_api::abi::{MonitorObj, PluginModRef, API_VERSION, MIN_API_VERSION};
+use flowpeek_plugin_api::abi::{
+    MonitorObj, PluginExt, PluginExtFn, PluginModRef, API_VERSION, EXT_SYMBOL, MIN_API_VERSION,
+};
 
 use super::elf::{self, ElfError};
 
@@ -32,32 +34,74 @@ use super::elf::{self, ElfError};
 #[derive(Clone, Copy)]
 pub struct Library {
     kind: Kind,
+    /// What identifies the file that was loaded (for the load and reload lines).
+    pub stamp: Stamp,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
-    Rust(PluginModRef),
+    /// The root module, and its API 2 entry points ([`EXT_SYMBOL`]), layout-checked:
+    /// `None` for a library built against API 1 (called one event at a time, without
+    /// `read`).
+    Rust {
+        module: PluginModRef,
+        ext: Option<&'static PluginExt>,
+    },
     C(&'static super::cabi::CLib),
+}
+
+/// What identifies a loaded file: the CRC-32 of its bytes and its modification time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// CRC-32 (IEEE) of the file as read.
+    pub crc32: u32,
+    /// Modification time, seconds since the Unix epoch (0 if unknown).
+    pub mtime: u64,
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "crc32 {:08x}, modified {} (Unix time)",
+            self.crc32, self.mtime
+        )
+    }
 }
 
 impl Library {
     /// The plugin's name (its records go to `<name>.jsonl`; checked by [`check_name`]).
     pub fn name(&self) -> String {
         match self.kind {
-            Kind::Rust(m) => (m.name())().to_string(),
+            Kind::Rust { module: m, .. } => (m.name())().to_string(),
             Kind::C(c) => c.name().to_string(),
         }
     }
     /// The plugin's own version.
     pub fn version(&self) -> String {
         match self.kind {
-            Kind::Rust(m) => (m.version())().to_string(),
+            Kind::Rust { module: m, .. } => (m.version())().to_string(),
             Kind::C(c) => c.version().to_string(),
         }
     }
     /// Whether it is a C plugin (mos_api.h).
     pub fn is_c(&self) -> bool {
         matches!(self.kind, Kind::C(_))
+    }
+    /// The plugin API it was built against: 1 or 2 (Rust), 0 for a C plugin.
+    pub fn api(&self) -> u32 {
+        match self.kind {
+            Kind::Rust { ext: Some(_), .. } => 2,
+            Kind::Rust { ext: None, .. } => 1,
+            Kind::C(_) => 0,
+        }
+    }
+    /// The API 2 entry points, if the library has them.
+    pub(crate) fn ext(&self) -> Option<&'static PluginExt> {
+        match self.kind {
+            Kind::Rust { ext, .. } => ext,
+            Kind::C(_) => None,
+        }
     }
     /// Makes the instance of one core from the configuration text; also returns the stream
     /// filter a C plugin bound with `mtcp_bind_monitor_filter`.
@@ -67,10 +111,15 @@ impl Library {
         config: &str,
     ) -> Result<(MonitorObj, Option<String>), String> {
         match self.kind {
-            Kind::Rust(m) => (m.new())(core, config.into())
-                .into_result()
-                .map(|obj| (obj, None))
-                .map_err(|e| format!("the constructor failed: {e}")),
+            Kind::Rust { module: m, ext } => {
+                if let Some(ext) = ext {
+                    (ext.bind)(&super::ffi::HOST_EXT);
+                }
+                (m.new())(core, config.into())
+                    .into_result()
+                    .map(|obj| (obj, None))
+                    .map_err(|e| format!("the constructor failed: {e}"))
+            }
             Kind::C(c) => super::cabi::instantiate(c, core, config),
         }
     }
@@ -187,7 +236,7 @@ pub enum LoadError {
         detail: String,
     },
     /// The plugin's API version is outside the range this host loads.
-    #[error("{path}: plugin API version {found} is too {which}: this host loads versions {min} to {max}; rebuild the plugin against this host's plugin-api")]
+    #[error("{path}: built against plugin-api {found}, this host speaks {max}: rebuild (plugin-api {found} is too {which}: this host loads plugin-api {min} to {max}; build the plugin against this host's flowpeek-plugin-api)")]
     ApiVersion {
         /// The file.
         path: PathBuf,
@@ -554,9 +603,19 @@ pub fn load(path: &Path) -> Result<Library, LoadError> {
             dir: dir.path.clone(),
             source,
         })?;
+    let stamp = Stamp {
+        crc32: crc32fast::hash(&image.bytes),
+        mtime: std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs()),
+    };
     drop(image);
     super::probe::test_load(&copy, path)?;
-    open_image(path, &copy)
+    let mut lib = open_image(path, &copy)?;
+    lib.stamp = stamp;
+    Ok(lib)
 }
 
 /// The readable address ranges of the loaded object named `copy` (the path given to dlopen).
@@ -644,7 +703,10 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
     let has_init = unsafe { raw.get::<*const u8>(b"mos_plugin_init\0") }.is_ok();
     if !has_root && has_init {
         let c: &'static super::cabi::CLib = Box::leak(Box::new(super::cabi::open(path, raw)?));
-        let lib = Library { kind: Kind::C(c) };
+        let lib = Library {
+            kind: Kind::C(c),
+            stamp: Stamp::default(),
+        };
         check_name(path, &lib.name())?;
         return Ok(lib);
     }
@@ -669,7 +731,7 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
             detail: shorten(&e.to_string()),
         })?;
     let found = module.api_version();
-    if found > API_VERSION || found < MIN_API_VERSION {
+    if !(MIN_API_VERSION..=API_VERSION).contains(&found) {
         let which = if found > API_VERSION { "new" } else { "old" };
         return Err(LoadError::ApiVersion {
             path: path.into(),
@@ -679,11 +741,47 @@ pub(crate) fn open_image(path: &Path, copy: &Path) -> Result<Library, LoadError>
             max: API_VERSION,
         });
     }
+    let ext = api2_entry_points(path, raw)?;
     let lib = Library {
-        kind: Kind::Rust(module),
+        kind: Kind::Rust { module, ext },
+        stamp: Stamp::default(),
     };
     check_name(path, &lib.name())?;
     Ok(lib)
+}
+
+/// The library's API 2 table, if it exports one: its layout is checked with abi_stable's
+/// checker against this host's before the table is used.
+fn api2_entry_points(
+    path: &Path,
+    raw: &'static RawLibrary,
+) -> Result<Option<&'static PluginExt>, LoadError> {
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+    use abi_stable::type_layout::TypeLayout;
+    use abi_stable::StableAbi;
+    // SAFETY: the symbol, when present, is the SDK's `extern "C" fn() -> PluginExtHeader`
+    // (export_monitor!); the library stays mapped for the life of the process (leaked).
+    let Ok(sym) = (unsafe { raw.get::<PluginExtFn>(EXT_SYMBOL) }) else {
+        return Ok(None);
+    };
+    let header = (*sym)();
+    if header.layout.is_null() || header.ext.is_null() {
+        return Err(LoadError::AbiMismatch {
+            path: path.into(),
+            detail: "its API 2 entry points are null".into(),
+        });
+    }
+    // SAFETY: the SDK stores `<PluginExt as StableAbi>::LAYOUT`, a 'static TypeLayout of the
+    // library's image, which is never unmapped.
+    let theirs: &'static TypeLayout = unsafe { &*header.layout.cast::<TypeLayout>() };
+    check_layout_compatibility(<PluginExt as StableAbi>::LAYOUT, theirs).map_err(|e| {
+        LoadError::AbiMismatch {
+            path: path.into(),
+            detail: shorten(&e.to_string()),
+        }
+    })?;
+    // SAFETY: the layout check passed: `ext` is a 'static PluginExt of the library's image.
+    Ok(Some(unsafe { &*header.ext }))
 }
 
 /// An abi_stable header that does not match, as text (abi_stable prints the magic as a

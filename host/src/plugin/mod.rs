@@ -9,6 +9,10 @@
 //! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
 //! ([`PluginHost::poll`]).
 //!
+//! Every load, reload (old generation → new, with the file's CRC-32 and modification time)
+//! and failed load gives one stderr line, printed by core 0's host; failures reach core 0's
+//! report (`load_failures` in `--stats`) whichever core met them.
+//!
 //! Must not: touch packets, or block the data path (libraries are opened on the watcher's
 //! thread, instances made on a constructor thread per load and core, [`construct`]; the
 //! worker only swaps in what is ready).
@@ -29,7 +33,6 @@ pub mod load;
 pub mod probe;
 pub mod slot;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -44,7 +47,7 @@ pub use budget::{CallBudget, OverrunPolicy};
 use budget::{CoreBeat, Names, Registrar, Watchdog};
 use construct::Built;
 pub use load::{Library, LoadError};
-pub use slot::{PluginSlot, PluginStats, SlotMonitor};
+pub use slot::{PluginSlot, PluginStats, SlotMonitor, SlotShared};
 
 /// A change of the plugin directory, ready to apply.
 pub enum Update {
@@ -144,7 +147,8 @@ fn load_update(file: PathBuf) -> Update {
 
 struct Entry {
     file: PathBuf,
-    slot: Rc<RefCell<PluginSlot>>,
+    /// What the host reads of the slot without the engine (the engine owns the slot).
+    slot: Rc<SlotShared>,
     monitor: usize,
     /// The file was removed: its generations drain, and its name is free for another file.
     removed: bool,
@@ -179,7 +183,9 @@ pub struct PluginHost {
     pub reload_latencies: Vec<Duration>,
 }
 
-type Subscribers = Arc<Mutex<Vec<Sender<(Update, Instant)>>>>;
+/// Each core's channel, with its core number (failures go to core 0, whose report
+/// `--stats` reads).
+type Subscribers = Arc<Mutex<Vec<(u32, Sender<(Update, Instant)>)>>>;
 
 /// The plugins of a directory, opened once and shared by the hosts of every core: each core
 /// makes its own instances from the same libraries, and every reload reaches every core.
@@ -282,7 +288,8 @@ impl PluginSet {
     pub fn host(&self, core: u32) -> Result<(PluginHost, Vec<Box<dyn Monitor>>), HostError> {
         let (tx, rx) = channel();
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(tx);
+            subs.push((core, tx));
+            subs.sort_by_key(|s| s.0);
         }
         let (built_tx, built_rx) = channel();
         let mut host = PluginHost {
@@ -338,7 +345,7 @@ impl PluginSet {
         let mut monitors: Vec<Box<dyn Monitor>> = Vec::new();
         for b in built {
             if let Some(slot) = host.install(b, None)? {
-                monitors.push(Box::new(SlotMonitor(slot)));
+                monitors.push(Box::new(slot));
             }
         }
         Ok((host, monitors))
@@ -397,7 +404,7 @@ impl PluginHost {
         &mut self,
         b: Built,
         engine: Option<&mut Engine>,
-    ) -> Result<Option<Rc<RefCell<PluginSlot>>>, HostError> {
+    ) -> Result<Option<SlotMonitor>, HostError> {
         let Built {
             file,
             lib,
@@ -430,19 +437,46 @@ impl PluginHost {
                 inst.destroy();
                 return Ok(None);
             };
-            let slot = Rc::clone(&self.entries[i].slot);
-            let installed = slot.borrow_mut().install_built(&lib, &config, inst);
+            let idx = self.entries[i].monitor;
+            let mut inst = Some(inst);
+            let installed = with_slot(engine, idx, |slot, _| {
+                let before = (slot.live_generations(), slot.stats.generations);
+                let inst = inst.take()?;
+                Some(slot.install_built(&lib, &config, inst).map(|_| before))
+            })
+            .flatten();
+            if let Some(inst) = inst {
+                // The engine has no slot at that index (cannot happen): free the instance.
+                inst.destroy();
+            }
             match installed {
-                Ok(_) => {
+                Some(Ok((old, n))) => {
+                    if self.core == 0 {
+                        let old = if old.is_empty() {
+                            "none running".to_string()
+                        } else {
+                            old.join(", ")
+                        };
+                        eprintln!(
+                            "flowpeek: plugin {name} reloaded from {}: generation {n} ({old}) -> {} ({name} {}, {}); open flows stay with the old one",
+                            file.display(),
+                            n + 1,
+                            lib.version(),
+                            lib.stamp
+                        );
+                    }
                     self.entries[i].removed = false;
-                    let idx = self.entries[i].monitor;
-                    let subs = slot.borrow().engine_subscriptions();
+                    let (subs, filter) = with_slot(engine, idx, |slot, _| {
+                        (slot.engine_subscriptions(), slot.filter())
+                    })
+                    .unwrap_or_default();
                     engine.extend_subscriptions(idx, subs);
-                    engine.set_monitor_filter(idx, slot.borrow().filter());
+                    engine.set_monitor_filter(idx, filter);
                     engine.setup_monitor(idx);
-                    engine.with_cx(idx, |cx| slot.borrow_mut().arm(cx));
+                    with_slot(engine, idx, |slot, cx| slot.arm(cx));
                 }
-                Err(e) => self.fail(format!("{}: {e}", file.display())),
+                Some(Err(e)) => self.fail(format!("{}: {e}", file.display())),
+                None => {}
             }
             return Ok(None);
         }
@@ -451,7 +485,7 @@ impl PluginHost {
         if let Some(other) = self
             .entries
             .iter()
-            .find(|e| !e.removed && e.file != file && e.slot.borrow().name() == name)
+            .find(|e| !e.removed && e.file != file && e.slot.name() == name)
         {
             let error = LoadError::DuplicateName {
                 path: file,
@@ -479,21 +513,32 @@ impl PluginHost {
             self.fail(format!("{}: {e}", file.display()));
             return Ok(None);
         }
-        let slot = Rc::new(RefCell::new(slot));
+        if self.core == 0 {
+            eprintln!(
+                "flowpeek: plugin {name} {} loaded from {} ({}, {})",
+                lib.version(),
+                file.display(),
+                lib.stamp,
+                match lib.api() {
+                    0 => "C, mos_api.h".to_string(),
+                    n => format!("plugin-api {n}"),
+                }
+            );
+        }
         self.entries.push(Entry {
             file,
-            slot: Rc::clone(&slot),
+            slot: slot.shared(),
             monitor: self.entries.len(),
             removed: false,
         });
-        Ok(Some(slot))
+        Ok(Some(SlotMonitor(slot)))
     }
 
     /// Installs a finished load now, with the engine: a new file becomes a new monitor.
     fn take_built(&mut self, b: Built, engine: &mut Engine) {
         match self.install(b, Some(engine)) {
             Ok(Some(slot)) => {
-                let idx = engine.add_monitor(Box::new(SlotMonitor(slot)));
+                let idx = engine.add_monitor(Box::new(slot));
                 if let Some(e) = self.entries.last_mut() {
                     e.monitor = idx;
                 }
@@ -503,8 +548,12 @@ impl PluginHost {
         }
     }
 
+    /// A failed load: counted on every core that met it, printed once (by core 0: every
+    /// core meets the same failures).
     fn fail(&mut self, msg: String) {
-        eprintln!("flowpeek: plugin not loaded: {msg}");
+        if self.core == 0 {
+            eprintln!("flowpeek: plugin not loaded: {msg}");
+        }
         self.failures.push(msg);
     }
 
@@ -557,9 +606,10 @@ impl PluginHost {
                 self.loads += 1;
                 self.latest.insert(file.clone(), self.loads);
                 self.entries[i].removed = true;
-                let slot = Rc::clone(&self.entries[i].slot);
-                slot.borrow_mut().remove();
-                engine.with_cx(self.entries[i].monitor, |cx| slot.borrow_mut().arm(cx));
+                with_slot(engine, self.entries[i].monitor, |slot, cx| {
+                    slot.remove();
+                    slot.arm(cx);
+                });
             }
             (Update::Failed { error, .. }, _) => self.fail(error.to_string()),
             (Update::Removed { .. }, None) => {
@@ -572,26 +622,25 @@ impl PluginHost {
     /// Gives every instance its `shutdown` and flushes the logs. Call after `Engine::finish`.
     pub fn shutdown(&mut self, engine: &mut Engine) {
         for e in &self.entries {
-            let slot = Rc::clone(&e.slot);
-            engine.with_cx(e.monitor, |cx| slot.borrow_mut().shutdown(cx));
+            with_slot(engine, e.monitor, |slot, cx| slot.shutdown(cx));
         }
     }
 
     /// Flushes every plugin's records.
     pub fn flush(&mut self) {
         for e in &self.entries {
-            e.slot.borrow_mut().flush();
+            e.slot.flush();
         }
     }
 
-    /// Counters per plugin name (summed over the slots of that name).
+    /// Counters per plugin name (summed over the slots of that name), as of the last batch
+    /// boundary.
     pub fn stats(&self) -> BTreeMap<String, PluginStats> {
         let mut out: BTreeMap<String, PluginStats> = BTreeMap::new();
         for e in &self.entries {
-            let slot = e.slot.borrow();
-            out.entry(slot.name().to_string())
+            out.entry(e.slot.name().to_string())
                 .or_default()
-                .add(&slot.stats);
+                .add(&e.slot.stats());
         }
         // Constructors past the budget, of every core (counted once: by core 0), even of a
         // plugin whose constructor never returned and which has no slot.
@@ -607,20 +656,29 @@ impl PluginHost {
     pub fn live_generations(&self) -> BTreeMap<String, Vec<String>> {
         self.entries
             .iter()
-            .map(|e| {
-                (
-                    e.slot.borrow().name().to_string(),
-                    e.slot.borrow().live_generations(),
-                )
-            })
+            .map(|e| (e.slot.name().to_string(), e.slot.live_generations()))
             .collect()
     }
 }
 
-/// Sends an update to every core; a failure is reported by the first core only.
+/// Runs `f` on engine monitor `idx` as a plugin slot, with its context (`None` if that
+/// monitor is not a slot).
+fn with_slot<R>(
+    engine: &mut Engine,
+    idx: usize,
+    f: impl FnOnce(&mut PluginSlot, &mut crate::flow::Cx<'_>) -> R,
+) -> Option<R> {
+    engine.with_monitor_cx(idx, |m, cx| {
+        let slot = m.as_any_mut()?.downcast_mut::<SlotMonitor>()?;
+        Some(f(&mut slot.0, cx))
+    })?
+}
+
+/// Sends an update to every core; a failure is reported by the lowest-numbered core only
+/// (core 0, whose report carries `load_failures`).
 fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
     let Ok(subs) = subscribers.lock() else { return };
-    for tx in subs.iter().skip(1) {
+    for (_, tx) in subs.iter().skip(1) {
         let copy = match &update {
             Update::Loaded { file, lib, config } => Update::Loaded {
                 file: file.clone(),
@@ -632,7 +690,7 @@ fn broadcast(subscribers: &Subscribers, update: Update, seen: Instant) {
         };
         let _ = tx.send((copy, seen));
     }
-    if let Some(tx) = subs.first() {
+    if let Some((_, tx)) = subs.first() {
         let _ = tx.send((update, seen));
     }
 }

@@ -1,18 +1,26 @@
 //! One plugin on one core: its generations (one per load of its file), which flows each
-//! generation owns, draining and retiring old generations, and panics.
+//! generation owns, batches, draining and retiring old generations, and panics.
 //!
 //! A flow belongs to the generation that saw its first event until the flow ends; new
-//! flows go to the newest generation. An old generation retires when its last flow ends,
-//! or at its drain deadline, when its remaining flows get `ConnEnd` (reason `Reloaded`)
-//! and leave it.
+//! flows go to the newest generation. The generation is the engine's per-(monitor, flow)
+//! host tag, so finding it costs one load, and each generation counts its flows instead of
+//! keeping a set of them. An old generation retires when its last flow ends, or at its drain
+//! deadline, when its remaining flows (found by a walk of the flow table, once) get
+//! `ConnEnd` (reason `Reloaded`) and leave it.
+//!
+//! The engine owns the slot ([`SlotMonitor`]); the plugin host reaches it through the engine
+//! and keeps only what it must read without one ([`SlotShared`]: the name, the record sink,
+//! counters published at batch boundaries, the live generations). Nothing on the path of a
+//! callback borrows a `RefCell` or hashes; counters are plain fields of this core's slot.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use flowpeek_plugin_api::abi::{status, FfiEvent, FfiFilterSlot, HostCx, MonitorObj, SetupCx};
+use flowpeek_plugin_api::abi::{
+    status, FfiBatch, FfiEvent, FfiFilterSlot, FfiRecord, HostCx, MonitorObj, SetupCx,
+};
 use flowpeek_plugin_api::codes;
 
 use super::budget::{CoreBeat, OverrunPolicy};
@@ -20,8 +28,8 @@ use super::ffi::{self, CallCtx, Sink, HOST_API};
 use super::load::Library;
 use crate::filter::{self, StreamFilter};
 use crate::flow::{
-    Cx, Detail, EndReason, Event, EventKind, EventSide, Filter, FlowHandle, Hook, Monitor, Setup,
-    Side, Subscriptions,
+    Cx, Detail, EndReason, Event, EventKind, EventSide, Filter, FlowHandle, Held, Hook, Monitor,
+    Setup, Side, Subscriptions,
 };
 
 /// Counters of one plugin on one core.
@@ -46,6 +54,8 @@ pub struct PluginStats {
     /// Constructor calls (`new`, one per load and core) that ran past the time budget,
     /// returned or not.
     pub slow_constructors: u64,
+    /// Calls into the plugin (a batch is one call for many events).
+    pub calls: u64,
 }
 
 impl PluginStats {
@@ -60,16 +70,28 @@ impl PluginStats {
         self.drained_flows += o.drained_flows;
         self.records_lost += o.records_lost;
         self.slow_constructors += o.slow_constructors;
+        self.calls += o.calls;
     }
 }
+
+type OnBatch = unsafe extern "C" fn(*mut c_void, *mut HostCx, *mut FfiBatch) -> i32;
 
 struct Generation {
     obj: Option<MonitorObj>,
     version: String,
     subs: Subscriptions,
-    flows: HashSet<u64>,
+    /// The library's batch entry point (API 2); `None`: one call per event.
+    on_batch: Option<OnBatch>,
+    /// Flows this generation owns.
+    flows: u64,
     disabled: bool,
     drain_deadline: Option<u64>,
+}
+
+impl Generation {
+    fn running(&self) -> bool {
+        self.obj.is_some() && !self.disabled
+    }
 }
 
 /// Tag layout in the engine's per-(monitor, flow) host tag: generation + 1 in the low bits,
@@ -81,15 +103,54 @@ const ENDS_SHIFT: u32 = 24;
 /// timer with this tag is not delivered).
 pub const DRAIN_TIMER: u64 = u64::MAX;
 
+/// What the plugin host reads of a slot without the engine: set at installs, retirements and
+/// batch boundaries, never per callback (except the sink, borrowed by `emit`).
+pub struct SlotShared {
+    name: String,
+    /// The plugin's record sink.
+    pub(crate) sink: RefCell<Sink>,
+    stats: Cell<PluginStats>,
+    live: RefCell<Vec<String>>,
+}
+
+impl SlotShared {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The counters as of the last batch boundary (or install, retirement, shutdown).
+    pub fn stats(&self) -> PluginStats {
+        let s = self.stats.take();
+        self.stats.set(s.clone());
+        s
+    }
+
+    /// Versions of the generations still running, oldest first.
+    pub fn live_generations(&self) -> Vec<String> {
+        self.live.borrow().clone()
+    }
+
+    /// Writes the buffered records.
+    pub fn flush(&self) {
+        if let Ok(mut s) = self.sink.try_borrow_mut() {
+            s.flush();
+            let mut st = self.stats.take();
+            st.records = s.records;
+            st.records_lost = s.records_lost;
+            self.stats.set(st);
+        }
+    }
+}
+
 /// A plugin hosted as one engine monitor.
 pub struct PluginSlot {
-    name: String,
+    shared: Rc<SlotShared>,
     core: u32,
     gens: Vec<Generation>,
     newest: Option<usize>,
-    sink: Sink,
     drain_timeout: u64,
-    /// The earliest drain deadline of any generation (u64::MAX: none), checked per event.
+    /// The earliest drain deadline of any generation (u64::MAX: none), checked per call.
     next_drain: u64,
     /// A generation stopped being the newest: retire it at the next callback if it owns no
     /// flow (installing has no engine context to retire with).
@@ -99,9 +160,14 @@ pub struct PluginSlot {
     beat: Arc<CoreBeat>,
     plugin_id: u32,
     policy: OverrunPolicy,
-    /// The newest generation's stream filter (`filter` in `<name>.toml`).
+    /// The newest generation's stream filter (`filter` in `<name>.toml`, else the plugin's
+    /// own).
     filter: Option<StreamFilter>,
-    /// Counters.
+    /// The batch mask the engine was last told (see [`PluginSlot::batch_mask`]).
+    told_batch: u64,
+    /// The records of the batch being delivered (reused).
+    recs: Vec<FfiRecord>,
+    /// Counters (plain fields of this core's slot; published at batch boundaries).
     pub stats: PluginStats,
 }
 
@@ -109,11 +175,15 @@ impl PluginSlot {
     /// An empty slot for the plugin `name`, writing records to `sink`.
     pub fn new(name: &str, core: u32, sink: Sink, drain_timeout: u64) -> PluginSlot {
         PluginSlot {
-            name: name.to_string(),
+            shared: Rc::new(SlotShared {
+                name: name.to_string(),
+                sink: RefCell::new(sink),
+                stats: Cell::new(PluginStats::default()),
+                live: RefCell::new(Vec::new()),
+            }),
             core,
             gens: Vec::new(),
             newest: None,
-            sink,
             drain_timeout,
             next_drain: u64::MAX,
             retire_idle: false,
@@ -121,8 +191,15 @@ impl PluginSlot {
             plugin_id: 0,
             policy: OverrunPolicy::Warn,
             filter: None,
+            told_batch: 0,
+            recs: Vec::new(),
             stats: PluginStats::default(),
         }
+    }
+
+    /// What the plugin host keeps of this slot.
+    pub fn shared(&self) -> Rc<SlotShared> {
+        Rc::clone(&self.shared)
     }
 
     /// Puts the slot's callbacks under a watchdog's time budget: `beat` is the core's
@@ -135,7 +212,7 @@ impl PluginSlot {
 
     /// The plugin's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// Versions of the generations still running, oldest first.
@@ -147,6 +224,20 @@ impl PluginSlot {
             .collect()
     }
 
+    /// Publishes the counters and live generations to [`SlotShared`].
+    fn publish(&mut self) {
+        if let Ok(s) = self.shared.sink.try_borrow() {
+            self.stats.records = s.records;
+            self.stats.records_lost = s.records_lost;
+        }
+        self.shared.stats.set(self.stats.clone());
+    }
+
+    fn publish_live(&mut self) {
+        *self.shared.live.borrow_mut() = self.live_generations();
+        self.publish();
+    }
+
     /// Makes this core's instance from `lib` and makes it the newest generation; older ones
     /// drain from the next `arm`. Returns the constructor's error, or libpcap's for a bad
     /// `filter` in `config`, leaving the slot as it was.
@@ -155,7 +246,7 @@ impl PluginSlot {
     /// constructor thread ([`super::construct`]) and installs with [`PluginSlot::install_built`].
     pub fn install(&mut self, lib: &Library, config: &str) -> Result<Subscriptions, String> {
         let inst = super::construct::Instance::make(lib, self.core, config)
-            .map_err(|e| format!("{}: {e}", self.name))?;
+            .map_err(|e| format!("{}: {e}", self.name()))?;
         self.install_built(lib, config, inst)
     }
 
@@ -172,16 +263,26 @@ impl PluginSlot {
                 Ok(f) => Some(f),
                 Err(e) => {
                     inst.destroy();
-                    return Err(format!("{}: {e}", self.name));
+                    return Err(format!("{}: {e}", self.name()));
                 }
             },
             None => None,
         };
         let (obj, subs, own_filter) = inst.into_parts();
-        // A C plugin's mtcp_bind_monitor_filter, unless <name>.toml overrides it (libpcap
-        // checked it when it was bound).
+        // The plugin's own filter (a C plugin's mtcp_bind_monitor_filter, a Rust plugin's
+        // Subscriptions::filter), unless <name>.toml set one.
         if filter.is_none() {
-            filter = own_filter.and_then(|e| StreamFilter::new(&e).ok());
+            if let Some(expr) = own_filter {
+                match StreamFilter::new(&expr) {
+                    Ok(f) => filter = Some(f),
+                    Err(e) => {
+                        // SAFETY: the instance is dropped once, by its own library's code,
+                        // never used again.
+                        unsafe { (obj.vtable.drop)(obj.this) };
+                        return Err(format!("{}: {e}", self.name()));
+                    }
+                }
+            }
         }
         // Older generations stop taking new flows; `arm` starts their drain clocks.
         self.retire_idle = true;
@@ -189,13 +290,15 @@ impl PluginSlot {
             obj: Some(obj),
             version: lib.version(),
             subs,
-            flows: HashSet::new(),
+            on_batch: lib.ext().map(|e| e.on_batch),
+            flows: 0,
             disabled: false,
             drain_deadline: None,
         });
         self.newest = Some(self.gens.len() - 1);
         self.filter = filter;
         self.stats.generations += 1;
+        self.publish_live();
         Ok(subs)
     }
 
@@ -207,11 +310,41 @@ impl PluginSlot {
 
     /// Runs right after a change, with the engine's context: retires old generations that
     /// own no flow, starts the drain clocks and arms a core timer for the earliest deadline,
-    /// so that draining happens on time even if the plugin gets no event meanwhile.
+    /// so that draining happens on time even if the plugin gets no event meanwhile; tells
+    /// the engine which events it may hold for this slot's batches.
     pub fn arm(&mut self, cx: &mut Cx<'_>) {
         self.drain_due(cx);
         if self.next_drain != u64::MAX {
             let _ = cx.set_core_timer(self.next_drain.saturating_sub(cx.now()), DRAIN_TIMER);
+        }
+        self.tell_batch(cx);
+    }
+
+    /// The events the engine may hold for this slot: those every running generation takes
+    /// in batches (a generation of API 1 takes none).
+    pub fn batch_mask(&self) -> u64 {
+        let mut mask = u64::MAX;
+        let mut any = false;
+        for g in self.gens.iter().filter(|g| g.running()) {
+            any = true;
+            mask &= if g.on_batch.is_some() {
+                g.subs.batch_mask()
+            } else {
+                0
+            };
+        }
+        if any {
+            mask
+        } else {
+            0
+        }
+    }
+
+    fn tell_batch(&mut self, cx: &mut Cx<'_>) {
+        let mask = self.batch_mask();
+        if mask != self.told_batch {
+            self.told_batch = mask;
+            cx.set_batch_mask(mask);
         }
     }
 
@@ -221,26 +354,36 @@ impl PluginSlot {
     }
 
     /// The engine subscriptions for this slot: what the plugin asked for, plus `ConnEnd`
-    /// at both hooks so that the slot knows when each flow ends.
+    /// at both hooks so that the slot knows when each flow ends, and the batch mask.
     pub fn engine_subscriptions(&self) -> Subscriptions {
         let mut s = self.newest.map(|g| self.gens[g].subs).unwrap_or_default();
         s = s
             .with(EventKind::ConnEnd, Hook::Snd)
             .with(EventKind::ConnEnd, Hook::Rcv);
+        s.set_batch_mask(self.batch_mask());
         s
     }
 
-    fn call(&mut self, g: usize, cx: &mut Cx<'_>, f: impl FnOnce(&MonitorObj, *mut HostCx) -> i32) {
+    /// One call into generation `g`: the time budget, the running-context guard, counters,
+    /// and what a panic or an overrun does. `batch` is the batch being delivered, if any.
+    /// `None`: not called (the generation retired or is disabled).
+    fn call(
+        &mut self,
+        g: usize,
+        cx: &mut Cx<'_>,
+        batch: *mut FfiBatch,
+        f: impl FnOnce(&MonitorObj, *mut HostCx) -> i32,
+    ) -> Option<i32> {
         let gen = &mut self.gens[g];
-        let Some(obj) = gen.obj.as_ref() else { return };
+        let obj = gen.obj.as_ref()?;
         if gen.disabled {
-            return;
+            return None;
         }
-        let before = self.sink.records;
         let mut call = CallCtx {
             cx,
-            sink: &mut self.sink,
-            name: &self.name,
+            sink: &self.shared.sink,
+            name: &self.shared.name,
+            batch,
         };
         let mut host = HostCx {
             ctx: (&mut call as *mut CallCtx<'_, '_>).cast::<c_void>(),
@@ -252,16 +395,14 @@ impl PluginSlot {
             f(obj, &mut host)
         };
         let over = self.beat.exit(token);
-        self.stats.events += 1;
-        self.stats.records += self.sink.records - before;
-        self.stats.records_lost = self.sink.records_lost;
+        self.stats.calls += 1;
         if over {
             self.stats.overruns += 1;
             if self.policy == OverrunPolicy::Disable && !gen.disabled {
                 gen.disabled = true;
                 eprintln!(
                     "flowpeek: plugin {} ({}) ran past its time budget on core {}: disabled on this core (--on-overrun disable); the host and other plugins go on",
-                    self.name, gen.version, self.core
+                    self.shared.name, gen.version, self.core
                 );
             }
         }
@@ -270,22 +411,91 @@ impl PluginSlot {
             gen.disabled = true;
             eprintln!(
                 "flowpeek: plugin {} ({}) panicked on core {}: disabled on this core; the host and other plugins go on",
-                self.name, gen.version, self.core
+                self.shared.name, gen.version, self.core
             );
         }
+        Some(r)
     }
 
     fn deliver(&mut self, g: usize, cx: &mut Cx<'_>, ev: &Event) {
         let fev: FfiEvent = ffi::to_ffi(ev);
         // SAFETY: `obj` is a live instance of generation `g`; `host` and `fev` outlive the call.
-        self.call(g, cx, |obj, host| unsafe {
+        let called = self.call(g, cx, std::ptr::null_mut(), |obj, host| unsafe {
             (obj.vtable.on_event)(obj.this, host, &fev)
         });
+        self.stats.events += u64::from(called.is_some());
+    }
+
+    /// Delivers `self.recs` (records of generation `g`) in one call, or one call per record
+    /// for a generation without batches; returns how many were delivered before a cut.
+    fn deliver_records(&mut self, g: usize, cx: &mut Cx<'_>) -> usize {
+        let n = self.recs.len();
+        let Some(on_batch) = self.gens[g].on_batch else {
+            for i in 0..n {
+                let fev = self.recs[i].ev;
+                // SAFETY: as in `deliver`.
+                let called = self.call(g, cx, std::ptr::null_mut(), |obj, host| unsafe {
+                    (obj.vtable.on_event)(obj.this, host, &fev)
+                });
+                self.stats.events += u64::from(called.is_some());
+                if cx.cut() {
+                    return i + 1;
+                }
+            }
+            return n;
+        };
+        let recs = std::mem::take(&mut self.recs);
+        let mut batch = FfiBatch {
+            records: recs.as_ptr(),
+            len: n,
+            cut: 0,
+            done: n,
+        };
+        let b: *mut FfiBatch = &mut batch;
+        // SAFETY: `obj` is a live instance of generation `g`; `batch` and the records it
+        // points to outlive the call and are not touched by the host meanwhile, except
+        // `cut`, written through `b` by the host functions.
+        let r = self.call(g, cx, b, |obj, host| unsafe { on_batch(obj.this, host, b) });
+        self.recs = recs;
+        let done = match r {
+            Some(status::OK) => batch.done.min(n),
+            // Panicked (disabled now): the rest of the batch is dropped with the instance.
+            Some(_) => batch.done.min(n),
+            None => 0,
+        };
+        self.stats.events += done as u64;
+        let done = if r == Some(status::OK) { done } else { n };
+        if cx.cut() {
+            done.max(1)
+        } else {
+            n
+        }
+    }
+
+    /// The generation owning `h`, giving a flow seen for the first time to the newest one
+    /// (`None`: the flow is detached from this plugin).
+    #[inline]
+    fn owner(&mut self, cx: &mut Cx<'_>, ev: &Event) -> Option<(usize, u32)> {
+        let mut tag = cx.event_host_tag(ev);
+        if tag & GEN_MASK == 0 {
+            tag = match self.newest {
+                Some(g) => {
+                    self.gens[g].flows += 1;
+                    g as u32 + 1
+                }
+                None => DETACHED,
+            };
+            let _ = cx.set_host_tag(ev.flow, tag);
+        }
+        if tag & GEN_MASK == DETACHED {
+            return None;
+        }
+        Some(((tag & GEN_MASK) as usize - 1, tag))
     }
 
     /// Retires generation `g` when it is no longer the newest and owns no flow.
     fn maybe_retire(&mut self, g: usize, cx: &mut Cx<'_>) {
-        if Some(g) == self.newest || !self.gens[g].flows.is_empty() || self.gens[g].obj.is_none() {
+        if Some(g) == self.newest || self.gens[g].flows != 0 || self.gens[g].obj.is_none() {
             return;
         }
         self.retire(g, cx);
@@ -293,7 +503,7 @@ impl PluginSlot {
 
     fn retire(&mut self, g: usize, cx: &mut Cx<'_>) {
         // SAFETY: as in `deliver`.
-        self.call(g, cx, |obj, host| unsafe {
+        self.call(g, cx, std::ptr::null_mut(), |obj, host| unsafe {
             (obj.vtable.shutdown)(obj.this, host)
         });
         if let Some(obj) = self.gens[g].obj.take() {
@@ -301,10 +511,11 @@ impl PluginSlot {
             unsafe { (obj.vtable.drop)(obj.this) };
         }
         self.stats.retired += 1;
+        self.publish_live();
+        self.tell_batch(cx);
     }
 
-    /// Ends the flows of generations whose drain deadline passed.
-    /// Per-callback housekeeping: idle old generations retire, due drains run.
+    /// Per-call housekeeping: idle old generations retire, due drains run.
     #[inline]
     fn drain_due(&mut self, cx: &mut Cx<'_>) {
         if self.retire_idle {
@@ -324,6 +535,7 @@ impl PluginSlot {
         }
     }
 
+    /// Ends the flows of generations whose drain deadline passed.
     fn drain(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now();
         self.next_drain = u64::MAX;
@@ -333,9 +545,8 @@ impl PluginSlot {
             if !due {
                 continue;
             }
-            let flows: Vec<u64> = self.gens[g].flows.drain().collect();
-            for f in flows {
-                let h = FlowHandle(f);
+            let mine = g as u32 + 1;
+            for h in cx.flows_tagged(|t| t & GEN_MASK == mine) {
                 for side in Side::BOTH {
                     let ev = Event {
                         kind: EventKind::ConnEnd,
@@ -349,6 +560,7 @@ impl PluginSlot {
                 let _ = cx.set_host_tag(h, DETACHED);
                 self.stats.drained_flows += 1;
             }
+            self.gens[g].flows = 0;
             self.retire(g, cx);
         }
     }
@@ -361,14 +573,14 @@ impl PluginSlot {
             }
         }
         self.newest = None;
-        self.sink.flush();
-        self.stats.records_lost = self.sink.records_lost;
+        self.shared.flush();
+        self.publish_live();
     }
 
     /// Flushes the record sink.
     pub fn flush(&mut self) {
-        self.sink.flush();
-        self.stats.records_lost = self.sink.records_lost;
+        self.shared.flush();
+        self.publish();
     }
 
     /// Installs the newest generation into the engine's setup (user events).
@@ -410,11 +622,12 @@ unsafe extern "C" fn setup_define_event(
     let filter = filter.filter.map(|f| Filter::Foreign {
         key: f as usize,
         call: Box::new(move |cx: &mut Cx<'_>, ev: &Event, arg: u64| {
-            let mut sink = Sink::discard();
+            let sink = RefCell::new(Sink::discard());
             let mut call = CallCtx {
                 cx,
-                sink: &mut sink,
+                sink: &sink,
                 name: "filter",
+                batch: std::ptr::null_mut(),
             };
             let mut host = HostCx {
                 ctx: (&mut call as *mut CallCtx<'_, '_>).cast(),
@@ -447,8 +660,9 @@ unsafe extern "C" fn setup_subscribe(ctx: *mut c_void, event: u32, hook: u8) -> 
     }
 }
 
-/// The engine's view of a slot (shared with the runner, which installs generations).
-pub struct SlotMonitor(pub Rc<RefCell<PluginSlot>>);
+/// The engine's view of a slot: the engine owns it; the plugin host reaches it through
+/// [`Monitor::as_any_mut`].
+pub struct SlotMonitor(pub PluginSlot);
 
 impl Monitor for SlotMonitor {
     fn name(&self) -> &str {
@@ -456,19 +670,19 @@ impl Monitor for SlotMonitor {
     }
 
     fn subscriptions(&self) -> Subscriptions {
-        self.0.borrow().engine_subscriptions()
+        self.0.engine_subscriptions()
     }
 
     fn filter(&self) -> Option<StreamFilter> {
-        self.0.borrow().filter()
+        self.0.filter()
     }
 
     fn setup(&mut self, setup: &mut Setup<'_>) {
-        self.0.borrow_mut().setup_newest(setup);
+        self.0.setup_newest(setup);
     }
 
     fn on_event(&mut self, cx: &mut Cx<'_>, ev: &Event) {
-        let mut slot = self.0.borrow_mut();
+        let slot = &mut self.0;
         slot.drain_due(cx);
         if ev.kind == EventKind::Orphan {
             if let Some(g) = slot.newest {
@@ -476,22 +690,9 @@ impl Monitor for SlotMonitor {
             }
             return;
         }
-        let h = ev.flow;
-        let mut tag = cx.event_host_tag(ev);
-        if tag & GEN_MASK == 0 {
-            tag = match slot.newest {
-                Some(g) => {
-                    slot.gens[g].flows.insert(h.0);
-                    g as u32 + 1
-                }
-                None => DETACHED,
-            };
-            let _ = cx.set_host_tag(h, tag);
-        }
-        if tag & GEN_MASK == DETACHED {
+        let Some((g, tag)) = slot.owner(cx, ev) else {
             return;
-        }
-        let g = (tag & GEN_MASK) as usize - 1;
+        };
         let wanted = ev.kind != EventKind::ConnEnd
             || slot.gens[g].subs.contains(EventKind::ConnEnd, ev.hook);
         if wanted {
@@ -499,16 +700,57 @@ impl Monitor for SlotMonitor {
         }
         if ev.kind == EventKind::ConnEnd && ev.hook == Hook::Snd {
             let ends = (tag >> ENDS_SHIFT) + 1;
-            let _ = cx.set_host_tag(h, (tag & GEN_MASK) | (ends << ENDS_SHIFT));
+            let _ = cx.set_host_tag(ev.flow, (tag & GEN_MASK) | (ends << ENDS_SHIFT));
             if ends >= 2 {
-                slot.gens[g].flows.remove(&h.0);
+                slot.gens[g].flows = slot.gens[g].flows.saturating_sub(1);
                 slot.maybe_retire(g, cx);
             }
         }
     }
 
+    fn on_batch(&mut self, cx: &mut Cx<'_>, events: &[Held]) -> usize {
+        let slot = &mut self.0;
+        slot.drain_due(cx);
+        // One call per run of consecutive records of one generation (nearly always: the
+        // whole batch). `start` is the index of the run's first record; a record of a
+        // detached flow ends the run and is passed over.
+        let mut run: Option<(usize, usize)> = None;
+        slot.recs.clear();
+        for (i, h) in events.iter().enumerate() {
+            let owner = slot.owner(cx, &h.ev).map(|(g, _)| g);
+            if let Some((g, start)) = run {
+                if owner != Some(g) {
+                    let done = if slot.gens[g].running() {
+                        slot.deliver_records(g, cx)
+                    } else {
+                        slot.recs.len()
+                    };
+                    if cx.cut() {
+                        return start + done;
+                    }
+                    slot.recs.clear();
+                    run = None;
+                }
+            }
+            let Some(o) = owner else { continue };
+            if run.is_none() {
+                run = Some((o, i));
+            }
+            slot.recs.push(ffi::to_record(h));
+        }
+        if let Some((g, start)) = run {
+            if slot.gens[g].running() {
+                let done = slot.deliver_records(g, cx);
+                if cx.cut() {
+                    return start + done;
+                }
+            }
+        }
+        events.len()
+    }
+
     fn on_timer(&mut self, cx: &mut Cx<'_>, flow: Option<FlowHandle>, tag: u64) {
-        let mut slot = self.0.borrow_mut();
+        let slot = &mut self.0;
         slot.drain_due(cx);
         if flow.is_none() && tag == DRAIN_TIMER {
             return;
@@ -528,8 +770,18 @@ impl Monitor for SlotMonitor {
         };
         let (has, f) = flow.map_or((0, 0), |h| (1, h.0));
         // SAFETY: as in `deliver`.
-        slot.call(g, cx, |obj, host| unsafe {
+        let called = slot.call(g, cx, std::ptr::null_mut(), |obj, host| unsafe {
             (obj.vtable.on_timer)(obj.this, host, has, f, tag)
         });
+        slot.stats.events += u64::from(called.is_some());
+    }
+
+    fn batch_done(&mut self, cx: &mut Cx<'_>) {
+        self.0.tell_batch(cx);
+        self.0.publish();
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }

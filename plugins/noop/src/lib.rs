@@ -1,5 +1,6 @@
-//! `noop`: subscribes to `PktIn` at the sender's hook and counts, nothing more. It measures
-//! what the plugin boundary costs per packet; at shutdown it emits the count.
+//! `noop`: subscribes to `PktIn` at the sender's hook, in batches (SPEC §2.4), and counts,
+//! nothing more. It measures what the plugin boundary costs per packet; at shutdown it emits
+//! the count.
 #![forbid(unsafe_code)]
 
 use flowpeek_plugin_api::sdk::{config_keys, Cx, Event, EventKind, Hook, Monitor, Subscriptions};
@@ -19,7 +20,7 @@ impl Monitor for Noop {
     }
 
     fn subscriptions(&self) -> Subscriptions {
-        Subscriptions::none().with(EventKind::PktIn, Hook::Snd)
+        Subscriptions::none().batched(EventKind::PktIn, Hook::Snd)
     }
 
     fn on_event(&mut self, _cx: &mut Cx<'_>, _ev: &Event) {

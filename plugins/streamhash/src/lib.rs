@@ -18,8 +18,9 @@
 //! `fin`, `rst`, `timeout`, `evicted`, or `eof` for any other end (end of capture, shutdown,
 //! reload, stop).
 //!
-//! It reads each side with `peek` on every `NewData` and at its `ConnEnd`, so streams of any
-//! length go through a bounded buffer. Records come out when a connection's second side ends
+//! It reads each side with the zero-copy `read` (the bytes in the host's receive buffer,
+//! no copy) on every `NewData` and at its `ConnEnd`, so streams of any length go through a
+//! bounded buffer. Records come out when a connection's second side ends
 //! (end order, not start order).
 //!
 //! Configuration (`streamhash.toml`): `buffer = 262144`, the receive buffer per side in bytes
@@ -177,10 +178,22 @@ impl StreamHash {
         };
         let d = &mut live.dirs[side_index(side)];
         loop {
-            match cx.peek(flow, side, &mut self.scratch) {
-                Ok(0) => break,
-                Ok(n) => d.update(&self.scratch[..n.min(self.scratch.len())]),
+            // The bytes in place, no copy (API 2); `peek` into the scratch on an older host.
+            match cx.read(flow, side, usize::MAX) {
+                Ok((a, b)) if a.is_empty() && b.is_empty() => break,
+                Ok((a, b)) => {
+                    d.update(a);
+                    d.update(b);
+                }
                 Err(PeekError::Lost(n)) => d.lost += n,
+                Err(PeekError::Errno(Errno::Other(38))) => loop {
+                    match cx.peek(flow, side, &mut self.scratch) {
+                        Ok(0) => return,
+                        Ok(n) => d.update(&self.scratch[..n.min(self.scratch.len())]),
+                        Err(PeekError::Lost(n)) => d.lost += n,
+                        Err(PeekError::Errno(_)) => return,
+                    }
+                },
                 Err(PeekError::Errno(_)) => break,
             }
         }
