@@ -52,7 +52,7 @@ pub struct RunArgs {
     /// What the consumer loads: noop (the default: the bundled no-op PktIn plugin),
     /// streamhash (SHA-256 + CRC-32 of every byte both ways), streamhash-crc32,
     /// streamhash-xxh3 (the same reading with cheaper hashes), none, or a plugin directory.
-    /// Bundled plugins are copied from the binaries' directory (lib<name>.so).
+    /// Bundled plugins are copied from the binaries' directory (`lib<name>.so`).
     #[arg(long, conflicts_with = "no_plugins")]
     pub plugins: Option<Plugins>,
     /// No plugins: the engine-only path.
@@ -159,7 +159,7 @@ pub enum Plugins {
 pub struct Bundled {
     /// The name on the command line.
     pub label: &'static str,
-    /// The plugin (lib<plugin>.so in the binaries' directory).
+    /// The plugin (`lib<plugin>.so` in the binaries' directory).
     pub plugin: &'static str,
     /// Its `<plugin>.toml`.
     pub config: &'static str,

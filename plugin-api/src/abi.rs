@@ -332,7 +332,7 @@ pub struct FfiSubscriptionsV2 {
     /// As in API 1.
     pub base: FfiSubscriptions,
     /// The subscribed (event, hook) bits (same encoding as `mask`) the plugin takes in
-    /// batches ([`PluginMod::on_batch`]): delivered after the packet that caused them, up to
+    /// batches ([`PluginExt::on_batch`]): delivered after the packet that caused them, up to
     /// the end of the engine's batch (SPEC §2.4). Bits not in `mask` mean nothing.
     pub batch: u64,
     /// A stream filter in tcpdump syntax for the flows this plugin sees (empty: every flow).
@@ -369,7 +369,7 @@ pub struct FfiRecord {
     pub reserved: [u8; 3],
 }
 
-/// A batch of events for [`PluginMod::on_batch`].
+/// A batch of events for [`PluginExt::on_batch`].
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiBatch {
@@ -385,7 +385,7 @@ pub struct FfiBatch {
     pub done: usize,
 }
 
-/// The host's functions of API 2 (handed to the plugin once by [`PluginMod::bind`]).
+/// The host's functions of API 2 (handed to the plugin once by [`PluginExt::bind`]).
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct HostExt {

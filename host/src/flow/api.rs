@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::buffer::OverlapPolicy;
-use super::dispatch::{Deferred, Dispatch, UserEvent, FILTER};
+use super::dispatch::{Deferred, Dispatch, FILTER};
 use super::stats::Stats;
 use super::table::{FlowIdx, FlowTable, LastPacket};
 use super::tcp::SideState;
@@ -77,6 +77,78 @@ pub struct FlowTimes {
     pub last: u64,
     /// Creation order on this core (0 for the first flow).
     pub serial: u64,
+}
+
+/// A filter implemented outside this crate (called with the context, the base event, `arg`).
+pub type ForeignFilter = dyn Fn(&mut Cx<'_>, &Event, u64) -> bool;
+
+/// A filter of a user-defined event: runs when the base event fires; `true` raises it.
+pub type UserFilter = fn(&mut Cx<'_>, &Event, u64) -> bool;
+
+/// The filter of a user-defined event.
+pub enum Filter {
+    /// A Rust function of this process.
+    Native(UserFilter),
+    /// A filter living elsewhere (a plugin); `key` identifies it so that defining the same
+    /// (base, filter, arg) twice gives the same event.
+    Foreign {
+        /// Identity of the filter (e.g. its address in the plugin).
+        key: usize,
+        /// Calls it.
+        call: Box<ForeignFilter>,
+    },
+}
+
+impl Filter {
+    fn key(&self) -> usize {
+        match self {
+            Filter::Native(f) => *f as usize,
+            Filter::Foreign { key, .. } => *key,
+        }
+    }
+}
+
+/// A user-defined event: a base event and a filter (SPEC §2.2).
+pub(crate) struct UserEvent {
+    pub(crate) base: EventKind,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) arg: u64,
+}
+
+/// Defines (or finds: same base, filter and arg) a user event in `events`.
+pub(crate) fn define_user_event(
+    events: &mut Vec<UserEvent>,
+    base: EventKind,
+    filter: Option<Filter>,
+    arg: u64,
+) -> Result<EventKind, Errno> {
+    if let EventKind::User(parent) = base {
+        if usize::from(parent.0) >= events.len() {
+            return Err(Errno::Inval);
+        }
+    }
+    let key = filter.as_ref().map(Filter::key);
+    let same =
+        |u: &UserEvent| u.base == base && u.arg == arg && u.filter.as_ref().map(Filter::key) == key;
+    if let Some(i) = events.iter().position(same) {
+        return Ok(EventKind::User(UserEventId(i as u8)));
+    }
+    if events.len() >= MAX_USER_EVENTS {
+        return Err(Errno::NoSpc);
+    }
+    events.push(UserEvent { base, filter, arg });
+    Ok(EventKind::User(UserEventId((events.len() - 1) as u8)))
+}
+
+/// The subscription bits of `kind` and of every user event derived from it, transitively.
+pub(crate) fn descendant_mask(events: &[UserEvent], kind: EventKind) -> u64 {
+    let mut mask = kind.bit(Hook::None);
+    for (i, u) in events.iter().enumerate() {
+        if u.base == kind {
+            mask |= descendant_mask(events, EventKind::User(UserEventId(i as u8)));
+        }
+    }
+    mask
 }
 
 /// A monitor's view of the engine during one callback.
@@ -609,5 +681,56 @@ impl<'a> Cx<'a> {
             detail: Detail::None,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_syn(_: &mut Cx<'_>, ev: &Event, _: u64) -> bool {
+        ev.hook == Hook::Rcv
+    }
+
+    #[test]
+    fn user_events_are_deduplicated_and_bounded() {
+        let mut events = Vec::new();
+        let a = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            1,
+        );
+        let b = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            1,
+        );
+        assert_eq!(a, b);
+        let c = define_user_event(
+            &mut events,
+            EventKind::NewData,
+            Some(Filter::Native(on_syn)),
+            2,
+        );
+        assert_ne!(a, c);
+        assert_eq!(
+            define_user_event(&mut events, EventKind::User(UserEventId(9)), None, 0),
+            Err(Errno::Inval),
+            "a parent that does not exist"
+        );
+        let child = define_user_event(&mut events, a.unwrap(), None, 0).unwrap();
+        let mask = descendant_mask(&events, EventKind::NewData);
+        assert_ne!(mask & child.bit(Hook::None), 0, "grandchildren count");
+        assert_eq!(mask & EventKind::Timeout.bit(Hook::None), 0);
+        while events.len() < MAX_USER_EVENTS {
+            let n = events.len() as u64;
+            define_user_event(&mut events, EventKind::Timeout, None, n).unwrap();
+        }
+        assert_eq!(
+            define_user_event(&mut events, EventKind::Timeout, None, 999),
+            Err(Errno::NoSpc)
+        );
     }
 }

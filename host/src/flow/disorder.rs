@@ -2,7 +2,7 @@
 //! docs/SPEC.md §3.1). A SPAN port or a merge of per-queue captures moves packets by up
 //! to a few dozen places; the receiving host saw them in sequence order.
 //!
-//! Owns, per side (the side that *receives* a stream, [`Held`]):
+//! Owns, per side (the side that *receives* a stream, [`Holdback`]):
 //! - the gap-skip rule: an ACK ahead of the contiguous end arms a skip that fires only
 //!   after `gap_skip_after` more packets of the flow that find the stream where it was (or
 //!   when the buffer needs the room, or at the flow's end), so that a segment the ACK
@@ -21,49 +21,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::dispatch::Order;
 use super::engine::Engine;
+use super::holdback::{Ctl, Holdback};
 use super::table::FlowIdx;
 use super::tcp;
 use super::types::*;
 use crate::wire::{TcpFlags, TcpOptions, TcpSegment};
-
-/// A control segment held until the stream reaches it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ctl {
-    Fin,
-    Rst,
-}
-
-/// What is held for the stream one side receives.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Held {
-    /// Highest stream offset this side's ACKs acknowledged beyond the contiguous end at the
-    /// time (0: none). Unclamped: an ACK of a FIN not seen yet is one past the data.
-    pub(crate) ack_max: u64,
-    /// Armed skip: declare `[contig, skip_to)` missing when `skip_left` reaches 0. It
-    /// counts packets of the flow that find the stream where it was (`skip_mark`: the low
-    /// bits of the contiguous end at the last count): while the gap fills, it waits.
-    pub(crate) skip_to: u64,
-    pub(crate) skip_left: u32,
-    pub(crate) skip_mark: u32,
-    /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
-    pub(crate) ctl: Option<(Ctl, u64)>,
-    pub(crate) ctl_left: u32,
-    /// Highest acknowledgement number this side sent that was ahead of its stream (or
-    /// came before the stream's first segment): a FIN it covers was acknowledged first.
-    pub(crate) ack_hi: Option<u32>,
-    /// The stream's start is a guess (a mid-stream flow's first segment), not a SYN.
-    pub(crate) base_guess: bool,
-    /// Packets of the flow left before a guessed start is final: until then its bytes are
-    /// not delivered (`NewData` waits), so that a SYN, SYN/ACK or segment that the first
-    /// one overtook can still move the start back.
-    pub(crate) guess_left: u16,
-}
-
-impl Held {
-    fn pending(&self) -> bool {
-        self.skip_left > 0 || self.ctl.is_some() || self.base_guess
-    }
-}
 
 /// A segment with no payload and no addresses, to replay a held control segment through
 /// the state machine as the stream reaches it.
@@ -306,7 +268,7 @@ impl Engine {
         let k = self.core.cfg.gap_skip_after;
         let f = self.core.table.flow_mut(slot);
         let s = &f.sides[side.index()];
-        let note = |h: &mut Held| {
+        let note = |h: &mut Holdback| {
             if h.ack_hi.map_or(true, |a| (ack.wrapping_sub(a) as i32) > 0) {
                 h.ack_hi = Some(ack);
             }
@@ -519,7 +481,7 @@ impl Engine {
             }
         }
         let f = core.table.flow_mut(slot);
-        f.disorder = f.held.iter().any(Held::pending);
+        f.disorder = f.held.iter().any(Holdback::pending);
         true
     }
 

@@ -10,13 +10,14 @@
 //! monitors. Must not: read a clock or do I/O (time is the packets'), allocate per packet,
 //! or hold logic of its own beyond putting the parts in order.
 
-use super::api::{Cx, Errno};
+use super::api::{define_user_event, Cx, Errno, Filter, UserEvent, UserFilter};
 use super::config::Config;
-use super::dispatch::{define_user_event, Dispatch, Filter, Order, UserEvent, UserFilter};
+use super::dispatch::{Dispatch, Order};
 use super::key::{quick_frame_hash, symmetric_hash, Addr, FlowKey};
-use super::monitor::{BufferRequest, Monitor, Setup, Subscriptions};
-use super::reassembly::{self, NewDataMarks};
+use super::marks::NewDataMarks;
+use super::monitor::{Monitor, Setup};
 use super::stats::Stats;
+use super::subscriptions::{BufferRequest, Subscriptions};
 use super::table::{FlowIdx, FlowTable, LastPacket, PREFETCH_MIN_FLOWS};
 use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
@@ -633,7 +634,7 @@ impl Engine {
             // been sent after all of it (a sender's last ACK, overtaking its data).
             0
         } else {
-            reassembly::stream_offset(r, flags, data_seq)
+            tcp::stream_offset(r, flags, data_seq)
         };
         // Data on a RST is stored too: a monitor wants to see what the RST carried.
         if !payload.is_empty() && flow.sides[receiver.index()].rx_base_known {

@@ -1,111 +1,14 @@
 //! What a monitor is to the engine: its subscriptions, its callbacks ([`Monitor`]) and
 //! what it may do when it is installed ([`Setup`]).
 //!
-//! Owns: the [`Monitor`] trait, [`Subscriptions`], [`BufferRequest`] and [`Setup`]. Must
+//! Owns: the [`Monitor`] trait and [`Setup`] ([`Subscriptions`] are `subscriptions.rs`'s). Must
 //! not: hold engine state; a monitor reaches the engine only through its `Cx` or `Setup`.
 
-use super::api::{Cx, Errno};
-use super::dispatch::{define_user_event, Filter, Held, UserEvent};
+use super::api::{define_user_event, Cx, Errno, Filter, UserEvent};
+use super::dispatch::Held;
+use super::subscriptions::Subscriptions;
 use super::types::{Event, EventKind, FlowHandle, Hook};
 use crate::filter::StreamFilter;
-use flowpeek_plugin_api::codes::BuiltinEvent;
-
-/// The subscription bits of the events that may be held for a batch.
-const BATCHABLE_MASK: u64 = BuiltinEvent::BATCHABLE_MASK;
-
-/// How much receive buffer a monitor wants for one side of every flow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BufferRequest {
-    /// No buffer: this monitor reads no bytes of that side.
-    #[default]
-    Off,
-    /// The configured capacity (`buffer_capacity`, 8 KiB by default).
-    Default,
-    /// At least this many bytes.
-    AtLeast(u32),
-}
-
-/// The (event, hook) pairs a monitor receives for every flow, and the buffers it needs.
-///
-/// A monitor can change its subscriptions for one flow from inside a callback
-/// ([`Cx::subscribe`], [`Cx::unsubscribe`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Subscriptions {
-    pub(crate) mask: u64,
-    /// The bits of `mask` delivered in batches ([`Monitor::on_batch`], SPEC §2.4).
-    pub(crate) batch: u64,
-    /// Buffer wanted for the `Client` side (server→client bytes) and the `Server` side.
-    pub buffers: [BufferRequest; 2],
-}
-
-impl Subscriptions {
-    /// Nothing.
-    pub fn none() -> Subscriptions {
-        Subscriptions::default()
-    }
-
-    /// Adds `(event, hook)`.
-    #[must_use]
-    pub fn with(mut self, event: EventKind, hook: Hook) -> Subscriptions {
-        self.mask |= event.bit(hook);
-        self
-    }
-
-    /// Adds every built-in event at every hook SPEC §2 allows for it.
-    #[must_use]
-    pub fn all_builtin() -> Subscriptions {
-        use EventKind::*;
-        let mut s = Subscriptions::none();
-        for e in [PktIn, ConnStart, TcpStateChange, ConnEnd] {
-            s = s.with(e, Hook::Snd).with(e, Hook::Rcv);
-        }
-        s.with(Rexmit, Hook::Rcv)
-            .with(NewData, Hook::None)
-            .with(Error, Hook::None)
-            .with(Timeout, Hook::None)
-            .with(Orphan, Hook::None)
-    }
-
-    /// Asks for a buffer on both sides.
-    #[must_use]
-    pub fn with_buffers(mut self, request: BufferRequest) -> Subscriptions {
-        self.buffers = [request, request];
-        self
-    }
-
-    /// Adds `(event, hook)`, delivered in batches (SPEC §2.4): the engine holds the event
-    /// and hands it to [`Monitor::on_batch`] with the others of its batch, before the next
-    /// event it delivers to this monitor as it happens, before any `ConnEnd`, and at the
-    /// start and end of [`Engine::end_batch`](super::Engine::end_batch). `Timeout`, `ConnEnd`,
-    /// `Orphan` and user events are never held (they are subscribed as with
-    /// [`with`](Self::with)).
-    #[must_use]
-    pub fn with_batched(mut self, event: EventKind, hook: Hook) -> Subscriptions {
-        self.mask |= event.bit(hook);
-        self.batch |= event.bit(hook) & BATCHABLE_MASK;
-        self
-    }
-
-    /// The bits of `mask` delivered in batches.
-    pub fn batch_mask(&self) -> u64 {
-        self.batch & self.mask
-    }
-
-    /// Sets which subscribed bits are delivered in batches (only batchable events count).
-    pub fn set_batch_mask(&mut self, mask: u64) {
-        self.batch = mask & BATCHABLE_MASK;
-    }
-
-    /// The raw subscription mask (the ABI's encoding).
-    pub fn mask(&self) -> u64 {
-        self.mask
-    }
-
-    /// Whether `(event, hook)` is subscribed.
-    pub fn contains(&self, event: EventKind, hook: Hook) -> bool {
-        self.mask & event.bit(hook) != 0
-    }
-}
 
 /// A monitor: receives events and reads the flows' buffers through its [`Cx`].
 ///

@@ -3,53 +3,15 @@
 //! gaps the receiver acknowledged (lost to the capture) and the `NewData` marks that
 //! coalesce new contiguous data into one event per side and batch.
 //!
-//! Owns: `receive_data`, `discard_to`, `skip_gap`, `NewData` delivery and
-//! [`NewDataMarks`]. Must not: run the TCP state machine ([`super::tcp`]), decide when an
-//! acknowledged gap is lost ([`super::disorder`]) or the order of monitors
-//! ([`super::dispatch`]); it tells dispatch which events happened.
+//! Owns: `receive_data`, `discard_to`, `skip_gap` and `NewData` delivery (`flush_pending`,
+//! from the marks of [`super::marks`]). Must not: run the TCP state machine
+//! ([`super::tcp`]), decide when an acknowledged gap is lost ([`super::disorder`]) or the
+//! order of monitors ([`super::deliver`]); it tells delivery which events happened.
 
 use super::dispatch::Order;
 use super::engine::Engine;
-use super::table::{FlowIdx, FlowTable};
-use super::tcp::SideState;
+use super::table::FlowIdx;
 use super::types::*;
-use crate::wire::TcpFlags;
-
-/// The sides whose contiguous data grew in this batch and owe a `NewData`.
-pub(crate) struct NewDataMarks {
-    list: Vec<(FlowIdx, u32, Side)>,
-}
-
-impl NewDataMarks {
-    pub(crate) fn new() -> NewDataMarks {
-        NewDataMarks {
-            list: Vec::with_capacity(1024),
-        }
-    }
-
-    /// Marks `side` of flow `slot` as owed a `NewData` at the end of the batch (once).
-    pub(crate) fn mark(&mut self, table: &mut FlowTable, slot: FlowIdx, side: Side) {
-        let f = table.flow_mut(slot);
-        let s = &mut f.sides[side.index()];
-        if !s.newdata_pending {
-            s.newdata_pending = true;
-            self.list.push((slot, f.gen, side));
-        }
-    }
-}
-
-/// Sets where the stream `r` receives starts (the first segment seen, or a SYN before
-/// any byte of it) and returns the stream offset of `data_seq` (0 if before the start).
-#[inline]
-pub(crate) fn stream_offset(r: &mut SideState, flags: TcpFlags, data_seq: u32) -> u64 {
-    // A SYN defines the stream's start, unless bytes of it were already seen.
-    let rebase = flags.syn() && r.buf.is_none() && r.rx_next == 0;
-    if !r.rx_base_known || (rebase && !flags.rst()) {
-        r.rx_base = data_seq;
-        r.rx_base_known = true;
-    }
-    r.offset_of(data_seq).max(0) as u64
-}
 
 impl Engine {
     /// Stores a segment's payload in the receiver's buffer, with the `Rexmit` and `Error`
@@ -326,8 +288,8 @@ impl Engine {
     /// delivering are delivered too).
     pub(crate) fn flush_pending(&mut self) {
         let mut i = 0;
-        while i < self.core.marks.list.len() {
-            let (slot, gen, side) = self.core.marks.list[i];
+        while i < self.core.marks.len() {
+            let (slot, gen, side) = self.core.marks.get(i);
             i += 1;
             if self.core.table.is_live(slot, gen) {
                 let f = self.core.table.flow_mut(slot);
@@ -340,7 +302,7 @@ impl Engine {
                 self.deliver_newdata(slot, side);
             }
         }
-        self.core.marks.list.clear();
+        self.core.marks.clear();
     }
 }
 
@@ -350,6 +312,7 @@ mod tests {
     use crate::flow::config::Config;
     use crate::flow::monitor::Monitor;
     use crate::flow::testing::{seg, Log, Recorder};
+    use crate::wire::TcpFlags;
 
     const SYN: u8 = TcpFlags::SYN;
     const ACK: u8 = TcpFlags::ACK;
@@ -503,24 +466,5 @@ mod tests {
             "clipped at the window's end"
         );
         assert_eq!(e.stats().bytes_beyond_window, 3 + 4);
-    }
-
-    #[test]
-    fn stream_starts_at_the_syn_unless_bytes_came_first() {
-        let mut r = SideState::new(TcpState::Listen, 0, Default::default());
-        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 1000), 0);
-        assert_eq!((r.rx_base, r.rx_base_known), (1000, true));
-        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 1010), 10);
-        assert_eq!(
-            stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 990),
-            0,
-            "before the start"
-        );
-        r.rx_next = 5;
-        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 2000), 1000);
-        assert_eq!(
-            r.rx_base, 1000,
-            "a late SYN does not move a stream with bytes"
-        );
     }
 }

@@ -9,7 +9,7 @@
 
 use super::buffer::{BufferPool, OverlapPolicy, RecvBuffer};
 use super::config::Config;
-use super::disorder::Held;
+use super::holdback::Holdback;
 use super::key::FlowKey;
 use super::stats::Stats;
 use super::tcp::SideState;
@@ -106,7 +106,7 @@ pub(crate) struct Flow {
     pub(crate) last: LastPacket,
     pub(crate) end_reason: Option<EndReason>,
     /// Per side: what the disorder rules hold for the stream it receives.
-    pub(crate) held: [Held; 2],
+    pub(crate) held: [Holdback; 2],
 }
 
 impl Flow {
@@ -132,7 +132,7 @@ impl Flow {
             ],
             last: LastPacket::default(),
             end_reason: None,
-            held: [Held::default(); 2],
+            held: [Holdback::default(); 2],
         }
     }
 
@@ -461,7 +461,7 @@ impl FlowTable {
         f.partial = partial;
         f.in_tw = false;
         f.disorder = false;
-        f.held = [Held::default(); 2];
+        f.held = [Holdback::default(); 2];
         f.start_ts = now;
         f.last_ts = now;
         f.seqno = seqno;

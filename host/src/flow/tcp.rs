@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use super::buffer::{OverlapPolicy, RecvBuffer};
 use super::types::{EndReason, Side, TcpState};
-use crate::wire::TcpSegment;
+use crate::wire::{TcpFlags, TcpSegment};
 
 /// State of one side: its emulated TCP endpoint and the stream it receives.
 pub(crate) struct SideState {
@@ -320,11 +320,23 @@ pub(crate) fn receiver_window(s: &SideState) -> u32 {
     s.window.max(65_535).max(s.capacity)
 }
 
+/// Sets where the stream `r` receives starts (the first segment seen, or a SYN before
+/// any byte of it) and returns the stream offset of `data_seq` (0 if before the start).
+#[inline]
+pub(crate) fn stream_offset(r: &mut SideState, flags: TcpFlags, data_seq: u32) -> u64 {
+    // A SYN defines the stream's start, unless bytes of it were already seen.
+    let rebase = flags.syn() && r.buf.is_none() && r.rx_next == 0;
+    if !r.rx_base_known || (rebase && !flags.rst()) {
+        r.rx_base = data_seq;
+        r.rx_base_known = true;
+    }
+    r.offset_of(data_seq).max(0) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::flow::testing;
-    use crate::wire::TcpFlags;
 
     const SYN: u8 = TcpFlags::SYN;
     const ACK: u8 = TcpFlags::ACK;
@@ -541,5 +553,24 @@ mod tests {
         r.rx_next = 1 << 32;
         assert_eq!(r.offset_of(u32::MAX - 10 + 1), (1 << 32) + 1);
         assert_eq!(r.offset_of(u32::MAX - 20), (1 << 32) - 10);
+    }
+
+    #[test]
+    fn stream_starts_at_the_syn_unless_bytes_came_first() {
+        let mut r = SideState::new(TcpState::Listen, 0, Default::default());
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 1000), 0);
+        assert_eq!((r.rx_base, r.rx_base_known), (1000, true));
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 1010), 10);
+        assert_eq!(
+            stream_offset(&mut r, TcpFlags(TcpFlags::ACK), 990),
+            0,
+            "before the start"
+        );
+        r.rx_next = 5;
+        assert_eq!(stream_offset(&mut r, TcpFlags(TcpFlags::SYN), 2000), 1000);
+        assert_eq!(
+            r.rx_base, 1000,
+            "a late SYN does not move a stream with bytes"
+        );
     }
 }

@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::api::Cx;
-use super::monitor::{BufferRequest, Monitor, Subscriptions};
+use super::monitor::Monitor;
+use super::subscriptions::{BufferRequest, Subscriptions};
 use super::types::{Event, FlowHandle};
 use crate::wire::{TcpFlags, TcpOptions, TcpSegment};
 

@@ -45,7 +45,7 @@
 //!
 //! The file is mapped, not read. If another process truncates the file while it is mapped,
 //! touching the vanished pages raises `SIGBUS`; the mapping is registered with
-//! [`super::mapguard`], whose handler maps zero pages over the vanished range and raises a
+//! `io::mapguard`, whose handler maps zero pages over the vanished range and raises a
 //! flag. The iterator touches each packet's last byte and checks that flag before handing
 //! the packet out, so it stops with [`CaptureError::Shrank`] ("the file shrank to N bytes
 //! while being read") and never delivers bytes that were not in the file; every packet

@@ -178,7 +178,7 @@ pub struct CallCtx<'c, 'a> {
     pub sink: &'c std::cell::RefCell<Sink>,
     /// The plugin's name, for log lines.
     pub name: &'c str,
-    /// The batch being delivered (null outside [`PluginMod::on_batch`]): a host function
+    /// The batch being delivered (null outside `PluginExt::on_batch`): a host function
     /// that cuts it (SPEC §2.4) sets its `cut`.
     pub batch: *mut FfiBatch,
 }
@@ -231,7 +231,7 @@ pub static HOST_API: HostApi = HostApi {
     log,
 };
 
-/// The host's API 2 functions, handed to every plugin of API 2 by [`PluginMod::bind`].
+/// The host's API 2 functions, handed to every plugin of API 2 by `PluginExt::bind`.
 pub static HOST_EXT: HostExt = HostExt {
     api_version: API_VERSION,
     read,

@@ -5,7 +5,7 @@
 //! refused with the child's status.
 //!
 //! Owns: the hidden subcommand's entry ([`main_hook`]), which program runs the test load, and
-//! running it with a deadline ([`test_load`]).
+//! running it with a deadline (`test_load`).
 //! Must not: map the library in this process, or keep a child past its deadline.
 
 use std::ffi::OsString;

@@ -4,7 +4,7 @@
 //! first fragment has the ports. The shm producer sends every fragment to ring 0, and the
 //! AF_PACKET fanout program (and a NIC's RSS) hashes them by their addresses alone. So every
 //! fragment of a datagram reaches one core, which reassembles it, but the datagram's flow may
-//! live on another core. That core gets the datagram through its [`Port`]: one bounded
+//! live on another core. That core gets the datagram through its port (an [`Outbox`] per peer, one [`Inbox`]): one bounded
 //! channel per pair of cores, whose buffers go back to the sender once processed, so the path
 //! allocates only its first [`BUFFERS_PER_PAIR`] buffers per pair. A capture replay needs
 //! none of this: every core reads every fragment (see

@@ -1,5 +1,5 @@
-//! Building netmap images: [`ImageLayout`] places a `netmap_if`, its rings and one buffer pool,
-//! and [`write_image`] writes a fresh image as netmap leaves it after registering. This is
+//! Building netmap images: `ImageLayout` places a `netmap_if`, its rings and one buffer pool,
+//! and `write_image` writes a fresh image as netmap leaves it after registering. This is
 //! the layout of a `shm` region ([`crate::io::shm`]) and of the in-memory images the unit
 //! tests walk (the `testing` module, test builds only).
 //!

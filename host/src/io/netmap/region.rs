@@ -180,8 +180,8 @@ pub(super) fn corrupt(
 
 /// A view over a netmap memory region: its `netmap_if` and validated RX and TX rings.
 ///
-/// It does not own the memory; the owner ([`super::shm::ShmConsumer`],
-/// [`super::netmap::NetmapPort`], [`super::netmap::NetmapTxPort`]) keeps the mapping alive
+/// It does not own the memory; the owner ([`crate::io::shm::ShmConsumer`],
+/// [`crate::io::netmap::NetmapPort`], [`crate::io::netmap::NetmapTxPort`]) keeps the mapping alive
 /// for as long as the view.
 #[derive(Debug)]
 pub struct NetmapMem {
