@@ -13,7 +13,7 @@
 use super::api::{define_user_event, Cx, Errno, Filter, UserEvent, UserFilter};
 use super::config::Config;
 use super::dispatch::{Dispatch, Order};
-use super::key::{quick_frame_hash, symmetric_hash, Addr, FlowKey};
+use super::key::{quick_frame_hash, Addr, FlowKey};
 use super::marks::NewDataMarks;
 use super::monitor::{Monitor, Setup};
 use super::stats::Stats;
@@ -21,11 +21,10 @@ use super::subscriptions::{BufferRequest, Subscriptions};
 use super::table::{FlowIdx, FlowTable, LastPacket, PREFETCH_MIN_FLOWS};
 use super::tcp::{self, Transition};
 use super::timers::{self, Timers};
-use super::tombstone::{Space, Tombstones, Verdict};
+use super::tombstone::{Tombstones, Verdict};
 use super::types::*;
 use crate::filter::StreamFilter;
-use crate::io::shard::shard_of;
-use crate::ip::{Defragmenter, Outcome};
+use crate::ip::Defragmenter;
 use crate::wire::{self, Decoded, LinkType, TcpFlags, TcpSegment};
 
 /// Everything but the monitors, as distinct parts, so that a callback's [`Cx`] borrows
@@ -73,13 +72,13 @@ pub struct Engine {
     pub(crate) monitors: Vec<Box<dyn Monitor>>,
     pub(crate) user_events: Vec<UserEvent>,
     /// IP fragments wait here for their datagram (only fragments reach it).
-    defrag: Defragmenter,
+    pub(crate) defrag: Defragmenter,
     /// The last reassembled datagram, copied out of `defrag` so that the engine can be
     /// borrowed whole while it is processed (reused).
-    datagram: Vec<u8>,
+    pub(crate) datagram: Vec<u8>,
     /// Live multi-core sources: which core a datagram reassembled here belongs to, and the
     /// way there (see [`Engine::set_handoff`]).
-    handoff: Option<HandoffRoute>,
+    pub(crate) handoff: Option<HandoffRoute>,
 }
 
 /// Where a reassembled datagram went (see [`Engine::set_handoff`]).
@@ -300,158 +299,6 @@ impl Engine {
             Some(Ok(Decoded::Fragment)) => self.on_fragment(link, frame, ts),
             Some(Err(_)) => self.core.stats.malformed += 1,
         }
-    }
-
-    /// An IP fragment: held by the defragmenter, or the last one of its datagram, which is
-    /// then decoded and processed like a packet of its own. Out of line: the common
-    /// unfragmented path pays nothing for it.
-    #[cold]
-    #[inline(never)]
-    fn on_fragment(&mut self, link: Option<LinkType>, frame: &[u8], ts: u64) {
-        // In a replay every core sees every fragment (see `Config::replay_cores`): core 0
-        // counts them, so that the cores' counters still add up to the capture's.
-        let cores = self.core.cfg.replay_cores;
-        let counts = cores <= 1 || self.core.cfg.core == 0;
-        if counts {
-            self.core.stats.ip_fragments += 1;
-        } else {
-            self.core.stats.packets -= 1;
-            self.core.stats.bytes -= frame.len() as u64;
-        }
-        let Some(link) = link else {
-            return;
-        };
-        let mut datagram = std::mem::take(&mut self.datagram);
-        let complete = match self.defrag.push(link, frame, ts) {
-            Outcome::Complete(dg) => {
-                datagram.clear();
-                datagram.extend_from_slice(dg.frame);
-                Some(dg.overlap_differs)
-            }
-            _ => None,
-        };
-        if counts {
-            self.core.stats.defrag = *self.defrag.stats();
-        }
-        if let Some(overlap_differs) = complete {
-            self.on_datagram(link, &datagram, ts, overlap_differs, counts);
-        }
-        self.datagram = datagram;
-    }
-
-    /// A datagram the defragmenter completed: processed here if its flow is this core's,
-    /// else left to the core that owns it (a replay, where every core reassembles every
-    /// datagram) or handed to it (a live source, [`Engine::set_handoff`]).
-    fn on_datagram(
-        &mut self,
-        link: LinkType,
-        datagram: &[u8],
-        ts: u64,
-        overlap_differs: bool,
-        counts: bool,
-    ) {
-        match wire::decode(link, datagram) {
-            Ok(Decoded::Tcp(seg)) => {
-                let here = match self.handoff.as_mut() {
-                    Some(route) => match route(link, datagram, ts, overlap_differs) {
-                        Handed::Here => true,
-                        Handed::Sent => {
-                            self.core.stats.handed_off += 1;
-                            false
-                        }
-                        Handed::Dropped => {
-                            self.core.stats.handoff_dropped += 1;
-                            false
-                        }
-                    },
-                    None => {
-                        let cores = self.core.cfg.replay_cores;
-                        cores <= 1
-                            || shard_of(
-                                symmetric_hash(seg.src, seg.src_port, seg.dst, seg.dst_port),
-                                cores,
-                            ) == usize::from(self.core.cfg.core)
-                    }
-                };
-                if here {
-                    self.datagram_segment(&seg, datagram, ts, overlap_differs);
-                }
-            }
-            Ok(_) if counts => self.core.stats.not_tcp += 1,
-            Err(_) if counts => self.core.stats.malformed += 1,
-            Ok(_) | Err(_) => {}
-        }
-    }
-
-    fn datagram_segment(
-        &mut self,
-        seg: &TcpSegment<'_>,
-        datagram: &[u8],
-        ts: u64,
-        overlap_differs: bool,
-    ) {
-        if self.core.cfg.verify_checksums && wire::tcp_checksum_ok(datagram, seg) == Some(false) {
-            self.core.stats.bad_checksum += 1;
-        } else {
-            self.on_segment(seg, datagram, ts);
-            if overlap_differs {
-                self.ip_overlap(seg, datagram);
-            }
-        }
-    }
-
-    /// Live multi-core sources: the fragments of a datagram all reach one core (only the
-    /// first carries the ports the sharding hash needs), which reassembles it. `route` says
-    /// whose flow it is, the source's way (`worker::handoff`), and sends it there if not
-    /// this core's; that core processes it with [`Engine::on_handed`]. Counted as
-    /// `handed_off` and `handoff_dropped`. Without a route, a datagram is processed here
-    /// (or, in a replay, by the core of its flow: every core reassembles every datagram).
-    pub fn set_handoff(&mut self, route: HandoffRoute) {
-        self.handoff = Some(route);
-    }
-
-    /// A datagram another core reassembled for a flow of this core (see
-    /// [`Engine::set_handoff`]). Its fragments were counted as packets where they arrived.
-    pub fn on_handed(&mut self, link: LinkType, datagram: &[u8], ts: u64, overlap_differs: bool) {
-        self.core.stats.handed_in += 1;
-        self.core.now = self.core.now.max(ts);
-        match wire::decode(link, datagram) {
-            Ok(Decoded::Tcp(seg)) => self.datagram_segment(&seg, datagram, ts, overlap_differs),
-            Ok(_) | Err(_) => self.core.stats.malformed += 1,
-        }
-    }
-
-    /// A datagram whose fragments overlapped with bytes that differ was processed: an
-    /// evasion attempt, raised to the monitors of its flow (if it has one).
-    fn ip_overlap(&mut self, seg: &TcpSegment<'_>, datagram: &[u8]) {
-        let src = Addr::from_ip(seg.src);
-        let dst = Addr::from_ip(seg.dst);
-        let (key, src_is_lo) = FlowKey::new(src, seg.src_port, dst, seg.dst_port);
-        let Some(slot) = self.core.table.lookup(&key, key.hash()) else {
-            return;
-        };
-        let sender = if src_is_lo == self.core.table.flow(slot).client_is_lo {
-            Side::Client
-        } else {
-            Side::Server
-        };
-        let order = if sender == Side::Client {
-            Order::Load
-        } else {
-            Order::Reverse
-        };
-        self.error(
-            slot,
-            sender.peer(),
-            ErrorKind::IpOverlap,
-            order,
-            Some(datagram),
-        );
-    }
-
-    /// The defragmenter's settings and state (counters are in [`Engine::stats`]).
-    pub fn defragmenter(&self) -> &Defragmenter {
-        &self.defrag
     }
 
     /// Moves the clock to `ts` without a packet of this engine (another core's packet, in
@@ -862,138 +709,6 @@ impl Engine {
             }
         }
         self.core.dispatch.orphan_addrs = None;
-    }
-
-    fn run_timers(&mut self) {
-        // Timers set by the callbacks of this pass fire on the next pass at the earliest.
-        let mark = self.core.timers.mark();
-        while let Some(t) = self.core.timers.pop_due(self.core.now, mark) {
-            let m = t.monitor as usize;
-            if m >= self.monitors.len() {
-                continue;
-            }
-            let flow = if t.slot.is_nil() {
-                None
-            } else if self.core.table.is_live(t.slot, t.gen) {
-                if self.core.table.mon(t.slot, m).ended {
-                    continue;
-                }
-                Some(FlowHandle::flow(
-                    self.core.table.core(),
-                    t.slot.raw(),
-                    t.gen,
-                ))
-            } else {
-                continue;
-            };
-            let mut cx = self.core.cx(m, None, &self.user_events);
-            self.monitors[m].on_timer(&mut cx, flow, t.tag);
-            self.after_callback();
-        }
-    }
-
-    fn expire(&mut self) {
-        let now = self.core.now;
-        while let Some(slot) = timers::due_time_wait(&self.core.table, now) {
-            self.destroy(slot, EndReason::Fin, None);
-        }
-        let timeout = self.core.cfg.tcp_timeout;
-        while let Some(slot) = timers::due_idle(&self.core.table, now, timeout) {
-            self.core.stats.flows_timed_out += 1;
-            let gen = self.core.table.flow(slot).gen;
-            for side in Side::BOTH {
-                if self.core.table.is_live(slot, gen) {
-                    self.emit(
-                        slot,
-                        EventKind::Timeout,
-                        EventSide::One(side),
-                        Hook::None,
-                        Detail::None,
-                        Order::Load,
-                        None,
-                    );
-                }
-            }
-            if self.core.table.is_live(slot, gen) {
-                self.destroy(slot, EndReason::Timeout, None);
-            }
-        }
-    }
-
-    /// Destroys a flow: delivers its pending data, then per side (`first`, then the other;
-    /// client first when `None`) `TcpStateChange(CLOSED)` and `ConnEnd`, at `Rcv` then `Snd`.
-    fn destroy(&mut self, slot: FlowIdx, reason: EndReason, first: Option<Side>) {
-        let gen = self.core.table.flow(slot).gen;
-        self.core.table.unlink(slot);
-        // A FIN or RST still held takes effect, after the gaps before it.
-        let reason = match (self.flush_held(slot), reason) {
-            (Some(r), EndReason::Eof | EndReason::Shutdown | EndReason::Timeout) => r,
-            _ => reason,
-        };
-        // Out-of-order data still held is delivered, skipping the gaps before it.
-        for side in Side::BOTH {
-            loop {
-                let s = &self.core.table.flow(slot).sides[side.index()];
-                let Some(next) = s.buf.as_ref().and_then(|b| b.first_gap_end()) else {
-                    break;
-                };
-                self.skip_gap(slot, side, next);
-            }
-            self.deliver_newdata(slot, side);
-        }
-        let first = first.unwrap_or(Side::Client);
-        for side in [first, first.peer()] {
-            let f = self.core.table.flow_mut(slot);
-            let s = &mut f.sides[side.index()];
-            s.state = TcpState::Closed;
-            s.destroyed = true;
-            f.end_reason.get_or_insert(reason);
-            for hook in [Hook::Rcv, Hook::Snd] {
-                let one = EventSide::One(side);
-                self.emit(
-                    slot,
-                    EventKind::TcpStateChange,
-                    one,
-                    hook,
-                    Detail::State(TcpState::Closed),
-                    Order::Load,
-                    None,
-                );
-                self.emit(
-                    slot,
-                    EventKind::ConnEnd,
-                    one,
-                    hook,
-                    Detail::End(reason),
-                    Order::Load,
-                    None,
-                );
-            }
-        }
-        debug_assert_eq!(self.core.table.flow(slot).gen, gen);
-        if matches!(reason, EndReason::Fin | EndReason::Rst) {
-            self.bury(slot);
-        }
-        let core = &mut self.core;
-        core.table.release(slot, &mut core.stats);
-    }
-
-    /// Leaves a tombstone of a connection that closed, for its late packets.
-    fn bury(&mut self, slot: FlowIdx) {
-        let f = self.core.table.flow(slot);
-        let space = |sender: Side| {
-            let (s, r) = (&f.sides[sender.index()], &f.sides[sender.peer().index()]);
-            Space {
-                known: s.tx_seen && r.rx_base_known,
-                // The stream starts one after the SYN: the SYN's number is in the space.
-                first: r.rx_base.wrapping_sub(1),
-                end: s.tx_next,
-            }
-        };
-        let spaces = [space(Side::Client), space(Side::Server)];
-        let (key, lo) = (f.key, f.client_is_lo);
-        let now = self.core.now;
-        self.core.tombs.bury(key, key.hash(), lo, spaces, now);
     }
 }
 

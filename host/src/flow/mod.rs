@@ -14,7 +14,9 @@
 //!
 //! One file per concept, in the order a packet meets them:
 //! - `key.rs`: the symmetric flow key and hash, and the quick hash of a raw frame.
-//! - `engine.rs`: [`Engine`], the orchestration of the parts below per packet and batch.
+//! - `engine.rs`: [`Engine`], the orchestration of the parts below per packet and batch;
+//!   `fragments.rs`: IP fragments on their way in; `ending.rs`: timers due, expiry, a
+//!   flow's destruction and tombstone.
 //! - `table.rs`: flow slots (`FlowIdx`), the hash index, the idle (LRU) and TIME_WAIT lists.
 //! - `tcp.rs`: each side's emulated TCP state machine, RST window checks.
 //! - `reassembly.rs`: the receive path: offsets, overlaps, skipped gaps; `marks.rs`: the
@@ -38,7 +40,9 @@ mod config;
 mod deliver;
 mod disorder;
 mod dispatch;
+mod ending;
 mod engine;
+mod fragments;
 mod holdback;
 mod key;
 mod marks;
@@ -68,9 +72,9 @@ pub use tombstone::TOMBSTONE_TTL;
 pub use types::*;
 
 /// The layering of this module, checked: the `use` graph between its files has no cycle.
-/// Every file imports only files below it; `reassembly.rs`, `disorder.rs` and
-/// `deliver.rs` add one concept's methods to [`Engine`] and sit above `engine.rs`, which
-/// imports none of them (it calls their methods on itself).
+/// Every file imports only files below it; `reassembly.rs`, `disorder.rs`, `deliver.rs`,
+/// `fragments.rs` and `ending.rs` add one concept's methods to [`Engine`] and sit above
+/// `engine.rs`, which imports none of them (it calls their methods on itself).
 #[cfg(test)]
 mod layering {
     use std::collections::BTreeMap;
