@@ -1,14 +1,15 @@
 /*
  * cmidstat: the table of live connections, every second, as a C monitor written for
  * mos_api.h (in the spirit of mOS's midstat sample; the same records as flowpeek's Rust
- * midstat plugin, without its "start" field).
+ * midstat plugin: "uid" and "start" come from flowpeek_flow_info, an addition to mOS's API).
  *
  * Every interval of host time (packet time for a capture, wall time live), through
  * mtcp_settimer, each core emits
  *
  *   {"ts":1500000001.000000,"core":0,"flows":2,"truncated":0,"table":[
- *     {"client":"10.0.0.1:5555","server":"10.0.0.2:80","cli_state":"ESTABLISHED",
- *      "svr_state":"ESTABLISHED","c2s_bytes":120,"s2c_bytes":5000}, ...]}
+ *     {"uid":"f7adf8f1190065d4","client":"10.0.0.1:5555","server":"10.0.0.2:80",
+ *      "cli_state":"ESTABLISHED","svr_state":"ESTABLISHED","c2s_bytes":120,"s2c_bytes":5000,
+ *      "start":1500000000.250000}, ...]}
  *
  * (one line), and one more with "final":true from mos_plugin_exit. `table` lists the live
  * connections in the order they were first seen, at most `max_rows`; the states come from
@@ -21,6 +22,7 @@
  * Config (cmidstat.toml): interval_ms = 1000, max_rows = 1000
  */
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <mos_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,8 @@ const char mos_plugin_version[] = "1.0";
 struct row {
 	char client[64];
 	char server[64];
+	char uid[24]; /* "\"16 hex\"" or null */
+	char start[32]; /* seconds.micros or null */
 	int state[2]; /* -1: unknown */
 	uint64_t bytes[2]; /* by sender: client (c2s), server (s2c) */
 	struct row *prev, *next;
@@ -105,6 +109,15 @@ static struct row *row_of(mctx_t mctx, int sock)
 		return NULL;
 	format_addr(mctx, sock, MOS_SIDE_CLI, r->client, sizeof(r->client));
 	format_addr(mctx, sock, MOS_SIDE_SVR, r->server, sizeof(r->server));
+	struct flowpeek_flow_info info;
+	if (flowpeek_flow_info(mctx, sock, &info) == 0) {
+		snprintf(r->uid, sizeof(r->uid), "\"%016" PRIx64 "\"", info.uid);
+		snprintf(r->start, sizeof(r->start), "%" PRIu64 ".%06" PRIu64,
+			 info.start_ns / 1000000000u, info.start_ns % 1000000000u / 1000u);
+	} else {
+		snprintf(r->uid, sizeof(r->uid), "null");
+		snprintf(r->start, sizeof(r->start), "null");
+	}
 	r->state[0] = tcp_state(mctx, sock, MOS_SIDE_CLI);
 	r->state[1] = tcp_state(mctx, sock, MOS_SIDE_SVR);
 	r->prev = c->head.prev;
@@ -190,11 +203,11 @@ static void report(mctx_t mctx, int last)
 	put(c, &at, "\"table\":[");
 	for (struct row *r = c->head.next; r != &c->head && shown < c->max_rows; r = r->next) {
 		put(c, &at,
-		    "%s{\"client\":\"%s\",\"server\":\"%s\",\"cli_state\":\"%s\",\"svr_state\":\"%s\","
-		    "\"c2s_bytes\":%llu,\"s2c_bytes\":%llu}",
-		    shown ? "," : "", r->client, r->server, state_name(r->state[0]),
+		    "%s{\"uid\":%s,\"client\":\"%s\",\"server\":\"%s\",\"cli_state\":\"%s\","
+		    "\"svr_state\":\"%s\",\"c2s_bytes\":%llu,\"s2c_bytes\":%llu,\"start\":%s}",
+		    shown ? "," : "", r->uid, r->client, r->server, state_name(r->state[0]),
 		    state_name(r->state[1]), (unsigned long long)r->bytes[0],
-		    (unsigned long long)r->bytes[1]);
+		    (unsigned long long)r->bytes[1], r->start);
 		shown++;
 	}
 	put(c, &at, "]}");

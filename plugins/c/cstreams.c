@@ -7,18 +7,21 @@
  * moves nothing), counting any difference; it CRC-32s the bytes. At each MOS_ON_CONN_END it
  * reads what is left, and at the second one (both sides ended) it emits one record:
  *
- *   {"client":"10.0.0.1:5555","server":"10.0.0.2:80",
+ *   {"uid":"f7adf8f1190065d4","client":"10.0.0.1:5555","server":"10.0.0.2:80",
  *    "c2s":{"bytes":120,"crc32":"1c291ca3","missing":0},
  *    "s2c":{"bytes":5000,"crc32":"...","missing":0},"ppeek_mismatch":0}
  *
  * `bytes` and `crc32` are what `flowpeek streams --json` reports for the connection;
- * `missing` counts bytes skipped over gaps (mtcp_peek's -n / ENODATA).
+ * `missing` counts bytes skipped over gaps (mtcp_peek's -n / ENODATA). `uid` is the flow id
+ * of every flowpeek record (flowpeek_flow_info, an addition to mOS's API; null on a host
+ * without it).
  *
  * Build:  cc -shared -fPIC -I plugin-api/c/include plugins/c/cstreams.c -o libcstreams.so
  * Config (cstreams.toml): buffer = 262144   (receive buffer per side, bytes)
  *                         filter = "tcp port 80"   (any tcpdump expression)
  */
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <mos_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +39,7 @@ struct dir {
 struct conn {
 	char client[64];
 	char server[64];
+	char uid[24]; /* "\"16 hex\"" or null */
 	struct dir d[2]; /* indexed by side: MOS_SIDE_SVR holds c2s bytes */
 	int ends;
 	uint64_t mismatch;
@@ -96,6 +100,11 @@ static struct conn *conn_of(mctx_t mctx, int sock)
 	if (!c)
 		return NULL;
 	format_addr(mctx, sock, MOS_SIDE_CLI, c->client, sizeof(c->client));
+	struct flowpeek_flow_info info;
+	if (flowpeek_flow_info(mctx, sock, &info) == 0)
+		snprintf(c->uid, sizeof(c->uid), "\"%016" PRIx64 "\"", info.uid);
+	else
+		snprintf(c->uid, sizeof(c->uid), "null");
 	format_addr(mctx, sock, MOS_SIDE_SVR, c->server, sizeof(c->server));
 	mtcp_set_uctx(mctx, sock, c);
 	return c;
@@ -149,11 +158,11 @@ static void on_end(mctx_t mctx, int sock, int side, event_t ev, filter_arg_t *ar
 	if (++c->ends < 2)
 		return;
 	int n = snprintf(line, sizeof(line),
-			 "{\"client\":\"%s\",\"server\":\"%s\","
+			 "{\"uid\":%s,\"client\":\"%s\",\"server\":\"%s\","
 			 "\"c2s\":{\"bytes\":%llu,\"crc32\":\"%08x\",\"missing\":%llu},"
 			 "\"s2c\":{\"bytes\":%llu,\"crc32\":\"%08x\",\"missing\":%llu},"
 			 "\"ppeek_mismatch\":%llu}",
-			 c->client, c->server, (unsigned long long)c->d[MOS_SIDE_SVR].bytes,
+			 c->uid, c->client, c->server, (unsigned long long)c->d[MOS_SIDE_SVR].bytes,
 			 c->d[MOS_SIDE_SVR].crc, (unsigned long long)c->d[MOS_SIDE_SVR].missing,
 			 (unsigned long long)c->d[MOS_SIDE_CLI].bytes, c->d[MOS_SIDE_CLI].crc,
 			 (unsigned long long)c->d[MOS_SIDE_CLI].missing,

@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use abi_stable::library::RawLibrary;
 use flowpeek_plugin_api::abi::{
-    FfiAddr, FfiAddrs, FfiBufferInfo, FfiEvent, FfiFilterSlot, FfiFragment, FfiLastPacket,
-    FfiSubscriptions, HostApi, HostCx, MonitorObj, MonitorVTable, SetupCx,
+    FfiAddr, FfiAddrs, FfiBufferInfo, FfiEvent, FfiFilterSlot, FfiFlowTimes, FfiFragment,
+    FfiLastPacket, FfiSubscriptions, HostApi, HostCx, MonitorObj, MonitorVTable, SetupCx,
 };
 use flowpeek_plugin_api::codes::{
     BuiltinEvent, Errno, Hook, BUFFER_DEFAULT, BUFFER_OFF, FAMILY_V6, SIDE_BOTH, USER_EVENT_BASE,
 };
+use flowpeek_plugin_api::records;
 
 use super::load::LoadError;
 use crate::filter::StreamFilter;
@@ -776,6 +777,17 @@ pub struct MosApi {
         unsafe extern "C" fn(*mut Ctx, c_int, *const libc::timeval, Option<Callback>) -> c_int,
     now_ns: unsafe extern "C" fn(*mut Ctx, *mut c_int) -> u64,
     emit: unsafe extern "C" fn(*mut Ctx, *const c_char, usize) -> c_int,
+    /// Appended (a plugin's header checks `size` before calling it).
+    flow_info: unsafe extern "C" fn(*mut Ctx, c_int, *mut FlowInfo) -> c_int,
+}
+
+/// The header's `struct flowpeek_flow_info`.
+#[repr(C)]
+pub struct FlowInfo {
+    uid: u64,
+    start_ns: u64,
+    last_ns: u64,
+    serial: u64,
 }
 
 /// mOS's `union monitor_filter` (the stream form; the raw form is its first field).
@@ -850,6 +862,7 @@ pub static MOS_API: MosApi = MosApi {
     settimer: h_settimer,
     now_ns: h_now_ns,
     emit: h_emit,
+    flow_info: h_flow_info,
 };
 
 const fn neg(e: Errno) -> c_int {
@@ -1651,6 +1664,50 @@ unsafe extern "C" fn h_emit(mctx: *mut Ctx, rec: *const c_char, len: usize) -> c
             Ok(0)
         }
     })())
+}
+
+unsafe extern "C" fn h_flow_info(mctx: *mut Ctx, sock: c_int, out: *mut FlowInfo) -> c_int {
+    status((|| {
+        let (i, api, ctx) = running(mctx)?;
+        if out.is_null() {
+            return Err(EINVAL);
+        }
+        let flow = opt_flow(i, sock)?;
+        let mut a = FfiAddrs::default();
+        let mut t = FfiFlowTimes::default();
+        // SAFETY: the running callback's context and local out-values.
+        let r = unsafe { (api.addresses)(ctx, flow, &mut a) };
+        if r < 0 {
+            return Err(r);
+        }
+        // SAFETY: as above.
+        let r = unsafe { (api.flow_times)(ctx, flow, &mut t) };
+        if r < 0 {
+            return Err(r);
+        }
+        let uid = records::flow_uid(socket_addr(&a.client), socket_addr(&a.server), t.start);
+        // SAFETY: the plugin's pointer (checked non-null) to its `struct flowpeek_flow_info`.
+        unsafe {
+            out.write(FlowInfo {
+                uid,
+                start_ns: t.start,
+                last_ns: t.last,
+                serial: t.serial,
+            })
+        };
+        Ok(0)
+    })())
+}
+
+/// An address of the ABI as a socket address.
+fn socket_addr(a: &FfiAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = if a.family == flowpeek_plugin_api::codes::FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(a.addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
+    };
+    std::net::SocketAddr::new(ip, a.port)
 }
 
 #[cfg(test)]

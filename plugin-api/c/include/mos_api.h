@@ -246,6 +246,19 @@ union monitor_filter {
 };
 typedef union monitor_filter *monitor_filter_t;
 
+/** flowpeek: what flowpeek_flow_info tells of a connection (not in mOS). */
+struct flowpeek_flow_info {
+	/** The flow id of every flowpeek record (docs/records.md: `uid`, printed as 16
+	 * lower-case hex digits, e.g. with "%016" PRIx64): derived from both endpoints and the
+	 * start, so that a C monitor's records join the Rust plugins' and `flowpeek streams`'. */
+	uint64_t uid;
+	/** The time of the flow's first packet and of its latest one (ns since the epoch). */
+	uint64_t start_ns;
+	uint64_t last_ns;
+	/** The flow's place in this core's creation order (0 for the first). */
+	uint64_t serial;
+};
+
 /* ---- the host table (not for monitors to use directly) -------------------------------- */
 
 struct flowpeek_mos_api {
@@ -270,6 +283,9 @@ struct flowpeek_mos_api {
 	int (*settimer)(mctx_t, int id, const struct timeval *timeout, callback_t cb);
 	uint64_t (*now_ns)(mctx_t, int *err);
 	int (*emit)(mctx_t, const char *record, size_t len);
+	/* Appended after the first release: check `size` before calling (flowpeek_flow_info
+	 * does). */
+	int (*flow_info)(mctx_t, int sock, struct flowpeek_flow_info *out);
 };
 
 /* Filled by the host before mos_plugin_init runs. */
@@ -504,6 +520,20 @@ static inline int flowpeek_emit(mctx_t mctx, const char *record, size_t len)
 {
 	FLOWPEEK_NOHOST_(-1);
 	return flowpeek_ret_(FLOWPEEK_HOST_->emit(mctx, record, len));
+}
+
+/** flowpeek: the flow id, start and latest packet time of the connection of `sock` (a
+ * per-flow socket) into *out. 0, or -1: EBADF not a socket, ENOTSOCK the listening socket,
+ * EINVAL out is NULL, EACCES outside a callback, ENOSYS a host older than this header. */
+static inline int flowpeek_flow_info(mctx_t mctx, int sock, struct flowpeek_flow_info *out)
+{
+	FLOWPEEK_NOHOST_(-1);
+	if (FLOWPEEK_HOST_->size < offsetof(struct flowpeek_mos_api, flow_info) +
+					   sizeof(FLOWPEEK_HOST_->flow_info)) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return flowpeek_ret_(FLOWPEEK_HOST_->flow_info(mctx, sock, out));
 }
 
 #ifdef __cplusplus
