@@ -140,7 +140,9 @@ pub(crate) struct Transition {
 /// bookkeeping, then the state machine. A RST is believed only within the receiver's
 /// window; a believed one sets `end_reason`, another counts into `rst_ignored`. `data_seq`
 /// is the sequence number of the first payload byte (after the SYN).
-#[inline]
+/// Always inlined: out of line (LLVM's choice since the disorder rules grew it), the calls
+/// of the per-packet path cost about 20% of the 64-byte engine bench (BENCHMARKS.md).
+#[inline(always)]
 pub(crate) fn on_send(
     sides: &mut [SideState; 2],
     end_reason: &mut Option<EndReason>,
@@ -221,7 +223,9 @@ pub(crate) fn on_send(
 
 /// Applies a segment to its receiver's side `r` (after its payload was stored): the state
 /// machine, with `end_reason` telling whether the segment's RST was believed.
-#[inline]
+/// Always inlined: out of line (LLVM's choice since the disorder rules grew it), the calls
+/// of the per-packet path cost about 20% of the 64-byte engine bench (BENCHMARKS.md).
+#[inline(always)]
 pub(crate) fn on_receive(
     r: &mut SideState,
     receiver: Side,

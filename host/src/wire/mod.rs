@@ -409,7 +409,9 @@ enum Network {
 /// well-formed but not TCP over IP, `Ok(Decoded::Fragment)` for IP fragments of TCP, and
 /// an error for malformed or header-truncated frames; see the module doc for the policies.
 /// Checksums are not verified (see [`tcp_checksum_ok`]).
-#[inline]
+/// Always inlined: out of line (LLVM's choice since the disorder rules grew it), the calls
+/// of the per-packet path cost about 20% of the 64-byte engine bench (BENCHMARKS.md).
+#[inline(always)]
 pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let Some(l3) = link::locate_network(link, frame)? else {
         return Ok(Decoded::NotTcp);
