@@ -191,6 +191,41 @@ impl BuiltinEvent {
         1u64 << (self.code() * Hook::ALL.len() as u32 + hook.code() as u32)
     }
 
+    /// The hooks the event is delivered at (SPEC §2): both stack updates for `PktIn`,
+    /// `ConnStart`, `TcpStateChange` and `ConnEnd`, the receiver's for `Rexmit`, none for
+    /// the others. mOS refuses any other pair (`EINVAL`).
+    #[inline]
+    pub const fn hooks(self) -> &'static [Hook] {
+        match self {
+            BuiltinEvent::PktIn
+            | BuiltinEvent::ConnStart
+            | BuiltinEvent::TcpStateChange
+            | BuiltinEvent::ConnEnd => &[Hook::Snd, Hook::Rcv],
+            BuiltinEvent::Rexmit => &[Hook::Rcv],
+            BuiltinEvent::NewData
+            | BuiltinEvent::Error
+            | BuiltinEvent::Timeout
+            | BuiltinEvent::Orphan => &[Hook::None],
+        }
+    }
+
+    /// The subscription bits of every built-in event at every hook it is delivered at.
+    pub const ALL_MASK: u64 = {
+        let mut m = 0u64;
+        let mut i = 0;
+        while i < BuiltinEvent::ALL.len() {
+            let e = BuiltinEvent::ALL[i];
+            let hooks = e.hooks();
+            let mut h = 0;
+            while h < hooks.len() {
+                m |= e.mask_bit(hooks[h]);
+                h += 1;
+            }
+            i += 1;
+        }
+        m
+    };
+
     /// Whether the event may be delivered in a batch (SPEC §2.4): not `Timeout`, `ConnEnd`
     /// or `Orphan`, whose handles or state do not outlive their dispatch.
     #[inline]

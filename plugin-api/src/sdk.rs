@@ -196,16 +196,9 @@ impl Subscriptions {
     /// Every built-in event at every hook it may be delivered at.
     #[must_use]
     pub fn all() -> Subscriptions {
-        use EventKind::*;
         let mut s = Subscriptions::none();
-        for e in [PktIn, ConnStart, TcpStateChange, ConnEnd] {
-            s = s.with(e, Hook::Snd).with(e, Hook::Rcv);
-        }
-        s.with(Rexmit, Hook::Rcv)
-            .with(NewData, Hook::None)
-            .with(Error, Hook::None)
-            .with(Timeout, Hook::None)
-            .with(Orphan, Hook::None)
+        s.base.mask = BuiltinEvent::ALL_MASK;
+        s
     }
     /// A buffer on both sides.
     #[must_use]

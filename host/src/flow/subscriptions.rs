@@ -51,16 +51,10 @@ impl Subscriptions {
     /// Adds every built-in event at every hook SPEC §2 allows for it.
     #[must_use]
     pub fn all_builtin() -> Subscriptions {
-        use EventKind::*;
-        let mut s = Subscriptions::none();
-        for e in [PktIn, ConnStart, TcpStateChange, ConnEnd] {
-            s = s.with(e, Hook::Snd).with(e, Hook::Rcv);
+        Subscriptions {
+            mask: BuiltinEvent::ALL_MASK,
+            ..Subscriptions::none()
         }
-        s.with(Rexmit, Hook::Rcv)
-            .with(NewData, Hook::None)
-            .with(Error, Hook::None)
-            .with(Timeout, Hook::None)
-            .with(Orphan, Hook::None)
     }
 
     /// Asks for a buffer on both sides.

@@ -62,25 +62,25 @@ const MAX_UDE: usize = 32;
 /// How many freed flow sockets wait before their ids are reused.
 const REUSE_AFTER: usize = 1024;
 
-/// The built-in events: (mOS bit, engine event, the hooks mOS accepts for it).
-const BUILTIN: [(u64, BuiltinEvent, &[Hook]); 9] = [
-    (1 << 0, BuiltinEvent::PktIn, &[Hook::Snd, Hook::Rcv]),
-    (1 << 2, BuiltinEvent::ConnStart, &[Hook::Snd, Hook::Rcv]),
-    (1 << 4, BuiltinEvent::NewData, &[Hook::None]),
-    (1 << 5, BuiltinEvent::Error, &[Hook::None]),
-    (1 << 6, BuiltinEvent::Timeout, &[Hook::None]),
-    (
-        1 << 7,
-        BuiltinEvent::TcpStateChange,
-        &[Hook::Snd, Hook::Rcv],
-    ),
-    (1 << 8, BuiltinEvent::Orphan, &[Hook::None]),
-    (1 << 9, BuiltinEvent::Rexmit, &[Hook::Rcv]),
-    (1 << 10, BuiltinEvent::ConnEnd, &[Hook::Snd, Hook::Rcv]),
+/// The built-in events: (mOS bit, engine event); the hooks mOS accepts for each are
+/// `BuiltinEvent::hooks`.
+const BUILTIN: [(u64, BuiltinEvent); 9] = [
+    (1 << 0, BuiltinEvent::PktIn),
+    (1 << 2, BuiltinEvent::ConnStart),
+    (1 << 4, BuiltinEvent::NewData),
+    (1 << 5, BuiltinEvent::Error),
+    (1 << 6, BuiltinEvent::Timeout),
+    (1 << 7, BuiltinEvent::TcpStateChange),
+    (1 << 8, BuiltinEvent::Orphan),
+    (1 << 9, BuiltinEvent::Rexmit),
+    (1 << 10, BuiltinEvent::ConnEnd),
 ];
 
 fn builtin_of_bit(bit: u64) -> Option<(BuiltinEvent, &'static [Hook])> {
-    BUILTIN.iter().find(|b| b.0 == bit).map(|b| (b.1, b.2))
+    BUILTIN
+        .iter()
+        .find(|b| b.0 == bit)
+        .map(|b| (b.1, b.1.hooks()))
 }
 
 fn bit_of_builtin(e: BuiltinEvent) -> u64 {

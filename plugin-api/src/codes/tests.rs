@@ -110,6 +110,13 @@ fn subscription_bits() {
     assert_eq!(BuiltinEvent::Orphan.mask_bit(Hook::None), 1 << 26);
     assert_eq!(user_mask_bit(0), 1 << 32);
     assert_eq!(user_mask_bit(31), 1 << 63);
+    // Every built-in event at the hooks it is delivered at (mOS's pairs), pinned.
+    let all = [0, 1, 3, 4, 8, 10, 12, 13, 17, 20, 21, 22, 26]
+        .iter()
+        .fold(0u64, |m, b| m | 1 << b);
+    assert_eq!(BuiltinEvent::ALL_MASK, all);
+    assert_eq!(BuiltinEvent::Rexmit.hooks(), [Hook::Rcv]);
+    assert_eq!(BuiltinEvent::Orphan.hooks(), [Hook::None]);
     // No two (event, hook) pairs share a bit, and none reaches the user bits.
     let mut seen = 0u64;
     for b in BuiltinEvent::ALL {
