@@ -121,6 +121,20 @@ pub struct FfiAddr {
     pub port: u16,
 }
 
+impl FfiAddr {
+    /// The endpoint as a socket address (a family other than IPv6 reads as IPv4).
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let a = &self.addr;
+        let ip = if self.family == crate::codes::FAMILY_V6 {
+            IpAddr::V6(Ipv6Addr::from(*a))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+        };
+        std::net::SocketAddr::new(ip, self.port)
+    }
+}
+
 /// Both endpoints of a flow (or an orphan packet's source and destination).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::ffi::c_void;
 use std::fmt;
 use std::marker::PhantomData;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RResult, RStr, RString};
@@ -372,15 +372,6 @@ fn side_code(side: Option<Side>) -> u8 {
     Side::code_of(side)
 }
 
-fn addr(a: &FfiAddr) -> SocketAddr {
-    let ip = if a.family == crate::codes::FAMILY_V6 {
-        IpAddr::V6(Ipv6Addr::from(a.addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
-    };
-    SocketAddr::new(ip, a.port)
-}
-
 impl<'a> Cx<'a> {
     /// # Safety
     /// `raw` must be the valid `HostCx` of the running callback.
@@ -588,7 +579,7 @@ impl<'a> Cx<'a> {
         if r < 0 {
             return Err(Errno::from_ret(i64::from(r)));
         }
-        Ok((addr(&a.client), addr(&a.server)))
+        Ok((a.client.socket_addr(), a.server.socket_addr()))
     }
 
     /// The flow's last packet (an orphan's packet).

@@ -1685,7 +1685,7 @@ unsafe extern "C" fn h_flow_info(mctx: *mut Ctx, sock: c_int, out: *mut FlowInfo
         if r < 0 {
             return Err(r);
         }
-        let uid = records::flow_uid(socket_addr(&a.client), socket_addr(&a.server), t.start);
+        let uid = records::flow_uid(a.client.socket_addr(), a.server.socket_addr(), t.start);
         // SAFETY: the plugin's pointer (checked non-null) to its `struct flowpeek_flow_info`.
         unsafe {
             out.write(FlowInfo {
@@ -1697,17 +1697,6 @@ unsafe extern "C" fn h_flow_info(mctx: *mut Ctx, sock: c_int, out: *mut FlowInfo
         };
         Ok(0)
     })())
-}
-
-/// An address of the ABI as a socket address.
-fn socket_addr(a: &FfiAddr) -> std::net::SocketAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let ip = if a.family == flowpeek_plugin_api::codes::FAMILY_V6 {
-        IpAddr::V6(Ipv6Addr::from(a.addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3]))
-    };
-    std::net::SocketAddr::new(ip, a.port)
 }
 
 #[cfg(test)]
