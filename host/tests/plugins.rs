@@ -274,6 +274,17 @@ fn check_reload_log(recs: &[serde_json::Value]) -> (usize, usize, usize) {
 
 #[test]
 fn hot_reload_under_traffic_with_the_binary() {
+    hot_reload_with_the_binary(false);
+}
+
+/// `--plugins` relative to the working directory: the file loaded at the start and the same
+/// file named by the watcher's events are one plugin, not two of the same name.
+#[test]
+fn hot_reload_with_a_relative_plugin_directory() {
+    hot_reload_with_the_binary(true);
+}
+
+fn hot_reload_with_the_binary(relative: bool) {
     let v1 = tagger(&[]);
     let v2 = tagger(&["v2"]);
     let dir = TempDir::new("reload-bin");
@@ -284,11 +295,21 @@ fn hot_reload_under_traffic_with_the_binary() {
     // packets/s.
     let capture = corpus().join("gen/http-small.pcap");
     let started = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"))
-        .arg("run")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"));
+    if relative {
+        let (parent, name) = (
+            dir.path().parent().unwrap(),
+            dir.path().file_name().unwrap(),
+        );
+        cmd.current_dir(parent)
+            .arg("run")
+            .arg("--plugins")
+            .arg(name);
+    } else {
+        cmd.arg("run").arg("--plugins").arg(dir.path());
+    }
+    let mut child = cmd
         .arg(format!("--source=pcap:{}", capture.display()))
-        .arg("--plugins")
-        .arg(dir.path())
         .arg("--log-dir")
         .arg(logs.path())
         .arg("--stats")

@@ -5,8 +5,9 @@
 //! one file per plugin name ([`PluginHost`]), the host side of the ABI ([`ffi`]), C plugins
 //! written against mOS 0.3's API (`plugin-api/c/include/mos_api.h`, hosted by [`cabi`] as
 //! instances of the same ABI, so everything below applies to them), generations and draining
-//! ([`slot`]), and the directory watcher that turns file changes into new generations once a
-//! file has been still for [`SETTLE`], applied by the worker at its safe point between batches
+//! ([`slot`]), and the directory watcher that turns file changes into new generations as soon
+//! as a write is complete (closed after writing, renamed into place), else once the file has
+//! been still for [`SETTLE`], applied by the worker at its safe point between batches
 //! ([`PluginHost::poll`]).
 //!
 //! Every load, reload (old generation → new, with the file's CRC-32 and modification time)
@@ -130,8 +131,9 @@ fn config_for(file: &Path, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// How long a plugin file must see no directory event before it is loaded: a `cp`, `cat >`,
-/// `install` or `rsync` in progress writes far more often than this.
+/// How long a plugin file must see no directory event before it is loaded when no event said
+/// its write is complete: a `cp`, `cat >`, `install` or `rsync` in progress writes far more
+/// often than this. A close after writing or a rename into place loads at once.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
 fn load_update(file: PathBuf) -> Update {
@@ -220,6 +222,13 @@ impl PluginSet {
         drain_timeout: u64,
         watch: bool,
     ) -> Result<PluginSet, HostError> {
+        // Absolute, as the watcher names the files its events touch: a file loaded at start
+        // and the same file reloaded must have one name (symlinks are kept as given).
+        let absolute = std::path::absolute(dir).map_err(|source| HostError::Dir {
+            dir: dir.into(),
+            source,
+        })?;
+        let dir = absolute.as_path();
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| HostError::Dir {
                 dir: dir.into(),
@@ -742,18 +751,66 @@ fn start_watcher(
     })
 }
 
-/// Files with recent events, each with the time of its last event (or of the last look at
-/// it) and whether it was already found missing once: a file is acted on once it has had no
-/// event for [`SETTLE`] (then `load` checks again that it does not change while read); a
-/// missing file is removed only if it is still missing, with no event, one [`SETTLE`] later
-/// (the event of an `rm` about to be followed by a `cp` may still be on its way).
-type Pending = BTreeMap<PathBuf, (Instant, bool)>;
+/// A plugin file with recent events.
+#[derive(Clone, Copy)]
+struct Waiting {
+    /// Its last event (or the last look at it): reload latency counts from here.
+    seen: Instant,
+    /// When it is acted on: [`SETTLE`] after an event that leaves the file in the middle of
+    /// a write (created, truncated, written, removed), at once after one that marks a write
+    /// complete (closed after writing, renamed into place, renamed away).
+    due: Instant,
+    /// It was already found missing once (or was renamed away): if still missing when
+    /// due, it is removed.
+    missing_before: bool,
+}
 
-/// Notes the plugin files an event touched. Opening and reading (our own included) are not
-/// changes; a metadata change only prolongs the wait of a file already waiting.
-fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<PathBuf>) {
+/// Files with recent events. A missing file is removed only if it is still missing, with no
+/// event, one [`SETTLE`] later (the event of an `rm` about to be followed by a `cp` may still
+/// be on its way), unless it was renamed away, which is final.
+type Pending = BTreeMap<PathBuf, Waiting>;
+
+/// How an event leaves a file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Touch {
+    /// Not a change (opening, reading: our own loads included).
+    None,
+    /// Metadata only: prolongs the wait of a file already waiting.
+    Prolong,
+    /// In the middle of a change: act once the file has been still for [`SETTLE`].
+    Changing,
+    /// A change just completed (the writer closed it, or a rename put it in place or took
+    /// it away): act now. `load` still checks that the file does not change while read.
+    Complete,
+}
+
+fn touch(kind: &FsEvent) -> Touch {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
-    let now = Instant::now();
+    match kind {
+        FsEvent::Access(AccessKind::Close(AccessMode::Write))
+        | FsEvent::Modify(ModifyKind::Name(_)) => Touch::Complete,
+        FsEvent::Create(_)
+        | FsEvent::Remove(_)
+        | FsEvent::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Touch::Changing,
+        FsEvent::Modify(ModifyKind::Metadata(_)) => Touch::Prolong,
+        _ => Touch::None,
+    }
+}
+
+/// Notes the plugin files an event touched, at `now`.
+fn note(
+    pending: &mut Pending,
+    ev: notify::Event,
+    dir: &Path,
+    known: &BTreeSet<PathBuf>,
+    now: Instant,
+) {
+    let settled = now + SETTLE;
+    let waiting = |due, missing_before| Waiting {
+        seen: now,
+        due,
+        missing_before,
+    };
     if ev.need_rescan() {
         // Events were lost: look at every plugin file there is, and every one seen before.
         let listed = std::fs::read_dir(dir)
@@ -764,24 +821,62 @@ fn note(pending: &mut Pending, ev: notify::Event, dir: &Path, known: &BTreeSet<P
             .chain(known.iter().cloned())
             .filter(|p| is_plugin_file(p))
         {
-            pending.insert(p, (now, false));
+            pending.insert(p, waiting(settled, false));
         }
         return;
     }
-    let (change, prolong) = match ev.kind {
-        FsEvent::Access(AccessKind::Close(AccessMode::Write))
-        | FsEvent::Create(_)
-        | FsEvent::Remove(_)
-        | FsEvent::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any) => {
-            (true, true)
-        }
-        FsEvent::Modify(ModifyKind::Metadata(_)) => (false, true),
-        _ => (false, false),
-    };
+    let how = touch(&ev.kind);
     for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
-        if change || (prolong && pending.contains_key(&p)) {
-            pending.insert(p, (now, false));
+        match how {
+            Touch::None => {}
+            Touch::Prolong => {
+                // A file whose write completed stays due (`install` and `cp -p` set modes and
+                // times after closing it); one still settling waits longer.
+                if let Some(w) = pending.get_mut(&p).filter(|w| w.due > w.seen) {
+                    w.seen = now;
+                    w.due = settled;
+                }
+            }
+            Touch::Changing => {
+                pending.insert(p, waiting(settled, false));
+            }
+            Touch::Complete => {
+                // A rename names both ends: the one that is gone was renamed away.
+                let gone = std::fs::symlink_metadata(&p).is_err();
+                let renamed_away = gone && matches!(ev.kind, FsEvent::Modify(_));
+                pending.insert(p, waiting(now, renamed_away));
+            }
         }
+    }
+}
+
+/// What identifies one state of a plugin file: the link itself and the file it resolves to
+/// (device, inode, size, modification and change times). One write can give several events
+/// (a rename is reported at each end and then as a pair): a file whose identity is that of
+/// its last load is not loaded again.
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+struct FileState([u64; 8]);
+
+impl FileState {
+    fn of(path: &Path) -> Option<FileState> {
+        use std::os::unix::fs::MetadataExt;
+        let link = std::fs::symlink_metadata(path).ok()?;
+        let file = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| {
+            (s as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(n as u64)
+        };
+        Some(FileState([
+            link.ino(),
+            ns(link.ctime(), link.ctime_nsec()),
+            file.dev(),
+            file.ino(),
+            file.size(),
+            ns(file.mtime(), file.mtime_nsec()),
+            ns(file.ctime(), file.ctime_nsec()),
+            u64::from(file.mode()),
+        ]))
     }
 }
 
@@ -794,52 +889,209 @@ fn watch_loop(
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut pending = Pending::new();
+    // Empty at first: the initial loads ran on another thread, maybe before the last write.
+    let mut last: BTreeMap<PathBuf, FileState> = BTreeMap::new();
     let mut known: BTreeSet<PathBuf> = initial.into_iter().collect();
     loop {
-        let next = pending.values().map(|v| v.0).min().map(|t| t + SETTLE);
+        let next = pending.values().map(|w| w.due).min();
         let got = match next {
             None => fs_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(due) => fs_rx.recv_timeout(due.saturating_duration_since(Instant::now())),
         };
         match got {
-            Ok(Ok(ev)) => note(&mut pending, ev, dir, &known),
+            Ok(Ok(ev)) => note(&mut pending, ev, dir, &known, Instant::now()),
             Ok(Err(_)) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         // Everything already delivered counts before deciding that a file is still.
         while let Ok(got) = fs_rx.try_recv() {
             if let Ok(ev) = got {
-                note(&mut pending, ev, dir, &known);
+                note(&mut pending, ev, dir, &known, Instant::now());
             }
         }
         let now = Instant::now();
-        let due: Vec<(PathBuf, Instant, bool)> = pending
+        let due: Vec<(PathBuf, Waiting)> = pending
             .iter()
-            .filter(|(_, v)| v.0 + SETTLE <= now)
-            .map(|(p, v)| (p.clone(), v.0, v.1))
+            .filter(|(_, w)| w.due <= now)
+            .map(|(p, w)| (p.clone(), *w))
             .collect();
         known.extend(due.iter().map(|d| d.0.clone()));
         // Removals first: `mv a.so b.so` frees a's plugin name before b loads.
         let (gone, present): (Vec<_>, Vec<_>) = due
             .into_iter()
             .partition(|d| std::fs::symlink_metadata(&d.0).is_err());
-        for (p, seen, missing_before) in gone {
-            if missing_before {
+        for (p, w) in gone {
+            if w.missing_before {
                 pending.remove(&p);
-                broadcast(subscribers, Update::Removed { file: p }, seen);
+                last.remove(&p);
+                broadcast(subscribers, Update::Removed { file: p }, w.seen);
             } else {
-                pending.insert(p, (now, true));
+                pending.insert(
+                    p,
+                    Waiting {
+                        seen: now,
+                        due: now + SETTLE,
+                        missing_before: true,
+                    },
+                );
             }
         }
-        for (p, seen, _) in present {
+        for (p, w) in present {
             pending.remove(&p);
+            let seen = w.seen;
+            let before = FileState::of(&p);
+            if before.is_some() && before == last.get(&p).copied() {
+                continue; // the same state as the last load: another event of one write
+            }
             match load_update(p) {
                 // Written again while being read: wait for it to be still once more.
                 Update::Failed { file, error } if error.is_changing() => {
-                    pending.insert(file, (Instant::now(), false));
+                    let again = Instant::now();
+                    pending.insert(
+                        file,
+                        Waiting {
+                            seen: again,
+                            due: again + SETTLE,
+                            missing_before: false,
+                        },
+                    );
                 }
-                update => broadcast(subscribers, update, seen),
+                update => {
+                    let file = match &update {
+                        Update::Loaded { file, .. }
+                        | Update::Failed { file, .. }
+                        | Update::Removed { file } => file,
+                    };
+                    // The state read before the load: a write since then loads again.
+                    match before {
+                        Some(b) => last.insert(file.clone(), b),
+                        None => last.remove(file),
+                    };
+                    broadcast(subscribers, update, seen);
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, MetadataKind};
+    use notify::event::{ModifyKind, RenameMode};
+
+    fn ev(kind: FsEvent, paths: &[&Path]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(p.to_path_buf());
+        }
+        e
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flowpeek-note-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_write_in_progress_settles_a_completed_one_is_due_at_once() {
+        let dir = scratch("write");
+        let f = dir.join("p.so");
+        std::fs::write(&f, b"x").unwrap();
+        let known = BTreeSet::new();
+        let mut pending = Pending::new();
+        let t0 = Instant::now();
+        note(
+            &mut pending,
+            ev(FsEvent::Create(CreateKind::File), &[&f]),
+            &dir,
+            &known,
+            t0,
+        );
+        assert_eq!(pending[&f].due, t0 + SETTLE, "a created file settles");
+        let data = FsEvent::Modify(ModifyKind::Data(DataChange::Content));
+        let t1 = t0 + Duration::from_millis(5);
+        note(&mut pending, ev(data, &[&f]), &dir, &known, t1);
+        assert_eq!(pending[&f].due, t1 + SETTLE, "each write restarts the wait");
+        let closed = FsEvent::Access(AccessKind::Close(AccessMode::Write));
+        let t2 = t1 + Duration::from_millis(5);
+        note(&mut pending, ev(closed, &[&f]), &dir, &known, t2);
+        assert_eq!(pending[&f].due, t2, "closed after writing: due now");
+        assert_eq!(pending[&f].seen, t2);
+        // `install` and `cp -p` set the mode and times after the close: still due.
+        let meta = FsEvent::Modify(ModifyKind::Metadata(MetadataKind::Permissions));
+        note(&mut pending, ev(meta, &[&f]), &dir, &known, t2 + SETTLE);
+        assert_eq!(pending[&f].due, t2);
+        // Written again: settles again.
+        let t3 = t2 + Duration::from_millis(1);
+        note(&mut pending, ev(data, &[&f]), &dir, &known, t3);
+        assert_eq!(pending[&f].due, t3 + SETTLE);
+        // Metadata on a settling file prolongs it; on a file not waiting it does nothing.
+        let t4 = t3 + Duration::from_millis(9);
+        note(&mut pending, ev(meta, &[&f]), &dir, &known, t4);
+        assert_eq!(pending[&f].due, t4 + SETTLE);
+        let other = dir.join("q.so");
+        note(&mut pending, ev(meta, &[&other]), &dir, &known, t4);
+        assert!(!pending.contains_key(&other));
+        // Not plugin files, and reads, are ignored.
+        let tmp = dir.join("next.tmp");
+        note(&mut pending, ev(closed, &[&tmp]), &dir, &known, t4);
+        let read = FsEvent::Access(AccessKind::Close(AccessMode::Read));
+        note(&mut pending, ev(read, &[&other]), &dir, &known, t4);
+        assert_eq!(pending.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rename_loads_its_target_and_removes_its_source_at_once() {
+        let dir = scratch("rename");
+        let from = dir.join("a.so");
+        let to = dir.join("b.so");
+        std::fs::write(&to, b"x").unwrap();
+        let known = BTreeSet::new();
+        let mut pending = Pending::new();
+        let t = Instant::now();
+        let both = FsEvent::Modify(ModifyKind::Name(RenameMode::Both));
+        note(&mut pending, ev(both, &[&from, &to]), &dir, &known, t);
+        assert_eq!(pending[&to].due, t);
+        assert!(!pending[&to].missing_before);
+        assert_eq!(pending[&from].due, t);
+        assert!(
+            pending[&from].missing_before,
+            "renamed away: removed when due"
+        );
+        // An `rm` is not final: the file may be put back at once.
+        let rm = FsEvent::Remove(notify::event::RemoveKind::File);
+        let gone = dir.join("c.so");
+        note(&mut pending, ev(rm, &[&gone]), &dir, &known, t);
+        assert_eq!(pending[&gone].due, t + SETTLE);
+        assert!(!pending[&gone].missing_before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::FileState;
+
+    #[test]
+    fn a_file_state_changes_with_a_write_and_only_then() {
+        let d = std::env::temp_dir().join(format!("flowpeek-state-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("p.so");
+        std::fs::write(&f, b"one").unwrap();
+        let a = FileState::of(&f).unwrap();
+        assert_eq!(Some(a), FileState::of(&f), "nothing happened");
+        std::fs::write(&f, b"two").unwrap();
+        assert_ne!(Some(a), FileState::of(&f), "rewritten in place");
+        let b = FileState::of(&f).unwrap();
+        let g = d.join("q.tmp");
+        std::fs::write(&g, b"two").unwrap();
+        std::fs::rename(&g, &f).unwrap();
+        assert_ne!(Some(b), FileState::of(&f), "another file renamed over it");
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(FileState::of(&f), None);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -96,7 +96,10 @@ pub(crate) fn test_load(copy: &Path, file: &Path) -> Result<(), LoadError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failed(format!("could not be started ({}: {e})", program.display())))?;
+    // The reader says when the child's stderr closes, which is when it exits (unless a
+    // process it started keeps the pipe): the wait then costs no polling interval.
     let mut pipe = child.stderr.take();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
         if let Some(p) = pipe.as_mut() {
@@ -104,9 +107,11 @@ pub(crate) fn test_load(copy: &Path, file: &Path) -> Result<(), LoadError> {
             let _ = p.take(64 << 10).read_to_end(&mut s);
             let _ = std::io::copy(p, &mut std::io::sink());
         }
+        drop(closed_tx);
         String::from_utf8_lossy(&s).into_owned()
     });
     let started = Instant::now();
+    let _ = closed_rx.recv_timeout(DEADLINE);
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
@@ -115,7 +120,7 @@ pub(crate) fn test_load(copy: &Path, file: &Path) -> Result<(), LoadError> {
                 let _ = child.wait();
                 break None;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => return Err(failed(format!("could not be waited for ({e})"))),
         }
     };
