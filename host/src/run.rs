@@ -167,6 +167,9 @@ pub struct RunReport {
     pub plugins: std::collections::BTreeMap<String, PluginStats>,
     /// Library images loaded and retained.
     pub retained_images: u64,
+    /// Test loads run by the test-load server, and in a process of their own (when the
+    /// server could not be started or had died).
+    pub test_loads: (u64, u64),
     /// Plugin files that failed to load.
     pub load_failures: Vec<String>,
     /// A source error that ended the input early (everything before it was processed): the
@@ -245,6 +248,10 @@ impl RunReport {
         v["cores"] = serde_json::Value::Array(self.per_core.iter().map(engine).collect());
         v["plugins"] = serde_json::Value::Object(plugins);
         v["retained_images"] = self.retained_images.into();
+        v["test_loads"] = serde_json::json!({
+            "server": self.test_loads.0,
+            "own_process": self.test_loads.1,
+        });
         v["load_failures"] = serde_json::json!(self.load_failures);
         v["capture_error"] =
             serde_json::json!(self.capture_error.as_ref().map(ToString::to_string));
@@ -435,6 +442,7 @@ pub fn run(
         per_core,
         plugins: plugin_stats,
         retained_images: crate::plugin::load::retained_images(),
+        test_loads: crate::plugin::probe::test_loads(),
         load_failures,
         capture_error,
         corrupt_slots,

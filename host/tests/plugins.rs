@@ -358,6 +358,100 @@ fn hot_reload_with_the_binary(relative: bool) {
     assert_eq!(t["drained_flows"], 0, "{s}");
     assert!(s["retained_images"].as_u64().unwrap() >= 2, "{s}");
     assert_eq!(s["load_failures"].as_array().unwrap().len(), 0, "{s}");
+    // Both test loads were forked by the test-load server, none needed a process of its own.
+    assert_eq!(s["test_loads"]["server"], 2, "{s}");
+    assert_eq!(s["test_loads"]["own_process"], 0, "{s}");
+}
+
+/// The children of `pid` whose command line names the test-load server.
+fn test_load_servers(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{n}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{n}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmdline).contains("__probe-server") {
+            found.push(n);
+        }
+    }
+    found
+}
+
+/// The test-load server killed under the host: the next load runs in a process of its own
+/// and succeeds, the one after starts a new server; nothing is refused.
+#[test]
+fn a_killed_test_load_server_is_replaced_and_costs_no_load() {
+    let v1 = tagger(&[]);
+    let v2 = tagger(&["v2"]);
+    let dir = TempDir::new("server-killed");
+    let logs = TempDir::new("server-killed-logs");
+    let stats = logs.join("stats.json");
+    place(&v1, dir.path(), "tagger.so");
+    let capture = corpus().join("gen/http-small.pcap");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"))
+        .arg("run")
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg(format!("--source=pcap:{}", capture.display()))
+        .arg("--log-dir")
+        .arg(logs.path())
+        .arg("--stats")
+        .arg(&stats)
+        .args(["--pace", "20000", "--drain-timeout", "3600", "--quiet"])
+        .args(["--cores", "1"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let servers = loop {
+        let s = test_load_servers(child.id());
+        if !s.is_empty() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no test-load server under flowpeek run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    // SAFETY: the pid is a live child of our child (it was just listed); SIGKILL ends it.
+    assert_eq!(unsafe { libc::kill(servers[0] as i32, libc::SIGKILL) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let replace = |lib: &Path| {
+        let tmp = dir.join("tagger.so.tmp");
+        std::fs::copy(lib, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
+    };
+    replace(&v2);
+    std::thread::sleep(Duration::from_millis(700));
+    replace(&v1);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("flowpeek run did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["load_failures"].as_array().unwrap().len(), 0, "{s}");
+    assert_eq!(s["plugins"]["tagger"]["generations"], 3, "{s}");
+    assert_eq!(s["test_loads"]["own_process"], 1, "{s}");
+    assert_eq!(s["test_loads"]["server"], 2, "{s}");
 }
 
 /// Drives `capture`, applying `update(engine_at_packet_i)` once at packet `at` (at a batch

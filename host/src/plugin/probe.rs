@@ -1,31 +1,55 @@
-//! The test load: before the host maps a plugin, a short-lived child process (the flowpeek
-//! binary itself, `flowpeek __probe-plugin COPY FILE`) opens the private copy and checks its
-//! root module. A library that crashes the loader, its initialisers or abi_stable's checks
-//! (a file overwritten in place, a forged header) then kills only the child, and the file is
-//! refused with the child's status.
+//! The test load: before the host maps a plugin, a short-lived process opens the private copy
+//! and checks its root module. A library that crashes the loader, its initialisers or
+//! abi_stable's checks (a file overwritten in place, a forged header) then kills only that
+//! process, and the file is refused with its status.
 //!
-//! Owns: the hidden subcommand's entry ([`main_hook`]), which program runs the test load, and
-//! running it with a deadline (`test_load`).
-//! Must not: map the library in this process, or keep a child past its deadline.
+//! That process is forked, one per load, by a test-load server: a child started once per
+//! host (`flowpeek __probe-server`, single-threaded, so forking it is sound) that reads
+//! requests on its stdin and answers on its stdout. Forking it costs a fraction of a
+//! millisecond where starting the flowpeek binary costs about two (libpcap brings in dbus,
+//! systemd and gcrypt). If the server cannot be started or dies, that load runs the old way:
+//! `flowpeek __probe-plugin COPY FILE`, a process of its own. Both ways keep the same deadline
+//! and give the same answers.
+//!
+//! Owns: the hidden subcommands' entry ([`main_hook`]), which program runs the test load, the
+//! server and its protocol, and running a test load with a deadline (`test_load`).
+//! Must not: map the library in this process, or keep a test load past its deadline (the
+//! server outlives loads by design, and ends when the host closes its stdin).
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use super::load::{self, LoadError};
 
-/// The hidden subcommand the test load runs.
+/// The hidden subcommand that runs one test load.
 pub const SUBCOMMAND: &str = "__probe-plugin";
+/// The hidden subcommand of the test-load server.
+pub const SERVER: &str = "__probe-server";
 /// How long a test load may take (a library's initialisers run in it).
 pub const DEADLINE: Duration = Duration::from_secs(20);
 /// The child's exit status when it refused the file cleanly (its message on stderr).
 const REFUSED: u8 = 3;
+/// How much of a test load's stderr is kept.
+const STDERR_KEPT: u64 = 64 << 10;
 
 static PROGRAM: RwLock<Option<PathBuf>> = RwLock::new(None);
+/// Test loads answered by the server, and run in a process of their own.
+static BY_SERVER: AtomicU64 = AtomicU64::new(0);
+static BY_OWN_PROCESS: AtomicU64 = AtomicU64::new(0);
+
+/// How many test loads this process ran through the server, and in processes of their own.
+pub fn test_loads() -> (u64, u64) {
+    (
+        BY_SERVER.load(Ordering::Relaxed),
+        BY_OWN_PROCESS.load(Ordering::Relaxed),
+    )
+}
 
 /// Makes every later load test-load its file with `program` (a flowpeek binary) first.
 pub fn enable(program: PathBuf) {
@@ -45,12 +69,15 @@ pub fn program() -> Option<PathBuf> {
 /// (`/proc/self/exe`, which stays this image even if the file is replaced) and returns None.
 pub fn main_hook() -> Option<ExitCode> {
     let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == SERVER) {
+        return Some(server::serve());
+    }
     if args.get(1).is_some_and(|a| a == SUBCOMMAND) {
         let (Some(copy), Some(file)) = (args.get(2), args.get(3)) else {
             eprintln!("flowpeek: usage: flowpeek {SUBCOMMAND} COPY FILE (internal)");
             return Some(ExitCode::from(2));
         };
-        return Some(child(Path::new(copy), Path::new(file)));
+        return Some(ExitCode::from(child(Path::new(copy), Path::new(file))));
     }
     let me = Path::new("/proc/self/exe");
     let program = if me.exists() {
@@ -64,18 +91,26 @@ pub fn main_hook() -> Option<ExitCode> {
     None
 }
 
-/// The child: load the copy as the host would, say what happened, exit.
-fn child(copy: &Path, file: &Path) -> ExitCode {
+/// The test load itself: load the copy as the host would, say what happened; the exit code.
+fn child(copy: &Path, file: &Path) -> u8 {
     match load::open_image(file, copy) {
         Ok(lib) => {
             println!("ok {}", lib.name());
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(REFUSED)
+            REFUSED
         }
     }
+}
+
+/// How a test load ended.
+enum Outcome {
+    /// It exited (with this status) or was killed (by this signal); what it wrote on stderr.
+    Ended(std::process::ExitStatus, String),
+    /// Still running at the deadline: killed.
+    TimedOut,
 }
 
 /// Test-loads `copy` (the private copy of `file`) in a child process, if a program is set.
@@ -87,44 +122,23 @@ pub(crate) fn test_load(copy: &Path, file: &Path) -> Result<(), LoadError> {
         path: file.into(),
         detail,
     };
-    let mut child = Command::new(&program)
-        .arg(SUBCOMMAND)
-        .arg(copy)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(format!("could not be started ({}: {e})", program.display())))?;
-    // The reader says when the child's stderr closes, which is when it exits (unless a
-    // process it started keeps the pipe): the wait then costs no polling interval.
-    let mut pipe = child.stderr.take();
-    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(p) = pipe.as_mut() {
-            // Bounded: a library printing without end must not grow this process.
-            let _ = p.take(64 << 10).read_to_end(&mut s);
-            let _ = std::io::copy(p, &mut std::io::sink());
+    let outcome = match server::request(&program, copy, file) {
+        Some(outcome) => {
+            BY_SERVER.fetch_add(1, Ordering::Relaxed);
+            outcome
         }
-        drop(closed_tx);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let started = Instant::now();
-    let _ = closed_rx.recv_timeout(DEADLINE);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if started.elapsed() > DEADLINE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+        None => {
+            BY_OWN_PROCESS.fetch_add(1, Ordering::Relaxed);
+            match spawn_one(&program, copy, file) {
+                Ok(outcome) => outcome,
+                Err(e) => return Err(failed(e)),
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => return Err(failed(format!("could not be waited for ({e})"))),
         }
     };
-    let stderr = reader.join().unwrap_or_default();
+    let (status, stderr) = match outcome {
+        Outcome::Ended(st, stderr) => (Some(st), stderr),
+        Outcome::TimedOut => (None, String::new()),
+    };
     let said = last_lines(&stderr);
     match status {
         None => Err(failed(format!(
@@ -147,6 +161,47 @@ pub(crate) fn test_load(copy: &Path, file: &Path) -> Result<(), LoadError> {
             } else {
                 format!("{how}: {said}")
             }))
+        }
+    }
+}
+
+/// One test load in a process of its own (`flowpeek __probe-plugin COPY FILE`).
+fn spawn_one(program: &Path, copy: &Path, file: &Path) -> Result<Outcome, String> {
+    let mut child = Command::new(program)
+        .arg(SUBCOMMAND)
+        .arg(copy)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not be started ({}: {e})", program.display()))?;
+    // The reader says when the child's stderr closes, which is when it exits (unless a
+    // process it started keeps the pipe): the wait then costs no polling interval.
+    let mut pipe = child.stderr.take();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(p) = pipe.as_mut() {
+            // Bounded: a library printing without end must not grow this process.
+            let _ = p.take(STDERR_KEPT).read_to_end(&mut s);
+            let _ = std::io::copy(p, &mut std::io::sink());
+        }
+        drop(closed_tx);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let started = Instant::now();
+    let _ = closed_rx.recv_timeout(DEADLINE);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(Outcome::Ended(st, reader.join().unwrap_or_default())),
+            Ok(None) if started.elapsed() > DEADLINE => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Outcome::TimedOut);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => return Err(format!("could not be waited for ({e})")),
         }
     }
 }
@@ -177,5 +232,269 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGTRAP => "SIGTRAP",
         libc::SIGSYS => "SIGSYS",
         _ => "a signal",
+    }
+}
+
+/// The test-load server and the host's side of it.
+mod server {
+    use std::ffi::{OsStr, OsString};
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+    use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::{child, Outcome, DEADLINE, SERVER, STDERR_KEPT};
+
+    /// Answers: the load ended (with its wait status), or was killed at the deadline, or
+    /// the server could not run it (the host then runs it the old way).
+    const ENDED: i32 = 0;
+    const TIMED_OUT: i32 = 1;
+    const CANNOT: i32 = 2;
+    /// How long the host waits for an answer beyond the deadline the server keeps.
+    const SLACK: Duration = Duration::from_secs(5);
+    /// Longest path a request may carry.
+    const MAX_FIELD: u32 = 1 << 16;
+
+    struct Running {
+        child: Child,
+        to: ChildStdin,
+        from: ChildStdout,
+    }
+
+    /// The server of this process, started at the first test load.
+    static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+
+    /// Runs one test load through the server (starting it if needed); `None` if there is no
+    /// working server, and then the caller runs the load itself.
+    pub(super) fn request(program: &Path, copy: &Path, file: &Path) -> Option<Outcome> {
+        let mut guard = RUNNING.lock().ok()?;
+        if guard.is_none() {
+            *guard = start(program);
+        }
+        let running = guard.as_mut()?;
+        match exchange(running, copy, file) {
+            Some(Some(outcome)) => Some(outcome),
+            Some(None) => None, // the server could not fork: this load runs the old way
+            None => {
+                // Dead, or not answering: the next load starts a new one.
+                if let Some(mut r) = guard.take() {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                }
+                None
+            }
+        }
+    }
+
+    fn start(program: &Path) -> Option<Running> {
+        let mut child = Command::new(program)
+            .arg(SERVER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let to = child.stdin.take()?;
+        let from = child.stdout.take()?;
+        Some(Running { child, to, from })
+    }
+
+    /// `None`: the server is gone; `Some(None)`: it answered that it cannot run the load.
+    fn exchange(r: &mut Running, copy: &Path, file: &Path) -> Option<Option<Outcome>> {
+        let mut msg = Vec::new();
+        for field in [copy.as_os_str(), file.as_os_str()] {
+            let bytes = field.as_bytes();
+            msg.extend_from_slice(&u32::try_from(bytes.len()).ok()?.to_le_bytes());
+            msg.extend_from_slice(bytes);
+        }
+        r.to.write_all(&msg).ok()?;
+        r.to.flush().ok()?;
+        let by = Instant::now() + DEADLINE + SLACK;
+        let mut head = [0u8; 12];
+        read_by(&mut r.from, &mut head, by)?;
+        let word = |i: usize| i32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let (kind, status) = (word(0), word(4));
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if u64::from(len) > STDERR_KEPT {
+            return None;
+        }
+        let mut said = vec![0u8; len as usize];
+        read_by(&mut r.from, &mut said, by)?;
+        match kind {
+            ENDED => Some(Some(Outcome::Ended(
+                std::process::ExitStatus::from_raw(status),
+                String::from_utf8_lossy(&said).into_owned(),
+            ))),
+            TIMED_OUT => Some(Some(Outcome::TimedOut)),
+            CANNOT => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Fills `buf` from `from`, waiting no later than `by`.
+    fn read_by(from: &mut ChildStdout, buf: &mut [u8], by: Instant) -> Option<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            if !readable(
+                from.as_raw_fd(),
+                by.saturating_duration_since(Instant::now()),
+            ) {
+                return None;
+            }
+            match from.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got += n,
+            }
+        }
+        Some(())
+    }
+
+    /// Waits up to `wait` for `fd` to be readable (or closed).
+    fn readable(fd: RawFd, wait: Duration) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: `p` is one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n >= 0 {
+                return n > 0;
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return false;
+            }
+        }
+    }
+
+    /// The server: one test load per request, each in a forked child, until stdin closes
+    /// (the host is gone). It never starts a thread, so each child may run any code.
+    pub(super) fn serve() -> ExitCode {
+        let mut input = std::io::stdin();
+        let mut output = std::io::stdout();
+        loop {
+            let (Some(copy), Some(file)) = (field(&mut input), field(&mut input)) else {
+                return ExitCode::SUCCESS;
+            };
+            let (kind, status, said) = run_one(&copy, &file);
+            let mut msg = Vec::with_capacity(12 + said.len());
+            msg.extend_from_slice(&kind.to_le_bytes());
+            msg.extend_from_slice(&status.to_le_bytes());
+            msg.extend_from_slice(&(said.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&said);
+            if output
+                .write_all(&msg)
+                .and_then(|()| output.flush())
+                .is_err()
+            {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+
+    fn field(input: &mut impl Read) -> Option<OsString> {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len).ok()?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_FIELD {
+            return None;
+        }
+        let mut bytes = vec![0u8; len as usize];
+        input.read_exact(&mut bytes).ok()?;
+        Some(OsString::from_vec(bytes))
+    }
+
+    /// Forks one test load; (answer, wait status, what it wrote on stderr).
+    fn run_one(copy: &OsStr, file: &OsStr) -> (i32, i32, Vec<u8>) {
+        let cannot = (CANNOT, 0, Vec::new());
+        let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        else {
+            return cannot;
+        };
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two new descriptors into the two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return cannot;
+        }
+        let [rd, wr] = fds;
+        // SAFETY: this process has one thread (the server starts none), so the child may
+        // allocate, lock and load libraries; it leaves only through _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: dup2 onto the standard descriptors of this (child) process, from
+            // descriptors it owns; _exit ends it without running the parent's exit handlers.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+                libc::dup2(wr, 2);
+                let code = child(Path::new(copy), Path::new(file));
+                let _ = std::io::stdout().flush();
+                libc::_exit(i32::from(code));
+            }
+        }
+        // SAFETY: `wr` is this process's descriptor, not used after this.
+        unsafe { libc::close(wr) };
+        // SAFETY: `rd` is this process's descriptor, owned by the File from here on.
+        let mut pipe: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(rd) };
+        if pid < 0 {
+            return cannot;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        let mut said = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut open = true;
+        let mut take = |pipe: &mut std::fs::File, said: &mut Vec<u8>, wait: Duration| -> bool {
+            if !readable(pipe.as_raw_fd(), wait) {
+                return true;
+            }
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    let room = (STDERR_KEPT as usize).saturating_sub(said.len());
+                    said.extend_from_slice(&buf[..n.min(room)]);
+                    true
+                }
+            }
+        };
+        loop {
+            // Read what it says until it closes stderr, looking whether it ended meanwhile
+            // (a process it started may keep the pipe open).
+            if open {
+                open = take(&mut pipe, &mut said, Duration::from_millis(20));
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child, writing its status into `status`.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                // What it wrote last is still in the pipe: take what is there now.
+                for _ in 0..STDERR_KEPT / 4096 + 1 {
+                    if !open || !readable(pipe.as_raw_fd(), Duration::ZERO) {
+                        break;
+                    }
+                    open = take(&mut pipe, &mut said, Duration::ZERO);
+                }
+                return (ENDED, status, said);
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: `pid` is our child, not yet reaped, so the pid is still its own.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                return (TIMED_OUT, 0, said);
+            }
+            if !open {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
