@@ -272,6 +272,28 @@ fn check_reload_log(recs: &[serde_json::Value]) -> (usize, usize, usize) {
     (first_v2, v1, v2)
 }
 
+/// Atomic replacement of `dir/tagger.so` by `lib`: a temporary (not a *.so) renamed over it.
+fn replace_by_rename(lib: &Path, dir: &Path) {
+    let tmp = dir.join("tagger.so.tmp");
+    std::fs::copy(lib, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
+}
+
+/// Waits for `child`, started at `started`, to exit (killed and failed after a minute).
+fn wait_for_exit(child: &mut std::process::Child, started: Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("flowpeek run did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn hot_reload_under_traffic_with_the_binary() {
     hot_reload_with_the_binary(false);
@@ -327,21 +349,8 @@ fn hot_reload_with_the_binary(relative: bool) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    // Atomic replacement: write a temporary (not a *.so) and rename it over the plugin.
-    let tmp = dir.join("tagger.so.tmp");
-    std::fs::copy(&v2, &tmp).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("flowpeek run did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    replace_by_rename(&v2, dir.path());
+    let status = wait_for_exit(&mut child, started);
     assert!(status.success());
     eprintln!("flowpeek run took {:.1} s", started.elapsed().as_secs_f64());
     let recs = records(&logs.join("tagger.jsonl"));
@@ -426,25 +435,10 @@ fn a_killed_test_load_server_is_replaced_and_costs_no_load() {
     // SAFETY: the pid is a live child of our child (it was just listed); SIGKILL ends it.
     assert_eq!(unsafe { libc::kill(servers[0] as i32, libc::SIGKILL) }, 0);
     std::thread::sleep(Duration::from_millis(200));
-    let replace = |lib: &Path| {
-        let tmp = dir.join("tagger.so.tmp");
-        std::fs::copy(lib, &tmp).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, dir.join("tagger.so")).unwrap();
-    };
-    replace(&v2);
+    replace_by_rename(&v2, dir.path());
     std::thread::sleep(Duration::from_millis(700));
-    replace(&v1);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("flowpeek run did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    replace_by_rename(&v1, dir.path());
+    let status = wait_for_exit(&mut child, started);
     assert!(status.success());
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
