@@ -272,6 +272,29 @@ fn check_reload_log(recs: &[serde_json::Value]) -> (usize, usize, usize) {
     (first_v2, v1, v2)
 }
 
+/// Starts `cmd` (`flowpeek run --plugins …`) on http-small, paced at `pace` packets/s on one
+/// core (the log is then in time order: cores write their own chunks), with `--stats`.
+/// http-small has 92,755 packets, 9,000 connections starting all along: ~3.7 s at 25,000/s.
+fn spawn_paced(
+    mut cmd: std::process::Command,
+    logs: &Path,
+    stats: &Path,
+    pace: u32,
+) -> std::process::Child {
+    cmd.arg(format!(
+        "--source=pcap:{}",
+        corpus().join("gen/http-small.pcap").display()
+    ))
+    .arg("--log-dir")
+    .arg(logs)
+    .arg("--stats")
+    .arg(stats)
+    .arg(format!("--pace={pace}"))
+    .args(["--drain-timeout", "3600", "--quiet", "--cores", "1"])
+    .spawn()
+    .unwrap()
+}
+
 /// Atomic replacement of `dir/tagger.so` by `lib`: a temporary (not a *.so) renamed over it.
 fn replace_by_rename(lib: &Path, dir: &Path) {
     let tmp = dir.join("tagger.so.tmp");
@@ -313,9 +336,6 @@ fn hot_reload_with_the_binary(relative: bool) {
     let logs = TempDir::new("reload-bin-logs");
     let stats = logs.join("stats.json");
     place(&v1, dir.path(), "tagger.so");
-    // http-small: 92,755 packets, 9,000 connections starting all along; ~3.7 s at 25,000
-    // packets/s.
-    let capture = corpus().join("gen/http-small.pcap");
     let started = Instant::now();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"));
     if relative {
@@ -330,24 +350,7 @@ fn hot_reload_with_the_binary(relative: bool) {
     } else {
         cmd.arg("run").arg("--plugins").arg(dir.path());
     }
-    let mut child = cmd
-        .arg(format!("--source=pcap:{}", capture.display()))
-        .arg("--log-dir")
-        .arg(logs.path())
-        .arg("--stats")
-        .arg(&stats)
-        // One core: the log is then in time order (cores write their own chunks).
-        .args([
-            "--pace",
-            "25000",
-            "--drain-timeout",
-            "3600",
-            "--quiet",
-            "--cores",
-            "1",
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = spawn_paced(cmd, logs.path(), &stats, 25_000);
     std::thread::sleep(Duration::from_millis(1500));
     replace_by_rename(&v2, dir.path());
     let status = wait_for_exit(&mut child, started);
@@ -405,20 +408,9 @@ fn a_killed_test_load_server_is_replaced_and_costs_no_load() {
     let logs = TempDir::new("server-killed-logs");
     let stats = logs.join("stats.json");
     place(&v1, dir.path(), "tagger.so");
-    let capture = corpus().join("gen/http-small.pcap");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"))
-        .arg("run")
-        .arg("--plugins")
-        .arg(dir.path())
-        .arg(format!("--source=pcap:{}", capture.display()))
-        .arg("--log-dir")
-        .arg(logs.path())
-        .arg("--stats")
-        .arg(&stats)
-        .args(["--pace", "20000", "--drain-timeout", "3600", "--quiet"])
-        .args(["--cores", "1"])
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowpeek"));
+    cmd.arg("run").arg("--plugins").arg(dir.path());
+    let mut child = spawn_paced(cmd, logs.path(), &stats, 20_000);
     let started = Instant::now();
     let servers = loop {
         let s = test_load_servers(child.id());

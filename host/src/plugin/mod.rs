@@ -41,6 +41,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use notify::event::ModifyKind;
 use notify::{EventKind as FsEvent, RecursiveMode, Watcher};
 
 use crate::flow::{Engine, Monitor};
@@ -73,6 +74,17 @@ pub enum Update {
         /// The file.
         file: PathBuf,
     },
+}
+
+impl Update {
+    /// The file it is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            Update::Loaded { file, .. }
+            | Update::Failed { file, .. }
+            | Update::Removed { file } => file,
+        }
+    }
 }
 
 /// Why the plugin directory cannot be used.
@@ -590,11 +602,7 @@ impl PluginHost {
     /// Applies one update now; a load waits for its constructor (which runs on its own
     /// thread, as at [`PluginHost::poll`]). Tests drive reloads with this directly.
     pub fn apply(&mut self, update: Update, engine: &mut Engine) {
-        let file = match &update {
-            Update::Loaded { file, .. }
-            | Update::Failed { file, .. }
-            | Update::Removed { file } => file.clone(),
-        };
+        let file = update.file().to_path_buf();
         let existing = self.entries.iter().position(|e| e.file == file);
         match (update, existing) {
             (Update::Loaded { file, lib, config }, _) => {
@@ -765,6 +773,26 @@ struct Waiting {
     missing_before: bool,
 }
 
+impl Waiting {
+    /// Seen at `at`, acted on once still for [`SETTLE`].
+    fn settling(at: Instant, missing_before: bool) -> Waiting {
+        Waiting {
+            seen: at,
+            due: at + SETTLE,
+            missing_before,
+        }
+    }
+
+    /// Seen at `at`, acted on at once.
+    fn due_now(at: Instant, missing_before: bool) -> Waiting {
+        Waiting {
+            seen: at,
+            due: at,
+            missing_before,
+        }
+    }
+}
+
 /// Files with recent events. A missing file is removed only if it is still missing, with no
 /// event, one [`SETTLE`] later (the event of an `rm` about to be followed by a `cp` may still
 /// be on its way), unless it was renamed away, which is final.
@@ -774,7 +802,7 @@ type Pending = BTreeMap<PathBuf, Waiting>;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Touch {
     /// Not a change (opening, reading: our own loads included).
-    None,
+    Ignore,
     /// Metadata only: prolongs the wait of a file already waiting.
     Prolong,
     /// In the middle of a change: act once the file has been still for [`SETTLE`].
@@ -785,7 +813,7 @@ enum Touch {
 }
 
 fn touch(kind: &FsEvent) -> Touch {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::event::{AccessKind, AccessMode};
     match kind {
         FsEvent::Access(AccessKind::Close(AccessMode::Write))
         | FsEvent::Modify(ModifyKind::Name(_)) => Touch::Complete,
@@ -793,7 +821,7 @@ fn touch(kind: &FsEvent) -> Touch {
         | FsEvent::Remove(_)
         | FsEvent::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Touch::Changing,
         FsEvent::Modify(ModifyKind::Metadata(_)) => Touch::Prolong,
-        _ => Touch::None,
+        _ => Touch::Ignore,
     }
 }
 
@@ -805,12 +833,6 @@ fn note(
     known: &BTreeSet<PathBuf>,
     now: Instant,
 ) {
-    let settled = now + SETTLE;
-    let waiting = |due, missing_before| Waiting {
-        seen: now,
-        due,
-        missing_before,
-    };
     if ev.need_rescan() {
         // Events were lost: look at every plugin file there is, and every one seen before.
         let listed = std::fs::read_dir(dir)
@@ -821,39 +843,39 @@ fn note(
             .chain(known.iter().cloned())
             .filter(|p| is_plugin_file(p))
         {
-            pending.insert(p, waiting(settled, false));
+            pending.insert(p, Waiting::settling(now, false));
         }
         return;
     }
     let how = touch(&ev.kind);
     for p in ev.paths.into_iter().filter(|p| is_plugin_file(p)) {
         match how {
-            Touch::None => {}
+            Touch::Ignore => {}
             Touch::Prolong => {
                 // A file whose write completed stays due (`install` and `cp -p` set modes and
                 // times after closing it); one still settling waits longer.
                 if let Some(w) = pending.get_mut(&p).filter(|w| w.due > w.seen) {
-                    w.seen = now;
-                    w.due = settled;
+                    *w = Waiting::settling(now, w.missing_before);
                 }
             }
             Touch::Changing => {
-                pending.insert(p, waiting(settled, false));
+                pending.insert(p, Waiting::settling(now, false));
             }
             Touch::Complete => {
                 // A rename names both ends: the one that is gone was renamed away.
                 let gone = std::fs::symlink_metadata(&p).is_err();
-                let renamed_away = gone && matches!(ev.kind, FsEvent::Modify(_));
-                pending.insert(p, waiting(now, renamed_away));
+                let renamed_away = gone && matches!(ev.kind, FsEvent::Modify(ModifyKind::Name(_)));
+                pending.insert(p, Waiting::due_now(now, renamed_away));
             }
         }
     }
 }
 
-/// What identifies one state of a plugin file: the link itself and the file it resolves to
-/// (device, inode, size, modification and change times). One write can give several events
-/// (a rename is reported at each end and then as a pair): a file whose identity is that of
-/// its last load is not loaded again.
+/// The metadata of one state of a plugin file: the link itself and the file it resolves to
+/// (device, inode, size, mode, modification and change times). One write can give several
+/// events (a rename is reported at each end and then as a pair). File times come from a
+/// coarse clock (a jiffy), so equal metadata only says the file may be unchanged:
+/// [`Loaded::unchanged`] then compares the contents' CRC-32 too.
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
 struct FileState([u64; 8]);
 
@@ -880,6 +902,36 @@ impl FileState {
     }
 }
 
+/// What the loader last loaded from each file: its metadata before the read, and the CRC-32
+/// of the image it loaded.
+#[derive(Default)]
+struct Loaded(BTreeMap<PathBuf, (FileState, u32)>);
+
+impl Loaded {
+    /// `path` is in the state of its last load: same metadata, same contents. The contents
+    /// are read only when the metadata match (another event of a write already loaded).
+    fn unchanged(&self, path: &Path, state: Option<FileState>) -> bool {
+        match (self.0.get(path), state) {
+            (Some(&(was, crc)), Some(now)) if was == now => {
+                std::fs::read(path).is_ok_and(|bytes| crc32fast::hash(&bytes) == crc)
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes what a load of `path`, whose metadata read `state` before it, came to.
+    fn note(&mut self, update: &Update, state: Option<FileState>) {
+        match (update, state) {
+            (Update::Loaded { file, lib, .. }, Some(state)) => {
+                self.0.insert(file.clone(), (state, lib.stamp.crc32));
+            }
+            _ => {
+                self.0.remove(update.file());
+            }
+        }
+    }
+}
+
 /// The loader thread: waits for files to be still, then loads or removes them.
 fn watch_loop(
     dir: &Path,
@@ -890,7 +942,7 @@ fn watch_loop(
     use std::sync::mpsc::RecvTimeoutError;
     let mut pending = Pending::new();
     // Empty at first: the initial loads ran on another thread, maybe before the last write.
-    let mut last: BTreeMap<PathBuf, FileState> = BTreeMap::new();
+    let mut last = Loaded::default();
     let mut known: BTreeSet<PathBuf> = initial.into_iter().collect();
     loop {
         let next = pending.values().map(|w| w.due).min();
@@ -923,50 +975,27 @@ fn watch_loop(
         for (p, w) in gone {
             if w.missing_before {
                 pending.remove(&p);
-                last.remove(&p);
+                last.0.remove(&p);
                 broadcast(subscribers, Update::Removed { file: p }, w.seen);
             } else {
-                pending.insert(
-                    p,
-                    Waiting {
-                        seen: now,
-                        due: now + SETTLE,
-                        missing_before: true,
-                    },
-                );
+                pending.insert(p, Waiting::settling(now, true));
             }
         }
         for (p, w) in present {
             pending.remove(&p);
             let seen = w.seen;
             let before = FileState::of(&p);
-            if before.is_some() && before == last.get(&p).copied() {
-                continue; // the same state as the last load: another event of one write
+            if last.unchanged(&p, before) {
+                continue; // another event of a write already loaded
             }
             match load_update(p) {
                 // Written again while being read: wait for it to be still once more.
                 Update::Failed { file, error } if error.is_changing() => {
-                    let again = Instant::now();
-                    pending.insert(
-                        file,
-                        Waiting {
-                            seen: again,
-                            due: again + SETTLE,
-                            missing_before: false,
-                        },
-                    );
+                    pending.insert(file, Waiting::settling(Instant::now(), false));
                 }
                 update => {
-                    let file = match &update {
-                        Update::Loaded { file, .. }
-                        | Update::Failed { file, .. }
-                        | Update::Removed { file } => file,
-                    };
-                    // The state read before the load: a write since then loads again.
-                    match before {
-                        Some(b) => last.insert(file.clone(), b),
-                        None => last.remove(file),
-                    };
+                    // The metadata read before the load: a write since then loads again.
+                    last.note(&update, before);
                     broadcast(subscribers, update, seen);
                 }
             }
@@ -1069,29 +1098,57 @@ mod tests {
         assert!(!pending[&gone].missing_before);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-#[cfg(test)]
-mod state_tests {
-    use super::FileState;
 
     #[test]
-    fn a_file_state_changes_with_a_write_and_only_then() {
-        let d = std::env::temp_dir().join(format!("flowpeek-state-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+    fn a_file_state_changes_with_its_size_or_inode() {
+        let d = scratch("state");
         let f = d.join("p.so");
         std::fs::write(&f, b"one").unwrap();
         let a = FileState::of(&f).unwrap();
         assert_eq!(Some(a), FileState::of(&f), "nothing happened");
-        std::fs::write(&f, b"two").unwrap();
-        assert_ne!(Some(a), FileState::of(&f), "rewritten in place");
+        std::fs::write(&f, b"longer").unwrap();
+        assert_ne!(
+            Some(a),
+            FileState::of(&f),
+            "rewritten in place, another size"
+        );
         let b = FileState::of(&f).unwrap();
         let g = d.join("q.tmp");
-        std::fs::write(&g, b"two").unwrap();
+        std::fs::write(&g, b"longer").unwrap();
         std::fs::rename(&g, &f).unwrap();
         assert_ne!(Some(b), FileState::of(&f), "another file renamed over it");
         std::fs::remove_file(&f).unwrap();
         assert_eq!(FileState::of(&f), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn equal_metadata_skips_a_load_only_if_the_contents_are_the_same() {
+        // A rewrite of the same size within one tick of the file-time clock leaves the
+        // metadata as they were: the contents decide.
+        let d = scratch("unchanged");
+        let f = d.join("p.so");
+        std::fs::write(&f, b"version 1").unwrap();
+        let state = FileState::of(&f);
+        let mut last = Loaded::default();
+        last.0
+            .insert(f.clone(), (state.unwrap(), crc32fast::hash(b"version 1")));
+        assert!(last.unchanged(&f, state), "same metadata, same bytes");
+        last.0
+            .insert(f.clone(), (state.unwrap(), crc32fast::hash(b"version 2")));
+        assert!(
+            !last.unchanged(&f, state),
+            "same metadata, other bytes: load"
+        );
+        std::fs::write(&f, b"version 1, longer").unwrap();
+        assert!(
+            !last.unchanged(&f, FileState::of(&f)),
+            "other metadata: load"
+        );
+        assert!(
+            !last.unchanged(&d.join("q.so"), state),
+            "never loaded: load"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -277,8 +277,8 @@ mod server {
         }
         let running = guard.as_mut()?;
         match exchange(running, copy, file) {
-            Some(Some(outcome)) => Some(outcome),
-            Some(None) => None, // the server could not fork: this load runs the old way
+            Some(Reply::Done(outcome)) => Some(outcome),
+            Some(Reply::Cannot) => None, // it could not fork: this load runs the old way
             None => {
                 // Dead, or not answering: the next load starts a new one.
                 if let Some(mut r) = guard.take() {
@@ -303,8 +303,15 @@ mod server {
         Some(Running { child, to, from })
     }
 
-    /// `None`: the server is gone; `Some(None)`: it answered that it cannot run the load.
-    fn exchange(r: &mut Running, copy: &Path, file: &Path) -> Option<Option<Outcome>> {
+    /// What the server answered.
+    enum Reply {
+        Done(Outcome),
+        /// It could not run the load (no pipe, no fork).
+        Cannot,
+    }
+
+    /// One request and its reply; `None`: the server is gone or not answering.
+    fn exchange(r: &mut Running, copy: &Path, file: &Path) -> Option<Reply> {
         let mut msg = Vec::new();
         for field in [copy.as_os_str(), file.as_os_str()] {
             let bytes = field.as_bytes();
@@ -325,12 +332,12 @@ mod server {
         let mut said = vec![0u8; len as usize];
         read_by(&mut r.from, &mut said, by)?;
         match kind {
-            ENDED => Some(Some(Outcome::Ended(
+            ENDED => Some(Reply::Done(Outcome::Ended(
                 std::process::ExitStatus::from_raw(status),
                 String::from_utf8_lossy(&said).into_owned(),
             ))),
-            TIMED_OUT => Some(Some(Outcome::TimedOut)),
-            CANNOT => Some(None),
+            TIMED_OUT => Some(Reply::Done(Outcome::TimedOut)),
+            CANNOT => Some(Reply::Cannot),
             _ => None,
         }
     }
@@ -431,15 +438,17 @@ mod server {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: dup2 onto the standard descriptors of this (child) process, from
-            // descriptors it owns; _exit ends it without running the parent's exit handlers.
+            // descriptors it owns.
             unsafe {
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(null.as_raw_fd(), 1);
                 libc::dup2(wr, 2);
-                let code = child(Path::new(copy), Path::new(file));
-                let _ = std::io::stdout().flush();
-                libc::_exit(i32::from(code));
             }
+            let code = child(Path::new(copy), Path::new(file));
+            let _ = std::io::stdout().flush();
+            // SAFETY: ends the child without running the exit handlers it shares with the
+            // server.
+            unsafe { libc::_exit(i32::from(code)) }
         }
         // SAFETY: `wr` is this process's descriptor, not used after this.
         unsafe { libc::close(wr) };
@@ -451,36 +460,38 @@ mod server {
         let deadline = Instant::now() + DEADLINE;
         let mut said = Vec::new();
         let mut buf = [0u8; 4096];
-        let mut open = true;
-        let mut take = |pipe: &mut std::fs::File, said: &mut Vec<u8>, wait: Duration| -> bool {
+        // Reads what is there within `wait`: Some(true) bytes came, Some(false) nothing
+        // yet, None the pipe is closed.
+        let mut take = |pipe: &mut std::fs::File, said: &mut Vec<u8>, wait: Duration| {
             if !readable(pipe.as_raw_fd(), wait) {
-                return true;
+                return Some(false);
             }
             match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => false,
+                Ok(0) | Err(_) => None,
                 Ok(n) => {
                     let room = (STDERR_KEPT as usize).saturating_sub(said.len());
                     said.extend_from_slice(&buf[..n.min(room)]);
-                    true
+                    Some(true)
                 }
             }
         };
+        let mut open = true;
         loop {
             // Read what it says until it closes stderr, looking whether it ended meanwhile
             // (a process it started may keep the pipe open).
             if open {
-                open = take(&mut pipe, &mut said, Duration::from_millis(20));
+                open = take(&mut pipe, &mut said, Duration::from_millis(20)).is_some();
             }
             let mut status = 0;
             // SAFETY: waits for our own child, writing its status into `status`.
             let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
             if r == pid {
-                // What it wrote last is still in the pipe: take what is there now.
-                for _ in 0..STDERR_KEPT / 4096 + 1 {
-                    if !open || !readable(pipe.as_raw_fd(), Duration::ZERO) {
+                // What it wrote last may still be in the pipe: take what is there now (bounded:
+                // a process it started may go on writing).
+                for _ in 0..=STDERR_KEPT / 4096 {
+                    if !open || take(&mut pipe, &mut said, Duration::ZERO) != Some(true) {
                         break;
                     }
-                    open = take(&mut pipe, &mut said, Duration::ZERO);
                 }
                 return (ENDED, status, said);
             }
