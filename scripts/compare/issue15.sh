@@ -32,7 +32,7 @@ die() { echo "issue15: error: $*" >&2; exit 1; }
 INPUT=${1:-$("$HERE/big-input.sh")}
 [ -r "$INPUT" ] || die "cannot read $INPUT"
 
-PKGS=(libnids-dev libpcap-dev libnet1-dev libglib2.0-dev pkg-config gcc make time util-linux)
+PKGS=(libnids-dev libpcap-dev libnet1-dev libglib2.0-dev zlib1g-dev pkg-config gcc make time util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

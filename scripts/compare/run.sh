@@ -43,7 +43,7 @@ say() { echo "compare: $*" >&2; }
 die() { echo "compare: error: $*" >&2; exit 1; }
 
 # --- 1. what is missing from Debian's packages -------------------------------------------
-PKGS=(libnids-dev libpcap-dev libnet1-dev libglib2.0-dev pkg-config gcc make
+PKGS=(libnids-dev libpcap-dev libnet1-dev libglib2.0-dev zlib1g-dev pkg-config gcc make
     golang-go golang-github-google-gopacket-dev golang-golang-x-net-dev golang-golang-x-sys-dev
     tcpflow tshark wireshark-common time util-linux python3)
 missing=()

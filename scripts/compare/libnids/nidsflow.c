@@ -6,8 +6,12 @@
  *
  * (CRC-32 IEEE of the bytes libnids delivered in order, 8 lowercase hex digits), printed
  * when libnids ends the connection (close, reset, timeout or end of capture), client
- * to server first. Checksum checks and port-scan detection are off; libnids only follows
- * connections whose handshake it saw and stops delivering a direction at a hole.
+ * to server first. The CRC is zlib's crc32(), several bytes a step, what a C program
+ * would reach for: a byte-at-a-time table loop took two thirds of this program's time on
+ * the 483 MB benchmark input (1.49 s against 0.53 s, same output), so the speed
+ * comparisons measured the CRC, not libnids. Checksum checks and port-scan detection
+ * are off; libnids only follows connections whose handshake it saw and stops delivering
+ * a direction at a hole.
  *
  * Usage: nidsflow FILE.pcap      (summary on stderr)
  */
@@ -17,27 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-/* Running CRC-32 state (pre- and post-inverted as usual). */
-static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
-{
-    crc = ~crc;
-    while (n--)
-        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
+#include <zlib.h>
 
 struct dir {
     uint64_t bytes;
@@ -84,11 +68,11 @@ static void tcp_callback(struct tcp_stream *ts, void **unused)
            count_new new bytes. */
         if (ts->server.count_new) {
             c->c2s.bytes += ts->server.count_new;
-            c->c2s.crc = crc_update(c->c2s.crc, (unsigned char *)ts->server.data, ts->server.count_new);
+            c->c2s.crc = (uint32_t)crc32(c->c2s.crc, (const Bytef *)ts->server.data, (uInt)ts->server.count_new);
         }
         if (ts->client.count_new) {
             c->s2c.bytes += ts->client.count_new;
-            c->s2c.crc = crc_update(c->s2c.crc, (unsigned char *)ts->client.data, ts->client.count_new);
+            c->s2c.crc = (uint32_t)crc32(c->s2c.crc, (const Bytef *)ts->client.data, (uInt)ts->client.count_new);
         }
         return;
     default: /* NIDS_CLOSE, NIDS_RESET, NIDS_TIMED_OUT, NIDS_EXITING */
@@ -119,7 +103,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s FILE.pcap\n", argv[0]);
         return 2;
     }
-    crc_init();
     nids_params.filename = argv[1];
     nids_params.device = NULL;
     nids_params.scan_num_hosts = 0; /* no port-scan detection */
