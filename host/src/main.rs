@@ -45,7 +45,9 @@ enum Command {
     /// read one after the other as one capture, as `mergecap -a` would join them. Input is
     /// read sequentially, in bounded memory, whatever its size. Every core reassembles the
     /// connections whose hash falls on it (--cores, as `run`); the records are the same,
-    /// in the same order, for any number of cores.
+    /// in the same order, for any number of cores, unless a per-core limit is reached
+    /// (--buffer-memory and --max-flows are per core) or more than 65,536 records wait
+    /// for an earlier one (the summary counts those written out of order).
     ///
     /// Examples: flowpeek streams trace.pcap --json > streams.jsonl
     ///           flowpeek streams trace.pcap --write flows/ --gaps zero
