@@ -466,6 +466,49 @@ fn progress_bar_on_a_terminal_only() {
     );
 }
 
+/// On a terminal, inputs of known size get the bar with a total and an ETA once they add up
+/// to 64 MiB, and nothing below that: http-bulk (55 MB) alone shows nothing; it and
+/// http-small named ten times each (826 MB, read one after the other) show
+/// `bytes/total ... ETA`.
+#[test]
+fn progress_bar_with_a_known_size_and_its_cutoff() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("script(1) is missing (util-linux): the progress bar is not checked");
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_flowpeek");
+    let bulk = corpus().join("gen/http-bulk.pcap");
+    let small = corpus().join("gen/http-small.pcap");
+    let on_tty = |args: &str| -> String {
+        let cmd = format!("'{bin}' streams --json --no-sha256 {args} >/dev/null");
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{cmd}: {tty}");
+        tty
+    };
+    let below = on_tty(&format!("'{}'", bulk.display()));
+    assert!(
+        std::fs::metadata(&bulk).unwrap().len() < 64 << 20,
+        "the corpus file grew past the cutoff: pick a smaller one"
+    );
+    assert!(
+        !below.contains("ETA") && !below.contains("packets"),
+        "a bar for an input under 64 MiB: {below:?}"
+    );
+    let many: Vec<String> = (0..10)
+        .flat_map(|_| [&bulk, &small])
+        .map(|p| format!("'{}'", p.display()))
+        .collect();
+    let above = on_tty(&many.join(" "));
+    assert!(
+        above.contains("ETA") && above.contains("packets") && above.contains("MiB/"),
+        "no bar with a total and an ETA for 826 MB of files: {above:?}"
+    );
+}
+
 /// The reader's pool of chunks survives thousands of small chunks handed to one and to
 /// three consumers: every chunk comes back (a lost one would leave the reader waiting
 /// for a free chunk forever: a hang, caught here by a deadline), and every consumer sees
