@@ -48,10 +48,9 @@ use crate::flow::{
     FlowHandle, Hook, Monitor, PeekError, Side, Stats, Subscriptions,
 };
 use crate::io::pcap::CaptureError;
-use crate::io::shard::decoded_shard;
+use crate::io::shard::Route;
 use crate::io::stream::{fan_out, ChunkFeed, ChunkReader, InputSpec, Progress};
 use crate::stream_files::{DirFile, DirName, FilesError, StreamFiles, WriteOptions};
-use crate::wire;
 
 /// Packets handed to the engine between two `end_batch` calls (a ring sync's worth).
 pub const BATCH: usize = 32;
@@ -711,7 +710,9 @@ struct CoreBatch {
 /// in start order as soon as the [`Reorder`] window lets it go.
 ///
 /// Every core sees every packet and keeps the flows whose symmetric hash falls on it, as
-/// `run` does ([`crate::io::shard`]); foreign packets only move its clock, and every core
+/// `run` does ([`crate::io::shard`]); the reader routes each packet once as it frames it
+/// ([`Route`]), so a core decodes only its own packets. Foreign packets only move its clock
+/// (when processing them would have: [`crate::flow::moves_clock`]), and every core
 /// closes its batches at the same packets, so timers fire at the same packet times
 /// whatever the number of cores. A record's `serial` is the index (over every input) of
 /// the packet that created its connection: the records, and their order, are the same
@@ -759,7 +760,7 @@ pub fn run_inputs(
     let senders: Vec<Mutex<Option<SyncSender<CoreBatch>>>> =
         (0..cores).map(|_| Mutex::new(Some(tx.clone()))).collect();
     drop(tx);
-    let reader = ChunkReader::new(inputs.to_vec());
+    let reader = routed_reader(inputs, cores, &base_cfg);
     let body = |core: usize, feed: ChunkFeed| -> Stats {
         let tx = senders[core].lock().ok().and_then(|mut s| s.take());
         let done = Rc::new(RefCell::new(Vec::new()));
@@ -802,16 +803,7 @@ pub fn run_inputs(
                 if cores == 1 {
                     engine.on_frame(p.link, frame, p.ts);
                 } else {
-                    let decoded = p.link.map(|l| wire::decode(l, frame));
-                    // IP fragments go to every core: the ports that pick the flow's core
-                    // are in the first fragment only (see `Config::replay_cores`).
-                    if decoded_shard(&decoded, cores) == core
-                        || matches!(decoded, Some(Ok(wire::Decoded::Fragment)))
-                    {
-                        engine.on_decoded(p.link, &decoded, frame, p.ts);
-                    } else {
-                        engine.observe_decoded(&decoded, frame, p.ts);
-                    }
+                    engine.on_routed(chunk.route(k), core, cores, p.link, frame, p.ts);
                 }
                 let now_created = engine.stats().flows_created;
                 while created < now_created {
@@ -933,6 +925,20 @@ pub fn run_inputs(
         Some(e) => Err(StreamsError::Write(e, Box::new(summary))),
         None => Ok(summary),
     }
+}
+
+/// A reader of `inputs` for `cores` cores whose engines run with `cfg`: with more than one
+/// core it routes every packet ([`Route`]) as it frames it, so that each core decodes only
+/// its own packets.
+pub(crate) fn routed_reader(inputs: &[InputSpec], cores: usize, cfg: &Config) -> ChunkReader {
+    let reader = ChunkReader::new(inputs.to_vec());
+    if cores <= 1 {
+        return reader;
+    }
+    let cfg = cfg.clone();
+    reader.with_routes(Box::new(move |link, frame| {
+        Route::of(link, frame, cores, &cfg)
+    }))
 }
 
 /// Widest the table gets: every line, header and rows, IPv4 or IPv6.

@@ -300,7 +300,7 @@ pub fn run_inputs(
     let senders: Vec<Mutex<Option<std::sync::mpsc::SyncSender<CoreLines>>>> =
         (0..cores).map(|_| Mutex::new(Some(tx.clone()))).collect();
     drop(tx);
-    let reader = crate::io::stream::ChunkReader::new(inputs.to_vec());
+    let reader = crate::streams::routed_reader(inputs, cores, &base_cfg);
     let body = |core: usize, feed: crate::io::stream::ChunkFeed| {
         let tx = senders[core].lock().ok().and_then(|mut s| s.take());
         let lines = Rc::new(RefCell::new(Vec::new()));
@@ -352,14 +352,7 @@ pub fn run_inputs(
                 if cores == 1 {
                     engine.on_frame(p.link, frame, p.ts);
                 } else {
-                    let decoded = p.link.map(|l| crate::wire::decode(l, frame));
-                    if crate::io::shard::decoded_shard(&decoded, cores) == core
-                        || matches!(decoded, Some(Ok(crate::wire::Decoded::Fragment)))
-                    {
-                        engine.on_decoded(p.link, &decoded, frame, p.ts);
-                    } else {
-                        engine.observe_decoded(&decoded, frame, p.ts);
-                    }
+                    engine.on_routed(chunk.route(k), core, cores, p.link, frame, p.ts);
                 }
                 let now_created = engine.stats().flows_created;
                 while created < now_created {

@@ -321,16 +321,42 @@ impl Engine {
         frame: &[u8],
         ts: u64,
     ) {
-        if let Some(Ok(Decoded::Tcp(seg))) = decoded {
-            if self.core.cfg.verify_checksums
-                && (wire::tcp_checksum_ok(frame, seg) == Some(false)
-                    || wire::ipv4_header_checksum_ok(frame, seg) == Some(false))
+        if moves_clock(&self.core.cfg, decoded, frame) {
+            self.core.now = self.core.now.max(ts);
+        }
+    }
+
+    /// A frame of a capture every core reads, routed once by the reader
+    /// ([`crate::io::shard::Route`]): processed here if this `core` takes it, else it only
+    /// moves the clock when the route says processing it would have (as
+    /// [`Engine::observe_decoded`], without decoding it again). A [`Route::DECIDE`] frame is
+    /// decoded and sharded here.
+    ///
+    /// [`Route::DECIDE`]: crate::io::shard::Route::DECIDE
+    #[inline]
+    pub fn on_routed(
+        &mut self,
+        route: crate::io::shard::Route,
+        core: usize,
+        cores: usize,
+        link: Option<LinkType>,
+        frame: &[u8],
+        ts: u64,
+    ) {
+        if route.is_decide() {
+            let decoded = link.map(|l| wire::decode(l, frame));
+            // IP fragments go to every core: the ports that pick the flow's core are in the
+            // first fragment only (see `Config::replay_cores`).
+            if crate::io::shard::decoded_shard(&decoded, cores) == core
+                || matches!(decoded, Some(Ok(Decoded::Fragment)))
             {
-                return;
+                self.on_decoded(link, &decoded, frame, ts);
+            } else {
+                self.observe_decoded(&decoded, frame, ts);
             }
-            if self.core.cfg.drop_truncated && seg.is_truncated() {
-                return;
-            }
+        } else if route.takes(core) {
+            self.on_frame(link, frame, ts);
+        } else if route.moves_clock() {
             self.core.now = self.core.now.max(ts);
         }
     }
@@ -712,6 +738,27 @@ impl Engine {
         }
         self.core.dispatch.orphan_addrs = None;
     }
+}
+
+/// Whether a frame moves the clock of an engine with `cfg` that does not process it (a
+/// frame of another core's shard, [`Engine::observe_decoded`]): a TCP segment that passes
+/// the checks [`Engine::on_decoded`] makes (checksums under `verify_checksums`, whole
+/// segments under `drop_truncated`). Other frames do not move it.
+pub fn moves_clock(
+    cfg: &Config,
+    decoded: &Option<Result<Decoded<'_>, wire::DecodeError>>,
+    frame: &[u8],
+) -> bool {
+    let Some(Ok(Decoded::Tcp(seg))) = decoded else {
+        return false;
+    };
+    if cfg.verify_checksums
+        && (wire::tcp_checksum_ok(frame, seg) == Some(false)
+            || wire::ipv4_header_checksum_ok(frame, seg) == Some(false))
+    {
+        return false;
+    }
+    !(cfg.drop_truncated && seg.is_truncated())
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ pub use api::{BufferInfo, Cx, Errno, Filter, FlowTimes, ForeignFilter, PeekError
 pub use buffer::{OverlapPolicy, MAX_FRAGMENTS};
 pub use config::Config;
 pub use dispatch::{Deferred, Held, HELD_MAX};
-pub use engine::{Engine, Handed, HandoffRoute};
+pub use engine::{moves_clock, Engine, Handed, HandoffRoute};
 pub use key::{quick_frame_hash, symmetric_hash};
 pub use monitor::{Monitor, Setup};
 pub use stats::Stats;

@@ -3,7 +3,8 @@
 //!
 //! Owns the one reduction from a flow hash to a core ([`shard_of`]) and the frame-level
 //! helpers every sharding source uses: the shm producer ([`frame_shard`], through
-//! `shm::ring_for`) and the pcap replay that every core reads ([`decoded_shard`]). The hash is
+//! `shm::ring_for`), the pcap replay that every core reads ([`decoded_shard`]), and the
+route the offline reader computes once per packet for `streams` and `events` ([`Route`]). The hash is
 //! the engine's own ([`crate::flow::symmetric_hash`], the hash of the canonical flow key), so
 //! a shard is a set of whole flows whatever the direction.
 //!
@@ -39,6 +40,69 @@ pub fn decoded_shard(decoded: &Option<Result<Decoded<'_>, DecodeError>>, cores: 
             cores,
         ),
         _ => 0,
+    }
+}
+
+/// Where a frame of a capture that every core reads goes, decided once by the reader
+/// thread ([`crate::io::stream::ChunkReader::with_routes`]) instead of by every core
+/// decoding every frame: the core that processes it, or every core (an IP fragment: the
+/// ports that pick a flow's core are in the first fragment only), and whether the others
+/// move their clocks over it ([`crate::flow::moves_clock`]), so that every core's timers
+/// follow the whole capture's TCP packets as with one core. One byte a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route(u8);
+
+impl Route {
+    const CLOCK: u8 = 0x80;
+    const EVERY: u8 = 0x7e;
+    const DECIDE_CODE: u8 = 0x7f;
+    /// Cores a route can name (`0..MAX_CORES`).
+    pub const MAX_CORES: usize = Self::EVERY as usize;
+    /// No route was computed: each core decodes the frame and decides for itself.
+    pub const DECIDE: Route = Route(Self::DECIDE_CODE);
+
+    /// The route of a frame of link type `link` among `cores` cores (at most
+    /// [`Route::MAX_CORES`]; more gives [`Route::DECIDE`]) whose engines run with `cfg`.
+    pub fn of(
+        link: Option<LinkType>,
+        frame: &[u8],
+        cores: usize,
+        cfg: &crate::flow::Config,
+    ) -> Route {
+        if cores > Self::MAX_CORES {
+            return Self::DECIDE;
+        }
+        let decoded = link.map(|l| wire::decode(l, frame));
+        let clock = if crate::flow::moves_clock(cfg, &decoded, frame) {
+            Self::CLOCK
+        } else {
+            0
+        };
+        let to = if matches!(decoded, Some(Ok(Decoded::Fragment))) {
+            Self::EVERY
+        } else {
+            decoded_shard(&decoded, cores) as u8
+        };
+        Route(to | clock)
+    }
+
+    /// Whether `core` processes the frame.
+    #[inline]
+    pub fn takes(self, core: usize) -> bool {
+        let to = self.0 & !Self::CLOCK;
+        to == Self::EVERY || usize::from(to) == core
+    }
+
+    /// Whether a core that does not process the frame moves its clock to its time.
+    #[inline]
+    pub fn moves_clock(self) -> bool {
+        self.0 & Self::CLOCK != 0
+    }
+
+    /// Whether this is [`Route::DECIDE`].
+    #[inline]
+    pub fn is_decide(self) -> bool {
+        self == Self::DECIDE
     }
 }
 
@@ -132,6 +196,51 @@ mod tests {
         tcp[13] = 0x02;
         f.extend_from_slice(&tcp);
         f
+    }
+
+    /// A route names the core of the frame's decoded shard, every core for a fragment,
+    /// core 0 (and no clock) for what is not TCP, and moves the other cores' clocks exactly
+    /// when `moves_clock` says so: a TCP segment, unless `verify_checksums` rejects it.
+    #[test]
+    fn routes_follow_the_decoder() {
+        let cfg = crate::flow::Config::default();
+        for cores in [2usize, 3, 8] {
+            for i in 0..200u16 {
+                let f = tcp_frame([10, 0, (i % 5) as u8, 1], 1000 + i, [10, 9, 0, 2], 80);
+                let r = Route::of(Some(LinkType::Ethernet), &f, cores, &cfg);
+                let want = frame_shard(LinkType::Ethernet, &f, cores);
+                assert!(r.takes(want) && r.moves_clock() && !r.is_decide(), "{r:?}");
+                assert_eq!((0..cores).filter(|&c| r.takes(c)).count(), 1, "{r:?}");
+            }
+        }
+        let arp = {
+            let mut f = vec![0u8; 42];
+            f[12..14].copy_from_slice(&[0x08, 0x06]);
+            f
+        };
+        let r = Route::of(Some(LinkType::Ethernet), &arp, 4, &cfg);
+        assert!(r.takes(0) && !r.takes(1) && !r.moves_clock());
+        let r = Route::of(None, &arp, 4, &cfg);
+        assert!(
+            r.takes(0) && !r.moves_clock(),
+            "an unsupported link is core 0's to count"
+        );
+        // A first fragment (more fragments set): every core.
+        let mut frag = tcp_frame([10, 0, 0, 1], 1234, [10, 0, 0, 2], 80);
+        frag[14 + 6] = 0x20;
+        let r = Route::of(Some(LinkType::Ethernet), &frag, 3, &cfg);
+        assert!((0..3).all(|c| r.takes(c)), "{r:?}");
+        // Checksums: the frame above has a zero TCP checksum, wrong for its bytes.
+        let strict = crate::flow::Config {
+            verify_checksums: true,
+            ..crate::flow::Config::default()
+        };
+        let f = tcp_frame([10, 0, 0, 1], 1234, [10, 0, 0, 2], 80);
+        assert!(Route::of(Some(LinkType::Ethernet), &f, 2, &cfg).moves_clock());
+        assert!(!Route::of(Some(LinkType::Ethernet), &f, 2, &strict).moves_clock());
+        // Too many cores for a byte: every core decides for itself.
+        let r = Route::of(Some(LinkType::Ethernet), &f, Route::MAX_CORES + 1, &cfg);
+        assert!(r.is_decide() && !r.takes(0));
     }
 
     /// Both directions of every flow land on the same core, for any number of cores, and

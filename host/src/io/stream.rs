@@ -6,7 +6,8 @@
 //! the records it holds ([`Framer`]) into [`PacketRef`]s, and carries the bytes of a record
 //! cut by the end of the chunk over to the next one (a record longer than a chunk grows
 //! that chunk). [`fan_out`] runs the reader on a thread of its own and hands every chunk to
-//! each of N consumers (the cores of `streams` and `events`, each keeping its shard): the
+//! each of N consumers (the cores of `streams` and `events`, each keeping its shard, which
+//! [`ChunkReader::with_routes`] marks per packet as it frames it): the
 //! chunks come from a pool of [`POOL`] and go back to it when the last consumer is done, so
 //! the memory held is `POOL * CHUNK` (plus the packet index) whatever the input's size,
 //! and the reader waits for the slowest consumer. Nothing is mapped: a file that shrinks
@@ -31,6 +32,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
 use super::pcap::{CaptureError, CapturedPacket, Framer};
+use super::shard::Route;
 use crate::wire::LinkType;
 
 /// Bytes read per chunk.
@@ -201,6 +203,8 @@ pub struct Chunk {
     bytes: Vec<u8>,
     /// The packets, in capture order.
     pub packets: Vec<PacketRef>,
+    /// Where each packet goes, when the reader routes them ([`ChunkReader::with_routes`]).
+    routes: Vec<Route>,
     /// Index of the first packet, counted over every input of the run.
     pub first: u64,
 }
@@ -209,10 +213,27 @@ impl Chunk {
     /// The captured bytes of `p`.
     #[inline]
     pub fn frame(&self, p: &PacketRef) -> &[u8] {
-        let at = p.at as usize;
-        self.bytes.get(at..at + p.len as usize).unwrap_or(&[])
+        frame_in(&self.bytes, p)
+    }
+
+    /// The route of packet `k` ([`ChunkReader::with_routes`]); [`Route::DECIDE`] when the
+    /// reader does not route.
+    #[inline]
+    pub fn route(&self, k: usize) -> Route {
+        self.routes.get(k).copied().unwrap_or(Route::DECIDE)
     }
 }
+
+/// The bytes of `p` in a chunk's `bytes`.
+#[inline]
+fn frame_in<'a>(bytes: &'a [u8], p: &PacketRef) -> &'a [u8] {
+    let at = p.at as usize;
+    bytes.get(at..at + p.len as usize).unwrap_or(&[])
+}
+
+/// What [`ChunkReader::with_routes`] computes for each packet: its link type and bytes to
+/// its [`Route`].
+pub type Router = Box<dyn Fn(Option<LinkType>, &[u8]) -> Route + Send>;
 
 /// The input being read.
 struct Current {
@@ -242,6 +263,7 @@ pub struct ChunkReader {
     /// The first error met (the inputs after it are still read).
     pub error: Option<CaptureError>,
     chunk: usize,
+    router: Option<Router>,
 }
 
 impl ChunkReader {
@@ -255,7 +277,16 @@ impl ChunkReader {
             next_index: 0,
             error: None,
             chunk: CHUNK,
+            router: None,
         }
+    }
+
+    /// Routes every packet with `router` as it is framed (on the reader's thread, while its
+    /// bytes are still in that CPU's cache), so that each consumer processes its own
+    /// packets without decoding the others' ([`crate::flow::Engine::on_routed`]).
+    pub fn with_routes(mut self, router: Router) -> ChunkReader {
+        self.router = Some(router);
+        self
     }
 
     /// Reads `bytes` per chunk instead of [`CHUNK`] (at least 64; for tests of records cut
@@ -269,9 +300,25 @@ impl ChunkReader {
         self.error.get_or_insert(e);
     }
 
-    /// Fills `chunk` with the next packets; false when every input is done. A chunk may
-    /// come back empty at the end of an input.
+    /// Fills `chunk` with the next packets (and their routes, with
+    /// [`ChunkReader::with_routes`]); false when every input is done. A chunk may come back
+    /// empty at the end of an input.
     pub fn fill(&mut self, chunk: &mut Chunk) -> bool {
+        let more = self.fill_packets(chunk);
+        let Chunk {
+            bytes,
+            packets,
+            routes,
+            ..
+        } = chunk;
+        routes.clear();
+        if let Some(router) = &self.router {
+            routes.extend(packets.iter().map(|p| router(p.link, frame_in(bytes, p))));
+        }
+        more
+    }
+
+    fn fill_packets(&mut self, chunk: &mut Chunk) -> bool {
         chunk.packets.clear();
         chunk.first = self.next_index;
         loop {
