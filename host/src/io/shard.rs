@@ -4,9 +4,9 @@
 //! Owns the one reduction from a flow hash to a core ([`shard_of`]) and the frame-level
 //! helpers every sharding source uses: the shm producer ([`frame_shard`], through
 //! `shm::ring_for`), the pcap replay that every core reads ([`decoded_shard`]), and the
-route the offline reader computes once per packet for `streams` and `events` ([`Route`]). The hash is
-//! the engine's own ([`crate::flow::symmetric_hash`], the hash of the canonical flow key), so
-//! a shard is a set of whole flows whatever the direction.
+//! route the offline reader computes once per packet for `streams` and `events`
+//! ([`Route`]). The hash is the engine's own ([`crate::flow::symmetric_hash`], the hash of
+//! the canonical flow key), so a shard is a set of whole flows whatever the direction.
 //!
 //! AF_PACKET fanout is sharded by the kernel, which runs the classic BPF program of
 //! [`crate::io::afpacket::bpf`] and takes its result modulo the sockets of the group (in the
