@@ -16,15 +16,60 @@ use std::net::SocketAddr;
 
 use crate::codes::{BuiltinEvent, Detail, EndReason, Hook, Side, USER_EVENT_NAME};
 
+/// Appends `n` in decimal, as `write!(out, "{n}")` would, without `core::fmt` (the
+/// writers below format a few numbers per record, millions of records a run).
+pub fn push_u64(out: &mut String, n: u64) {
+    push_digits(out, n, 1);
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (at most 20).
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = i.min(buf.len() - width.clamp(1, buf.len()));
+    out.extend(buf[start..].iter().map(|&b| char::from(b)));
+}
+
+/// Appends `n` as exactly `digits` lower-case hex digits (the low ones, zero-padded), as
+/// `write!(out, "{n:0digits$x}")` would for a value that fits.
+pub fn push_hex_digits(out: &mut String, n: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for k in (0..digits.min(16)).rev() {
+        out.push(char::from(HEX[((n >> (4 * k)) & 0xf) as usize]));
+    }
+}
+
+/// Appends `a` as `IP:PORT` (IPv4) or `[IP]:PORT` (IPv6), as its `Display` does; IPv4, the
+/// common case, without `core::fmt`.
+pub fn push_socket_addr(out: &mut String, a: &SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+            out.push(':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
 /// Appends `ns` (nanoseconds) as `secs.micros`: the capture's microsecond precision, six
 /// digits, not float noise.
 pub fn push_ts(out: &mut String, ns: u64) {
-    let _ = write!(
-        out,
-        "{}.{:06}",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1000
-    );
+    push_u64(out, ns / 1_000_000_000);
+    out.push('.');
+    push_digits(out, (ns % 1_000_000_000) / 1000, 6);
 }
 
 /// Appends TCP flags in mOS's print order, `FSRPAUEC` (e.g. `SA` for SYN/ACK).
@@ -129,34 +174,44 @@ pub fn write_event_line(out: &mut String, ev: &EventFields, probe: &mut impl Eve
         .addresses()
         .and_then(|(c, s)| probe.start().map(|t| (c, s, t)));
     push_flow_fields(out, flow);
-    let _ = write!(
-        out,
-        r#","side":"{}","hook":"{}","event":"{}""#,
-        ev.side.map_or("both", Side::short_name),
-        ev.hook.short_name(),
-        ev.event.map_or(USER_EVENT_NAME, BuiltinEvent::mos_name)
-    );
+    out.push_str(r#","side":""#);
+    out.push_str(ev.side.map_or("both", Side::short_name));
+    out.push_str(r#"","hook":""#);
+    out.push_str(ev.hook.short_name());
+    out.push_str(r#"","event":""#);
+    out.push_str(ev.event.map_or(USER_EVENT_NAME, BuiltinEvent::mos_name));
+    out.push('"');
     match (ev.event, ev.detail, ev.side) {
         (Some(BuiltinEvent::TcpStateChange), Detail::State(st), _) => {
-            let _ = write!(out, r#","state":"{}""#, st.name());
+            out.push_str(r#","state":""#);
+            out.push_str(st.name());
+            out.push('"');
         }
         (Some(BuiltinEvent::NewData), _, Some(side)) => {
             let contig = probe.new_data(side);
             // mOS prints a 32-bit sequence-space position.
-            let _ = write!(out, r#","contig":{}"#, contig as u32);
+            out.push_str(r#","contig":"#);
+            push_u64(out, u64::from(contig as u32));
         }
         (Some(BuiltinEvent::PktIn), _, _) => {
             if let Some(p) = probe.last_packet() {
-                let _ = write!(out, r#","seq":{},"flags":""#, p.seq);
+                out.push_str(r#","seq":"#);
+                push_u64(out, u64::from(p.seq));
+                out.push_str(r#","flags":""#);
                 push_flags(out, p.flags);
-                let _ = write!(out, r#"","len":{}"#, p.len);
+                out.push_str(r#"","len":"#);
+                push_u64(out, u64::from(p.len));
             }
         }
         (Some(BuiltinEvent::ConnEnd), Detail::End(r), _) => {
-            let _ = write!(out, r#","reason":"{}""#, r.name());
+            out.push_str(r#","reason":""#);
+            out.push_str(r.name());
+            out.push('"');
         }
         (Some(BuiltinEvent::Error), Detail::Error(e), _) => {
-            let _ = write!(out, r#","error":"{}""#, e.name());
+            out.push_str(r#","error":""#);
+            out.push_str(e.name());
+            out.push('"');
         }
         _ => {}
     }
@@ -203,7 +258,9 @@ pub fn flow_uid(client: SocketAddr, server: SocketAddr, start: u64) -> u64 {
 
 /// Appends `uid` as 16 lower-case hex digits, in quotes.
 pub fn push_uid(out: &mut String, uid: u64) {
-    let _ = write!(out, "\"{uid:016x}\"");
+    out.push('"');
+    push_hex_digits(out, uid, 16);
+    out.push('"');
 }
 
 /// Appends `s` as a JSON string (in quotes): `"` and `\` escaped, control characters (U+0000
@@ -243,7 +300,11 @@ pub fn push_flow_fields(out: &mut String, flow: Option<(SocketAddr, SocketAddr, 
             push_uid(out, flow_uid(client, server, start));
             // An address prints digits, dots, colons, brackets and a `%` scope: nothing
             // to escape.
-            let _ = write!(out, r#","client":"{client}","server":"{server}""#);
+            out.push_str(r#","client":""#);
+            push_socket_addr(out, &client);
+            out.push_str(r#"","server":""#);
+            push_socket_addr(out, &server);
+            out.push('"');
         }
         None => out.push_str(r#""uid":null,"client":null,"server":null"#),
     }
@@ -297,20 +358,25 @@ impl DirectionFields<'_> {
     }
 
     fn write_json(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            r#"{{"bytes":{},"missing":{},"overlap":{}"#,
-            self.bytes, self.missing, self.overlap
-        );
+        out.push_str(r#"{"bytes":"#);
+        push_u64(out, self.bytes);
+        out.push_str(r#","missing":"#);
+        push_u64(out, self.missing);
+        out.push_str(r#","overlap":"#);
+        push_u64(out, self.overlap);
         if let Some(c) = self.crc32 {
-            let _ = write!(out, r#","crc32":"{c:08x}""#);
+            out.push_str(r#","crc32":""#);
+            push_hex_digits(out, u64::from(c), 8);
+            out.push('"');
         }
         if let Some(s) = self.sha256 {
             out.push_str(r#","sha256":"#);
             push_json_str(out, s);
         }
         if let Some(x) = self.xxh3 {
-            let _ = write!(out, r#","xxh3":"{x:016x}""#);
+            out.push_str(r#","xxh3":""#);
+            push_hex_digits(out, x, 16);
+            out.push('"');
         }
         if let Some(f) = self.file {
             out.push_str(r#","file":"#);

@@ -364,3 +364,56 @@ fn stream_record_byte_for_byte() {
     assert_eq!(v[1]["c2s"]["file"], "dir/a\"b");
     assert_eq!(v[0]["start"].as_f64(), Some(1_500_000.123_456));
 }
+
+/// The fmt-free writers give exactly what `core::fmt` gives: decimal, zero-padded hex,
+/// timestamps and socket addresses, at the edges and on a spread of values.
+#[test]
+fn number_writers_match_core_fmt() {
+    let mut values: Vec<u64> = vec![0, 1, 9, 10, 99, 100, u64::from(u32::MAX), u64::MAX];
+    values.extend((0..20).map(|k| 10u64.pow(k)));
+    values.extend((1..20).map(|k| 10u64.pow(k) - 1));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        values.push(x);
+        values.push(x >> (x % 64));
+    }
+    let mut out = String::new();
+    for &v in &values {
+        out.clear();
+        push_u64(&mut out, v);
+        assert_eq!(out, v.to_string());
+        out.clear();
+        push_hex_digits(&mut out, v, 16);
+        assert_eq!(out, format!("{v:016x}"));
+        out.clear();
+        push_hex_digits(&mut out, v & 0xffff_ffff, 8);
+        assert_eq!(out, format!("{:08x}", v & 0xffff_ffff));
+        out.clear();
+        push_ts(&mut out, v);
+        assert_eq!(
+            out,
+            format!("{}.{:06}", v / 1_000_000_000, (v % 1_000_000_000) / 1000)
+        );
+        out.clear();
+        push_uid(&mut out, v);
+        assert_eq!(out, format!("\"{v:016x}\""));
+        let a = SocketAddr::from((std::net::Ipv4Addr::from(v as u32), (v >> 32) as u16));
+        out.clear();
+        push_socket_addr(&mut out, &a);
+        assert_eq!(out, a.to_string());
+    }
+    for s in [
+        "[::1]:80",
+        "[2001:db8::7]:65535",
+        "[fe80::1%2]:443",
+        "0.0.0.0:0",
+    ] {
+        let a: SocketAddr = s.parse().unwrap();
+        out.clear();
+        push_socket_addr(&mut out, &a);
+        assert_eq!(out, a.to_string());
+    }
+}
