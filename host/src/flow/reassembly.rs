@@ -293,8 +293,9 @@ impl Engine {
             i += 1;
             if self.core.table.is_live(slot, gen) {
                 let f = self.core.table.flow_mut(slot);
+                // `disorder` first: a guessed start sets it, and `held` is another cache line.
                 let h = &f.held[side.index()];
-                if h.base_guess && h.guess_left > 0 {
+                if f.disorder && h.base_guess && h.guess_left > 0 {
                     // A guessed start may move yet (disorder.rs): delivered once it is final.
                     f.sides[side.index()].newdata_pending = false;
                     continue;
