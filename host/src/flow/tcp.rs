@@ -245,9 +245,6 @@ pub(crate) fn on_receive(
         }
     } else {
         let mut st = old;
-        // The segment acknowledges this side's own SYN (RFC 793's acceptable ACK in
-        // SYN_RCVD): with a SYN, the last step of a simultaneous or split open.
-        let acks_my_syn = flags.ack() && r.syn_seen && seg.ack == r.tx_isn.wrapping_add(1);
         if flags.syn() && !flags.ack() {
             if receiver == Side::Server && st == TcpState::Listen && !partial {
                 st = TcpState::SynRcvd;
@@ -260,6 +257,10 @@ pub(crate) fn on_receive(
                 ctl_rexmit = true;
             }
         } else if flags.syn() {
+            // The segment acknowledges this side's own SYN (RFC 793's acceptable ACK in
+            // SYN_RCVD): the last step of a simultaneous or split open. Tested here only,
+            // not on every packet.
+            let acks_my_syn = r.syn_seen && seg.ack == r.tx_isn.wrapping_add(1);
             if st == TcpState::SynSent || (st == TcpState::SynRcvd && acks_my_syn) {
                 st = TcpState::Established;
             } else {
