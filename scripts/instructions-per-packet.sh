@@ -24,10 +24,7 @@ cd "$FLOWPEEK_ROOT"
 BENCH=${BENCH:-'pkts_64b/10k_flows/no_monitor$'}
 CHUNK=${CHUNK:-20000}
 SECONDS_EACH=${SECONDS_EACH:-15}
-command -v valgrind >/dev/null || {
-    echo "instructions-per-packet: valgrind is not installed (apt-get install valgrind)" >&2
-    exit 1
-}
+require_packages instructions-per-packet valgrind
 bins=("$@")
 if [ ${#bins[@]} -eq 0 ]; then
     out=$(cargo bench -p flowpeek --bench engine --no-run --message-format=json 2>/dev/null |

@@ -18,8 +18,8 @@
 # Usage: scripts/live-cpu.sh [CAPTURE...]
 #   default: $FLOWPEEK_CORPUS/gen/http-small.pcap (9,000 short connections) and, if
 #   present, /dev/shm/flowpeek-big.pcap (scripts/compare/big-input.sh)
-# Environment: ROUNDS (3), NAME (veth-net name, fpcpu), SKIP_BUILD=1, NO_INSTALL=1.
-# Needs root (namespaces), tcpreplay and tcpdump (installed with apt-get unless NO_INSTALL=1).
+# Environment: ROUNDS (3), NAME (veth-net name, fpcpu), SKIP_BUILD=1.
+# Needs root (namespaces), tcpreplay and tcpdump (installed by lib.sh's require_packages).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lib.sh"
@@ -29,15 +29,7 @@ NAME=${NAME:-fpcpu}
 say() { echo "live-cpu: $*" >&2; }
 die() { echo "live-cpu: error: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root for the network namespaces: sudo $0"
-need=()
-command -v tcpreplay >/dev/null || need+=(tcpreplay)
-command -v tcpdump >/dev/null || need+=(tcpdump)
-if [ ${#need[@]} -gt 0 ]; then
-    [ "${NO_INSTALL:-0}" = 1 ] && die "missing packages: ${need[*]} (NO_INSTALL=1)"
-    say "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
-        die "apt-get install ${need[*]} failed"
-fi
+require_packages live-cpu tcpreplay tcpdump
 caps=("$@")
 if [ ${#caps[@]} -eq 0 ]; then
     require_corpus live-cpu
