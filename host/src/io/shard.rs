@@ -49,6 +49,11 @@ pub fn decoded_shard(decoded: &Option<Result<Decoded<'_>, DecodeError>>, cores: 
 /// ports that pick a flow's core are in the first fragment only), and whether the others
 /// move their clocks over it ([`crate::flow::moves_clock`]), so that every core's timers
 /// follow the whole capture's TCP packets as with one core. One byte a packet.
+///
+/// The reader's decode is not handed on: the core that takes the frame decodes it again
+/// (a `Decoded` borrows the chunk and is as large as the frame's headers), so a frame is
+/// decoded twice in all, against once per core before. With more than [`Route::MAX_CORES`]
+/// cores every route is [`Route::DECIDE`] and each core decodes every frame, as before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route(u8);
 
