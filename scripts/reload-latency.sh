@@ -23,7 +23,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet -p flowpeek -p flowpeek-plugin-streamhash
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/flowpeek-reload-XXXXXX")
-trap 'rm -rf "$work"' EXIT
+run=
+trap '[ -n "$run" ] && kill "$run" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/plugins" "$work/logs"
 chmod 755 "$work/plugins"
 cp "$rel/libstreamhash.so" "$work/lib.so"
@@ -34,12 +35,20 @@ cp "$work/lib.so" "$work/plugins/streamhash.so"
 run=$!
 # The first generation is in once its log exists.
 for _ in $(seq 200); do [ -e "$work/logs/streamhash.jsonl" ] && break; sleep 0.05; done
+if [ ! -e "$work/logs/streamhash.jsonl" ]; then
+    echo "reload-latency: the first generation did not start within 10 s; flowpeek's stderr:" >&2
+    cat "$work/stderr" >&2
+    exit 1
+fi
 for _ in $(seq "$reloads"); do
     cp "$work/lib.so" "$work/plugins/.next.tmp"
     mv "$work/plugins/.next.tmp" "$work/plugins/streamhash.so"
     sleep "$gap"
 done
-if ! wait "$run"; then
+status=0
+wait "$run" || status=$?
+run=
+if [ "$status" != 0 ]; then
     echo "reload-latency: flowpeek run failed:" >&2
     cat "$work/stderr" >&2
     exit 1

@@ -169,7 +169,7 @@ pub struct RunReport {
     pub retained_images: u64,
     /// Test loads run by the test-load server, and in a process of their own (when the
     /// server could not be started or had died).
-    pub test_loads: (u64, u64),
+    pub test_loads: crate::plugin::probe::TestLoads,
     /// Plugin files that failed to load.
     pub load_failures: Vec<String>,
     /// A source error that ended the input early (everything before it was processed): the
@@ -249,8 +249,8 @@ impl RunReport {
         v["plugins"] = serde_json::Value::Object(plugins);
         v["retained_images"] = self.retained_images.into();
         v["test_loads"] = serde_json::json!({
-            "server": self.test_loads.0,
-            "own_process": self.test_loads.1,
+            "server": self.test_loads.server,
+            "own_process": self.test_loads.own_process,
         });
         v["load_failures"] = serde_json::json!(self.load_failures);
         v["capture_error"] =

@@ -412,6 +412,15 @@ fn a_killed_test_load_server_is_replaced_and_costs_no_load() {
     cmd.arg("run").arg("--plugins").arg(dir.path());
     let mut child = spawn_paced(cmd, logs.path(), &stats, 20_000);
     let started = Instant::now();
+    // The kill must land after the first generation is in (its log exists), not during the
+    // initial load, or the scenario (a server lost between loads) is not the one tested.
+    while !logs.join("tagger.jsonl").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first generation never wrote its log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let servers = loop {
         let s = test_load_servers(child.id());
         if !s.is_empty() {

@@ -925,10 +925,13 @@ impl Loaded {
             (Update::Loaded { file, lib, .. }, Some(state)) => {
                 self.0.insert(file.clone(), (state, lib.stamp.crc32));
             }
-            _ => {
-                self.0.remove(update.file());
-            }
+            _ => self.forget(update.file()),
         }
+    }
+
+    /// `path` is gone: its next appearance is a new file, whatever its metadata.
+    fn forget(&mut self, path: &Path) {
+        self.0.remove(path);
     }
 }
 
@@ -975,7 +978,7 @@ fn watch_loop(
         for (p, w) in gone {
             if w.missing_before {
                 pending.remove(&p);
-                last.0.remove(&p);
+                last.forget(&p);
                 broadcast(subscribers, Update::Removed { file: p }, w.seen);
             } else {
                 pending.insert(p, Waiting::settling(now, true));

@@ -18,6 +18,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -43,12 +44,21 @@ static PROGRAM: RwLock<Option<PathBuf>> = RwLock::new(None);
 static BY_SERVER: AtomicU64 = AtomicU64::new(0);
 static BY_OWN_PROCESS: AtomicU64 = AtomicU64::new(0);
 
+/// How many test loads a process ran, by how they ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestLoads {
+    /// Forked by the test-load server.
+    pub server: u64,
+    /// In a process of their own (`flowpeek __probe-plugin`), when there was no server.
+    pub own_process: u64,
+}
+
 /// How many test loads this process ran through the server, and in processes of their own.
-pub fn test_loads() -> (u64, u64) {
-    (
-        BY_SERVER.load(Ordering::Relaxed),
-        BY_OWN_PROCESS.load(Ordering::Relaxed),
-    )
+pub fn test_loads() -> TestLoads {
+    TestLoads {
+        server: BY_SERVER.load(Ordering::Relaxed),
+        own_process: BY_OWN_PROCESS.load(Ordering::Relaxed),
+    }
 }
 
 /// Makes every later load test-load its file with `program` (a flowpeek binary) first.
@@ -176,32 +186,104 @@ fn spawn_one(program: &Path, copy: &Path, file: &Path) -> Result<Outcome, String
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not be started ({}: {e})", program.display()))?;
-    // The reader says when the child's stderr closes, which is when it exits (unless a
-    // process it started keeps the pipe): the wait then costs no polling interval.
-    let mut pipe = child.stderr.take();
-    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        if let Some(p) = pipe.as_mut() {
-            // Bounded: a library printing without end must not grow this process.
-            let _ = p.take(STDERR_KEPT).read_to_end(&mut s);
-            let _ = std::io::copy(p, &mut std::io::sink());
+    let Some(pipe) = child.stderr.take() else {
+        return Err("could not be started (no stderr pipe)".into());
+    };
+    let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(pipe));
+    match watch(pipe, || child.try_wait().ok().flatten()) {
+        (Some(st), said) => Ok(Outcome::Ended(
+            st,
+            String::from_utf8_lossy(&said).into_owned(),
+        )),
+        (None, _) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Ok(Outcome::TimedOut)
         }
-        drop(closed_tx);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let started = Instant::now();
-    let _ = closed_rx.recv_timeout(DEADLINE);
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Ok(Outcome::Ended(st, reader.join().unwrap_or_default())),
-            Ok(None) if started.elapsed() > DEADLINE => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(Outcome::TimedOut);
+    }
+}
+
+/// What a test load writes on stderr, kept up to [`STDERR_KEPT`] bytes.
+struct StderrTail {
+    pipe: std::fs::File,
+    said: Vec<u8>,
+    /// The write end is still open somewhere.
+    open: bool,
+}
+
+impl StderrTail {
+    /// Reads what is there within `wait`; true if bytes came.
+    fn take(&mut self, wait: Duration) -> bool {
+        if !self.open || !readable(self.pipe.as_raw_fd(), wait) {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        match self.pipe.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                self.open = false;
+                false
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => return Err(format!("could not be waited for ({e})")),
+            Ok(n) => {
+                let room = (STDERR_KEPT as usize).saturating_sub(self.said.len());
+                self.said.extend_from_slice(&buf[..n.min(room)]);
+                true
+            }
+        }
+    }
+}
+
+/// Waits for a test load to end (`ended` answers whether it has, without blocking) while
+/// keeping what it writes on `pipe` (its stderr), for at most [`DEADLINE`]. Returns what
+/// `ended` answered (None: still running at the deadline, for the caller to kill) and the
+/// stderr kept.
+fn watch<T>(pipe: std::fs::File, mut ended: impl FnMut() -> Option<T>) -> (Option<T>, Vec<u8>) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut tail = StderrTail {
+        pipe,
+        said: Vec::new(),
+        open: true,
+    };
+    loop {
+        // Read what it says until it closes stderr, looking whether it ended meanwhile (a
+        // process it started may keep the pipe open).
+        if tail.open {
+            tail.take(Duration::from_millis(20));
+        }
+        if let Some(v) = ended() {
+            // What it wrote last may still be in the pipe: take what is there now (bounded:
+            // a process it started may go on writing).
+            for _ in 0..=STDERR_KEPT / 4096 {
+                if !tail.take(Duration::ZERO) {
+                    break;
+                }
+            }
+            return (Some(v), tail.said);
+        }
+        if Instant::now() >= deadline {
+            return (None, tail.said);
+        }
+        if !tail.open {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Waits up to `wait` for `fd` to be readable (or closed).
+fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n >= 0 {
+            return n > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }
@@ -241,13 +323,13 @@ mod server {
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, RawFd};
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::path::Path;
     use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
-    use super::{child, Outcome, DEADLINE, SERVER, STDERR_KEPT};
+    use super::{child, readable, watch, Outcome, DEADLINE, SERVER, STDERR_KEPT};
 
     /// Answers: the load ended (with its wait status), or was killed at the deadline, or
     /// the server could not run it (the host then runs it the old way).
@@ -276,23 +358,34 @@ mod server {
             *guard = start(program);
         }
         let running = guard.as_mut()?;
-        match exchange(running, copy, file) {
-            Some(Reply::Done(outcome)) => Some(outcome),
-            Some(Reply::Cannot) => None, // it could not fork: this load runs the old way
-            None => {
-                // Dead, or not answering: the next load starts a new one.
-                if let Some(mut r) = guard.take() {
-                    let _ = r.child.kill();
-                    let _ = r.child.wait();
+        let answer = exchange(running, copy, file);
+        if answer.is_err() {
+            // Dead, or not answering: the server goes with every test load it forked (they
+            // share its process group), and the next load starts a new one.
+            if let Some(mut r) = guard.take() {
+                if let Ok(pid) = i32::try_from(r.child.id()) {
+                    // SAFETY: signals the process group this host created for the server
+                    // (it has not been reaped, so the group id is still its own).
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
                 }
-                None
+                let _ = r.child.wait();
             }
+        }
+        match answer {
+            Ok(Reply::Done(outcome)) => Some(outcome),
+            // It could not fork, or died: this load runs the old way.
+            Ok(Reply::Cannot) | Err(Lost::Gone) => None,
+            // Silent past the deadline the load was given: the load hung it (or hung with
+            // it). Running it again in a process of its own would cost the deadline twice.
+            Err(Lost::Silent) => Some(Outcome::TimedOut),
         }
     }
 
     fn start(program: &Path) -> Option<Running> {
         let mut child = Command::new(program)
             .arg(SERVER)
+            // A group of its own: the server and the loads it forks end together.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -310,16 +403,26 @@ mod server {
         Cannot,
     }
 
-    /// One request and its reply; `None`: the server is gone or not answering.
-    fn exchange(r: &mut Running, copy: &Path, file: &Path) -> Option<Reply> {
+    /// Why the server gave no answer.
+    enum Lost {
+        /// It closed its end, sent garbage, or the request could not be sent.
+        Gone,
+        /// Nothing came within the load's deadline and the slack.
+        Silent,
+    }
+
+    /// One request and its reply.
+    fn exchange(r: &mut Running, copy: &Path, file: &Path) -> Result<Reply, Lost> {
         let mut msg = Vec::new();
         for field in [copy.as_os_str(), file.as_os_str()] {
             let bytes = field.as_bytes();
-            msg.extend_from_slice(&u32::try_from(bytes.len()).ok()?.to_le_bytes());
+            let len = u32::try_from(bytes.len()).map_err(|_| Lost::Gone)?;
+            msg.extend_from_slice(&len.to_le_bytes());
             msg.extend_from_slice(bytes);
         }
-        r.to.write_all(&msg).ok()?;
-        r.to.flush().ok()?;
+        r.to.write_all(&msg)
+            .and_then(|()| r.to.flush())
+            .map_err(|_| Lost::Gone)?;
         let by = Instant::now() + DEADLINE + SLACK;
         let mut head = [0u8; 12];
         read_by(&mut r.from, &mut head, by)?;
@@ -327,57 +430,37 @@ mod server {
         let (kind, status) = (word(0), word(4));
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
         if u64::from(len) > STDERR_KEPT {
-            return None;
+            return Err(Lost::Gone);
         }
         let mut said = vec![0u8; len as usize];
         read_by(&mut r.from, &mut said, by)?;
         match kind {
-            ENDED => Some(Reply::Done(Outcome::Ended(
+            ENDED => Ok(Reply::Done(Outcome::Ended(
                 std::process::ExitStatus::from_raw(status),
                 String::from_utf8_lossy(&said).into_owned(),
             ))),
-            TIMED_OUT => Some(Reply::Done(Outcome::TimedOut)),
-            CANNOT => Some(Reply::Cannot),
-            _ => None,
+            TIMED_OUT => Ok(Reply::Done(Outcome::TimedOut)),
+            CANNOT => Ok(Reply::Cannot),
+            _ => Err(Lost::Gone),
         }
     }
 
     /// Fills `buf` from `from`, waiting no later than `by`.
-    fn read_by(from: &mut ChildStdout, buf: &mut [u8], by: Instant) -> Option<()> {
+    fn read_by(from: &mut ChildStdout, buf: &mut [u8], by: Instant) -> Result<(), Lost> {
         let mut got = 0;
         while got < buf.len() {
             if !readable(
                 from.as_raw_fd(),
                 by.saturating_duration_since(Instant::now()),
             ) {
-                return None;
+                return Err(Lost::Silent);
             }
             match from.read(&mut buf[got..]) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => return Err(Lost::Gone),
                 Ok(n) => got += n,
             }
         }
-        Some(())
-    }
-
-    /// Waits up to `wait` for `fd` to be readable (or closed).
-    fn readable(fd: RawFd, wait: Duration) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-        loop {
-            // SAFETY: `p` is one valid pollfd for the duration of the call.
-            let n = unsafe { libc::poll(&mut p, 1, ms) };
-            if n >= 0 {
-                return n > 0;
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return false;
-            }
-        }
+        Ok(())
     }
 
     /// The server: one test load per request, each in a forked child, until stdin closes
@@ -438,11 +521,14 @@ mod server {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: dup2 onto the standard descriptors of this (child) process, from
-            // descriptors it owns.
+            // descriptors it owns; a child that cannot set them up ends at once.
             unsafe {
-                libc::dup2(null.as_raw_fd(), 0);
-                libc::dup2(null.as_raw_fd(), 1);
-                libc::dup2(wr, 2);
+                if libc::dup2(null.as_raw_fd(), 0) < 0
+                    || libc::dup2(null.as_raw_fd(), 1) < 0
+                    || libc::dup2(wr, 2) < 0
+                {
+                    libc::_exit(127);
+                }
             }
             let code = child(Path::new(copy), Path::new(file));
             let _ = std::io::stdout().flush();
@@ -453,58 +539,25 @@ mod server {
         // SAFETY: `wr` is this process's descriptor, not used after this.
         unsafe { libc::close(wr) };
         // SAFETY: `rd` is this process's descriptor, owned by the File from here on.
-        let mut pipe: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(rd) };
+        let pipe: std::fs::File = unsafe { std::os::fd::FromRawFd::from_raw_fd(rd) };
         if pid < 0 {
             return cannot;
         }
-        let deadline = Instant::now() + DEADLINE;
-        let mut said = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Reads what is there within `wait`: Some(true) bytes came, Some(false) nothing
-        // yet, None the pipe is closed.
-        let mut take = |pipe: &mut std::fs::File, said: &mut Vec<u8>, wait: Duration| {
-            if !readable(pipe.as_raw_fd(), wait) {
-                return Some(false);
-            }
-            match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
-                    let room = (STDERR_KEPT as usize).saturating_sub(said.len());
-                    said.extend_from_slice(&buf[..n.min(room)]);
-                    Some(true)
-                }
-            }
-        };
-        let mut open = true;
-        loop {
-            // Read what it says until it closes stderr, looking whether it ended meanwhile
-            // (a process it started may keep the pipe open).
-            if open {
-                open = take(&mut pipe, &mut said, Duration::from_millis(20)).is_some();
-            }
+        let ended = watch(pipe, || {
             let mut status = 0;
             // SAFETY: waits for our own child, writing its status into `status`.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                // What it wrote last may still be in the pipe: take what is there now (bounded:
-                // a process it started may go on writing).
-                for _ in 0..=STDERR_KEPT / 4096 {
-                    if !open || take(&mut pipe, &mut said, Duration::ZERO) != Some(true) {
-                        break;
-                    }
-                }
-                return (ENDED, status, said);
-            }
-            if Instant::now() >= deadline {
+            (unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid).then_some(status)
+        });
+        match ended {
+            (Some(status), said) => (ENDED, status, said),
+            (None, said) => {
+                let mut status = 0;
                 // SAFETY: `pid` is our child, not yet reaped, so the pid is still its own.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                     libc::waitpid(pid, &mut status, 0);
                 }
-                return (TIMED_OUT, 0, said);
-            }
-            if !open {
-                std::thread::sleep(Duration::from_millis(1));
+                (TIMED_OUT, 0, said)
             }
         }
     }
