@@ -63,8 +63,6 @@ fn directions(records: &[StreamRecord]) -> HashMap<String, (u64, String)> {
 /// Directions where flowpeek's policy (SPEC.md) deliberately differs from the peers'
 /// majority, each with the reason found by reading the packets.
 const DIFFERENCES: &[(&str, &str, &str)] = &[
-    ("public/suricata-verify/smb-filename/input.pcap", "10.4.30.5:445>10.4.30.101:49193#0",
-     "the server's last 42-byte reply follows the client's RST: the RST ended the flow (SPEC §5), the reply starts a new partial one"),
     ("public/suricata-verify/tcp-rst-unacked-stream-03-gap/input.pcap", "2.2.2.2:8080>1.1.1.1:12345#0",
      "data after a gap that the receiver acknowledged is delivered (gap skipped), libnids/tshark stop at the gap"),
     ("public/suricata-verify/tcp-rst-unacked-stream-07-http/input.pcap", "1.1.1.1:12345>2.2.2.2:8080#0",

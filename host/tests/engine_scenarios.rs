@@ -1087,7 +1087,8 @@ fn stop_monitoring_one_side() {
         c.c(0, 0, PSH | ACK).data(b"req"),
         c.s(0, 3, PSH | ACK).data(b"resp"),
     ]);
-    net.batch(&[c.c(3, 4, RST)]);
+    // The client took "resp" (its RST acknowledges it) and aborts: nothing is in flight.
+    net.batch(&[c.c(3, 4, RST | ACK)]);
     assert_eq!(
         net.take(),
         strs(&[
@@ -1588,6 +1589,150 @@ fn rst_ahead_of_data_ends_the_flow_after_the_data() {
         ])
     );
     assert_eq!(read.borrow()[Side::Server.index()], data);
+}
+
+/// The events a lingering RST brings (SPEC §3.1): none half a second of packet time after
+/// it, its transitions and the flow's end once a second has passed.
+fn close_events_after_the_linger(net: &mut Net) -> Vec<String> {
+    net.advance(500_000_000);
+    assert_eq!(net.take(), Vec::<String>::new(), "half a second on");
+    assert_eq!(net.engine.stats().flows_live, 1);
+    net.advance(600_000_000);
+    assert_eq!(net.engine.stats().flows_live, 0);
+    net.take()
+}
+
+/// A RST in sequence while the other side's bytes toward its sender are in flight lingers
+/// (SPEC §3.1): the peer's bytes that the tap shows after it (sent before the RST reached
+/// the peer) still reach the stream, later copies of the RST wait with it, and the flow
+/// ends a second of packet time later (or after `gap_skip_after` more packets of the flow,
+/// or at a packet of the flow past the second: then that packet is late). In flight: the RST's
+/// sender had not acknowledged all it was sent, or (a reset of a socket closed with a FIN,
+/// in answer to a segment that reached it) had sent its FIN.
+#[test]
+fn rst_lingers_while_bytes_toward_its_sender_are_in_flight() {
+    for fin_first in [false, true] {
+        rst_lingers(fin_first);
+    }
+}
+
+fn rst_lingers(fin_first: bool) {
+    let log = new_log();
+    let rec = Recorder::new(&log).consuming();
+    let read = rec.read_handle();
+    let mut net = Net::simple(cfg(), rec);
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    let (first, last) = (pattern(100, 3), pattern(100, 4));
+    net.batch(&[c.s(0, 0, PSH | ACK).data(&first)]);
+    let at = if fin_first {
+        // Everything acknowledged, then the client closes: the server's next segment makes
+        // its stack reset.
+        net.batch(&[c.c(0, 100, FIN | ACK)]);
+        1
+    } else {
+        0 // the client has not acknowledged the 100 bytes
+    };
+    net.take();
+    net.batch(&[c.c(at, 100, RST)]);
+    assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
+    net.batch(&[c.s(100, at, PSH | ACK).data(&last), c.c(at, 100, RST)]);
+    // With the FIN first, the server's segment acknowledges it.
+    let fin_wait_2 = if fin_first {
+        &["cli rcv TCP_STATE_CHANGE FIN_WAIT_2"][..]
+    } else {
+        &[]
+    };
+    assert_eq!(
+        net.take(),
+        cat(&[
+            strs(&["svr snd PKT_IN", "cli rcv PKT_IN"]),
+            strs(fin_wait_2),
+            strs(&[
+                "cli snd PKT_IN",
+                "svr rcv PKT_IN",
+                "cli null CONN_NEW_DATA 200"
+            ]),
+        ]),
+        "FIN first: {fin_first}"
+    );
+    assert_eq!(read.borrow()[Side::Client.index()], [first, last].concat());
+    assert_eq!(
+        close_events_after_the_linger(&mut net),
+        cat(&[
+            strs(&[
+                "cli snd TCP_STATE_CHANGE CLOSED",
+                "svr rcv TCP_STATE_CHANGE CLOSED",
+            ]),
+            destroy_events(Side::Server, "rst"),
+        ])
+    );
+    assert_eq!(net.engine.stats().bytes_missing, 0);
+}
+
+/// A packet of a flow whose lingering RST is past its deadline, with no end of batch in
+/// between (a worker whose clock only that flow moves): the RST takes effect first, as it
+/// would have at the end of a batch, and the packet is a late copy.
+#[test]
+fn a_packet_past_the_linger_finds_the_flow_closed() {
+    let log = new_log();
+    let mut net = Net::simple(cfg(), Recorder::new(&log));
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    let data = pattern(100, 5);
+    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
+    net.batch(&[c.c(0, 0, RST)]);
+    net.take();
+    assert_eq!(net.engine.stats().flows_live, 1, "the RST lingers");
+    net.ts += 2_000_000_000;
+    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
+    assert_eq!(
+        net.take(),
+        cat(&[
+            strs(&[
+                "cli snd TCP_STATE_CHANGE CLOSED",
+                "svr rcv TCP_STATE_CHANGE CLOSED",
+            ]),
+            destroy_events(Side::Server, "rst"),
+        ])
+    );
+    let st = net.engine.stats();
+    assert_eq!((st.flows_live, st.late, st.flows_created), (0, 1, 1));
+}
+
+/// A RST with nothing in flight toward its sender (all acknowledged, no FIN of its own),
+/// from a side that has its peer's FIN, or with no reordering allowance (`--profile mos`),
+/// takes effect at once.
+#[test]
+fn rst_with_nothing_in_flight_ends_the_flow_at_once() {
+    for (config, peer_fin, acked) in [
+        (cfg(), false, true),
+        (cfg(), true, false),
+        (skip_at_once(), false, false),
+    ] {
+        let log = new_log();
+        let mut net = Net::simple(config, Recorder::new(&log));
+        let c = Conn::v4();
+        net.each(&c.handshake());
+        net.batch(&[c.s(0, 0, PSH | ACK).data(&pattern(10, 1))]);
+        let ack = if peer_fin {
+            net.batch(&[c.s(10, 0, FIN | ACK)]);
+            11
+        } else {
+            10
+        };
+        if acked {
+            net.batch(&[c.c(0, ack, ACK)]);
+        }
+        net.take();
+        net.batch(&[c.c(0, ack, RST)]);
+        let got = net.take();
+        assert!(
+            got.ends_with(&destroy_events(Side::Server, "rst")),
+            "peer FIN {peer_fin}, acknowledged {acked}: {got:?}"
+        );
+        assert_eq!(net.engine.stats().flows_live, 0);
+    }
 }
 
 /// After the close, copies of the connection's packets are `late`: no event, no new flow.

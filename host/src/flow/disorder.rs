@@ -12,7 +12,9 @@
 //! - a FIN or an in-window RST beyond the contiguous end, held until the stream reaches it
 //!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
 //!   past the gap, or the flow's end, moves the stream to it);
-//! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it.
+//! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it;
+//! - a RST in sequence while bytes toward its sender may be in flight: it lingers, for the
+//!   allowance or [`RST_LINGER`] of packet time, so that those bytes still reach the stream.
 //!
 //! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
 //! for a flow with something held, or for a FIN), store payload or choose event order.
@@ -58,6 +60,11 @@ fn synchronized(st: TcpState) -> bool {
     )
 }
 
+/// How long a RST lingers at most while bytes toward its sender are in flight (packet time,
+/// ns): bytes sent before the RST reached their sender reach a tap within about a round
+/// trip, and reordering moves packets by far less.
+pub(crate) const RST_LINGER: u64 = 1_000_000_000;
+
 fn order_of(sender: Side) -> Order {
     if sender == Side::Client {
         Order::Load
@@ -85,6 +92,11 @@ impl Engine {
             // A copy of the FIN already held waits with it (the first one's place counts).
             let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
             return flags.fin() && !flags.rst() && f.sides[sender.index()].tx_fin == Some(fin);
+        }
+        if let Some((Ctl::RstLinger, _)) = f.held[receiver.index()].ctl {
+            // Another RST of the sender (the answer to each segment in flight) lingers
+            // with the first.
+            return flags.rst() && !flags.syn();
         }
         if f.held[receiver.index()].ctl.is_some() {
             return false;
@@ -116,7 +128,15 @@ impl Engine {
                 return true;
             }
         }
-        let ahead = start > contig && start - contig <= (1 << 30);
+        // A RST one past a FIN the receiver took is in sequence: the FIN holds a number.
+        let after_fin = flags.rst() && r.rx_fin && start == contig + 1;
+        let ahead = start > contig && start - contig <= (1 << 30) && !after_fin;
+        if flags.rst() && !ahead {
+            let ack = seg.flags.ack().then_some(seg.ack);
+            return self.linger_rst(slot, sender, Some(seg.seq), ack);
+        }
+        let f = self.core.table.flow_mut(slot);
+        let r = &f.sides[receiver.index()];
         let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
         // At the guessed start of a stream (its first packet may have been sent after
         // the data, e.g. a pure ACK): the data before it may come yet.
@@ -156,6 +176,95 @@ impl Engine {
         h.ctl_left = k.saturating_add(1);
         f.disorder = true;
         true
+    }
+
+    /// A believed RST from `sender`, in sequence at stream offset `off` of the receiver's
+    /// stream: held (`Ctl::RstLinger`) when bytes of the receiver toward the RST's sender
+    /// are in flight, since the tap may show them after the RST: the sender had sent its FIN
+    /// (a stack resets a closed socket in answer to a segment that reaches it, while the next
+    /// ones are on the wire, and that segment itself may come after the RST), or the receiver
+    /// had sent bytes the sender had not acknowledged (by the RST's own ACK, `ack`, if it
+    /// has one, else its last). Held for `gap_skip_after` packets of the core, or until the
+    /// flow's end; otherwise (an abort with nothing outstanding) it takes effect now
+    /// (false). `seq`: the RST's sequence number, to check against the window (None: it was
+    /// checked when it was held ahead of the data).
+    fn linger_rst(
+        &mut self,
+        slot: FlowIdx,
+        sender: Side,
+        seq: Option<u32>,
+        ack: Option<u32>,
+    ) -> bool {
+        let k = self.core.cfg.gap_skip_after;
+        let deadline = self.core.now.saturating_add(RST_LINGER);
+        let f = self.core.table.flow_mut(slot);
+        let receiver = sender.peer();
+        let (s, r) = (&f.sides[sender.index()], &f.sides[receiver.index()]);
+        // What the monitor holds of the stream toward the sender, beyond what it acknowledged
+        // (accepted bytes, not sequence numbers: a blind segment moves no stream).
+        let acked = ack.or(s.tx_ack_seen.then_some(s.tx_ack));
+        let unacked = s.rx_base_known
+            && acked.is_some_and(|a| {
+                let off = s.offset_of(a);
+                let contig = s.contig() as i64;
+                off < contig && contig - off <= (1 << 30)
+            });
+        let in_flight = r.tx_seen
+            && s.capacity > 0
+            && !s.rx_fin
+            && synchronized(s.state)
+            && (s.tx_fin.is_some() || unacked);
+        if !in_flight || seq.is_some_and(|seq| !tcp::rst_in_window(r, seq)) {
+            return false;
+        }
+        let h = &mut f.held[receiver.index()];
+        h.ctl = Some((Ctl::RstLinger, deadline));
+        h.ctl_left = k.saturating_add(1);
+        f.disorder = true;
+        let gen = f.gen;
+        self.core.lingering.push_back((deadline, slot, gen));
+        true
+    }
+
+    /// At the end of a batch: lingering RSTs whose deadline the clock passed take effect,
+    /// and their flows end.
+    pub(crate) fn release_lingering(&mut self) {
+        let now = self.core.now;
+        while let Some(&(deadline, slot, gen)) = self.core.lingering.front() {
+            if deadline > now {
+                break;
+            }
+            self.core.lingering.pop_front();
+            if self.core.table.is_live(slot, gen) {
+                self.rst_lingers_past(slot, now);
+            }
+        }
+    }
+
+    /// If a RST of the flow lingers with a deadline at or before `ts`, it takes effect now
+    /// and the flow ends (true).
+    pub(crate) fn rst_lingers_past(&mut self, slot: FlowIdx, ts: u64) -> bool {
+        let gen = self.core.table.flow(slot).gen;
+        for side in Side::BOTH {
+            let f = self.core.table.flow_mut(slot);
+            let Some((Ctl::RstLinger, deadline)) = f.held[side.index()].ctl else {
+                continue;
+            };
+            if deadline > ts {
+                continue;
+            }
+            let h = &mut f.held[side.index()];
+            h.ctl = None;
+            h.ctl_left = 0;
+            f.disorder = f.held.iter().any(Holdback::pending);
+            self.apply_ctl(slot, side, Ctl::Rst, None);
+            if self.core.table.is_live(slot, gen) {
+                let reason = self.core.table.flow(slot).end_reason;
+                self.destroy(slot, reason.unwrap_or(EndReason::Rst), Some(side));
+            }
+            return true;
+        }
+        false
     }
 
     /// A stream whose first segment was not its SYN (mid-stream, or the SYN was only
@@ -410,6 +519,21 @@ impl Engine {
             if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
                 continue;
             }
+            if ctl == Ctl::RstLinger {
+                // In sequence already: it waits for the bytes in flight toward its sender,
+                // for `gap_skip_after` packets of the flow, or to its deadline
+                // (`rst_lingers_past`).
+                h.ctl_left = h.ctl_left.saturating_sub(1);
+                if h.ctl_left > 0 {
+                    continue;
+                }
+                h.ctl = None;
+                self.apply_ctl(slot, side, Ctl::Rst, pkt);
+                if !self.core.table.is_live(slot, gen) {
+                    return false;
+                }
+                continue;
+            }
             if ctl == Ctl::Fin && h.base_guess && h.ctl_left > 0 {
                 // The stream's start is still a guess: the bytes before the FIN may come.
                 h.ctl_left -= 1;
@@ -452,6 +576,10 @@ impl Engine {
                 self.skip_acked(slot, side, off);
             }
             self.core.table.flow_mut(slot).held[side.index()].ctl = None;
+            // In sequence now: it lingers as any RST does while the other way is open.
+            if ctl == Ctl::Rst && self.linger_rst(slot, side.peer(), None, None) {
+                continue;
+            }
             self.apply_ctl(slot, side, ctl, pkt);
             if !self.core.table.is_live(slot, gen) {
                 return false;
@@ -506,7 +634,7 @@ impl Engine {
                     synthetic(TcpFlags::FIN, fin, 0, window)
                 }
             }
-            Ctl::Rst => {
+            Ctl::Rst | Ctl::RstLinger => {
                 // Checked against the window when it was held; here it is in sequence.
                 let r = &f.sides[receiver.index()];
                 synthetic(
@@ -583,9 +711,11 @@ impl Engine {
                 continue;
             };
             f.held[side.index()].ctl_left = 0;
-            self.skip_acked(slot, side, off);
+            if ctl != Ctl::RstLinger {
+                self.skip_acked(slot, side, off);
+            }
             self.apply_ctl(slot, side, ctl, None);
-            if ctl == Ctl::Rst {
+            if ctl != Ctl::Fin {
                 implied = Some(EndReason::Rst);
             }
         }

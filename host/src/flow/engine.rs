@@ -39,6 +39,11 @@ pub(crate) struct Core {
     pub(crate) stats: Stats,
     pub(crate) marks: NewDataMarks,
     pub(crate) tombs: Tombstones,
+    /// Flows whose RST lingers (`Ctl::RstLinger`), with the packet time at which it takes
+    /// effect at the latest: (deadline, slot, generation), in deadline order (one allowance
+    /// for all, from a clock that does not go back). Stale entries (the flow ended
+    /// otherwise) are skipped.
+    pub(crate) lingering: std::collections::VecDeque<(u64, FlowIdx, u32)>,
     /// The link type of the frame being processed: stream filters need it.
     pub(crate) link: Option<LinkType>,
 }
@@ -109,6 +114,7 @@ impl Engine {
                 stats: Stats::default(),
                 marks: NewDataMarks::new(),
                 tombs: Tombstones::new(cfg.tombstones),
+                lingering: std::collections::VecDeque::new(),
                 now: 0,
                 link: None,
                 cfg,
@@ -388,6 +394,10 @@ impl Engine {
                 // a SYN on the same endpoints is the next connection (or a late copy of
                 // this one's, which its tombstone counts).
                 self.destroy(slot, EndReason::Fin, None);
+                found = None;
+            } else if f.disorder && self.rst_lingers_past(slot, ts) {
+                // Its RST took effect before this packet, as it does at the end of a batch
+                // whose clock passed the deadline (the same for any number of cores).
                 found = None;
             }
         }
@@ -670,6 +680,7 @@ impl Engine {
         self.deliver_batches();
         self.run_timers();
         self.expire();
+        self.release_lingering();
         self.flush_pending();
         self.batch_boundary();
     }
@@ -694,14 +705,20 @@ impl Engine {
     }
 
     /// When [`Engine::end_batch`] next has time-driven work: a timer, the end of a
-    /// TIME_WAIT or an idle timeout (`None`: nothing pending). A live source that sees no
+    /// TIME_WAIT, a lingering RST or an idle timeout (`None`: nothing pending). A live source that sees no
     /// packet may sleep until then and [`Engine::advance`].
     pub fn next_deadline(&self) -> Option<u64> {
-        timers::next_deadline(
+        let due = timers::next_deadline(
             &self.core.timers,
             &self.core.table,
             self.core.cfg.tcp_timeout,
-        )
+        );
+        // A lingering RST (disorder.rs); a stale entry only wakes the loop once.
+        let linger = self.core.lingering.front().map(|e| e.0);
+        match (due, linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn orphan(&mut self, seg: &TcpSegment<'_>, frame: &[u8]) {

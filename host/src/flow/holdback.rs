@@ -10,6 +10,11 @@
 pub(crate) enum Ctl {
     Fin,
     Rst,
+    /// A RST in sequence, sent while the other direction had bytes in flight toward its
+    /// sender: it lingers for the allowance, so that those bytes, which the tap may show
+    /// after it, still reach the stream (SPEC §3.1). Its `u64` in [`Holdback::ctl`] is the
+    /// packet time it takes effect at, at the latest.
+    RstLinger,
 }
 
 /// What is held for the stream one side receives.
@@ -24,7 +29,8 @@ pub(crate) struct Holdback {
     pub(crate) skip_to: u64,
     pub(crate) skip_left: u32,
     pub(crate) skip_mark: u32,
-    /// The peer's FIN or RST beyond the contiguous end, and its stream offset.
+    /// The peer's FIN or RST beyond the contiguous end, and its stream offset (for a
+    /// lingering RST: its deadline in packet time).
     pub(crate) ctl: Option<(Ctl, u64)>,
     pub(crate) ctl_left: u32,
     /// Highest acknowledgement number this side sent that was ahead of its stream (or
