@@ -885,6 +885,32 @@ fn midstream_data_creates_partial_flow() {
     assert_eq!(read.borrow()[Side::Server.index()], b"GET / HTTP/1.0\r\n");
 }
 
+/// Who is the client of a flow picked up mid-stream (SPEC §3.1): the side on a well-known
+/// port is the server, else the side on the lower port, else (equal ports) the first
+/// packet's sender is the client, whichever side spoke first.
+#[test]
+fn midstream_roles_follow_the_ports_not_the_first_packet() {
+    for (cli, svr, server_first, first_line) in [
+        ("10.0.0.1:40000", "10.0.0.2:80", true, "svr snd PKT_IN"),
+        ("10.0.0.1:22382", "10.0.0.2:5201", true, "svr snd PKT_IN"),
+        ("10.0.0.1:22382", "10.0.0.2:5201", false, "cli snd PKT_IN"),
+        // Equal ports: the first packet's sender is taken for the client.
+        ("10.0.0.1:7000", "10.0.0.2:7000", false, "cli snd PKT_IN"),
+    ] {
+        let log = new_log();
+        let mut net = Net::simple(skip_at_once(), Recorder::new(&log));
+        let c = Conn::new(cli, svr);
+        let first = if server_first {
+            c.s(0, 0, PSH | ACK).data(b"reply")
+        } else {
+            c.c(0, 0, PSH | ACK).data(b"request")
+        };
+        net.batch(&[first]);
+        let got = net.take();
+        assert_eq!(got.first().map(String::as_str), Some(first_line), "{cli} {svr}");
+    }
+}
+
 #[test]
 fn a_midstream_start_moves_back_for_the_segment_the_first_one_overtook() {
     let log = new_log();

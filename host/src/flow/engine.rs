@@ -613,6 +613,11 @@ impl Engine {
             src_is_lo
         } else if seg.src_port < 1024 && seg.dst_port >= 1024 {
             !src_is_lo
+        } else if seg.src_port != seg.dst_port {
+            // Neither or both well-known: the lower port is the service's (ephemeral ports
+            // are handed out from the top of the range), whichever side spoke first: a tap
+            // may show the server's packets before the SYN.
+            (seg.src_port > seg.dst_port) == src_is_lo
         } else {
             src_is_lo
         };
