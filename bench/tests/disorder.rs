@@ -16,6 +16,13 @@ use flowpeek_bench::mangle::{mangle_file, MangleConfig};
 mod plugin_util;
 
 fn records(path: &Path) -> Vec<StreamRecord> {
+    let (records, error) = records_and_error(path);
+    assert!(error.is_none(), "{error:?}");
+    records
+}
+
+/// The records, and the damage that ended the capture early, if any.
+fn records_and_error(path: &Path) -> (Vec<StreamRecord>, Option<String>) {
     // As `flowpeek streams` sets them: 256 KiB per side, in the engine too.
     let buffer = 256 * 1024;
     let opts = StreamsOptions {
@@ -28,8 +35,7 @@ fn records(path: &Path) -> Vec<StreamRecord> {
         sha256: false,
     };
     let report = streams::run(path, &opts, |_, _| {}).expect("streams");
-    assert!(report.capture_error.is_none(), "{:?}", report.capture_error);
-    report.records
+    (report.records, report.capture_error.map(|e| e.to_string()))
 }
 
 /// Connections keyed by endpoints and their ordinal among connections with those endpoints.
@@ -171,3 +177,116 @@ fn mangled_gen_captures_reassemble_like_the_clean_ones() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Every capture of shared/corpus/public (pcap and pcapng).
+fn public_captures() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "pcap" || x == "pcapng") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&plugin_util::corpus().join("public"), &mut out);
+    out.sort();
+    out
+}
+
+/// The public captures with handshakes (zeek's, suricata-verify's, ...): every connection
+/// the clean capture shows whole (its SYN seen, nothing missing either way, closed by FIN or
+/// RST) should reassemble identically from each mangled version. Connections the clean
+/// capture shows damaged (lost bytes, no handshake, cut by the capture's end) have no clean
+/// answer to compare with. Not all do yet: at most [`PUBLIC_MISSES_AT_MOST`] differ.
+#[test]
+fn mangled_public_captures_keep_their_whole_connections() {
+    let captures = public_captures();
+    assert!(captures.len() > 200, "{} captures", captures.len());
+    let dir = std::env::temp_dir().join(format!("flowpeek-disorder-pub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut compared, mut captures_used, mut failures) = (0usize, 0usize, Vec::new());
+    for capture in &captures {
+        let (clean, damaged) = records_and_error(capture);
+        if damaged.is_some() {
+            continue; // a truncated capture: the mangler refuses it
+        }
+        let whole: Vec<&StreamRecord> = clean
+            .iter()
+            .filter(|r| {
+                !r.partial
+                    && (r.close == "fin" || r.close == "rst")
+                    && r.c2s.missing == 0
+                    && r.s2c.missing == 0
+            })
+            .collect();
+        if whole.is_empty() {
+            continue;
+        }
+        captures_used += 1;
+        let name = capture
+            .strip_prefix(plugin_util::corpus())
+            .unwrap_or(capture)
+            .display()
+            .to_string();
+        for (label, cfg) in modes() {
+            let out = dir.join("mangled.pcap");
+            if let Err(e) = mangle_file(capture, &out, &cfg) {
+                // More than one link type: the mangler refuses it (and says so).
+                assert!(e.contains("link"), "{name}: {e}");
+                break;
+            }
+            let mangled = records(&out);
+            let (_, _, _, wrong) = compare(&clean, &mangled);
+            for r in &whole {
+                compared += 1;
+                let key = format!("{}->{}#", r.client, r.server);
+                if let Some(w) = wrong.iter().find(|w| w.starts_with(&key)) {
+                    let named = PUBLIC_KNOWN
+                        .iter()
+                        .any(|k| name.ends_with(k.0) && k.1 == label && w.starts_with(k.2));
+                    if !named {
+                        failures.push(format!("{name} {label}: {w}"));
+                    }
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    eprintln!(
+        "{captures_used} public captures with whole connections, {compared} connection-modes compared, {} differ",
+        failures.len()
+    );
+    assert!(captures_used > 100, "only {captures_used} captures used");
+    assert!(compared > 7000, "only {compared} connection-modes compared");
+    // Issue 11 is open on these: the test fails if more differ than today, and says so when
+    // fewer do (then lower the bound, and the figure in docs/SPEC.md §3.1).
+    assert!(
+        failures.len() <= PUBLIC_MISSES_AT_MOST,
+        "{} differ, more than the {PUBLIC_MISSES_AT_MOST} of 2026-12-04: {failures:#?}",
+        failures.len()
+    );
+    if failures.len() < PUBLIC_MISSES_AT_MOST {
+        eprintln!(
+            "fewer misses than the bound ({} < {PUBLIC_MISSES_AT_MOST}): lower PUBLIC_MISSES_AT_MOST",
+            failures.len()
+        );
+    }
+}
+
+/// How many whole connection-modes of the public captures differed on 2026-12-04 (of
+/// 7,266): FTP data connections whose first packet in the mangled capture is not the SYN
+/// and whose client has the lower port (the roles are guessed from the ports and the SYN
+/// that follows does not swap them: 69, all in FTP captures), RSTs overtaken or overtaking (smb, tls, evasion
+/// captures), and a flow opened by a stray segment before the SYN. docs/SPEC.md §3.1.
+const PUBLIC_MISSES_AT_MOST: usize = 137;
+
+/// Whole connections of public captures that a mangled version does not give back, each
+/// with why: (capture path suffix, mode, connection as `compare` prints it). Not counted
+/// against [`PUBLIC_MISSES_AT_MOST`].
+const PUBLIC_KNOWN: &[(&str, &str, &str)] = &[];

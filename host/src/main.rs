@@ -290,10 +290,10 @@ struct EngineArgs {
     /// many packets (its first bytes are delivered then). A FIN beyond the data takes effect when the stream
     /// reaches it or when the receiver acknowledges the FIN (the connection then still
     /// waits, for the allowance, for the bytes before it); an in-window RST beyond the
-    /// data when the stream reaches it or after the allowance. An in-sequence RST sent
-    /// while the other side's bytes toward its sender are in flight (unacknowledged, or its
-    /// sender had sent a FIN) lingers for the allowance or one second of packet time,
-    /// whichever comes first, so that those bytes still reach the stream. A closed connection's late
+    /// data when the stream reaches it or after the allowance. An in-sequence RST from a
+    /// side that has not received its peer's FIN lingers for the allowance or one second of
+    /// packet time, whichever comes first, so that the peer's bytes still in flight reach
+    /// the stream. A closed connection's late
     /// packets are counted as "late", not taken for a new connection (--profile mos: they
     /// are orphans, as in mOS). 0: mOS's rule, skip and apply at once [default: 64;
     /// --profile mos: 0].

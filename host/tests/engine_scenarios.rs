@@ -170,13 +170,13 @@ fn rst_from_client() {
     net.each(&c.handshake());
     net.take();
     net.batch(&[c.c(0, 0, RST | ACK)]);
+    // The server's direction is open: the RST lingers (SPEC §3.1).
+    assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
     assert_eq!(
-        net.take(),
+        close_events_after_the_linger(&mut net),
         cat(&[
             strs(&[
-                "cli snd PKT_IN",
                 "cli snd TCP_STATE_CHANGE CLOSED",
-                "svr rcv PKT_IN",
                 "svr rcv TCP_STATE_CHANGE CLOSED",
             ]),
             destroy_events(Side::Server, "rst"),
@@ -190,6 +190,29 @@ fn rst_from_client() {
 fn rst_from_server() {
     let log = new_log();
     let mut net = Net::simple(cfg(), Recorder::new(&log));
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    net.take();
+    net.batch(&[c.s(0, 0, RST)]);
+    assert_eq!(net.take(), strs(&["svr snd PKT_IN", "cli rcv PKT_IN"]));
+    assert_eq!(
+        close_events_after_the_linger(&mut net),
+        cat(&[
+            strs(&[
+                "svr snd TCP_STATE_CHANGE CLOSED",
+                "cli rcv TCP_STATE_CHANGE CLOSED",
+            ]),
+            destroy_events(Side::Client, "rst"),
+        ])
+    );
+    assert_eq!(net.engine.stats().flows_live, 0);
+}
+
+/// Without a reordering allowance (`--profile mos`), a RST ends the flow at once, as in mOS.
+#[test]
+fn rst_ends_the_flow_at_once_without_allowance() {
+    let log = new_log();
+    let mut net = Net::simple(skip_at_once(), Recorder::new(&log));
     let c = Conn::v4();
     net.each(&c.handshake());
     net.take();
@@ -907,7 +930,11 @@ fn midstream_roles_follow_the_ports_not_the_first_packet() {
         };
         net.batch(&[first]);
         let got = net.take();
-        assert_eq!(got.first().map(String::as_str), Some(first_line), "{cli} {svr}");
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some(first_line),
+            "{cli} {svr}"
+        );
     }
 }
 
@@ -1106,14 +1133,15 @@ fn stop_monitoring_one_side() {
             ));
         }
     });
-    let mut net = Net::simple(cfg(), rec);
+    // A RST ends the flow at once without the reordering allowance (else it lingers
+    // while the other direction is open, SPEC §3.1).
+    let mut net = Net::simple(skip_at_once(), rec);
     let c = Conn::v4();
     net.each(&c.handshake());
     net.batch(&[
         c.c(0, 0, PSH | ACK).data(b"req"),
         c.s(0, 3, PSH | ACK).data(b"resp"),
     ]);
-    // The client took "resp" (its RST acknowledges it) and aborts: nothing is in flight.
     net.batch(&[c.c(3, 4, RST | ACK)]);
     assert_eq!(
         net.take(),
@@ -1159,7 +1187,12 @@ fn stop_monitoring_both_ends_at_once_for_that_monitor_only() {
             .with(EventKind::PktIn, Hook::Rcv)
             .with(EventKind::ConnEnd, Hook::Snd),
     );
-    let mut net = Net::new(cfg(), &log, vec![Box::new(stopper), Box::new(other)]);
+    // A RST ends the flow at once without the reordering allowance (SPEC §3.1).
+    let mut net = Net::new(
+        skip_at_once(),
+        &log,
+        vec![Box::new(stopper), Box::new(other)],
+    );
     let c = Conn::v4();
     net.each(&[c.syn()]);
     net.take();
@@ -1212,7 +1245,9 @@ fn per_flow_timer_fires_at_end_of_batch_once_due() {
                 cx.tcp_state(flow.unwrap(), Side::Client)
             ));
         });
-    let mut net = Net::simple(cfg(), rec);
+    // A RST ends the flow at once without the reordering allowance (else it lingers
+    // while the other direction is open, SPEC §3.1).
+    let mut net = Net::simple(skip_at_once(), rec);
     let c = Conn::v4();
     net.each(&[c.syn()]);
     assert_eq!(
@@ -1300,7 +1335,9 @@ fn pending_new_data_delivered_before_conn_end_in_same_batch() {
     let log = new_log();
     let rec = Recorder::new(&log).consuming();
     let read = rec.read_handle();
-    let mut net = Net::simple(cfg(), rec);
+    // A RST ends the flow at once without the reordering allowance (else it lingers
+    // while the other direction is open, SPEC §3.1).
+    let mut net = Net::simple(skip_at_once(), rec);
     let c = Conn::v4();
     net.each(&c.handshake());
     net.take();
@@ -1603,18 +1640,24 @@ fn rst_ahead_of_data_ends_the_flow_after_the_data() {
     net.batch(&[c.c(0, 0, PSH | ACK).data(&data)]);
     assert_eq!(
         net.take(),
+        strs(&[
+            "cli snd PKT_IN",
+            "svr rcv PKT_IN",
+            "svr null CONN_NEW_DATA 100"
+        ])
+    );
+    assert_eq!(read.borrow()[Side::Server.index()], data);
+    // In sequence now, it lingers as any RST while the other direction is open.
+    assert_eq!(
+        close_events_after_the_linger(&mut net),
         cat(&[
             strs(&[
-                "cli snd PKT_IN",
-                "svr rcv PKT_IN",
                 "cli snd TCP_STATE_CHANGE CLOSED",
                 "svr rcv TCP_STATE_CHANGE CLOSED",
-                "svr null CONN_NEW_DATA 100",
             ]),
             destroy_events(Side::Server, "rst"),
         ])
     );
-    assert_eq!(read.borrow()[Side::Server.index()], data);
 }
 
 /// The events a lingering RST brings (SPEC §3.1): none half a second of packet time after
@@ -1628,15 +1671,14 @@ fn close_events_after_the_linger(net: &mut Net) -> Vec<String> {
     net.take()
 }
 
-/// A RST in sequence while the other side's bytes toward its sender are in flight lingers
-/// (SPEC §3.1): the peer's bytes that the tap shows after it (sent before the RST reached
-/// the peer) still reach the stream, later copies of the RST wait with it, and the flow
-/// ends a second of packet time later (or after `gap_skip_after` more packets of the flow,
-/// or at a packet of the flow past the second: then that packet is late). In flight: the RST's
-/// sender had not acknowledged all it was sent, or (a reset of a socket closed with a FIN,
-/// in answer to a segment that reached it) had sent its FIN.
+/// A RST in sequence while the other direction is open lingers (SPEC §3.1): the peer's
+/// bytes that the tap shows after it (sent before the RST reached the peer) still reach the
+/// stream, later copies of the RST wait with it, and the flow ends a second of packet time
+/// later (or after `gap_skip_after` more packets of the flow, or at a packet of the flow
+/// past the second: then that packet is late). With or without the RST's sender having
+/// acknowledged what it got, or sent its FIN (a reset of a closed socket).
 #[test]
-fn rst_lingers_while_bytes_toward_its_sender_are_in_flight() {
+fn rst_lingers_while_the_other_direction_is_open() {
     for fin_first in [false, true] {
         rst_lingers(fin_first);
     }
@@ -1726,16 +1768,11 @@ fn a_packet_past_the_linger_finds_the_flow_closed() {
     assert_eq!((st.flows_live, st.late, st.flows_created), (0, 1, 1));
 }
 
-/// A RST with nothing in flight toward its sender (all acknowledged, no FIN of its own),
-/// from a side that has its peer's FIN, or with no reordering allowance (`--profile mos`),
-/// takes effect at once.
+/// A RST from a side that has its peer's FIN (the other direction is closed), or with no
+/// reordering allowance (`--profile mos`), takes effect at once.
 #[test]
-fn rst_with_nothing_in_flight_ends_the_flow_at_once() {
-    for (config, peer_fin, acked) in [
-        (cfg(), false, true),
-        (cfg(), true, false),
-        (skip_at_once(), false, false),
-    ] {
+fn rst_with_the_other_direction_closed_ends_the_flow_at_once() {
+    for (config, peer_fin) in [(cfg(), true), (skip_at_once(), false)] {
         let log = new_log();
         let mut net = Net::simple(config, Recorder::new(&log));
         let c = Conn::v4();
@@ -1747,15 +1784,12 @@ fn rst_with_nothing_in_flight_ends_the_flow_at_once() {
         } else {
             10
         };
-        if acked {
-            net.batch(&[c.c(0, ack, ACK)]);
-        }
         net.take();
-        net.batch(&[c.c(0, ack, RST)]);
+        net.batch(&[c.c(0, ack, RST | ACK)]);
         let got = net.take();
         assert!(
             got.ends_with(&destroy_events(Side::Server, "rst")),
-            "peer FIN {peer_fin}, acknowledged {acked}: {got:?}"
+            "peer FIN {peer_fin}: {got:?}"
         );
         assert_eq!(net.engine.stats().flows_live, 0);
     }

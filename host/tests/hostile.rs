@@ -392,8 +392,11 @@ fn blind_rsts_are_ignored_and_an_in_window_rst_ends_the_flow() {
         "hello world",
         "data intact"
     );
-    // An in-window RST (exactly the next sequence number) ends it.
+    // An in-window RST (exactly the next sequence number) ends it, once it has lingered
+    // for bytes the server may still have in flight (a second of packet time, SPEC §3.1).
     net.each(&[c.c(11, 0, RST)]);
+    assert_eq!(net.engine.stats().flows_live, 1, "the RST lingers");
+    net.advance(1_100_000_000);
     let lines = net.take();
     assert!(
         lines.iter().any(|l| l.ends_with("CONN_END rst")),

@@ -142,6 +142,8 @@ fn ebadf_handle_of_ended_flow() {
         net.each(&a.handshake());
         net.batch(&[a.c(0, 0, PSH | ACK).data(b"aaaa")]);
         net.batch(&[a.c(4, 0, RST)]);
+        // The RST lingers a second of packet time for the server's bytes in flight.
+        net.advance(1_100_000_000);
         net.each(&b.handshake());
         net.batch(&[b.c(0, 0, PSH | ACK).data(b"bbbb")]);
     });
@@ -738,6 +740,7 @@ fn reads_work_inside_conn_end() {
         net.each(&c.handshake());
         net.batch(&[c.c(0, 0, PSH | ACK).data(b"bye")]);
         net.batch(&[c.c(3, 0, RST)]);
+        net.advance(1_100_000_000); // the RST lingers (SPEC §3.1)
     });
     assert_eq!(
         *got.borrow(),

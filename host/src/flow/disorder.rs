@@ -13,8 +13,9 @@
 //!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
 //!   past the gap, or the flow's end, moves the stream to it);
 //! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it;
-//! - a RST in sequence while bytes toward its sender may be in flight: it lingers, for the
-//!   allowance or [`RST_LINGER`] of packet time, so that those bytes still reach the stream.
+//! - a RST in sequence while the other direction is open: it lingers, for the allowance or
+//!   [`RST_LINGER`] of packet time, so that bytes in flight toward its sender still reach
+//!   the stream.
 //!
 //! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
 //! for a flow with something held, or for a FIN), store payload or choose event order.
@@ -60,8 +61,7 @@ fn synchronized(st: TcpState) -> bool {
     )
 }
 
-/// How long a RST lingers at most while bytes toward its sender are in flight (packet time,
-/// ns): bytes sent before the RST reached their sender reach a tap within about a round
+/// How long a RST lingers at most while the other direction is open (packet time, ns): bytes sent before the RST reached their sender reach a tap within about a round
 /// trip, and reordering moves packets by far less.
 pub(crate) const RST_LINGER: u64 = 1_000_000_000;
 
@@ -132,8 +132,7 @@ impl Engine {
         let after_fin = flags.rst() && r.rx_fin && start == contig + 1;
         let ahead = start > contig && start - contig <= (1 << 30) && !after_fin;
         if flags.rst() && !ahead {
-            let ack = seg.flags.ack().then_some(seg.ack);
-            return self.linger_rst(slot, sender, Some(seg.seq), ack);
+            return self.linger_rst(slot, sender, Some(seg.seq));
         }
         let f = self.core.table.flow_mut(slot);
         let r = &f.sides[receiver.index()];
@@ -178,43 +177,23 @@ impl Engine {
         true
     }
 
-    /// A believed RST from `sender`, in sequence at stream offset `off` of the receiver's
-    /// stream: held (`Ctl::RstLinger`) when bytes of the receiver toward the RST's sender
-    /// are in flight, since the tap may show them after the RST: the sender had sent its FIN
-    /// (a stack resets a closed socket in answer to a segment that reaches it, while the next
-    /// ones are on the wire, and that segment itself may come after the RST), or the receiver
-    /// had sent bytes the sender had not acknowledged (by the RST's own ACK, `ack`, if it
-    /// has one, else its last). Held for `gap_skip_after` packets of the core, or until the
-    /// flow's end; otherwise (an abort with nothing outstanding) it takes effect now
-    /// (false). `seq`: the RST's sequence number, to check against the window (None: it was
-    /// checked when it was held ahead of the data).
-    fn linger_rst(
-        &mut self,
-        slot: FlowIdx,
-        sender: Side,
-        seq: Option<u32>,
-        ack: Option<u32>,
-    ) -> bool {
+    /// A believed RST from `sender`, in sequence: held (`Ctl::RstLinger`) while the other
+    /// direction (the receiver's bytes toward the RST's sender) is open, since bytes the
+    /// receiver sent before the RST reached it may show on the tap after the RST. Whether
+    /// any are in flight cannot be told from what the tap showed so far: the segment that
+    /// made the sender's stack reset may itself come after the RST, and the ACKs before it
+    /// may be late too. Held for `gap_skip_after` packets of the flow or [`RST_LINGER`] of
+    /// packet time, or until the flow's end; otherwise (the other direction closed, or
+    /// never opened) it takes effect now (false). `seq`: the RST's sequence number, to
+    /// check against the window (None: it was checked when it was held ahead of the data).
+    fn linger_rst(&mut self, slot: FlowIdx, sender: Side, seq: Option<u32>) -> bool {
         let k = self.core.cfg.gap_skip_after;
         let deadline = self.core.now.saturating_add(RST_LINGER);
         let f = self.core.table.flow_mut(slot);
         let receiver = sender.peer();
         let (s, r) = (&f.sides[sender.index()], &f.sides[receiver.index()]);
-        // What the monitor holds of the stream toward the sender, beyond what it acknowledged
-        // (accepted bytes, not sequence numbers: a blind segment moves no stream).
-        let acked = ack.or(s.tx_ack_seen.then_some(s.tx_ack));
-        let unacked = s.rx_base_known
-            && acked.is_some_and(|a| {
-                let off = s.offset_of(a);
-                let contig = s.contig() as i64;
-                off < contig && contig - off <= (1 << 30)
-            });
-        let in_flight = r.tx_seen
-            && s.capacity > 0
-            && !s.rx_fin
-            && synchronized(s.state)
-            && (s.tx_fin.is_some() || unacked);
-        if !in_flight || seq.is_some_and(|seq| !tcp::rst_in_window(r, seq)) {
+        let open = r.tx_seen && s.capacity > 0 && !s.rx_fin && synchronized(s.state);
+        if !open || seq.is_some_and(|seq| !tcp::rst_in_window(r, seq)) {
             return false;
         }
         let h = &mut f.held[receiver.index()];
@@ -577,7 +556,7 @@ impl Engine {
             }
             self.core.table.flow_mut(slot).held[side.index()].ctl = None;
             // In sequence now: it lingers as any RST does while the other way is open.
-            if ctl == Ctl::Rst && self.linger_rst(slot, side.peer(), None, None) {
+            if ctl == Ctl::Rst && self.linger_rst(slot, side.peer(), None) {
                 continue;
             }
             self.apply_ctl(slot, side, ctl, pkt);
