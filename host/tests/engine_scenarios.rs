@@ -938,6 +938,42 @@ fn midstream_roles_follow_the_ports_not_the_first_packet() {
     }
 }
 
+/// Roles guessed wrong (the client's data from the lower port came before the handshake)
+/// are put right by the SYN/ACK, or by the SYN, that follows, while nothing was delivered:
+/// the sides swap and the streams go with them (SPEC §3.1).
+#[test]
+fn a_handshake_after_the_first_packet_names_the_client() {
+    for synack_first in [true, false] {
+        let log = new_log();
+        let rec = Recorder::new(&log).consuming();
+        let read = rec.read_handle();
+        let mut net = Net::simple(cfg(), rec);
+        // The client's port is the lower: the port rule takes it for the server's.
+        let c = Conn::new("10.0.0.1:2336", "10.0.0.2:2869");
+        net.batch(&[c.c(0, 0, PSH | ACK).data(b"request")]);
+        assert_eq!(net.take()[0], "svr snd PKT_IN", "guessed from the ports");
+        let handshake = if synack_first {
+            vec![c.synack(), c.syn()]
+        } else {
+            vec![c.syn(), c.synack()]
+        };
+        net.batch(&handshake);
+        let got = net.take();
+        // From the handshake on, the sides are named right.
+        let first = if synack_first {
+            "svr snd PKT_IN"
+        } else {
+            "cli snd PKT_IN"
+        };
+        assert_eq!(got[0], first, "SYN/ACK first: {synack_first}: {got:?}");
+        net.batch(&[c.s(0, 7, PSH | ACK).data(b"reply")]);
+        net.batch(&[c.c(7, 5, FIN | ACK), c.s(5, 8, FIN | ACK), c.c(8, 6, ACK)]);
+        assert_eq!(net.engine.stats().flows_live, 0);
+        assert_eq!(read.borrow()[Side::Server.index()], b"request");
+        assert_eq!(read.borrow()[Side::Client.index()], b"reply");
+    }
+}
+
 #[test]
 fn a_midstream_start_moves_back_for_the_segment_the_first_one_overtook() {
     let log = new_log();

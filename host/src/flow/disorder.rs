@@ -13,6 +13,8 @@
 //!   (a RST at most for the same allowance; a FIN, like a receiving stack, until an ACK
 //!   past the gap, or the flow's end, moves the stream to it);
 //! - a FIN whose ACK came first: the FIN's sender moves on as if the ACK came after it;
+//! - roles guessed wrong on a flow picked up mid-stream: the handshake that follows swaps
+//!   the sides while nothing was delivered;
 //! - a RST in sequence while the other direction is open: it lingers, for the allowance or
 //!   [`RST_LINGER`] of packet time, so that bytes in flight toward its sender still reach
 //!   the stream.
@@ -244,6 +246,43 @@ impl Engine {
             return true;
         }
         false
+    }
+
+    /// A bare SYN on a flow picked up mid-stream from the side taken for the server, or a
+    /// SYN/ACK (`synack`) from the side taken for the client: the roles were guessed wrong
+    /// (the tap showed other packets of the connection before its handshake), and they swap
+    /// if nothing of either stream was delivered or read yet. The `PktIn` events already
+    /// delivered named the sides as guessed.
+    pub(crate) fn name_client_by_syn(&mut self, slot: FlowIdx, src_is_lo: bool, synack: bool) {
+        let f = self.core.table.flow(slot);
+        let from_client = src_is_lo == f.client_is_lo;
+        if !f.partial || from_client != synack {
+            return;
+        }
+        let untouched = f
+            .sides
+            .iter()
+            .all(|s| s.newdata_mark == 0 && !s.read.get() && !s.syn_seen);
+        // Per-side settings (a monitor may buffer one side only) stay with the side: the
+        // streams can move only between sides set up alike.
+        let [a, b] = &f.sides;
+        if !untouched || a.capacity != b.capacity || a.overlap != b.overlap {
+            return;
+        }
+        let nmon = self.monitors.len();
+        let gen = f.gen;
+        // A `NewData` owed at the end of this batch follows its stream.
+        self.core.marks.swap_sides(slot, gen);
+        let f = self.core.table.flow_mut(slot);
+        f.sides.swap(0, 1);
+        f.held.swap(0, 1);
+        f.client_is_lo = !f.client_is_lo;
+        f.last.sender = f.last.sender.map(Side::peer);
+        for m in 0..nmon {
+            let mf = self.core.table.mon_mut(slot, m);
+            mf.cursor.swap(0, 1);
+            mf.stopped = ((mf.stopped & 1) << 1) | ((mf.stopped >> 1) & 1);
+        }
     }
 
     /// A stream whose first segment was not its SYN (mid-stream, or the SYN was only

@@ -408,6 +408,9 @@ impl Engine {
                 None => return,
             },
         };
+        if seg.flags.syn() && !seg.flags.rst() {
+            self.name_client_by_syn(slot, src_is_lo, seg.flags.ack());
+        }
         let core = &mut self.core;
         let sender = if src_is_lo == core.table.flow(slot).client_is_lo {
             Side::Client

@@ -41,6 +41,13 @@ impl NewDataMarks {
         self.list[i]
     }
 
+    /// The flow's sides swapped (its roles were guessed wrong): its marks follow them.
+    pub(crate) fn swap_sides(&mut self, slot: FlowIdx, gen: u32) {
+        for m in self.list.iter_mut().filter(|m| m.0 == slot && m.1 == gen) {
+            m.2 = m.2.peer();
+        }
+    }
+
     /// Forgets every mark (after delivery).
     #[inline]
     pub(crate) fn clear(&mut self) {
