@@ -38,6 +38,18 @@ fn destroy_events(first: Side, reason: &str) -> Vec<String> {
     v
 }
 
+/// What a RST from `sender` brings when it takes effect: both transitions to CLOSED, then
+/// the flow's end, receiver first.
+fn rst_close_events(sender: Side) -> Vec<String> {
+    let (s, r) = (sender.short_name(), sender.peer().short_name());
+    let mut v = vec![
+        format!("{s} snd TCP_STATE_CHANGE CLOSED"),
+        format!("{r} rcv TCP_STATE_CHANGE CLOSED"),
+    ];
+    v.extend(destroy_events(sender.peer(), "rst"));
+    v
+}
+
 fn cat(parts: &[Vec<String>]) -> Vec<String> {
     parts.concat()
 }
@@ -174,13 +186,7 @@ fn rst_from_client() {
     assert_eq!(net.take(), strs(&["cli snd PKT_IN", "svr rcv PKT_IN"]));
     assert_eq!(
         close_events_after_the_linger(&mut net),
-        cat(&[
-            strs(&[
-                "cli snd TCP_STATE_CHANGE CLOSED",
-                "svr rcv TCP_STATE_CHANGE CLOSED",
-            ]),
-            destroy_events(Side::Server, "rst"),
-        ])
+        rst_close_events(Side::Client)
     );
     assert_eq!(net.engine.stats().flows_live, 0);
     assert_eq!(net.engine.stats().rst_ignored, 0);
@@ -197,13 +203,7 @@ fn rst_from_server() {
     assert_eq!(net.take(), strs(&["svr snd PKT_IN", "cli rcv PKT_IN"]));
     assert_eq!(
         close_events_after_the_linger(&mut net),
-        cat(&[
-            strs(&[
-                "svr snd TCP_STATE_CHANGE CLOSED",
-                "cli rcv TCP_STATE_CHANGE CLOSED",
-            ]),
-            destroy_events(Side::Client, "rst"),
-        ])
+        rst_close_events(Side::Server)
     );
     assert_eq!(net.engine.stats().flows_live, 0);
 }
@@ -1686,13 +1686,7 @@ fn rst_ahead_of_data_ends_the_flow_after_the_data() {
     // In sequence now, it lingers as any RST while the other direction is open.
     assert_eq!(
         close_events_after_the_linger(&mut net),
-        cat(&[
-            strs(&[
-                "cli snd TCP_STATE_CHANGE CLOSED",
-                "svr rcv TCP_STATE_CHANGE CLOSED",
-            ]),
-            destroy_events(Side::Server, "rst"),
-        ])
+        rst_close_events(Side::Client)
     );
 }
 
@@ -1763,13 +1757,7 @@ fn rst_lingers(fin_first: bool) {
     assert_eq!(read.borrow()[Side::Client.index()], [first, last].concat());
     assert_eq!(
         close_events_after_the_linger(&mut net),
-        cat(&[
-            strs(&[
-                "cli snd TCP_STATE_CHANGE CLOSED",
-                "svr rcv TCP_STATE_CHANGE CLOSED",
-            ]),
-            destroy_events(Side::Server, "rst"),
-        ])
+        rst_close_events(Side::Client)
     );
     assert_eq!(net.engine.stats().bytes_missing, 0);
 }
@@ -1790,16 +1778,7 @@ fn a_packet_past_the_linger_finds_the_flow_closed() {
     assert_eq!(net.engine.stats().flows_live, 1, "the RST lingers");
     net.ts += 2_000_000_000;
     net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
-    assert_eq!(
-        net.take(),
-        cat(&[
-            strs(&[
-                "cli snd TCP_STATE_CHANGE CLOSED",
-                "svr rcv TCP_STATE_CHANGE CLOSED",
-            ]),
-            destroy_events(Side::Server, "rst"),
-        ])
-    );
+    assert_eq!(net.take(), rst_close_events(Side::Client));
     let st = net.engine.stats();
     assert_eq!((st.flows_live, st.late, st.flows_created), (0, 1, 1));
 }
