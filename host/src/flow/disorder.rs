@@ -63,8 +63,9 @@ fn synchronized(st: TcpState) -> bool {
     )
 }
 
-/// How long a RST lingers at most while the other direction is open (packet time, ns): bytes sent before the RST reached their sender reach a tap within about a round
-/// trip, and reordering moves packets by far less.
+/// How long a RST lingers at most while the other direction is open (packet time, ns):
+/// bytes sent before the RST reached their sender reach a tap within about a round trip,
+/// and reordering moves packets by far less.
 pub(crate) const RST_LINGER: u64 = 1_000_000_000;
 
 fn order_of(sender: Side) -> Order {
@@ -234,11 +235,7 @@ impl Engine {
             if deadline > ts {
                 continue;
             }
-            let h = &mut f.held[side.index()];
-            h.ctl = None;
-            h.ctl_left = 0;
-            f.disorder = f.held.iter().any(Holdback::pending);
-            self.apply_ctl(slot, side, Ctl::Rst, None);
+            self.end_linger(slot, side, None);
             if self.core.table.is_live(slot, gen) {
                 let reason = self.core.table.flow(slot).end_reason;
                 self.destroy(slot, reason.unwrap_or(EndReason::Rst), Some(side));
@@ -246,6 +243,17 @@ impl Engine {
             return true;
         }
         false
+    }
+
+    /// The RST lingering in `receiver`'s holdback takes effect now (its transitions; the
+    /// caller ends the flow).
+    fn end_linger(&mut self, slot: FlowIdx, receiver: Side, pkt: Option<&[u8]>) {
+        let f = self.core.table.flow_mut(slot);
+        let h = &mut f.held[receiver.index()];
+        h.ctl = None;
+        h.ctl_left = 0;
+        f.disorder = f.held.iter().any(Holdback::pending);
+        self.apply_ctl(slot, receiver, Ctl::Rst, pkt);
     }
 
     /// A bare SYN on a flow picked up mid-stream from the side taken for the server, or a
@@ -545,8 +553,7 @@ impl Engine {
                 if h.ctl_left > 0 {
                     continue;
                 }
-                h.ctl = None;
-                self.apply_ctl(slot, side, Ctl::Rst, pkt);
+                self.end_linger(slot, side, pkt);
                 if !self.core.table.is_live(slot, gen) {
                     return false;
                 }
