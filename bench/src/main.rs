@@ -303,11 +303,13 @@ fn mangle_main(a: MangleArgs) -> ExitCode {
     match flowpeek_bench::mangle::mangle_file(&a.input, &a.out, &cfg) {
         Ok(r) => {
             eprintln!(
-                "mangle: {} packets in, {} out ({} moved, {} copies added) -> {}",
+                "mangle: {} packets in, {} out ({} moved, {} copies added, largest time shift \
+                 {:.3} s) -> {}",
                 r.packets_in,
                 r.packets_out,
                 r.moved,
                 r.copies,
+                r.largest_shift() as f64 / 1e9,
                 a.out.display()
             );
             ExitCode::SUCCESS

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use flowpeek::io::pcap::CaptureFile;
@@ -44,7 +44,7 @@ pub struct MangleConfig {
 }
 
 /// What mangling did, for the summary line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MangleReport {
     /// Packets read.
     pub packets_in: usize,
@@ -54,6 +54,28 @@ pub struct MangleReport {
     pub moved: usize,
     /// Copies added (`dup` and `late`).
     pub copies: usize,
+    /// Per connection (its two endpoints, lower first) whose packets now carry another
+    /// time: the largest shift of one of its packets, in ns. A window that spans a long
+    /// silence of the capture moves a packet across it, further in time than a tap
+    /// reorders; rules bounded in packet time (`--rst-linger`) then see a different
+    /// capture.
+    pub time_shifts: Vec<((SocketAddr, SocketAddr), u64)>,
+}
+
+impl MangleReport {
+    /// The largest time shift of any packet, in ns.
+    pub fn largest_shift(&self) -> u64 {
+        self.time_shifts.iter().map(|s| s.1).max().unwrap_or(0)
+    }
+
+    /// The largest time shift of a packet of the connection between `a` and `b`, in ns.
+    pub fn shift_of(&self, a: SocketAddr, b: SocketAddr) -> u64 {
+        let key = if a < b { (a, b) } else { (b, a) };
+        self.time_shifts
+            .iter()
+            .find(|s| s.0 == key)
+            .map_or(0, |s| s.1)
+    }
 }
 
 /// The TCP facts the modes need about one packet.
@@ -151,9 +173,22 @@ pub fn mangle_file(
             tcp,
         });
     }
-    let (order, report) = mangle_order(&packets, cfg);
+    let (order, mut report) = mangle_order(&packets, cfg);
     let mut times: Vec<u64> = order.iter().map(|&i| packets[i].ts).collect();
     times.sort_unstable();
+    let mut shifts = vec![0u64; conns.len()];
+    for (&i, &t) in order.iter().zip(&times) {
+        if let Some(tcp) = packets[i].tcp {
+            let shift = t.abs_diff(packets[i].ts);
+            shifts[tcp.conn] = shifts[tcp.conn].max(shift);
+        }
+    }
+    report.time_shifts = conns
+        .iter()
+        .filter(|(_, &c)| shifts[c] > 0)
+        .map(|(&(a, ap, b, bp), &c)| ((SocketAddr::new(a, ap), SocketAddr::new(b, bp)), shifts[c]))
+        .collect();
+    report.time_shifts.sort_unstable();
     write_pcap(output, link_code.unwrap_or(1), &packets, &order, &times)?;
     Ok(report)
 }
@@ -215,6 +250,7 @@ fn mangle_order(packets: &[Packet], cfg: &MangleConfig) -> (Vec<usize>, MangleRe
         packets_out: order.len(),
         moved,
         copies,
+        time_shifts: Vec::new(),
     };
     (order, report)
 }

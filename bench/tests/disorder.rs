@@ -23,12 +23,18 @@ fn records(path: &Path) -> Vec<StreamRecord> {
 
 /// The records, and the damage that ended the capture early, if any.
 fn records_and_error(path: &Path) -> (Vec<StreamRecord>, Option<String>) {
+    records_lingering(path, Config::default().rst_linger)
+}
+
+/// As [`records_and_error`], with a RST lingering at most `rst_linger` ns.
+fn records_lingering(path: &Path, rst_linger: u64) -> (Vec<StreamRecord>, Option<String>) {
     // As `flowpeek streams` sets them: 256 KiB per side, in the engine too.
     let buffer = 256 * 1024;
     let opts = StreamsOptions {
         write: None,
         engine: Config {
             buffer_capacity: buffer,
+            rst_linger,
             ..Config::default()
         },
         buffer,
@@ -211,14 +217,24 @@ fn mangled_public_captures_keep_their_whole_connections() {
     let dir = std::env::temp_dir().join(format!("flowpeek-disorder-pub-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (mut compared, mut captures_used, mut failures) = (0usize, 0usize, Vec::new());
+    let (mut lingered, mut far) = (Vec::new(), Vec::new());
     for capture in &captures {
         let (clean, damaged) = records_and_error(capture);
         if damaged.is_some() {
             continue; // a truncated capture: the mangler refuses it
         }
-        let whole: Vec<&StreamRecord> = clean
+        // With the ordinal among connections of the same endpoints, as `compare` names them.
+        let mut ordinals: HashMap<(String, String), usize> = HashMap::new();
+        let whole: Vec<(usize, &StreamRecord)> = clean
             .iter()
-            .filter(|r| {
+            .map(|r| {
+                let n = ordinals
+                    .entry((r.client.to_string(), r.server.to_string()))
+                    .or_insert(0);
+                *n += 1;
+                (*n - 1, r)
+            })
+            .filter(|(_, r)| {
                 !r.partial
                     && (r.close == "fin" || r.close == "rst")
                     && r.c2s.missing == 0
@@ -236,54 +252,117 @@ fn mangled_public_captures_keep_their_whole_connections() {
             .to_string();
         for (label, cfg) in modes() {
             let out = dir.join("mangled.pcap");
-            if let Err(e) = mangle_file(capture, &out, &cfg) {
-                // More than one link type: the mangler refuses it (and says so).
-                assert!(e.contains("link"), "{name}: {e}");
-                break;
-            }
+            let report = match mangle_file(capture, &out, &cfg) {
+                Ok(r) => r,
+                Err(e) => {
+                    // More than one link type: the mangler refuses it (and says so).
+                    assert!(e.contains("link"), "{name}: {e}");
+                    break;
+                }
+            };
             let mangled = records(&out);
             let (_, _, _, wrong) = compare(&clean, &mangled);
-            for r in &whole {
+            // Misses of connections the window moved across a silence longer than the
+            // RST's linger, once more with a linger longer than any shift.
+            let mut relaxed = None;
+            for &(ordinal, r) in &whole {
                 compared += 1;
-                let key = format!("{}->{}#", r.client, r.server);
-                if let Some(w) = wrong.iter().find(|w| w.starts_with(&key)) {
-                    let named = PUBLIC_KNOWN
-                        .iter()
-                        .any(|k| name.ends_with(k.0) && k.1 == label && w.starts_with(k.2));
-                    if !named {
-                        failures.push(format!("{name} {label}: {w}"));
-                    }
+                let key = format!("{}->{}#{ordinal}:", r.client, r.server);
+                let Some(w) = wrong.iter().find(|w| w.starts_with(&key)) else {
+                    continue;
+                };
+                let named = PUBLIC_KNOWN
+                    .iter()
+                    .any(|k| name.ends_with(k.0) && k.1 == label && w.starts_with(k.2));
+                if named {
+                    continue;
+                }
+                let shift = report.shift_of(r.client, r.server);
+                let line = format!("{name} {label}: {w}");
+                if shift <= FURTHER_THAN_A_TAP {
+                    failures.push(line);
+                    continue;
+                }
+                let again = relaxed.get_or_insert_with(|| {
+                    let long = report.largest_shift().saturating_mul(2);
+                    let (recs, error) = records_lingering(&out, long);
+                    assert!(error.is_none(), "{error:?}");
+                    compare(&clean, &recs).3
+                });
+                let line = format!("{line} (a packet moved {:.1} s)", shift as f64 / 1e9);
+                if again.iter().any(|w| w.starts_with(&key)) {
+                    far.push(line);
+                } else {
+                    lingered.push(line);
                 }
             }
         }
     }
     std::fs::remove_dir_all(&dir).ok();
     eprintln!(
-        "{captures_used} public captures with whole connections, {compared} connection-modes compared, {} differ",
-        failures.len()
+        "{captures_used} public captures with whole connections, {compared} connection-modes \
+         compared, {} differ: {} of connections whose packets moved at most a second, and of \
+         connections the mangler moved a packet of across a longer silence of the capture \
+         (which no tap does) {} that a RST linger longer than the move makes equal and {} \
+         others",
+        failures.len() + lingered.len() + far.len(),
+        failures.len(),
+        lingered.len(),
+        far.len()
     );
+    eprintln!("moved further than a tap, equal with a longer linger: {lingered:#?}");
+    eprintln!("moved further than a tap, different even so: {far:#?}");
+    eprintln!("moved at most a second: {failures:#?}");
     assert!(captures_used > 100, "only {captures_used} captures used");
     assert!(compared > 7000, "only {compared} connection-modes compared");
     // Issue 11 is open on these: the test fails if more differ than today, and says so when
-    // fewer do (then lower the bound, and the figure in docs/SPEC.md §3.1).
-    eprintln!("differ: {failures:#?}");
-    assert!(
-        failures.len() <= PUBLIC_MISSES_AT_MOST,
-        "{} differ, more than the {PUBLIC_MISSES_AT_MOST} of 2026-12-04: {failures:#?}",
-        failures.len()
-    );
-    if failures.len() < PUBLIC_MISSES_AT_MOST {
-        eprintln!(
-            "fewer misses than the bound ({} < {PUBLIC_MISSES_AT_MOST}): lower PUBLIC_MISSES_AT_MOST",
-            failures.len()
+    // fewer do (then lower the bounds, and the figures in docs/SPEC.md §3.1).
+    for (what, list, bound) in [
+        ("moved at most a second", &failures, PUBLIC_MISSES_AT_MOST),
+        (
+            "moved further, different even with a longer linger",
+            &far,
+            FAR_MISSES_AT_MOST,
+        ),
+        (
+            "moved further, equal with a longer linger",
+            &lingered,
+            LINGERED_MISSES_AT_MOST,
+        ),
+    ] {
+        assert!(
+            list.len() <= bound,
+            "{what}: {} differ, more than the {bound} of 2026-12-04: {list:#?}",
+            list.len()
         );
+        if list.len() < bound {
+            eprintln!(
+                "{what}: fewer misses than the bound ({} < {bound}): lower it",
+                list.len()
+            );
+        }
     }
 }
 
-/// How many whole connection-modes of the public captures differed on 2026-12-04 (of
-/// 7,266): mostly RSTs that overtake or are overtaken (the smb, tls and evasion captures),
-/// flows opened by a stray segment before their SYN, and port reuse. docs/SPEC.md §3.1.
-const PUBLIC_MISSES_AT_MOST: usize = 74;
+/// Further than a tap reorders (ns of packet time): a packet the mangler moved further than
+/// this was moved across a silence of the capture (its windows count packets, not time).
+/// The RST linger (`Config::rst_linger`, 1 s) is the engine's one rule bounded in time.
+const FURTHER_THAN_A_TAP: u64 = 1_000_000_000;
+
+/// How many whole connection-modes of the public captures, none of whose packets the
+/// mangler moved by more than [`FURTHER_THAN_A_TAP`], differed on 2026-12-04 (of 7,287
+/// compared): RSTs that overtake or are overtaken (the smb, tls and evasion captures), flows
+/// opened by a stray segment before their SYN, port reuse. docs/SPEC.md §3.1.
+const PUBLIC_MISSES_AT_MOST: usize = 34;
+
+/// Misses of connections a packet of which the mangler moved further than a tap reorders,
+/// that a longer RST linger does not mend: the capture then shows other traffic (a
+/// client's RST after the SYN/ACK of the SYN it retried 3 s later, in tls-subjectaltname).
+const FAR_MISSES_AT_MOST: usize = 34;
+
+/// Misses of connections moved further than a tap reorders that a RST linger longer than
+/// the move makes equal (smb2-09's 886 s silence): the linger is bounded in time on purpose.
+const LINGERED_MISSES_AT_MOST: usize = 9;
 
 /// Whole connections of public captures that a mangled version does not give back, each
 /// with why: (capture path suffix, mode, connection as `compare` prints it). Not counted

@@ -291,14 +291,20 @@ struct EngineArgs {
     /// reaches it or when the receiver acknowledges the FIN (the connection then still
     /// waits, for the allowance, for the bytes before it); an in-window RST beyond the
     /// data when the stream reaches it or after the allowance. An in-sequence RST from a
-    /// side that has not received its peer's FIN lingers for the allowance or one second of
-    /// packet time, whichever comes first, so that the peer's bytes still in flight reach
+    /// side that has not received its peer's FIN lingers for the allowance or --rst-linger
+    /// of packet time, whichever comes first, so that the peer's bytes still in flight reach
     /// the stream. A closed connection's late
     /// packets are counted as "late", not taken for a new connection (--profile mos: they
     /// are orphans, as in mOS). 0: mOS's rule, skip and apply at once [default: 64;
     /// --profile mos: 0].
     #[arg(long, value_name = "PACKETS")]
     gap_skip_after: Option<u32>,
+    /// How long, in milliseconds of packet time, an in-sequence RST waits at most for the
+    /// peer's bytes still in flight (see --gap-skip-after): a tap shows them within about a
+    /// round trip. Raise it for captures whose timestamps were merged coarsely
+    /// [default: 1000].
+    #[arg(long, value_name = "MS")]
+    rst_linger: Option<u64>,
     /// Seconds a closed connection stays in TIME_WAIT before it is destroyed [default: 0,
     /// as mOS].
     #[arg(long)]
@@ -408,6 +414,9 @@ impl EngineArgs {
         }
         if let Some(k) = self.gap_skip_after {
             cfg.gap_skip_after = k;
+        }
+        if let Some(ms) = self.rst_linger {
+            cfg.rst_linger = ms.saturating_mul(NANOS / 1000);
         }
         if let Some(t) = self.timeout {
             cfg.tcp_timeout = t.saturating_mul(NANOS);

@@ -1783,6 +1783,35 @@ fn a_packet_past_the_linger_finds_the_flow_closed() {
     assert_eq!((st.flows_live, st.late, st.flows_created), (0, 1, 1));
 }
 
+/// `Config::rst_linger` (`--rst-linger`) sets how long the RST waits: with 5 s, the
+/// server's segment 2 s after the client's RST is still taken into the stream; past the
+/// 5 s the flow ends.
+#[test]
+fn the_rst_linger_is_configurable() {
+    let log = new_log();
+    let config = Config {
+        rst_linger: 5_000_000_000,
+        ..cfg()
+    };
+    let mut net = Net::simple(config, Recorder::new(&log));
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    let data = pattern(100, 5);
+    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
+    net.batch(&[c.c(0, 0, RST)]);
+    net.take();
+    net.ts += 2_000_000_000;
+    net.batch(&[c.s(100, 0, PSH | ACK).data(&data)]);
+    let st = net.engine.stats();
+    assert_eq!((st.flows_live, st.late), (1, 0), "still lingering");
+    net.ts += 4_000_000_000;
+    // A packet of another connection moves the clock; the linger ends at the batch's end.
+    net.batch(&[Conn::new("10.0.0.3:40000", "10.0.0.2:80").syn()]);
+    let got = net.take();
+    assert!(got.ends_with(&rst_close_events(Side::Client)), "{got:?}");
+    assert_eq!(net.engine.stats().flows_live, 1, "only the other connection");
+}
+
 /// A RST from a side that has its peer's FIN (the other direction is closed), or with no
 /// reordering allowance (`--profile mos`), takes effect at once.
 #[test]
@@ -1847,4 +1876,58 @@ fn late_packets_after_close_are_counted_not_new_flows() {
         ])
     );
     assert_eq!(net.engine.stats().flows_created, 2);
+}
+
+/// A client whose SYN was answered by a stale ACK (of an older connection) resets it and
+/// retries with the same SYN: the retry starts the connection (it is not a late copy),
+/// whole from its handshake. A SYN copy after the server refused it (its RST) stays late.
+#[test]
+fn a_syn_retried_after_its_sender_reset_a_stale_answer_starts_the_connection() {
+    let c = Conn::v4();
+    // As in suricata-verify's tls-subjectaltname: the stale ACK names a sequence number
+    // far from the client's, and the client's RST carries exactly that number.
+    let stale = Seg::new(c.svr, c.cli)
+        .seq(1_272_121_215)
+        .ack(3_058_576_675)
+        .flags(ACK);
+    let reset = Seg::new(c.cli, c.svr).seq(3_058_576_675).flags(RST);
+    for (answer, retry_starts) in [
+        (vec![stale, reset], true),
+        (vec![c.s(0, 0, RST | ACK)], false),
+    ] {
+        let log = new_log();
+        let mut net = Net::simple(cfg(), Recorder::new(&log));
+        net.batch(&[c.syn()]);
+        for p in answer {
+            net.batch(&[p]);
+        }
+        let ended = net.take();
+        let closed = ended.iter().filter(|e| e.contains("CONN_END")).count();
+        assert_eq!(closed, 4, "the first attempt ends at its RST: {ended:?}");
+        net.ts += 3_000_000_000;
+        net.batch(&[c.syn()]);
+        let st = net.engine.stats().clone();
+        let got = net.take();
+        if !retry_starts {
+            assert_eq!(
+                (st.late, st.flows_created, st.flows_live),
+                (1, 1, 0),
+                "a late copy"
+            );
+            assert!(!got.iter().any(|e| e.contains("CONN_START")), "{got:?}");
+            continue;
+        }
+        assert_eq!(
+            (st.late, st.flows_created, st.flows_live),
+            (0, 2, 1),
+            "a new attempt"
+        );
+        let syn_events = &handshake_events()[..6];
+        assert!(got.ends_with(syn_events), "{got:?}");
+        net.batch(&[c.synack()]);
+        net.batch(&[c.c(0, 0, ACK)]);
+        assert_eq!(net.take(), handshake_events()[6..]);
+        let partial = net.engine.stats().flows_partial;
+        assert_eq!(partial, 0, "tracked from its handshake");
+    }
 }

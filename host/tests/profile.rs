@@ -49,6 +49,8 @@ fn every_command_takes_the_engine_options() {
             "--buffer-memory <BUFFER_MEMORY>",
             "--timeout <TIMEOUT>",
             "--time-wait <TIME_WAIT>",
+            "--gap-skip-after <PACKETS>",
+            "--rst-linger <MS>",
             "mOS 0.3's policies",
         ] {
             assert!(help.contains(opt), "{cmd} --help lacks {opt}:\n{help}");

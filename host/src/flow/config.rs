@@ -49,6 +49,12 @@ pub struct Config {
     /// overtaken SYN or segment: reordering by a tap moves packets by a few dozen places.
     /// 0 skips at once.
     pub gap_skip_after: u32,
+    /// How long (packet time, ns) an in-sequence RST from a side that has not received its
+    /// peer's FIN lingers at most, for the peer's bytes still in flight (`--rst-linger`):
+    /// bytes sent before the RST reached their sender reach a tap within about a round
+    /// trip, and reordering moves packets by far less. It also ends after `gap_skip_after`
+    /// packets of the flow; with `gap_skip_after` 0 a RST takes effect at once.
+    pub rst_linger: u64,
     /// Closed connections remembered so that their late packets are counted, not taken
     /// for new flows (about this many; 0: none).
     pub tombstones: u32,
@@ -73,6 +79,7 @@ impl Default for Config {
             defrag: crate::ip::Config::default(),
             replay_cores: 0,
             gap_skip_after: 64,
+            rst_linger: NANOS,
             tombstones: 65536,
             filter: None,
         }

@@ -16,7 +16,7 @@
 //! - roles guessed wrong on a flow picked up mid-stream: the handshake that follows swaps
 //!   the sides while nothing was delivered;
 //! - a RST in sequence while the other direction is open: it lingers, for the allowance or
-//!   [`RST_LINGER`] of packet time, so that bytes in flight toward its sender still reach
+//!   `Config::rst_linger` (1 s) of packet time, so that bytes in flight toward its sender still reach
 //!   the stream.
 //!
 //! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
@@ -62,11 +62,6 @@ fn synchronized(st: TcpState) -> bool {
         TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynRcvd
     )
 }
-
-/// How long a RST lingers at most while the other direction is open (packet time, ns):
-/// bytes sent before the RST reached their sender reach a tap within about a round trip,
-/// and reordering moves packets by far less.
-pub(crate) const RST_LINGER: u64 = 1_000_000_000;
 
 fn order_of(sender: Side) -> Order {
     if sender == Side::Client {
@@ -185,13 +180,13 @@ impl Engine {
     /// receiver sent before the RST reached it may show on the tap after the RST. Whether
     /// any are in flight cannot be told from what the tap showed so far: the segment that
     /// made the sender's stack reset may itself come after the RST, and the ACKs before it
-    /// may be late too. Held for `gap_skip_after` packets of the flow or [`RST_LINGER`] of
+    /// may be late too. Held for `gap_skip_after` packets of the flow or `rst_linger` of
     /// packet time, or until the flow's end; otherwise (the other direction closed, or
     /// never opened) it takes effect now (false). `seq`: the RST's sequence number, to
     /// check against the window (None: it was checked when it was held ahead of the data).
     fn linger_rst(&mut self, slot: FlowIdx, sender: Side, seq: Option<u32>) -> bool {
         let k = self.core.cfg.gap_skip_after;
-        let deadline = self.core.now.saturating_add(RST_LINGER);
+        let deadline = self.core.now.saturating_add(self.core.cfg.rst_linger);
         let f = self.core.table.flow_mut(slot);
         let receiver = sender.peer();
         let (s, r) = (&f.sides[sender.index()], &f.sides[receiver.index()]);

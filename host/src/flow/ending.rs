@@ -137,11 +137,18 @@ impl Engine {
                 // The stream starts one after the SYN: the SYN's number is in the space.
                 first: r.rx_base.wrapping_sub(1),
                 end: s.tx_next,
+                syn: s.syn_seen,
+                isn: s.tx_isn,
             }
         };
         let spaces = [space(Side::Client), space(Side::Server)];
+        let reset_by = Side::BOTH
+            .into_iter()
+            .find(|&side| f.sides[side.index()].sent_rst);
         let (key, lo) = (f.key, f.client_is_lo);
         let now = self.core.now;
-        self.core.tombs.bury(key, key.hash(), lo, spaces, now);
+        self.core
+            .tombs
+            .bury(key, key.hash(), lo, spaces, reset_by, now);
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct SideState {
     pub(crate) tx_ack: u32,
     pub(crate) tx_ack_seen: bool,
     pub(crate) syn_seen: bool,
+    /// This side sent the RST that ended the connection (a tombstone keeps it).
+    pub(crate) sent_rst: bool,
     /// The sequence number of the first SYN this side sent (valid when `syn_seen`).
     pub(crate) tx_isn: u32,
     /// This side received the peer's FIN.
@@ -76,6 +78,7 @@ impl SideState {
             tx_ack: 0,
             tx_ack_seen: false,
             syn_seen: false,
+            sent_rst: false,
             tx_isn: 0,
             rx_fin: false,
             window: 0,
@@ -208,6 +211,7 @@ pub(crate) fn on_send(
     }
     if rst_valid {
         *end_reason = Some(EndReason::Rst);
+        s.sent_rst = true;
     } else if flags.rst() {
         *rst_ignored += 1;
     }

@@ -28,6 +28,9 @@ pub(crate) struct Space {
     pub(crate) first: u32,
     /// One past the last (the FIN counts).
     pub(crate) end: u32,
+    /// This direction's SYN was seen, with this ISN.
+    pub(crate) syn: bool,
+    pub(crate) isn: u32,
 }
 
 impl Space {
@@ -44,6 +47,8 @@ struct Tomb {
     closed: u64,
     /// Indexed by the sending side.
     spaces: [Space; 2],
+    /// The side whose RST closed the connection.
+    reset_by: Option<Side>,
     late: u32,
 }
 
@@ -61,7 +66,19 @@ impl Tomb {
         if flags.syn() {
             // Only the old SYN itself again: any other ISN is a new connection, even one
             // inside the old space (generated traffic, or an ISN clock that wrapped).
-            own.known && seg.seq == own.first
+            // (The stream's start names the SYN too when the flow never saw it: a SYN
+            // the tap delivered after the connection's other packets.)
+            let old_syn = (own.syn && own.isn == seg.seq) || (own.known && seg.seq == own.first);
+            if !old_syn {
+                return false;
+            }
+            // Except a bare SYN whose sender itself reset a connection its peer never
+            // answered with a SYN: the sender took the peer's reply for a stale one (an
+            // ACK of an older connection), reset it, and now retransmits the SYN, a new
+            // attempt. A peer that refused the SYN (its RST) is not tried again with the
+            // same ISN, so there a copy of the SYN is a late one.
+            let retried = !flags.ack() && !other.syn && self.reset_by == Some(sender);
+            !retried
         } else if own.known {
             // All of it in the old space: a segment that carries bytes past the old end
             // is new data (the connection went on, or a new one picked up mid-stream).
@@ -109,13 +126,15 @@ impl Tombstones {
         }
     }
 
-    /// Records a connection closed at `now`; `spaces` are indexed by the sending side.
+    /// Records a connection closed at `now`; `spaces` are indexed by the sending side,
+    /// `reset_by` is the side whose RST closed it.
     pub(crate) fn bury(
         &mut self,
         key: FlowKey,
         hash: u64,
         client_is_lo: bool,
         spaces: [Space; 2],
+        reset_by: Option<Side>,
         now: u64,
     ) {
         if self.sets.is_empty() {
@@ -134,6 +153,7 @@ impl Tombstones {
             key,
             closed: now,
             spaces,
+            reset_by,
             late: 0,
         };
         self.written += 1;
@@ -142,7 +162,8 @@ impl Tombstones {
     /// Whether `seg` (from the `lo` endpoint when `src_is_lo`), which found no live flow,
     /// belongs to a connection that closed less than [`TOMBSTONE_TTL`] ago: a segment in
     /// the sequence space its sender used (or, for a side that sent nothing, an ACK of the
-    /// other's), or that connection's SYN again. Any other SYN starts a new connection;
+    /// other's), or that connection's SYN again (but for a SYN its sender retries after it
+    /// reset a connection never answered with a SYN). Any other SYN starts a new connection;
     /// the tombstone stays for late copies of the old one (8 ways per set).
     #[inline]
     pub(crate) fn check(
@@ -204,11 +225,15 @@ mod tests {
                 known: true,
                 first: 100,
                 end: 200,
+                syn: true,
+                isn: 100,
             },
             Space {
                 known: true,
                 first: 5000,
                 end: 5100,
+                syn: true,
+                isn: 5000,
             },
         ]
     }
@@ -223,7 +248,7 @@ mod tests {
             Verdict::New,
             "nothing buried yet"
         );
-        t.bury(k, h, lo, spaces(), 10);
+        t.bury(k, h, lo, spaces(), None, 10);
         assert_eq!(
             t.check(&k, h, lo, &seg(true, ack, 150, 5100, b"x"), 20),
             Verdict::Late
@@ -258,7 +283,7 @@ mod tests {
     fn a_syn_with_a_fresh_isn_is_a_new_connection() {
         let (k, h, lo) = key();
         let mut t = Tombstones::new(16);
-        t.bury(k, h, lo, spaces(), 10);
+        t.bury(k, h, lo, spaces(), None, 10);
         assert_eq!(
             t.check(&k, h, lo, &seg(true, TcpFlags::SYN, 100, 0, &[]), 20),
             Verdict::Late,
@@ -272,12 +297,18 @@ mod tests {
         // Kept: with port reuse, late copies of the old connection still come after the
         // new one started, and its own tombstone goes beside this one.
         assert_eq!(t.late_of(&k, h), Some(1));
-        t.bury(k, h, lo, spaces(), 30);
+        t.bury(k, h, lo, spaces(), None, 30);
         assert_eq!(
             t.check(&k, h, lo, &seg(true, TcpFlags::ACK, 120, 0, &[]), 40),
             Verdict::Late,
             "the older connection's ACK, after the newer one closed"
         );
+    }
+
+    #[test]
+    fn a_tombstone_takes_88_bytes() {
+        // docs/SPEC.md §3.1 states the memory: 65536 of them by default, per core.
+        assert_eq!(std::mem::size_of::<Tomb>(), 88);
     }
 
     #[test]
@@ -291,7 +322,7 @@ mod tests {
                 lo_port: k.lo_port.wrapping_add(i),
                 ..k
             };
-            t.bury(kk, 0, lo, spaces(), u64::from(i));
+            t.bury(kk, 0, lo, spaces(), None, u64::from(i));
         }
         assert!(t.late_of(&k, 0).is_none(), "the first two were replaced");
         let second = FlowKey {
