@@ -1809,7 +1809,11 @@ fn the_rst_linger_is_configurable() {
     net.batch(&[Conn::new("10.0.0.3:40000", "10.0.0.2:80").syn()]);
     let got = net.take();
     assert!(got.ends_with(&rst_close_events(Side::Client)), "{got:?}");
-    assert_eq!(net.engine.stats().flows_live, 1, "only the other connection");
+    assert_eq!(
+        net.engine.stats().flows_live,
+        1,
+        "only the other connection"
+    );
 }
 
 /// A RST from a side that has its peer's FIN (the other direction is closed), or with no

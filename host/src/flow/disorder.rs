@@ -80,23 +80,23 @@ impl Engine {
         if k == 0 || flags.syn() {
             return false;
         }
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let receiver = sender.peer();
         let r = &f.sides[receiver.index()];
         if r.capacity == 0 {
             return false;
         }
-        if let Some((Ctl::Fin, _)) = f.held[receiver.index()].ctl {
+        if let Some((Ctl::Fin, _)) = held[receiver.index()].ctl {
             // A copy of the FIN already held waits with it (the first one's place counts).
             let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
             return flags.fin() && !flags.rst() && f.sides[sender.index()].tx_fin == Some(fin);
         }
-        if let Some((Ctl::RstLinger, _)) = f.held[receiver.index()].ctl {
+        if let Some((Ctl::RstLinger, _)) = held[receiver.index()].ctl {
             // Another RST of the sender (the answer to each segment in flight) lingers
             // with the first.
             return flags.rst() && !flags.syn();
         }
-        if f.held[receiver.index()].ctl.is_some() {
+        if held[receiver.index()].ctl.is_some() {
             return false;
         }
         if !r.rx_base_known {
@@ -107,7 +107,7 @@ impl Engine {
             if flags.fin() && !flags.rst() && (!synchronized(r.state) || f.partial) {
                 let fin = seg.seq.wrapping_add(seg.payload_len_on_wire);
                 f.sides[sender.index()].tx_fin.get_or_insert(fin);
-                let h = &mut f.held[receiver.index()];
+                let h = &mut held[receiver.index()];
                 h.ctl = Some((Ctl::Fin, u64::from(seg.payload_len_on_wire)));
                 h.ctl_left = k.saturating_add(1);
                 f.disorder = true;
@@ -132,12 +132,12 @@ impl Engine {
         if flags.rst() && !ahead {
             return self.linger_rst(slot, sender, Some(seg.seq));
         }
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let r = &f.sides[receiver.index()];
         let early_fin = flags.fin() && !flags.rst() && !synchronized(r.state);
         // At the guessed start of a stream (its first packet may have been sent after
         // the data, e.g. a pure ACK): the data before it may come yet.
-        let h = &f.held[receiver.index()];
+        let h = &held[receiver.index()];
         let guessed_fin = flags.fin()
             && !flags.rst()
             && h.base_guess
@@ -168,7 +168,7 @@ impl Engine {
         } else {
             return false;
         };
-        let h = &mut f.held[receiver.index()];
+        let h = &mut held[receiver.index()];
         h.ctl = Some(ctl);
         h.ctl_left = k.saturating_add(1);
         f.disorder = true;
@@ -187,14 +187,14 @@ impl Engine {
     fn linger_rst(&mut self, slot: FlowIdx, sender: Side, seq: Option<u32>) -> bool {
         let k = self.core.cfg.gap_skip_after;
         let deadline = self.core.now.saturating_add(self.core.cfg.rst_linger);
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let receiver = sender.peer();
         let (s, r) = (&f.sides[sender.index()], &f.sides[receiver.index()]);
         let open = r.tx_seen && s.capacity > 0 && !s.rx_fin && synchronized(s.state);
         if !open || seq.is_some_and(|seq| !tcp::rst_in_window(r, seq)) {
             return false;
         }
-        let h = &mut f.held[receiver.index()];
+        let h = &mut held[receiver.index()];
         h.ctl = Some((Ctl::RstLinger, deadline));
         h.ctl_left = k.saturating_add(1);
         f.disorder = true;
@@ -223,8 +223,8 @@ impl Engine {
     pub(crate) fn rst_lingers_past(&mut self, slot: FlowIdx, ts: u64) -> bool {
         let gen = self.core.table.flow(slot).gen;
         for side in Side::BOTH {
-            let f = self.core.table.flow_mut(slot);
-            let Some((Ctl::RstLinger, deadline)) = f.held[side.index()].ctl else {
+            let held = self.core.table.flow_held_mut(slot).1;
+            let Some((Ctl::RstLinger, deadline)) = held[side.index()].ctl else {
                 continue;
             };
             if deadline > ts {
@@ -243,11 +243,11 @@ impl Engine {
     /// The RST lingering in `receiver`'s holdback takes effect now (its transitions; the
     /// caller ends the flow).
     fn end_linger(&mut self, slot: FlowIdx, receiver: Side, pkt: Option<&[u8]>) {
-        let f = self.core.table.flow_mut(slot);
-        let h = &mut f.held[receiver.index()];
+        let (f, held) = self.core.table.flow_held_mut(slot);
+        let h = &mut held[receiver.index()];
         h.ctl = None;
         h.ctl_left = 0;
-        f.disorder = f.held.iter().any(Holdback::pending);
+        f.disorder = held.iter().any(Holdback::pending);
         self.apply_ctl(slot, receiver, Ctl::Rst, pkt);
     }
 
@@ -276,9 +276,9 @@ impl Engine {
         let gen = f.gen;
         // A `NewData` owed at the end of this batch follows its stream.
         self.core.marks.swap_sides(slot, gen);
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         f.sides.swap(0, 1);
-        f.held.swap(0, 1);
+        held.swap(0, 1);
         f.client_is_lo = !f.client_is_lo;
         f.last.sender = f.last.sender.map(Side::peer);
         for m in 0..nmon {
@@ -293,9 +293,9 @@ impl Engine {
     /// start back, as long as nothing of the stream was delivered or read by a monitor. Rare: it copies the
     /// few bytes stored so far.
     pub(crate) fn rebase_guess(&mut self, slot: FlowIdx, receiver: Side, syn: bool, seq: u32) {
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let r = &f.sides[receiver.index()];
-        let h = &mut f.held[receiver.index()];
+        let h = &mut held[receiver.index()];
         if !r.rx_base_known {
             h.base_guess = !syn;
             h.guess_left = if syn {
@@ -341,7 +341,7 @@ impl Engine {
             }
         }
         let room = self.core.table.pool.room(self.core.stats.buffer_bytes);
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let r = &mut f.sides[receiver.index()];
         r.rx_base = seq;
         let policy = r.overlap;
@@ -365,7 +365,7 @@ impl Engine {
             Some(b) => b.contig_end(),
             None => 0,
         };
-        let h = &mut f.held[receiver.index()];
+        let h = &mut held[receiver.index()];
         for off in [&mut h.ack_max, &mut h.skip_to] {
             if *off > 0 {
                 *off = off.saturating_add_signed(delta);
@@ -396,7 +396,7 @@ impl Engine {
     #[inline]
     pub(crate) fn ack_note(&mut self, slot: FlowIdx, side: Side, ack: u32) {
         let k = self.core.cfg.gap_skip_after;
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let s = &f.sides[side.index()];
         let note = |h: &mut Holdback| {
             if h.ack_hi.map_or(true, |a| (ack.wrapping_sub(a) as i32) > 0) {
@@ -404,29 +404,29 @@ impl Engine {
             }
         };
         if !s.rx_base_known {
-            note(&mut f.held[side.index()]);
+            note(&mut held[side.index()]);
             return;
         }
         // A guessed start sets `disorder` (in the flow's first cache line), so the in-order
-        // path does not load `held`, at the end of the flow, for every ACK.
-        debug_assert!(f.disorder || !f.held.iter().any(|h| h.base_guess));
-        if f.disorder && f.held[side.index()].base_guess {
+        // path does not load `held` (the table's cold array) for every ACK.
+        debug_assert!(f.disorder || !held.iter().any(|h| h.base_guess));
+        if f.disorder && held[side.index()].base_guess {
             // The guessed start may move back before this ACK (a pure ACK sent after the
             // FIN can be the first packet seen): what it covers must still be known.
-            note(&mut f.held[side.index()]);
+            note(&mut held[side.index()]);
         }
         let ack_off = s.offset_of(ack);
         let contig = s.contig() as i64;
         if ack_off <= contig || ack_off - contig > (1 << 30) {
             return;
         }
-        note(&mut f.held[side.index()]);
+        note(&mut held[side.index()]);
         let has_buf = s.buf.is_some();
         let clamped = match f.sides[side.peer().index()].tx_fin {
             Some(fin) => ack_off.min(s.offset_of(fin)),
             None => ack_off,
         };
-        let h = &mut f.held[side.index()];
+        let h = &mut held[side.index()];
         h.ack_max = h.ack_max.max(ack_off as u64);
         if !has_buf || clamped <= contig {
             return;
@@ -443,7 +443,7 @@ impl Engine {
 
     /// The skip target of `side`, to the highest acknowledged offset, if one is armed.
     pub(crate) fn armed_skip(&self, slot: FlowIdx, side: Side) -> Option<u64> {
-        let h = &self.core.table.flow(slot).held[side.index()];
+        let h = &self.core.table.flow_held(slot).1[side.index()];
         (h.skip_left > 0).then_some(h.ack_max)
     }
 
@@ -477,7 +477,7 @@ impl Engine {
     pub(crate) fn settle(&mut self, slot: FlowIdx, pkt: Option<&[u8]>) -> bool {
         let gen = self.core.table.flow(slot).gen;
         for side in Side::BOTH {
-            let f = self.core.table.flow_mut(slot);
+            let (f, held) = self.core.table.flow_held_mut(slot);
             let s = &f.sides[side.index()];
             let contig = s.contig();
             // An ACK of the FIN is one past the last byte (the FIN came after that ACK).
@@ -485,7 +485,7 @@ impl Engine {
                 .tx_fin
                 .map_or(u64::MAX, |fin| s.offset_of(fin).max(0) as u64);
             let fin_taken = s.rx_fin;
-            let h = &mut f.held[side.index()];
+            let h = &mut held[side.index()];
             if h.skip_left == 0 {
                 continue;
             }
@@ -518,7 +518,7 @@ impl Engine {
                 let (to, more) = (h.skip_to, h.ack_max);
                 self.skip_acked(slot, side, to);
                 // A later ACK went further: its gaps get their own allowance.
-                let f = self.core.table.flow_mut(slot);
+                let (f, held) = self.core.table.flow_held_mut(slot);
                 let s = &f.sides[side.index()];
                 // An ACK of the FIN is one past the last byte.
                 let more = match f.sides[side.peer().index()].tx_fin {
@@ -526,16 +526,16 @@ impl Engine {
                     None => more,
                 };
                 if more > s.contig() && more > to {
-                    let h = &mut f.held[side.index()];
+                    let h = &mut held[side.index()];
                     h.skip_to = more;
                     h.skip_left = self.core.cfg.gap_skip_after;
                 }
             }
         }
         for side in Side::BOTH {
-            let f = self.core.table.flow_mut(slot);
+            let (f, held) = self.core.table.flow_held_mut(slot);
             let contig = f.sides[side.index()].contig();
-            let h = &mut f.held[side.index()];
+            let h = &mut held[side.index()];
             let Some((ctl, off)) = h.ctl else { continue };
             if ctl == Ctl::Fin && !synchronized(f.sides[side.index()].state) {
                 continue;
@@ -595,7 +595,7 @@ impl Engine {
                 // Reordering cannot explain it any more: the bytes before it are lost.
                 self.skip_acked(slot, side, off);
             }
-            self.core.table.flow_mut(slot).held[side.index()].ctl = None;
+            self.core.table.flow_held_mut(slot).1[side.index()].ctl = None;
             // In sequence now: it lingers as any RST does while the other way is open.
             if ctl == Ctl::Rst && self.linger_rst(slot, side.peer(), None) {
                 continue;
@@ -613,8 +613,8 @@ impl Engine {
         }
         let core = &mut self.core;
         for side in Side::BOTH {
-            let f = core.table.flow_mut(slot);
-            let (h, s) = (&mut f.held[side.index()], &f.sides[side.index()]);
+            let (f, held) = core.table.flow_held_mut(slot);
+            let (h, s) = (&mut held[side.index()], &f.sides[side.index()]);
             if !h.base_guess {
                 // Bytes held back while the start was a guess (a SYN just made it final).
                 if s.contig() > s.newdata_mark && !s.newdata_pending {
@@ -631,8 +631,8 @@ impl Engine {
                 core.marks.mark(&mut core.table, slot, side);
             }
         }
-        let f = core.table.flow_mut(slot);
-        f.disorder = f.held.iter().any(Holdback::pending);
+        let (f, held) = core.table.flow_held_mut(slot);
+        f.disorder = held.iter().any(Holdback::pending);
         true
     }
 
@@ -693,7 +693,7 @@ impl Engine {
     /// `side` sent a FIN that the peer had already acknowledged (the ACK overtook it):
     /// the ACK's transition happens now, at `Rcv`, as it would have after the FIN.
     fn fin_acked(&mut self, slot: FlowIdx, side: Side, pkt: Option<&[u8]>) {
-        let f = self.core.table.flow_mut(slot);
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let s = &f.sides[side.index()];
         let Some(fin) = s.tx_fin else { return };
         if !matches!(
@@ -703,7 +703,7 @@ impl Engine {
             return;
         }
         let peer = side.peer();
-        let covered = f.held[peer.index()]
+        let covered = held[peer.index()]
             .ack_hi
             .is_some_and(|a| (a.wrapping_sub(fin.wrapping_add(1)) as i32) >= 0);
         if !covered {
@@ -726,11 +726,11 @@ impl Engine {
     pub(crate) fn flush_held(&mut self, slot: FlowIdx) -> Option<EndReason> {
         let mut implied = None;
         for side in Side::BOTH {
-            let f = self.core.table.flow_mut(slot);
-            let Some((ctl, off)) = f.held[side.index()].ctl.take() else {
+            let held = self.core.table.flow_held_mut(slot).1;
+            let Some((ctl, off)) = held[side.index()].ctl.take() else {
                 continue;
             };
-            f.held[side.index()].ctl_left = 0;
+            held[side.index()].ctl_left = 0;
             if ctl != Ctl::RstLinger {
                 self.skip_acked(slot, side, off);
             }

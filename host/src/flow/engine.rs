@@ -502,11 +502,11 @@ impl Engine {
         if (flow.disorder || (!known && !flags.syn())) && places {
             self.rebase_guess(slot, receiver, flags.syn(), data_seq);
             // A SYN/ACK names where the stream it acknowledges starts.
-            let flow = self.core.table.flow(slot);
+            let (flow, held) = self.core.table.flow_held(slot);
             if flags.syn()
                 && flags.ack()
                 && flow.sides[sender.index()].rx_base_known
-                && flow.held[sender.index()].base_guess
+                && held[sender.index()].base_guess
             {
                 self.rebase_guess(slot, sender, true, seg.ack);
             }
@@ -547,15 +547,14 @@ impl Engine {
         }
 
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
-        let flow = self.core.table.flow(slot);
+        let (flow, held) = self.core.table.flow_held(slot);
         // A gap still within its reordering allowance (disorder.rs) keeps the flow: the
         // bytes a FIN overtook may come yet; so does a guessed start: the handshake and
         // the first bytes may come yet.
         if flow.sides[0].finished
             && flow.sides[1].finished
             && !(flow.disorder
-                && flow
-                    .held
+                && held
                     .iter()
                     .any(|h| h.skip_left > 0 || (h.base_guess && h.guess_left > 0)))
         {

@@ -292,9 +292,9 @@ impl Engine {
             let (slot, gen, side) = self.core.marks.get(i);
             i += 1;
             if self.core.table.is_live(slot, gen) {
-                let f = self.core.table.flow_mut(slot);
-                // `disorder` first: a guessed start sets it, and `held` is another cache line.
-                let h = &f.held[side.index()];
+                let (f, held) = self.core.table.flow_held_mut(slot);
+                // `disorder` first: a guessed start sets it, and `held` lives apart (cold).
+                let h = &held[side.index()];
                 if f.disorder && h.base_guess && h.guess_left > 0 {
                     // A guessed start may move yet (disorder.rs): delivered once it is final.
                     f.sides[side.index()].newdata_pending = false;
