@@ -379,6 +379,11 @@ impl Engine {
         let mut found = core.table.lookup(&key, hash);
         if let Some(slot) = found {
             let f = core.table.flow(slot);
+            if f.disorder {
+                // Read by the disorder rules of this packet, after the TCP transitions:
+                // start loading it now.
+                core.table.prefetch_held(slot);
+            }
             if f.disorder
                 && seg.flags.syn()
                 && f.sides.iter().all(|s| s.finished)

@@ -242,6 +242,14 @@ impl FlowTable {
         &mut self.flows[i.get()]
     }
 
+    /// Starts loading what the disorder rules hold for slot `i`.
+    #[inline]
+    pub(crate) fn prefetch_held(&self, i: FlowIdx) {
+        if let Some(h) = self.held.get(i.get()) {
+            prefetch(h, std::mem::size_of_val(h));
+        }
+    }
+
     /// The flow in slot `i` and what the disorder rules hold for it.
     #[inline]
     pub(crate) fn flow_held(&self, i: FlowIdx) -> (&Flow, &[Holdback; 2]) {
@@ -448,8 +456,12 @@ impl FlowTable {
             Some(slot) => slot,
             None => {
                 let (flows_cap, mon_cap) = (self.flows.capacity(), self.mon_flows.capacity());
+                let held_cap = self.held.capacity();
                 self.flows.push(Flow::empty(self.overlap));
                 self.held.push([Holdback::default(); 2]);
+                if self.held.capacity() != held_cap {
+                    huge_pages(&self.held);
+                }
                 self.mon_flows
                     .resize(self.flows.len() * self.nmon, MonFlow::default());
                 // A table that just grew (doubling: rare) asks for huge pages, so that a
