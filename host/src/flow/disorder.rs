@@ -396,37 +396,50 @@ impl Engine {
     #[inline]
     pub(crate) fn ack_note(&mut self, slot: FlowIdx, side: Side, ack: u32) {
         let k = self.core.cfg.gap_skip_after;
-        let (f, held) = self.core.table.flow_held_mut(slot);
-        let s = &f.sides[side.index()];
         let note = |h: &mut Holdback| {
             if h.ack_hi.map_or(true, |a| (ack.wrapping_sub(a) as i32) > 0) {
                 h.ack_hi = Some(ack);
             }
         };
+        let f = self.core.table.flow(slot);
+        let s = &f.sides[side.index()];
         if !s.rx_base_known {
-            note(&mut held[side.index()]);
+            note(&mut self.core.table.flow_held_mut(slot).1[side.index()]);
             return;
-        }
-        // A guessed start sets `disorder` (in the flow's first cache line), so the in-order
-        // path does not load `held` (the table's cold array) for every ACK.
-        debug_assert!(f.disorder || !held.iter().any(|h| h.base_guess));
-        if f.disorder && held[side.index()].base_guess {
-            // The guessed start may move back before this ACK (a pure ACK sent after the
-            // FIN can be the first packet seen): what it covers must still be known.
-            note(&mut held[side.index()]);
         }
         let ack_off = s.offset_of(ack);
         let contig = s.contig() as i64;
-        if ack_off <= contig || ack_off - contig > (1 << 30) {
-            return;
-        }
-        note(&mut held[side.index()]);
         let has_buf = s.buf.is_some();
         let clamped = match f.sides[side.peer().index()].tx_fin {
             Some(fin) => ack_off.min(s.offset_of(fin)),
             None => ack_off,
         };
+        // A guessed start sets `disorder` (in the flow's first cache line), so the in-order
+        // path does not load `held` (the table's cold array) for every ACK.
+        debug_assert!(
+            f.disorder
+                || !self
+                    .core
+                    .table
+                    .flow_held(slot)
+                    .1
+                    .iter()
+                    .any(|h| h.base_guess)
+        );
+        if f.disorder {
+            let h = &mut self.core.table.flow_held_mut(slot).1[side.index()];
+            if h.base_guess {
+                // The guessed start may move back before this ACK (a pure ACK sent after
+                // the FIN can be the first packet seen): what it covers must still be known.
+                note(h);
+            }
+        }
+        if ack_off <= contig || ack_off - contig > (1 << 30) {
+            return;
+        }
+        let (f, held) = self.core.table.flow_held_mut(slot);
         let h = &mut held[side.index()];
+        note(h);
         h.ack_max = h.ack_max.max(ack_off as u64);
         if !has_buf || clamped <= contig {
             return;

@@ -552,14 +552,18 @@ impl Engine {
         }
 
         // --- 5. Both sides finished: destroy (receiver first), or enter TIME_WAIT.
-        let (flow, held) = self.core.table.flow_held(slot);
+        let flow = self.core.table.flow(slot);
         // A gap still within its reordering allowance (disorder.rs) keeps the flow: the
         // bytes a FIN overtook may come yet; so does a guessed start: the handshake and
         // the first bytes may come yet.
         if flow.sides[0].finished
             && flow.sides[1].finished
             && !(flow.disorder
-                && held
+                && self
+                    .core
+                    .table
+                    .flow_held(slot)
+                    .1
                     .iter()
                     .any(|h| h.skip_left > 0 || (h.base_guess && h.guess_left > 0)))
         {
