@@ -1762,6 +1762,18 @@ fn rst_lingers(fin_first: bool) {
     assert_eq!(net.engine.stats().bytes_missing, 0);
 }
 
+/// A handshake, 100 bytes from the server, then the client's RST (which lingers: the
+/// server's direction is open); the events so far are taken. The connection and the bytes.
+fn server_data_then_client_rst(net: &mut Net) -> (Conn, Vec<u8>) {
+    let c = Conn::v4();
+    net.each(&c.handshake());
+    let data = pattern(100, 5);
+    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
+    net.batch(&[c.c(0, 0, RST)]);
+    net.take();
+    (c, data)
+}
+
 /// A packet of a flow whose lingering RST is past its deadline, with no end of batch in
 /// between (a worker whose clock only that flow moves): the RST takes effect first, as it
 /// would have at the end of a batch, and the packet is a late copy.
@@ -1769,12 +1781,7 @@ fn rst_lingers(fin_first: bool) {
 fn a_packet_past_the_linger_finds_the_flow_closed() {
     let log = new_log();
     let mut net = Net::simple(cfg(), Recorder::new(&log));
-    let c = Conn::v4();
-    net.each(&c.handshake());
-    let data = pattern(100, 5);
-    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
-    net.batch(&[c.c(0, 0, RST)]);
-    net.take();
+    let (c, data) = server_data_then_client_rst(&mut net);
     assert_eq!(net.engine.stats().flows_live, 1, "the RST lingers");
     net.ts += 2_000_000_000;
     net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
@@ -1794,12 +1801,7 @@ fn the_rst_linger_is_configurable() {
         ..cfg()
     };
     let mut net = Net::simple(config, Recorder::new(&log));
-    let c = Conn::v4();
-    net.each(&c.handshake());
-    let data = pattern(100, 5);
-    net.batch(&[c.s(0, 0, PSH | ACK).data(&data)]);
-    net.batch(&[c.c(0, 0, RST)]);
-    net.take();
+    let (c, data) = server_data_then_client_rst(&mut net);
     net.ts += 2_000_000_000;
     net.batch(&[c.s(100, 0, PSH | ACK).data(&data)]);
     let st = net.engine.stats();
