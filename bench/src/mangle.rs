@@ -176,13 +176,7 @@ pub fn mangle_file(
     let (order, mut report) = mangle_order(&packets, cfg);
     let mut times: Vec<u64> = order.iter().map(|&i| packets[i].ts).collect();
     times.sort_unstable();
-    let mut shifts = vec![0u64; conns.len()];
-    for (&i, &t) in order.iter().zip(&times) {
-        if let Some(tcp) = packets[i].tcp {
-            let shift = t.abs_diff(packets[i].ts);
-            shifts[tcp.conn] = shifts[tcp.conn].max(shift);
-        }
-    }
+    let shifts = shifts_per_conn(&packets, &order, &times, conns.len());
     report.time_shifts = conns
         .iter()
         .filter(|(_, &c)| shifts[c] > 0)
@@ -191,6 +185,19 @@ pub fn mangle_file(
     report.time_shifts.sort_unstable();
     write_pcap(output, link_code.unwrap_or(1), &packets, &order, &times)?;
     Ok(report)
+}
+
+/// Per connection, the largest |time in the output − time in the input| of its packets,
+/// the output's times (`times`, sorted) being handed out by position.
+fn shifts_per_conn(packets: &[Packet], order: &[usize], times: &[u64], conns: usize) -> Vec<u64> {
+    let mut shifts = vec![0u64; conns];
+    for (&i, &t) in order.iter().zip(times) {
+        if let Some(tcp) = packets[i].tcp {
+            let shift = t.abs_diff(packets[i].ts);
+            shifts[tcp.conn] = shifts[tcp.conn].max(shift);
+        }
+    }
+    shifts
 }
 
 /// The output order: indices into `packets`, copies appearing more than once.
@@ -408,6 +415,23 @@ mod tests {
                 rst: false,
             }),
         }
+    }
+
+    #[test]
+    fn a_packet_moved_across_a_silence_carries_its_length() {
+        // Connection 0 at 0 s and 5 s; connection 1 at 5.001 s. Swapping the first two
+        // moves both of connection 0's packets by 5 s; connection 1 stays put.
+        let mut p = vec![
+            pkt(0, true, 1, None, 1, false),
+            pkt(0, false, 1, None, 1, false),
+            pkt(1, true, 1, None, 1, false),
+        ];
+        for (q, ts) in p.iter_mut().zip([0, 5_000_000_000, 5_001_000_000]) {
+            q.ts = ts;
+        }
+        let order = [1, 0, 2];
+        let times = [0, 5_000_000_000, 5_001_000_000];
+        assert_eq!(shifts_per_conn(&p, &order, &times, 2), [5_000_000_000, 0]);
     }
 
     #[test]
