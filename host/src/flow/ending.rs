@@ -138,7 +138,6 @@ impl Engine {
                 first: r.rx_base.wrapping_sub(1),
                 end: s.tx_next,
                 syn: s.syn_seen,
-                isn: s.tx_isn,
             }
         };
         let spaces = [space(Side::Client), space(Side::Server)];

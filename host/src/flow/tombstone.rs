@@ -28,9 +28,8 @@ pub(crate) struct Space {
     pub(crate) first: u32,
     /// One past the last (the FIN counts).
     pub(crate) end: u32,
-    /// This direction's SYN was seen, with this ISN.
+    /// This direction's SYN was seen (`first` is then its number).
     pub(crate) syn: bool,
-    pub(crate) isn: u32,
 }
 
 impl Space {
@@ -65,11 +64,10 @@ impl Tomb {
         let flags = seg.flags;
         if flags.syn() {
             // Only the old SYN itself again: any other ISN is a new connection, even one
-            // inside the old space (generated traffic, or an ISN clock that wrapped).
-            // (The stream's start names the SYN too when the flow never saw it: a SYN
-            // the tap delivered after the connection's other packets.)
-            let old_syn = (own.syn && own.isn == seg.seq) || (own.known && seg.seq == own.first);
-            if !old_syn {
+            // inside the old space (generated traffic, or an ISN clock that wrapped). The
+            // stream's start names it, whether the flow saw the SYN or the tap delivered
+            // it after the connection's other packets.
+            if !(own.known && seg.seq == own.first) {
                 return false;
             }
             // Except a bare SYN whose sender itself reset a connection its peer never
@@ -226,14 +224,12 @@ mod tests {
                 first: 100,
                 end: 200,
                 syn: true,
-                isn: 100,
             },
             Space {
                 known: true,
                 first: 5000,
                 end: 5100,
                 syn: true,
-                isn: 5000,
             },
         ]
     }
@@ -306,9 +302,9 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_takes_88_bytes() {
+    fn a_tombstone_takes_80_bytes() {
         // docs/SPEC.md §3.1 states the memory: 65536 of them by default, per core.
-        assert_eq!(std::mem::size_of::<Tomb>(), 88);
+        assert_eq!(std::mem::size_of::<Tomb>(), 80);
     }
 
     #[test]
