@@ -16,8 +16,8 @@
 //! - roles guessed wrong on a flow picked up mid-stream: the handshake that follows swaps
 //!   the sides while nothing was delivered;
 //! - a RST in sequence while the other direction is open: it lingers, for the allowance or
-//!   `Config::rst_linger` (1 s) of packet time, so that bytes in flight toward its sender still reach
-//!   the stream.
+//!   `Config::rst_linger` (1 s) of packet time, so that bytes in flight toward its sender
+//!   still reach the stream.
 //!
 //! Must not: cost anything on the in-order path (the engine calls [`Engine::settle`] only
 //! for a flow with something held, or for a FIN), store payload or choose event order.
@@ -223,7 +223,7 @@ impl Engine {
     pub(crate) fn rst_lingers_past(&mut self, slot: FlowIdx, ts: u64) -> bool {
         let gen = self.core.table.flow(slot).gen;
         for side in Side::BOTH {
-            let held = self.core.table.flow_held_mut(slot).1;
+            let held = self.core.table.held_mut(slot);
             let Some((Ctl::RstLinger, deadline)) = held[side.index()].ctl else {
                 continue;
             };
@@ -404,7 +404,7 @@ impl Engine {
         let f = self.core.table.flow(slot);
         let s = &f.sides[side.index()];
         if !s.rx_base_known {
-            note(&mut self.core.table.flow_held_mut(slot).1[side.index()]);
+            note(&mut self.core.table.held_mut(slot)[side.index()]);
             return;
         }
         let ack_off = s.offset_of(ack);
@@ -416,18 +416,9 @@ impl Engine {
         };
         // A guessed start sets `disorder` (in the flow's first cache line), so the in-order
         // path does not load `held` (the table's cold array) for every ACK.
-        debug_assert!(
-            f.disorder
-                || !self
-                    .core
-                    .table
-                    .flow_held(slot)
-                    .1
-                    .iter()
-                    .any(|h| h.base_guess)
-        );
+        debug_assert!(f.disorder || !self.core.table.held(slot).iter().any(|h| h.base_guess));
         if f.disorder {
-            let h = &mut self.core.table.flow_held_mut(slot).1[side.index()];
+            let h = &mut self.core.table.held_mut(slot)[side.index()];
             if h.base_guess {
                 // The guessed start may move back before this ACK (a pure ACK sent after
                 // the FIN can be the first packet seen): what it covers must still be known.
@@ -456,7 +447,7 @@ impl Engine {
 
     /// The skip target of `side`, to the highest acknowledged offset, if one is armed.
     pub(crate) fn armed_skip(&self, slot: FlowIdx, side: Side) -> Option<u64> {
-        let h = &self.core.table.flow_held(slot).1[side.index()];
+        let h = &self.core.table.held(slot)[side.index()];
         (h.skip_left > 0).then_some(h.ack_max)
     }
 
@@ -608,7 +599,7 @@ impl Engine {
                 // Reordering cannot explain it any more: the bytes before it are lost.
                 self.skip_acked(slot, side, off);
             }
-            self.core.table.flow_held_mut(slot).1[side.index()].ctl = None;
+            self.core.table.held_mut(slot)[side.index()].ctl = None;
             // In sequence now: it lingers as any RST does while the other way is open.
             if ctl == Ctl::Rst && self.linger_rst(slot, side.peer(), None) {
                 continue;
@@ -739,7 +730,7 @@ impl Engine {
     pub(crate) fn flush_held(&mut self, slot: FlowIdx) -> Option<EndReason> {
         let mut implied = None;
         for side in Side::BOTH {
-            let held = self.core.table.flow_held_mut(slot).1;
+            let held = self.core.table.held_mut(slot);
             let Some((ctl, off)) = held[side.index()].ctl.take() else {
                 continue;
             };

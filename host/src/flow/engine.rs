@@ -562,8 +562,7 @@ impl Engine {
                 && self
                     .core
                     .table
-                    .flow_held(slot)
-                    .1
+                    .held(slot)
                     .iter()
                     .any(|h| h.skip_left > 0 || (h.base_guess && h.guess_left > 0)))
         {

@@ -250,6 +250,18 @@ impl FlowTable {
         }
     }
 
+    /// What the disorder rules hold for slot `i`, per side.
+    #[inline]
+    pub(crate) fn held(&self, i: FlowIdx) -> &[Holdback; 2] {
+        &self.held[i.get()]
+    }
+
+    /// What the disorder rules hold for slot `i`, per side, to change.
+    #[inline]
+    pub(crate) fn held_mut(&mut self, i: FlowIdx) -> &mut [Holdback; 2] {
+        &mut self.held[i.get()]
+    }
+
     /// The flow in slot `i` and what the disorder rules hold for it.
     #[inline]
     pub(crate) fn flow_held(&self, i: FlowIdx) -> (&Flow, &[Holdback; 2]) {
